@@ -1,0 +1,3 @@
+from phi1.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The `phi1` command line: a thin dispatcher over subcommand modules.
+
+Each area of the package owns one module with a `register(subparsers)` function
+that adds its subcommands; every subcommand sets `func(args) -> int | None`.
+The CLI only parses arguments and calls one library function per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from phi1 import __version__
+from phi1.errors import Phi1Error
+
+# One module per area; each defines register(subparsers).
+COMMAND_MODULES = (
+    "phi1.model.cli",      # model init/info, tokenizer train, generate
+    "phi1.data.cli",       # data collect/dedup/annotate/classify/filter/decontaminate/mine-exercises/pack/run
+    "phi1.train.cli",      # train
+    "phi1.eval.cli",       # eval execute/humaneval/mbpp/loss/judge
+    "phi1.infer.cli",      # serve
+    "phi1.synth.cli",      # synth textbooks/exercises/stories/validate
+    "phi1.demo.cli",       # demo, ablate, report
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phi1",
+        description="The phi-1 recipe end to end: data, training, evaluation, serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"phi1 {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if name == exc.name or name.startswith(f"{exc.name}."):  # area not in this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PHI1_DEBUG") == "1"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except Phi1Error as exc:
+        if debug:
+            raise
+        print(f"phi1: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phi1: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,12 @@
+"""`phi1 data ...`: the data stages, each contributed by its own module."""
+
+from phi1.utils.groups import add_group
+
+DATA_MODULES = (
+    "phi1.data.stages_cli",  # collect, dedup, annotate, classify, filter, decontaminate, mine-exercises, run
+    "phi1.data.pack",        # pack (token shards for training)
+)
+
+
+def register(subparsers) -> None:
+    add_group(subparsers, "data", "data stages: collect, dedup, score, filter, decontaminate, mine, pack", DATA_MODULES)

@@ -1,0 +1,159 @@
+"""`phi1 data decontaminate`: remove records that overlap benchmark problems.
+
+Two detectors, as in the phi-1 paper:
+- n-gram overlap: hashed 13-grams of normalised code tokens (lower-cased,
+  comments stripped); a record is hit when it contains at least
+  `ngram_threshold` of a task's prompt or solution n-grams.
+- syntax similarity: each function in the record and each benchmark function
+  are AST-normalised (identifiers renamed to placeholders, docstrings and
+  formatting gone); a hit is a function pair whose normalised 6-gram sets
+  overlap by at least `ast_threshold` of the larger set. This survives renamed
+  variables and reformatting, which defeat plain n-grams.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+
+from phi1.errors import ConfigError
+from phi1.data.astnorm import iter_functions, normalized_tokens, parse_python
+from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
+from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.data.tokens import code_tokens, ngram_set
+from phi1.utils.progress import progress
+
+AST_GRAM = 6
+MIN_AST_GRAMS = 8  # trivially short functions (a bare `return x`) match everything
+
+
+@dataclass
+class Hit:
+    task_id: str
+    method: str       # "ngram" or "ast"
+    score: float
+    part: str         # "prompt"/"solution" for ngram; the benchmark function name for ast
+    where: str = ""   # the record's function that matched (ast)
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Decontaminator:
+    """Index benchmark tasks once; `check(text)` lists the tasks a text overlaps."""
+
+    def __init__(
+        self,
+        benchmarks: list[str] = ("humaneval",),
+        benchmark_files: list[str] = (),
+        *,
+        tasks: list[BenchmarkTask] | None = None,
+        ngram: int = 13,
+        ngram_threshold: float = 0.5,
+        ast_threshold: float = 0.8,
+        use_ast: bool = True,
+    ):
+        if ngram < 3:
+            raise ConfigError(f"decontaminate.ngram: {ngram} too small; use >= 3 (the paper used 13)")
+        for name, v in (("ngram_threshold", ngram_threshold), ("ast_threshold", ast_threshold)):
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"decontaminate.{name}: {v} must be in (0, 1]")
+        self.tasks = list(tasks) if tasks is not None else load_benchmarks(list(benchmarks), list(benchmark_files))
+        self.ngram, self.ngram_threshold, self.ast_threshold, self.use_ast = ngram, ngram_threshold, ast_threshold, use_ast
+        # n-gram index: gram -> [(task index, part)], plus each part's gram count.
+        self._ng_index: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        self._ng_size: dict[tuple[int, str], int] = {}
+        # AST index: gram -> [benchmark function index], plus per function (task index, name, size).
+        self._ast_index: dict[int, list[int]] = defaultdict(list)
+        self._ast_funcs: list[tuple[int, str, int]] = []
+        for ti, task in enumerate(self.tasks):
+            for part, text in (("prompt", task.prompt), ("solution", task.solution)):
+                grams = ngram_set(code_tokens(text, lower=True, strip_comments=True), ngram)
+                if grams:
+                    self._ng_size[(ti, part)] = len(grams)
+                    for g in grams:
+                        self._ng_index[g].append((ti, part))
+            if use_ast:
+                tree = parse_python(task.solution)
+                for fn in iter_functions(tree) if tree else ():
+                    grams = ngram_set(normalized_tokens(fn), AST_GRAM)
+                    if len(grams) >= MIN_AST_GRAMS:
+                        fi = len(self._ast_funcs)
+                        self._ast_funcs.append((ti, fn.name, len(grams)))
+                        for g in grams:
+                            self._ast_index[g].append(fi)
+
+    def check(self, text: str) -> list[Hit]:
+        """Benchmark tasks this text overlaps, best score first (one hit per task and method)."""
+        best: dict[tuple[str, str], Hit] = {}
+
+        def add(hit: Hit):
+            key = (hit.task_id, hit.method)
+            if key not in best or hit.score > best[key].score:
+                best[key] = hit
+
+        grams = ngram_set(code_tokens(text, lower=True, strip_comments=True), self.ngram)
+        counts: Counter = Counter()
+        for g in grams:
+            for tp in self._ng_index.get(g, ()):
+                counts[tp] += 1
+        for (ti, part), c in counts.items():
+            score = c / self._ng_size[(ti, part)]
+            if score >= self.ngram_threshold:
+                add(Hit(self.tasks[ti].task_id, "ngram", score, part))
+        if self.use_ast and self._ast_funcs and "def " in text:
+            tree = parse_python(text)
+            for fn in iter_functions(tree) if tree else ():
+                fgrams = ngram_set(normalized_tokens(fn), AST_GRAM)
+                if len(fgrams) < MIN_AST_GRAMS:
+                    continue
+                shared: Counter = Counter()
+                for g in fgrams:
+                    for fi in self._ast_index.get(g, ()):
+                        shared[fi] += 1
+                for fi, c in shared.items():
+                    ti, name, size = self._ast_funcs[fi]
+                    score = c / max(size, len(fgrams))
+                    if score >= self.ast_threshold:
+                        add(Hit(self.tasks[ti].task_id, "ast", score, name, fn.name))
+        return sorted(best.values(), key=lambda h: -h.score)
+
+
+def run_decontaminate(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    benchmarks: list[str] = ("humaneval",),
+    benchmark_files: list[str] = (),
+    ngram: int = 13,
+    ngram_threshold: float = 0.5,
+    ast_threshold: float = 0.8,
+    use_ast: bool = True,
+    skip_bad_lines: bool = False,
+    rejected: str | None = None,
+    quiet: bool = False,
+) -> StageReport:
+    """Drop records that overlap any benchmark task; the report lists every hit with task and score."""
+    deco = Decontaminator(list(benchmarks), list(benchmark_files), ngram=ngram, ngram_threshold=ngram_threshold,
+                          ast_threshold=ast_threshold, use_ast=use_ast)
+    report = StageReport("decontaminate", input=str(input_path))
+    report.details.update(tasks=len(deco.tasks), ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold)
+    hits_out: list[dict] = []
+    size = os.path.getsize(input_path) if os.path.exists(input_path) else None
+    bar = progress(total=size, desc="decontaminate", unit="B", unit_scale=True)
+    try:
+        with RecordSink(output_path, report, rejected) as sink:
+            for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
+                bar.update(len(rec["text"]))
+                hits = deco.check(rec["text"])
+                if hits:
+                    hit_dicts = [h.to_dict() for h in hits]
+                    hits_out.append({"id": rec["id"], "hits": hit_dicts})
+                    sink.reject(rec, "benchmark_overlap", contamination=hit_dicts)
+                else:
+                    sink.keep(rec)
+    finally:
+        bar.close()
+    report.details["hits"] = hits_out
+    return finish_report(report, quiet)

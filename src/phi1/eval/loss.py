@@ -1,0 +1,68 @@
+"""Solution loss: mean token cross-entropy of canonical solutions given their prompts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from phi1.errors import Phi1Error
+from phi1.eval.problems import Problem, load_humaneval
+
+
+def _examples(tokenizer, problems: list[Problem], max_len: int) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for p in problems:
+        # Encoding the two parts separately keeps the boundary exact: every
+        # label position belongs to the solution, none to the prompt.
+        prompt, sol = tokenizer.encode(p.prompt), tokenizer.encode(p.canonical_solution)
+        if not sol:
+            continue
+        ids = prompt + sol
+        labels = [-100] * len(prompt) + sol
+        if len(ids) > max_len:  # keep the end: the solution and as much prompt as fits
+            ids, labels = ids[-max_len:], labels[-max_len:]
+        out.append((ids, labels))
+    return out
+
+
+@torch.no_grad()
+def solution_loss(model, tokenizer, problems=None, max_problems: int | None = None, batch_size: int = 8) -> float:
+    """Mean cross-entropy (nats/token) over solution tokens only; HumanEval by default.
+
+    `problems` is a dict or list of `Problem`s with canonical solutions. The model's
+    train/eval mode is restored afterwards, so a trainer can call this mid-run.
+    """
+    if problems is None:
+        problems = load_humaneval()
+    items = list(problems.values()) if isinstance(problems, dict) else list(problems)
+    if max_problems is not None:
+        items = items[:max_problems]
+    if batch_size < 1:
+        raise Phi1Error(f"batch_size = {batch_size}: must be at least 1")
+    examples = _examples(tokenizer, items, model.config.max_position_embeddings)
+    if not examples:
+        raise Phi1Error("solution_loss: no problem has a canonical solution")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        examples.sort(key=lambda e: len(e[0]))  # similar lengths per batch: less padding
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            T = max(len(ids) for ids, _ in batch)
+            ids = torch.zeros((len(batch), T), dtype=torch.long)
+            labels = torch.full((len(batch), T), -100, dtype=torch.long)
+            for row, (x, y) in enumerate(batch):  # right padding cannot affect earlier positions (causal)
+                ids[row, :len(x)] = torch.tensor(x)
+                labels[row, :len(y)] = torch.tensor(y)
+            ids, labels = ids.to(device), labels.to(device)
+            logits = model(ids)  # (B, T, V)
+            # Position t predicts token t+1.
+            pred, tgt = logits[:, :-1].float(), labels[:, 1:]
+            total += F.cross_entropy(pred.reshape(-1, pred.size(-1)), tgt.reshape(-1),
+                                     ignore_index=-100, reduction="sum").item()
+            count += int((tgt != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)

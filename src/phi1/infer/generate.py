@@ -1,0 +1,187 @@
+"""Incremental decoding with a static KV cache: the one generation core for CLI, server and eval.
+
+Prompts of different lengths share a batch without left padding: each row has
+its own positions, right padding is written past a row's end and overwritten
+by that row's own tokens as it decodes, and the attention mask admits only
+cache slots at or before each query's position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from phi1.errors import Phi1Error
+from phi1.infer.sampling import sample_next
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: Sequence[str] = field(default_factory=tuple)
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise Phi1Error(f"max_new_tokens = {self.max_new_tokens}: must be at least 1")
+        if self.temperature < 0:
+            raise Phi1Error(f"temperature = {self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise Phi1Error(f"top_p = {self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise Phi1Error(f"top_k = {self.top_k}: must be >= 0 (0 = off)")
+
+
+def _ensure_cache(model, batch: int, length: int) -> None:
+    shape = model.cache_shape
+    if shape is None or shape[0] < batch or shape[1] < length:
+        # Grow to the model's context so later calls reuse the allocation.
+        model.setup_caches(max(batch, shape[0] if shape else 0), model.config.max_position_embeddings)
+
+
+@torch.inference_mode()
+def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id: int | None,
+                 stop_check=None, sync_every: int | None = None) -> list[tuple[list[int], str]]:
+    """Generate for one batch of token-id prompts; returns (new ids, finish_reason) per row.
+
+    `stop_check(row, new_ids) -> bool` is called at sync points for rows still
+    running; returning True ends that row (the caller truncates the text).
+    On CUDA the host looks at tokens only every `sync_every` steps, so decoding
+    does not wait on a GPU->CPU copy per token.
+    """
+    params.validate()
+    dev = model.lm_head.weight.device
+    B = len(prompts)
+    lens = [len(p) for p in prompts]
+    if min(lens) == 0:
+        raise Phi1Error("a prompt encodes to zero tokens; give at least one token")
+    ctx = model.config.max_position_embeddings
+    T0 = max(lens)
+    if T0 >= ctx:
+        raise Phi1Error(f"prompt has {T0} tokens, the model's context is {ctx}; shorten the prompt")
+    max_new = min(params.max_new_tokens, ctx - T0)
+    if sync_every is None:
+        sync_every = 1 if dev.type == "cpu" else 16
+    _ensure_cache(model, B, ctx)
+
+    pad = eos_id if eos_id is not None else 0
+    tokens = torch.full((B, T0), pad, dtype=torch.long, device=dev)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
+    pos = torch.arange(T0, device=dev)[None, :].expand(B, T0)
+    lens_t = torch.tensor(lens, device=dev)
+    temperature = torch.full((B,), float(params.temperature), device=dev)
+    top_k = torch.full((B,), int(params.top_k), device=dev, dtype=torch.long)
+    top_p = torch.full((B,), float(params.top_p), device=dev)
+    gen = None
+    if params.seed is not None:
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(int(params.seed))
+
+    # Prefill: one pass over the (right-padded) prompts; logits only at each row's last token.
+    h = model.hidden_states(tokens, input_pos=pos, kv_len=T0)                # (B, T0, C)
+    last = h[torch.arange(B, device=dev), lens_t - 1]                         # (B, C)
+    nxt = sample_next(model.lm_head(last), temperature, top_k, top_p, gen)   # (B,)
+
+    out = torch.full((B, max_new), pad, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    cur = lens_t.clone()                                                      # next write position per row
+    host_done = [False] * B
+    n_host = [0] * B                                                          # tokens accepted per row
+    reasons = ["length"] * B
+    for step in range(max_new):
+        out[:, step] = nxt
+        if eos_id is not None:
+            done |= nxt == eos_id
+        last_step = step == max_new - 1
+        if (step + 1) % sync_every == 0 or last_step:
+            done_l = done.tolist()
+            out_l = out[:, : step + 1].tolist()
+            for i in range(B):
+                if host_done[i]:
+                    continue
+                ids = out_l[i]
+                if done_l[i]:
+                    k = ids.index(eos_id) if eos_id in ids else len(ids)
+                    n_host[i], host_done[i], reasons[i] = k, True, "stop"
+                    continue
+                n_host[i] = len(ids)
+                if stop_check is not None and stop_check(i, ids):
+                    host_done[i], reasons[i] = True, "stop"
+                    done[i] = True
+            if all(host_done) or last_step:
+                break
+        # Decode one token for every row at its own position.
+        kv_len = T0 + step + 1
+        logits = model(nxt[:, None], input_pos=cur[:, None], kv_len=kv_len)[:, -1]   # (B, V)
+        cur = cur + 1
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)
+    results = []
+    out_l = out.tolist()
+    for i in range(B):
+        results.append((out_l[i][: n_host[i]], reasons[i]))
+    return results
+
+
+def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cut = min((idx for s in stop if s and (idx := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p: float = 1.0, top_k: int = 0, stop: Sequence[str] = (), seed: int | None = None,
+             batch_size: int = 16) -> list[Completion]:
+    """Complete each prompt; stop strings are cut from the returned text (as OpenAI's API does)."""
+    params = SamplingParams(max_new_tokens, temperature, top_p, top_k, tuple(stop), seed)
+    params.validate()
+    if batch_size < 1:
+        raise Phi1Error(f"batch_size = {batch_size}: must be at least 1")
+    encoded = tokenizer.encode_batch(list(prompts))
+    results: list[Completion] = []
+    stop = tuple(s for s in stop if s)
+
+    def stop_check(_row, ids):
+        return bool(stop) and _truncate_at_stop(tokenizer.decode(ids), stop)[1]
+
+    # Sort by length so each batch pads little; restore the order at the end.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    by_index: dict[int, Completion] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        outs = generate_ids(model, [encoded[i] for i in idx], params, tokenizer.eos_id,
+                            stop_check=stop_check if stop else None)
+        for i, (ids, reason) in zip(idx, outs):
+            text = tokenizer.decode(ids)
+            text, hit = _truncate_at_stop(text, stop)
+            if hit:
+                reason = "stop"
+                ids = _ids_for_prefix(tokenizer, ids, text)
+            by_index[i] = Completion(text, ids, reason, len(encoded[i]), len(ids))
+    results = [by_index[i] for i in range(len(encoded))]
+    return results
+
+
+def _ids_for_prefix(tokenizer, ids: list[int], text: str) -> list[int]:
+    """The shortest prefix of `ids` whose decoding covers `text` (for token accounting)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[:mid])) >= len(text):
+            hi = mid
+        else:
+            lo = mid + 1
+    return ids[:lo]

@@ -1,0 +1,19 @@
+"""The phi model, its presets and Hugging Face-format model directories."""
+
+from phi1.model.config import PRESETS, PhiConfig
+from phi1.model.phi import PhiForCausalLM
+
+__all__ = ["PRESETS", "PhiConfig", "PhiForCausalLM", "load_for_inference"]
+
+
+def load_for_inference(model_dir, device: str = "auto", dtype: str = "auto"):
+    """Load (model, tokenizer) from a model directory, on the best device, in eval mode."""
+    from phi1.model.hf import load_model_dir
+    from phi1.model.runtime import resolve_device_dtype
+    from phi1.tokenizer import load_tokenizer
+
+    dev, dt = resolve_device_dtype(device, dtype)
+    model = load_model_dir(model_dir, device=dev, dtype=dt)
+    model.eval()
+    tok = load_tokenizer(model_dir)
+    return model, tok

@@ -1,0 +1,109 @@
+"""`phi1 model init|info`, `phi1 tokenizer train`, `phi1 generate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    m = sub.add_parser("model", help="create and inspect model directories")
+    msub = m.add_subparsers(dest="model_command", metavar="COMMAND")
+    p = msub.add_parser("init", help="write a randomly initialised HF-format model directory")
+    p.add_argument("--preset", required=True, help="phi-1, phi-1-small, phi-1.5, phi-2, tiny, micro")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (its vocab sets the model's, padded to 64)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_init)
+    p = msub.add_parser("info", help="shape, parameter count, dtype and tokenizer of a model directory")
+    p.add_argument("model_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_info)
+    m.set_defaults(func=lambda a: (m.print_help(), 2)[1])
+
+    t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer for code")
+    tsub = t.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
+    p = tsub.add_parser("train", help="train on files, directories of .py, or JSONL text fields")
+    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--max-mb", type=float, default=None, help="stop reading input after this many MB")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_tok_train)
+    t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
+
+    p = sub.add_parser("generate", help="complete a prompt with a model directory")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True, help="prompt text, or @FILE to read it from a file")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", nargs="*", default=[])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    p.set_defaults(func=_generate)
+
+
+def _init(args) -> int:
+    from phi1.model.create import init_model_dir, model_info
+
+    out = init_model_dir(args.preset, args.tokenizer, args.out, seed=args.seed)
+    info = model_info(out)
+    print(f"wrote {out} ({info['preset'] or 'custom'}, {info['parameters'] / 1e6:.2f}M parameters)")
+    return 0
+
+
+def _info(args) -> int:
+    from phi1.model.create import model_info
+
+    info = model_info(args.model_dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}")
+    print(f"  preset      {info['preset'] or 'custom'}")
+    print(f"  shape       {info['layers']} layers x d={info['hidden_size']}, MLP {info['intermediate_size']}, "
+          f"{info['heads']} heads of {info['head_dim']} (rotary {info['rotary_dim']}), context {info['context']}")
+    print(f"  parameters  {info['parameters']:,} ({info['non_embedding_parameters']:,} without the embedding)")
+    print(f"  vocab       {info['vocab_size']}")
+    print(f"  dtype       {info['dtype']}")
+    t = info["tokenizer"]
+    print(f"  tokenizer   {t.get('size')} tokens, eos {t.get('eos')!r}" if "error" not in t else f"  tokenizer   {t['error']}")
+    return 0
+
+
+def _tok_train(args) -> int:
+    from phi1.tokenizer import train_tokenizer
+
+    max_bytes = int(args.max_mb * 1e6) if args.max_mb else None
+    tok = train_tokenizer(args.input, vocab_size=args.vocab_size, out_dir=args.out,
+                          min_frequency=args.min_frequency, max_bytes=max_bytes)
+    print(f"wrote {args.out} ({len(tok)} tokens)")
+    return 0
+
+
+def _generate(args) -> int:
+    from pathlib import Path
+
+    from phi1.errors import Phi1Error
+    from phi1.infer.generate import generate
+    from phi1.model import load_for_inference
+    from phi1.model.create import check_tokenizer_fits
+
+    prompt = args.prompt
+    if prompt.startswith("@"):
+        f = Path(prompt[1:])
+        if not f.exists():
+            raise Phi1Error(f"--prompt {prompt}: file not found")
+        prompt = f.read_text()
+    check_tokenizer_fits(args.model)
+    model, tok = load_for_inference(args.model, args.device, args.dtype)
+    [c] = generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, top_k=args.top_k, stop=args.stop, seed=args.seed, batch_size=1)
+    if args.echo:
+        sys.stdout.write(prompt)
+    sys.stdout.write(c.text + "\n")
+    return 0

@@ -1,0 +1,148 @@
+"""Typed configuration for phi-style models, with the paper's presets.
+
+Field names follow Hugging Face's `PhiConfig` so that config.json maps 1:1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from phi1.errors import ConfigError
+
+
+@dataclass
+class PhiConfig:
+    vocab_size: int = 51200
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None = num_attention_heads (plain multi-head attention)
+    max_position_embeddings: int = 2048
+    partial_rotary_factor: float = 0.5  # rotary on the first 32 of 64 head dims
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu_new"  # GELU, tanh approximation
+    resid_pdrop: float = 0.0
+    embd_pdrop: float = 0.0
+    attention_dropout: float = 0.0
+    qk_layernorm: bool = False
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    preset: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        self.validate()
+
+    # ---- derived -------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"model config field '{name}' = {getattr(self, name)!r}: {why}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "max_position_embeddings"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise bad(name, "must be a positive integer")
+        if self.hidden_size % self.num_attention_heads:
+            raise bad("hidden_size", f"must be divisible by num_attention_heads ({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise bad("num_key_value_heads", "must divide num_attention_heads")
+        if not 0.0 < self.partial_rotary_factor <= 1.0:
+            raise bad("partial_rotary_factor", "must be in (0, 1]")
+        if self.rotary_dim % 2:
+            raise bad("partial_rotary_factor", f"gives an odd rotary dim {self.rotary_dim}; it must be even")
+        for name in ("resid_pdrop", "embd_pdrop", "attention_dropout"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise bad(name, "must be a probability in [0, 1)")
+        if self.hidden_act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise bad("hidden_act", "supported: gelu_new, gelu_pytorch_tanh, gelu")
+
+    # ---- construction --------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "PhiConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        kw = dict(PRESETS[name])
+        kw.update(overrides)
+        kw["preset"] = name
+        return cls(**kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "PhiConfig":
+        """Build from a dict, rejecting unknown keys with a message naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model config field(s) {unknown}; allowed: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "PhiConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- accounting ----------------------------------------------------
+    def num_parameters(self, *, include_embeddings: bool = True) -> int:
+        d, f, L, V = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
+        kv = self.num_key_value_heads * self.head_dim
+        attn = (d * d + d) + 2 * (d * kv + kv) + (d * d + d)
+        mlp = (d * f + f) + (f * d + d)
+        per_layer = attn + mlp + 2 * d + (4 * self.head_dim if self.qk_layernorm else 0)
+        total = L * per_layer + 2 * d  # + final layernorm
+        if include_embeddings:
+            total += V * d + (0 if self.tie_word_embeddings else V * d) + V
+        else:
+            total += V  # head bias is not an embedding matrix; counted as compute-side
+        return total
+
+    def flops_per_token(self, seq_len: int, *, training: bool = True) -> float:
+        """Matmul FLOPs per token (PaLM appendix B accounting).
+
+        Forward = 2 * (non-embedding params + LM head) + attention scores/values
+        (2 * 2 * L * T * d, causal halves it but kernels compute both halves on
+        most hardware, so we count the full square as MFU conventions do).
+        Training = 3 x forward (forward + backward of activations and weights).
+        """
+        d, L, V = self.hidden_size, self.num_hidden_layers, self.vocab_size
+        dense = self.num_parameters(include_embeddings=False) - V + V * d  # layers + head matmul
+        fwd = 2 * dense + 4 * L * seq_len * d
+        return float(3 * fwd if training else fwd)
+
+
+# The paper's shapes (phi-1: 24 x 2048, MLP 8192, 32 heads of 64; phi-1-small:
+# 20 x 1024, MLP 4096, 16 heads of 64; phi-1.5 = phi-1 shape; phi-2: 32 x 2560,
+# 32 heads of 80, rotary dim 32 = 0.4 of the head).
+PRESETS: dict[str, dict[str, Any]] = {
+    "phi-1": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                  vocab_size=51200, partial_rotary_factor=0.5),
+    "phi-1-small": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=20, num_attention_heads=16,
+                        vocab_size=51200, partial_rotary_factor=0.5),
+    "phi-1.5": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                    vocab_size=51200, partial_rotary_factor=0.5),
+    "phi-2": dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
+                  vocab_size=51200, partial_rotary_factor=0.4),
+    # A few million parameters: CPU tests and the demo. Head dim 64 as in phi-1.
+    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                 vocab_size=4096, max_position_embeddings=1024, partial_rotary_factor=0.5),
+    # Smaller still, for unit tests that run dozens of models.
+    "micro": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                  vocab_size=512, max_position_embeddings=256, partial_rotary_factor=0.5),
+}

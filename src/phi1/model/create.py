@@ -1,0 +1,82 @@
+"""Create and describe model directories (the library side of `phi1 model ...`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from phi1.errors import Phi1Error
+from phi1.model.config import PhiConfig
+from phi1.model.hf import read_config, save_model_dir
+from phi1.model.phi import PhiForCausalLM
+from phi1.tokenizer import load_tokenizer, padded_vocab_size
+
+
+def init_model_dir(preset: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   seed: int = 0, **overrides) -> Path:
+    """A randomly initialised model directory whose vocabulary fits the tokenizer (padded to 64)."""
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = PhiConfig.from_preset(preset, **overrides)
+    vocab = padded_vocab_size(len(tok))
+    if "vocab_size" not in overrides:
+        cfg = cfg.replace(vocab_size=vocab)
+    elif cfg.vocab_size < len(tok):
+        raise Phi1Error(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
+    cfg = cfg.replace(bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+    torch.manual_seed(seed)
+    model = PhiForCausalLM(cfg)
+    return save_model_dir(model, out_dir, tokenizer=tok)
+
+
+def check_tokenizer_fits(model_dir: str | os.PathLike, cfg: PhiConfig | None = None) -> None:
+    """Fail clearly if the directory's tokenizer has more tokens than the model's vocabulary."""
+    cfg = cfg or read_config(model_dir)
+    tok = load_tokenizer(model_dir)
+    if len(tok) > cfg.vocab_size:
+        raise Phi1Error(
+            f"{model_dir}: the tokenizer has {len(tok)} tokens but the model's vocab_size is {cfg.vocab_size}; "
+            "use the tokenizer the model was made with"
+        )
+
+
+def model_info(model_dir: str | os.PathLike) -> dict:
+    """Shape, preset match, parameter counts, dtype and tokenizer of a model directory."""
+    path = Path(model_dir)
+    cfg = read_config(path)
+    from phi1.model.config import PRESETS
+
+    preset = None
+    for name, p in PRESETS.items():
+        probe = PhiConfig.from_preset(name)
+        if all(getattr(cfg, k) == getattr(probe, k) for k in
+               ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "partial_rotary_factor")):
+            preset = name
+            break
+    raw = json.loads((path / "config.json").read_text())
+    tok_info = None
+    try:
+        tok = load_tokenizer(path)
+        tok_info = {"size": len(tok), "eos": tok.eos_token, "fingerprint": tok.fingerprint()}
+    except Phi1Error as exc:
+        tok_info = {"error": str(exc)}
+    return {
+        "path": str(path),
+        "preset": preset,
+        "layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "heads": cfg.num_attention_heads,
+        "head_dim": cfg.head_dim,
+        "rotary_dim": cfg.rotary_dim,
+        "vocab_size": cfg.vocab_size,
+        "context": cfg.max_position_embeddings,
+        "parameters": cfg.num_parameters(),
+        "non_embedding_parameters": cfg.num_parameters(include_embeddings=False),
+        "train_flops_per_token_at_context": cfg.flops_per_token(cfg.max_position_embeddings),
+        "dtype": raw.get("dtype") or raw.get("torch_dtype"),
+        "tokenizer": tok_info,
+    }

@@ -1,0 +1,221 @@
+"""Synthetic-data jobs: N prompts from a spec, sent through `LLMClient`, written exactly once.
+
+Exactly-once comes from three facts:
+  * record i's prompt is a pure function of (spec, seed, i) (`prompts.iter_prompts`);
+  * the output file is the ledger: every record carries its index and prompt hash, and it
+    is appended one whole line per `os.write` (`JsonlAppender`), so a SIGKILL leaves
+    either the whole record or nothing (a torn tail is cut off on reopen);
+  * on start the job reads the (index, hash) pairs already in the output and only sends
+    the rest, so a request that already succeeded is never sent again.
+A request that exhausts its attempts goes to `<out>.failures.jsonl` and is retried by the
+next run of the same command. `<out>.job.json` pins the seed, spec and model so that a
+rerun with different settings cannot mix two jobs in one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from phi1.errors import ConfigError, Phi1Error
+from phi1.synth.client import LLMClient
+from phi1.synth.prompts import iter_prompts
+from phi1.synth.spec import Spec, load_spec
+from phi1.utils.io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+from phi1.utils.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobConfig:
+    kind: str
+    endpoint: str | list[str]
+    model: str
+    count: int
+    out: str
+    spec: str | None = None
+    concurrency: int = 8
+    seed: int = 0
+    api_key_env: str | None = None
+    timeout: float = 120.0
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    routing: str = "least-busy"
+    sampling: dict = field(default_factory=dict)  # overrides the spec's sampling
+    api: str | None = None  # chat | completions; None = the spec's
+    price_per_1k_prompt: float = 0.0
+    price_per_1k_completion: float = 0.0
+
+    def validate(self) -> None:
+        if self.count < 1:
+            raise ConfigError(f"count: {self.count} must be >= 1")
+        if self.api not in (None, "chat", "completions"):
+            raise ConfigError(f"api: {self.api!r} is not one of chat, completions")
+
+
+@dataclass
+class JobReport:
+    requested: int
+    already_done: int
+    generated: int
+    failed: int
+    out: str
+    failures_file: str | None
+    elapsed_s: float
+    stats: dict
+
+    @property
+    def complete(self) -> bool:
+        return self.already_done + self.generated >= self.requested
+
+
+def side_paths(out: Path) -> tuple[Path, Path]:
+    """The job manifest and failures file that sit beside an output file."""
+    return out.with_name(out.name + ".job.json"), out.with_name(out.name + ".failures.jsonl")
+
+
+def _done_ledger(out: Path) -> dict[int, str]:
+    """index -> prompt hash of the records already in the output (after repairing a torn tail)."""
+    done: dict[int, str] = {}
+    if not out.exists():
+        return done
+    JsonlAppender(out).close()  # repairs a torn last line left by a crash
+    for rec in read_jsonl(out):
+        meta = rec.get("meta") or {}
+        if "index" in meta and "prompt_sha256" in meta:
+            done[int(meta["index"])] = meta["prompt_sha256"]
+    return done
+
+
+def _check_manifest(path: Path, pinned: dict) -> dict:
+    """Load the job manifest, refusing to continue a job that had different settings."""
+    if not path.exists():
+        return {"pinned": pinned, "runs": []}
+    import json
+
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise Phi1Error(f"{path}: unreadable job manifest ({exc}); delete it only if the output beside it is empty") from None
+    old = manifest.get("pinned", {})
+    for key, value in pinned.items():
+        if key in old and old[key] != value:
+            raise Phi1Error(
+                f"{path}: this output was started with {key}={old[key]!r}, now {value!r}; "
+                "rerun with the original settings to resume, or write to another --out"
+            )
+    return manifest
+
+
+def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
+    """Generate `cfg.count` records into `cfg.out`, resuming whatever a previous run finished."""
+    cfg.validate()
+    spec = load_spec(cfg.spec, cfg.kind)
+    sampling = {**spec.sampling, **{k: v for k, v in cfg.sampling.items() if v is not None}}
+    api = cfg.api or spec.api
+    out = Path(cfg.out)
+    manifest_path, failures_path = side_paths(out)
+    pinned = {"kind": cfg.kind, "seed": cfg.seed, "spec_sha256": spec.sha256, "model": cfg.model,
+              "sampling": sampling, "api": api}
+    manifest = _check_manifest(manifest_path, pinned)
+    done = _done_ledger(out)
+    if client is None:
+        client = LLMClient(cfg.endpoint, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                           timeout=cfg.timeout, max_attempts=cfg.max_attempts, routing=cfg.routing,
+                           base_delay=cfg.base_delay, price_per_1k_prompt=cfg.price_per_1k_prompt,
+                           price_per_1k_completion=cfg.price_per_1k_completion)
+    todo = []
+    for i, bp, h in iter_prompts(spec, cfg.seed, cfg.count):
+        if i in done:
+            if done[i] != h:
+                raise Phi1Error(f"{out}: record {i} was made from a different prompt; the spec or phi1 version "
+                                "changed since; write to another --out")
+            continue
+        todo.append((i, bp, h))
+    already = cfg.count - len(todo)
+    manifest["pinned"] = pinned
+    atomic_write_json(manifest_path, manifest)
+    t0 = time.monotonic()
+    generated, failed = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out, failures_path, already))
+    elapsed = time.monotonic() - t0
+    stats = client.stats.as_dict()
+    _settle_failures(failures_path, out)
+    manifest["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - elapsed)),
+                             "elapsed_s": round(elapsed, 3), "generated": generated, "failed": failed,
+                             "count": cfg.count, "stats": stats})
+    atomic_write_json(manifest_path, manifest)
+    return JobReport(cfg.count, already, generated, failed, str(out),
+                     str(failures_path) if failed else None, elapsed, stats)
+
+
+async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict, todo: list, out: Path,
+                    failures_path: Path, already: int) -> tuple[int, int]:
+    counts = {"ok": 0, "failed": 0}
+    bar = progress(total=cfg.count, desc=f"synth {cfg.kind}", unit="rec", initial=already)
+    items = iter(todo)
+    # Plain os.write per record survives SIGKILL (the kernel has the bytes); fsync is batched
+    # to once a second because a disk flush per record would cap throughput.
+    last_sync = [time.monotonic()]
+
+    async def worker(writer: JsonlAppender, failures: JsonlAppender) -> None:
+        for i, bp, h in items:  # one shared iterator: workers take the next item in turn
+            if api == "chat":
+                res = await client.chat(bp.messages, **sampling)
+            else:
+                res = await client.complete(bp.prompt, **sampling)
+            meta = {"kind": cfg.kind, "index": i, "seed": cfg.seed, "prompt_sha256": h,
+                    "constraints": bp.constraints, "model": cfg.model, "api": api, "sampling": sampling,
+                    "spec": spec.source, "spec_sha256": spec.sha256}
+            if res.ok:
+                meta.update(prompt=bp.messages if api == "chat" else bp.prompt, usage=res.usage,
+                            finish_reason=res.finish_reason, attempts=res.attempts)
+                writer.write({"id": f"{cfg.kind}-{cfg.seed}-{i:07d}", "text": res.text, "meta": meta})
+                counts["ok"] += 1
+            else:
+                failures.write({"index": i, "prompt_sha256": h, "error": res.error, "attempts": res.attempts,
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                counts["failed"] += 1
+                log.warning("record %d failed after %d attempts: %s", i, res.attempts, res.error)
+            now = time.monotonic()
+            if now - last_sync[0] > 1.0:
+                last_sync[0] = now
+                os.fsync(writer.fd)
+            bar.update(1)
+            bar.set_postfix(failed=counts["failed"], refresh=False)
+
+    try:
+        with JsonlAppender(out, sync=False) as writer, JsonlAppender(failures_path, sync=False) as failures:
+            n_workers = min(len(todo), client.concurrency * len(client.endpoints) * 2) or 0
+            try:
+                await asyncio.gather(*(worker(writer, failures) for _ in range(n_workers)))
+            finally:
+                os.fsync(writer.fd)
+                os.fsync(failures.fd)
+                await client.aclose()
+    finally:
+        bar.close()
+    return counts["ok"], counts["failed"]
+
+
+def _settle_failures(failures_path: Path, out: Path) -> None:
+    """Keep in the failures file only the requests that are still missing from the output."""
+    if not failures_path.exists():
+        return
+    done = _done_ledger(out)
+    still = {}
+    for rec in read_jsonl(failures_path, strict=False):
+        if rec.get("index") not in done:
+            still[rec.get("index")] = rec  # the latest failure per index
+    if still:
+        write_jsonl(failures_path, list(still.values()))
+    else:
+        failures_path.unlink()
+
+
+def report_dict(rep: JobReport) -> dict:
+    return asdict(rep) | {"complete": rep.complete}

@@ -1,0 +1,199 @@
+"""Tokenizers: train a byte-level BPE for code, or load any Hugging Face tokenizer directory.
+
+Like codegen-350M-mono's tokenizer (the one phi-1 used), ours has dedicated
+tokens for runs of 2..31 spaces and 2..N tabs, so Python indentation costs one
+token per line instead of one per space. `<|endoftext|>` is the EOS token and
+the document separator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from phi1.errors import Phi1Error
+
+EOS_TOKEN = "<|endoftext|>"
+SPACE_RUNS = range(2, 32)  # codegen adds "  " .. 31 spaces
+TAB_RUNS = range(2, 10)
+
+
+def whitespace_tokens() -> list[str]:
+    return [" " * n for n in reversed(SPACE_RUNS)] + ["\t" * n for n in reversed(TAB_RUNS)]
+
+
+class PhiTokenizer:
+    """A thin wrapper over `tokenizers.Tokenizer` with the few calls phi1 needs."""
+
+    def __init__(self, tok, eos_token: str = EOS_TOKEN, source: str | None = None):
+        self._tok = tok
+        self.eos_token = eos_token
+        eos_id = tok.token_to_id(eos_token)
+        if eos_id is None:
+            raise Phi1Error(f"{source or 'tokenizer'}: has no {eos_token!r} token; phi1 needs it as EOS/separator")
+        self.eos_id = eos_id
+        self.source = source
+
+    @property
+    def backend(self):
+        return self._tok
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def fingerprint(self) -> str:
+        """A hash of the full tokenizer definition (vocab, merges, added tokens)."""
+        return hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()[:16]
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Write tokenizer.json + tokenizer_config.json + special_tokens_map.json (AutoTokenizer-loadable)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(out / "tokenizer.json"))
+        cfg = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.eos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.eos_token,
+            "pad_token": self.eos_token,
+            "model_max_length": 2048,
+            "add_prefix_space": False,
+            "clean_up_tokenization_spaces": False,
+        }
+        (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        special = {k: self.eos_token for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def load_tokenizer(path: str | os.PathLike) -> PhiTokenizer:
+    """Load tokenizer.json, or vocab.json + merges.txt (+ added_tokens.json), from a directory."""
+    from tokenizers import AddedToken, Tokenizer
+    from tokenizers.decoders import ByteLevel as ByteLevelDecoder
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    path = Path(path)
+    if not path.is_dir():
+        raise Phi1Error(f"{path}: tokenizer directory not found")
+    eos = EOS_TOKEN
+    cfg_file = path / "tokenizer_config.json"
+    if cfg_file.exists():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            e = cfg.get("eos_token")
+            eos = (e.get("content") if isinstance(e, dict) else e) or EOS_TOKEN
+        except json.JSONDecodeError as exc:
+            raise Phi1Error(f"{cfg_file}: malformed JSON ({exc.msg})") from None
+    tj = path / "tokenizer.json"
+    if tj.exists():
+        try:
+            tok = Tokenizer.from_file(str(tj))
+        except Exception as exc:
+            raise Phi1Error(f"{tj}: cannot parse tokenizer ({exc})") from None
+        return PhiTokenizer(tok, eos, source=str(path))
+    vocab, merges = path / "vocab.json", path / "merges.txt"
+    if vocab.exists() and merges.exists():
+        tok = Tokenizer(BPE.from_file(str(vocab), str(merges)))
+        tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+        tok.decoder = ByteLevelDecoder()
+        added = path / "added_tokens.json"
+        if added.exists():
+            extra = json.loads(added.read_text())
+            for content, _id in sorted(extra.items(), key=lambda kv: kv[1]):
+                tok.add_tokens([AddedToken(content, normalized=False)])
+        return PhiTokenizer(tok, eos, source=str(path))
+    raise Phi1Error(f"{path}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)")
+
+
+def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None) -> Iterator[str]:
+    """Texts from files, directories of .py files, and JSONL files (the `text` field)."""
+    seen = 0
+    for inp in inputs:
+        p = Path(inp)
+        if not p.exists():
+            raise Phi1Error(f"{p}: input not found")
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            if f.suffix == ".jsonl":
+                from phi1.utils.io import read_jsonl
+
+                for rec in read_jsonl(f, strict=False):
+                    t = rec.get("text")
+                    if isinstance(t, str):
+                        seen += len(t)
+                        yield t
+            else:
+                try:
+                    t = f.read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError):
+                    continue
+                seen += len(t)
+                yield t
+            if max_bytes is not None and seen >= max_bytes:
+                return
+
+
+def train_tokenizer(inputs: Iterable[str | os.PathLike], vocab_size: int = 8192, out_dir=None,
+                    min_frequency: int = 2, max_bytes: int | None = None) -> PhiTokenizer:
+    """Train a byte-level BPE with whitespace-run tokens and `<|endoftext|>`."""
+    from tokenizers import AddedToken, Tokenizer
+    from tokenizers.decoders import ByteLevel as ByteLevelDecoder
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import ByteLevel
+    from tokenizers.trainers import BpeTrainer
+
+    ws = whitespace_tokens()
+    n_fixed = 256 + 1 + len(ws)
+    if vocab_size < n_fixed + 64:
+        raise Phi1Error(f"--vocab-size {vocab_size}: too small; needs at least {n_fixed + 64} "
+                        f"(256 bytes + EOS + {len(ws)} whitespace tokens + merges)")
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = ByteLevelDecoder()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size - len(ws),
+        min_frequency=min_frequency,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=ByteLevel.alphabet(),
+        show_progress=os.environ.get("PHI1_NO_PROGRESS") != "1",
+    )
+    texts = iter_texts(inputs, max_bytes=max_bytes)
+    first = next(texts, None)
+    if first is None:
+        raise Phi1Error("tokenizer training: the inputs contain no text")
+
+    def all_texts():
+        yield first
+        yield from texts
+
+    tok.train_from_iterator(all_texts(), trainer=trainer)
+    # Whitespace runs are matched before the byte-level split, longest first.
+    tok.add_tokens([AddedToken(w, normalized=False) for w in ws])
+    result = PhiTokenizer(tok, EOS_TOKEN, source="trained")
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def padded_vocab_size(n: int, multiple: int = 64) -> int:
+    """The model's vocabulary: the tokenizer's size rounded up to a multiple of 64."""
+    return ((n + multiple - 1) // multiple) * multiple

@@ -1,0 +1,145 @@
+"""File helpers shared by every stage: atomic writes and JSONL streams."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from phi1.errors import Phi1Error
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temp file beside `path`; on success fsync and rename it over `path`.
+
+    A crash or an exception leaves any previous `path` untouched and no
+    half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, indent=indent, sort_keys=False)
+        fh.write("\n")
+
+
+def read_jsonl(path: str | os.PathLike, *, strict: bool = True) -> Iterator[dict]:
+    """Yield one dict per non-empty line.
+
+    With strict=True a malformed line raises a Phi1Error naming file and line;
+    with strict=False it is skipped (callers count skips via `read_jsonl_counted`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise Phi1Error(f"{path}: file not found")
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if strict:
+                    raise Phi1Error(
+                        f"{path}:{lineno}: malformed JSON ({exc.msg}); fix the line or "
+                        "pass the flag that skips bad lines"
+                    ) from None
+                continue
+            if not isinstance(obj, dict):
+                if strict:
+                    raise Phi1Error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield obj
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records atomically (temp file then rename); return the count."""
+    n = 0
+    with atomic_write(path, "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False))
+            fh.write("\n")
+            n += 1
+    return n
+
+
+class JsonlAppender:
+    """Append records to a JSONL file so that a crash never leaves a torn line.
+
+    On open, a trailing partial line (from a crash mid-write) is truncated away.
+    Each record is written with one os.write call and fsynced when `sync` is set.
+    """
+
+    def __init__(self, path: str | os.PathLike, sync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sync = sync
+        repair_torn_tail(self.path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict) -> None:
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        os.write(self.fd, data)
+        if self.sync:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Truncate a file after its last newline; return the bytes removed."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as fh:
+        # Scan back in blocks for the last newline.
+        block = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                cut = start + idx + 1
+                if cut < size:
+                    fh.truncate(cut)
+                return size - cut
+            pos = start
+        fh.truncate(0)
+        return size
