@@ -43,6 +43,8 @@ test can wait for K records on disk and kill a client while it has requests in f
 The answer text is `responder(body)` if given, else a deterministic function of the prompt
 and model ("Echo <sha8>: <first words of prompt>"). Usage counts words (prompt/completion).
 Optional `api_key`: requests whose `Authorization` is not `Bearer <api_key>` get 401.
+`echo_auth=True` makes every error body repeat the request's Authorization header, like a
+careless proxy would: a test of the client's key scrubbing.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class FakeOpenAI:
         host: str = "127.0.0.1",
         port: int = 0,
         record: bool = True,
+        echo_auth: bool = False,
     ):
         self._faults = list(faults or [])
         self.fault_fn = fault_fn
@@ -125,6 +128,7 @@ class FakeOpenAI:
         self.host = host
         self.port = port
         self.record = record
+        self.echo_auth = echo_auth
         self.requests: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -323,6 +327,8 @@ class FakeOpenAI:
         return await self._send(rec, writer, 200, payload)
 
     async def _send(self, rec: Received, writer, status: int, payload, extra: dict | None = None) -> bool:
+        if self.echo_auth and status != 200 and isinstance(payload, dict):
+            payload = {**payload, "received_authorization": rec.headers.get("authorization")}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
                   429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")

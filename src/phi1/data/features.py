@@ -10,7 +10,7 @@ producing meaningless scores.
 from __future__ import annotations
 
 import hashlib
-import json
+
 import os
 from pathlib import Path
 
@@ -147,5 +147,3 @@ def describe(encoder) -> dict:
     return {"spec": encoder.spec, "fingerprint": encoder.fingerprint(), "class": type(encoder).__name__}
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -112,7 +112,7 @@ class WindowSampler:
         rows = np.stack([self.sample(int(g)) for g in indices]).astype(np.int64)  # (B, T+1)
         t = torch.from_numpy(rows)
         x, y = t[:, :-1], t[:, 1:]
-        if device != "cpu":
+        if torch.device(device).type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
             y = y.pin_memory().to(device, non_blocking=True)
         return x, y

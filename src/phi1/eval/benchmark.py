@@ -34,17 +34,13 @@ class GenerationConfig:
     max_problems: int | None = None
 
     def validate(self) -> "GenerationConfig":
+        from phi1.infer.generate import SamplingParams
+        SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p).validate()
         if self.n < 1:
             raise ConfigError(f"n: {self.n} is not allowed; use an integer >= 1")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature: {self.temperature} is not allowed; use >= 0 (0 = greedy)")
         if self.n > 1 and self.temperature == 0:
             raise ConfigError(f"n: {self.n} samples with temperature 0 would all be identical; "
                               "set --temperature > 0 (e.g. 0.8) or --n 1")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p: {self.top_p} is not allowed; use a value in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens: {self.max_new_tokens} is not allowed; use an integer >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: {self.batch_size} is not allowed; use an integer >= 1")
         if self.max_problems is not None and self.max_problems < 1:

@@ -200,12 +200,14 @@ class Sandbox:
         timeout = float(timeout or self.config.timeout)
         todo: queue.Queue = queue.Queue()
         done: queue.Queue = queue.Queue()
+        stop = threading.Event()
         n = 0
         for job in jobs:
             todo.put(job)
             n += 1
+
         def work(slot: int) -> None:
-            while True:
+            while not stop.is_set():
                 try:
                     rid, program = todo.get_nowait()
                 except queue.Empty:
@@ -224,16 +226,22 @@ class Sandbox:
                         done.put(exc)
                         return
                 done.put(res)
+
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(self._zygotes))]
         for t in threads:
             t.start()
-        for _ in range(n):
-            item = done.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-        for t in threads:
-            t.join()
+        try:
+            for _ in range(n):
+                item = done.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # An abandoned or interrupted run must not leave workers talking to
+            # the zygotes: the next run would read their replies.
+            stop.set()
+            for t in threads:
+                t.join()
 
 
 def classify(res: dict) -> tuple[str, str]:

@@ -181,7 +181,11 @@ class Slot:
         streams = {out_r: Tail(cap), err_r: Tail(cap), res_r: Tail(1 << 16)}
         status, timed_out = self._watch(pid, streams, start + timeout)
         duration = time.monotonic() - start
-        self._kill_leftovers(pid)
+        if status is None or _has_children():
+            # Something is still running: the program itself (timeout) or what it
+            # started. Every descendant is in our subtree (we are a subreaper), so
+            # with no children left there is nothing to kill and we skip the cost.
+            self._kill_leftovers(pid)
         _drain(streams, deadline=time.monotonic() + 1.0)
         if status is None:
             status = _wait_blocking(pid)
@@ -433,6 +437,14 @@ def _verdict(rid, token: str, status, timed_out: bool, streams: dict, fds, durat
         res.update(status="exit", exc_type=None,
                    message=f"exited with code {res['exit_code']} before the tests finished")
     return res
+
+
+def _has_children() -> bool:
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _wait_blocking(pid: int):

@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import os
+
 import torch
 
 from phi1.errors import Phi1Error
+from phi1.infer.decode import DecodeStep, prefill
 from phi1.infer.sampling import sample_next
+from phi1.infer.textstream import ids_for_prefix, truncate_at_stop
 
 
 @dataclass
@@ -53,15 +57,28 @@ def _ensure_cache(model, batch: int, length: int) -> None:
         model.setup_caches(max(batch, shape[0] if shape else 0), model.config.max_position_embeddings)
 
 
+def decode_step_for(model, compile: bool | None = None) -> DecodeStep:
+    """The model's decode step, built once per model so a compiled graph is reused across calls."""
+    if compile is None:
+        compile = os.environ.get("PHI1_COMPILE") == "1" and model.lm_head.weight.device.type == "cuda"
+    step = getattr(model, "_phi1_decode_step", None)
+    if step is None or step.compiled != bool(compile):
+        step = DecodeStep(model, compile=bool(compile))
+        model._phi1_decode_step = step
+    return step
+
+
 @torch.inference_mode()
 def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id: int | None,
-                 stop_check=None, sync_every: int | None = None) -> list[tuple[list[int], str]]:
+                 stop_check=None, sync_every: int | None = None,
+                 compile: bool | None = None) -> list[tuple[list[int], str]]:
     """Generate for one batch of token-id prompts; returns (new ids, finish_reason) per row.
 
     `stop_check(row, new_ids) -> bool` is called at sync points for rows still
     running; returning True ends that row (the caller truncates the text).
     On CUDA the host looks at tokens only every `sync_every` steps, so decoding
-    does not wait on a GPU->CPU copy per token.
+    does not wait on a GPU->CPU copy per token. `compile` (CUDA only; default:
+    the PHI1_COMPILE=1 environment variable) runs the decode step as a CUDA graph.
     """
     params.validate()
     dev = model.lm_head.weight.device
@@ -79,24 +96,20 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
     _ensure_cache(model, B, ctx)
 
     pad = eos_id if eos_id is not None else 0
-    tokens = torch.full((B, T0), pad, dtype=torch.long, device=dev)
-    for i, p in enumerate(prompts):
-        tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
-    pos = torch.arange(T0, device=dev)[None, :].expand(B, T0)
-    lens_t = torch.tensor(lens, device=dev)
     temperature = torch.full((B,), float(params.temperature), device=dev)
     top_k = torch.full((B,), int(params.top_k), device=dev, dtype=torch.long)
     top_p = torch.full((B,), float(params.top_p), device=dev)
+    sampling = params.temperature > 0  # known on the host: no per-token sync to find out
     gen = None
     if params.seed is not None:
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(params.seed))
+    step_fn = decode_step_for(model, compile)
 
     # Prefill: one pass over the (right-padded) prompts; logits only at each row's last token.
-    h = model.hidden_states(tokens, input_pos=pos, kv_len=T0)                # (B, T0, C)
-    last = h[torch.arange(B, device=dev), lens_t - 1]                         # (B, C)
-    nxt = sample_next(model.lm_head(last), temperature, top_k, top_p, gen)   # (B,)
-
+    logits = prefill(model, prompts, pad)                                     # (B, V)
+    nxt = sample_next(logits, temperature, top_k, top_p, gen, any_sampling=sampling)   # (B,)
+    lens_t = torch.tensor(lens, device=dev)
     out = torch.full((B, max_new), pad, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     cur = lens_t.clone()                                                      # next write position per row
@@ -127,9 +140,9 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
                 break
         # Decode one token for every row at its own position.
         kv_len = T0 + step + 1
-        logits = model(nxt[:, None], input_pos=cur[:, None], kv_len=kv_len)[:, -1]   # (B, V)
+        logits = step_fn(nxt, cur, kv_len)                                   # (B, V)
         cur = cur + 1
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)
+        nxt = sample_next(logits, temperature, top_k, top_p, gen, any_sampling=sampling)
     results = []
     out_l = out.tolist()
     for i in range(B):
@@ -137,15 +150,13 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
     return results
 
 
-def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    cut = min((idx for s in stop if s and (idx := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, stop: Sequence[str] = (), seed: int | None = None,
-             batch_size: int = 16) -> list[Completion]:
-    """Complete each prompt; stop strings are cut from the returned text (as OpenAI's API does)."""
+             batch_size: int = 16, *, compile: bool | None = None) -> list[Completion]:
+    """Complete each prompt; stop strings are cut from the returned text (as OpenAI's API does).
+
+    `compile=True` (CUDA) runs the decode step as a CUDA graph; see `generate_ids`.
+    """
     params = SamplingParams(max_new_tokens, temperature, top_p, top_k, tuple(stop), seed)
     params.validate()
     if batch_size < 1:
@@ -155,7 +166,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, te
     stop = tuple(s for s in stop if s)
 
     def stop_check(_row, ids):
-        return bool(stop) and _truncate_at_stop(tokenizer.decode(ids), stop)[1]
+        return bool(stop) and truncate_at_stop(tokenizer.decode(ids), stop)[1]
 
     # Sort by length so each batch pads little; restore the order at the end.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -163,25 +174,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, te
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         outs = generate_ids(model, [encoded[i] for i in idx], params, tokenizer.eos_id,
-                            stop_check=stop_check if stop else None)
+                            stop_check=stop_check if stop else None, compile=compile)
         for i, (ids, reason) in zip(idx, outs):
             text = tokenizer.decode(ids)
-            text, hit = _truncate_at_stop(text, stop)
+            text, hit = truncate_at_stop(text, stop)
             if hit:
                 reason = "stop"
-                ids = _ids_for_prefix(tokenizer, ids, text)
+                ids = ids_for_prefix(tokenizer, ids, text)
             by_index[i] = Completion(text, ids, reason, len(encoded[i]), len(ids))
     results = [by_index[i] for i in range(len(encoded))]
     return results
 
-
-def _ids_for_prefix(tokenizer, ids: list[int], text: str) -> list[int]:
-    """The shortest prefix of `ids` whose decoding covers `text` (for token accounting)."""
-    lo, hi = 0, len(ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(tokenizer.decode(ids[:mid])) >= len(text):
-            hi = mid
-        else:
-            lo = mid + 1
-    return ids[:lo]

@@ -6,16 +6,20 @@ import torch
 
 
 def sample_next(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, *, any_sampling: bool | None = None) -> torch.Tensor:
     """Pick one token per row of `logits` (B, V).
 
     `temperature`, `top_k`, `top_p` are (B,) tensors so that requests with
     different sampling settings can share one batch. temperature <= 0 means
-    greedy; top_k <= 0 and top_p >= 1 disable those filters.
+    greedy; top_k <= 0 and top_p >= 1 disable those filters. Callers that know
+    on the host whether any row samples pass `any_sampling`, which spares a
+    GPU->CPU synchronisation per token.
     """
     greedy = logits.argmax(dim=-1)
     do_sample = temperature > 0
-    if not bool(do_sample.any()):
+    if any_sampling is None:
+        any_sampling = bool(do_sample.any())
+    if not any_sampling:
         return greedy
     logits = logits.float() / temperature.clamp_min(1e-5)[:, None]
     sorted_logits, order = logits.sort(dim=-1, descending=True)              # (B, V)

@@ -15,6 +15,7 @@ rerun with different settings cannot mix two jobs in one file.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -96,8 +97,6 @@ def _check_manifest(path: Path, pinned: dict) -> dict:
     """Load the job manifest, refusing to continue a job that had different settings."""
     if not path.exists():
         return {"pinned": pinned, "runs": []}
-    import json
-
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

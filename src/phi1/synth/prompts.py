@@ -83,6 +83,12 @@ def build_textbook(spec: Spec, rng: random.Random) -> BuiltPrompt:
     return _render(spec, {**c, "concepts": _join(concepts), "seed_words": ", ".join(words)}, c)
 
 
+def _singular(key: str) -> str:
+    if key.endswith(("xes", "ses", "ches", "shes")):
+        return key[:-2]
+    return key[:-1] if key.endswith("s") else key
+
+
 def function_name(spec: Spec, rng: random.Random) -> str:
     """A constrained, randomly composed snake_case name from the spec's name parts."""
     parts = spec.pools["name_parts"]
@@ -90,7 +96,7 @@ def function_name(spec: Spec, rng: random.Random) -> str:
         if key not in parts:
             raise ConfigError(f"{spec.source}: name_parts.{key} is missing")
     pattern = pick(rng, parts["patterns"])
-    fill = {k[:-1]: pick(rng, v) for k, v in parts.items() if k != "patterns"}  # verbs -> verb, ...
+    fill = {_singular(k): pick(rng, v) for k, v in parts.items() if k != "patterns"}  # verbs -> {verb}
     try:
         return pattern.format(**fill)
     except KeyError as exc:

@@ -1,0 +1,238 @@
+"""`phi1 data classify train|eval|score`: a random-forest quality classifier over encoder features.
+
+As in the paper, a small set of judge annotations (`meta.edu_label`, 0-5) trains
+a random forest on text embeddings; the forest then scores the whole corpus
+(`meta.edu_score` in [0, 1]: the probability of "educational" for the
+classifier, the predicted label / 5 for the regressor).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from phi1.errors import ConfigError, Phi1Error
+from phi1.data.features import describe, make_encoder
+from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.utils.io import atomic_write, atomic_write_json
+from phi1.utils.progress import progress
+
+FORMAT = "phi1-quality-classifier-v1"
+
+
+@dataclass
+class TrainConfig:
+    encoder: str = "hashing"
+    task: str = "classification"   # or "regression"
+    threshold: float = 3.0         # a label >= threshold counts as educational
+    test_fraction: float = 0.2
+    n_estimators: int = 200
+    max_depth: int | None = None
+    seed: int = 0
+    workers: int = 0
+
+    def validate(self) -> None:
+        if self.task not in ("classification", "regression"):
+            raise ConfigError(f"classify.task: {self.task!r} must be 'classification' or 'regression'")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"classify.test_fraction: {self.test_fraction} must be in (0, 1)")
+        if self.n_estimators < 1:
+            raise ConfigError(f"classify.n_estimators: {self.n_estimators} must be >= 1")
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    return Path(str(model_path) + ".json")
+
+
+def _labelled(input_path, label_field: str, skip_bad_lines: bool, report: StageReport):
+    texts, labels = [], []
+    for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
+        lab = rec["meta"].get(label_field)
+        if isinstance(lab, (int, float)) and not isinstance(lab, bool):
+            texts.append(rec["text"])
+            labels.append(float(lab))
+    if len(texts) < 10:
+        raise Phi1Error(f"{input_path}: only {len(texts)} records carry meta.{label_field}; "
+                        "annotate more (phi1 data annotate --sample N) before training")
+    return texts, np.array(labels)
+
+
+def _metrics(task: str, threshold: float, y_true: np.ndarray, pred: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
+
+    yb = (y_true >= threshold).astype(int)
+    pb = (pred >= (0.5 if task == "classification" else threshold / 5.0)).astype(int)
+    majority = max(yb.mean(), 1 - yb.mean()) if len(yb) else 0.0
+    out = {"n": int(len(yb)), "accuracy": round(float(accuracy_score(yb, pb)), 4),
+           "f1": round(float(f1_score(yb, pb, zero_division=0)), 4), "majority_baseline": round(float(majority), 4)}
+    if task == "regression":
+        out["mae"] = round(float(mean_absolute_error(y_true, pred * 5.0)), 4)
+        out["r2"] = round(float(r2_score(y_true, pred * 5.0)), 4) if len(y_true) > 1 else 0.0
+    return out
+
+
+def _predict(model, task: str, X) -> np.ndarray:
+    """Scores in [0, 1]: P(educational) or predicted label / 5."""
+    if task == "classification":
+        proba = model.predict_proba(X)
+        classes = list(model.classes_)
+        return proba[:, classes.index(1)] if 1 in classes else np.zeros(X.shape[0])
+    return np.clip(model.predict(X) / 5.0, 0.0, 1.0)
+
+
+def run_classify_train(
+    input_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    *,
+    encoder: str = "hashing",
+    task: str = "classification",
+    threshold: float = 3.0,
+    label_field: str = "edu_label",
+    test_fraction: float = 0.2,
+    n_estimators: int = 200,
+    max_depth: int | None = None,
+    seed: int = 0,
+    workers: int = 0,
+    skip_bad_lines: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """Train on records with `meta.<label_field>`; save `<model>` (joblib) + `<model>.json`; return held-out metrics."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.model_selection import train_test_split
+
+    cfg = TrainConfig(encoder, task, threshold, test_fraction, n_estimators, max_depth, seed, workers)
+    cfg.validate()
+    t0 = time.perf_counter()
+    report = StageReport("classify-train", input=str(input_path))
+    texts, labels = _labelled(input_path, label_field, skip_bad_lines, report)
+    enc = make_encoder(encoder)
+    X = _encode(enc, texts, quiet)
+    y = (labels >= threshold).astype(int) if task == "classification" else labels
+    strat = y if task == "classification" and min(np.bincount(y, minlength=2)) >= 2 else None
+    idx_tr, idx_te = train_test_split(np.arange(len(texts)), test_size=test_fraction, random_state=seed, stratify=strat)
+    Model = RandomForestClassifier if task == "classification" else RandomForestRegressor
+    kw = {"class_weight": "balanced"} if task == "classification" else {}
+    model = Model(n_estimators=n_estimators, max_depth=max_depth, random_state=seed, n_jobs=workers or -1, **kw)
+    model.fit(X[idx_tr], y[idx_tr])
+    held_out = _metrics(task, threshold, labels[idx_te], _predict(model, task, X[idx_te]))
+    # The saved model is refit on all labelled data: the held-out numbers describe the recipe, not a lucky split.
+    model.fit(X, y)
+    meta = {"format": FORMAT, "encoder": describe(enc), "task": task, "threshold": threshold, "label_field": label_field,
+            "n_labelled": len(texts), "held_out": held_out, "n_estimators": n_estimators, "seed": seed,
+            "sklearn": __import__("sklearn").__version__, "seconds": round(time.perf_counter() - t0, 2)}
+    with atomic_write(model_path, "wb") as fh:
+        joblib.dump(model, fh)
+    atomic_write_json(sidecar_path(model_path), meta)
+    if not quiet:
+        print(f"classify train: {len(texts)} labelled, held-out accuracy {held_out['accuracy']:.3f} "
+              f"(majority {held_out['majority_baseline']:.3f}), F1 {held_out['f1']:.3f}; saved {model_path}",
+              file=sys.stderr)
+    return meta
+
+
+def load_classifier(model_path: str | os.PathLike, encoder: str | None = None):
+    """(model, sidecar, encoder) — refusing an encoder whose fingerprint differs from the training one."""
+    side = sidecar_path(model_path)
+    if not Path(model_path).exists() or not side.exists():
+        raise Phi1Error(f"{model_path}: classifier or its sidecar {side.name} not found; run `phi1 data classify train` first")
+    meta = _read_json(side)
+    if meta.get("format") != FORMAT:
+        raise Phi1Error(f"{side}: not a phi1 quality classifier (format {meta.get('format')!r}, expected {FORMAT})")
+    trained = meta["encoder"]
+    if encoder and encoder != trained["spec"]:
+        enc = make_encoder(encoder)
+    else:
+        enc = make_encoder(trained["spec"])
+    fp = enc.fingerprint()
+    if fp != trained["fingerprint"]:
+        raise Phi1Error(
+            f"{model_path}: trained with encoder {trained['spec']} (fingerprint {trained['fingerprint']}), but the "
+            f"encoder now is {enc.spec} (fingerprint {fp}); score with the same encoder or retrain the classifier"
+        )
+    with open(model_path, "rb") as fh:
+        model = joblib.load(fh)
+    return model, meta, enc
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise Phi1Error(f"{path}: malformed classifier sidecar ({exc.msg}); retrain the classifier") from None
+
+
+def run_classify_eval(input_path, model_path, *, encoder: str | None = None, skip_bad_lines: bool = False,
+                      quiet: bool = False) -> dict:
+    """Accuracy/F1 of a saved classifier against `meta.<label_field>` in `input_path`."""
+    model, meta, enc = load_classifier(model_path, encoder)
+    report = StageReport("classify-eval", input=str(input_path))
+    texts, labels = _labelled(input_path, meta["label_field"], skip_bad_lines, report)
+    m = _metrics(meta["task"], meta["threshold"], labels, _predict(model, meta["task"], _encode(enc, texts, quiet)))
+    if not quiet:
+        print(f"classify eval: {m}", file=sys.stderr)
+    return m
+
+
+def _encode(enc, texts: list[str], quiet: bool, batch: int = 256):
+    import scipy.sparse as sp
+
+    parts = [enc.encode(texts[s : s + batch]) for s in progress(range(0, len(texts), batch), desc="encode", unit="batch")]
+    if not parts:
+        return enc.encode([])
+    return sp.vstack(parts).tocsr() if sp.issparse(parts[0]) else np.concatenate(parts)
+
+
+def run_classify_score(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    classifier: str | os.PathLike,
+    encoder: str | None = None,
+    batch_size: int = 512,
+    workers: int = 0,
+    skip_bad_lines: bool = False,
+    rejected: str | None = None,
+    quiet: bool = False,
+) -> StageReport:
+    """Add `meta.edu_score` in [0, 1] to every record, encoding and predicting in batches."""
+    model, meta, enc = load_classifier(classifier, encoder)
+    if hasattr(model, "n_jobs"):
+        model.n_jobs = workers or -1  # trees predict in parallel worker threads
+    report = StageReport("classify-score", input=str(input_path))
+    report.details.update(classifier=str(classifier), encoder=meta["encoder"]["spec"], task=meta["task"])
+    scores_all: list[float] = []
+    size = os.path.getsize(input_path) if os.path.exists(input_path) else None
+    bar = progress(total=size, desc="score", unit="B", unit_scale=True)
+    try:
+        with RecordSink(output_path, report, rejected) as sink:
+            batch: list[dict] = []
+
+            def flush():
+                scores = _predict(model, meta["task"], enc.encode([r["text"] for r in batch]))
+                for rec, s in zip(batch, scores):
+                    rec["meta"]["edu_score"] = round(float(s), 4)
+                    scores_all.append(float(s))
+                    bar.update(len(rec["text"]))
+                    sink.keep(rec)
+                batch.clear()
+
+            for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
+                batch.append(rec)
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
+                flush()
+    finally:
+        bar.close()
+    if scores_all:
+        q = np.quantile(scores_all, [0.1, 0.5, 0.9])
+        report.details["score_quantiles"] = {"p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4)}
+    return finish_report(report, quiet)

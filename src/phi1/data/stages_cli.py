@@ -1,0 +1,229 @@
+"""CLI for the data stages: `phi1 data collect|dedup|annotate|classify|filter|decontaminate|mine-exercises|run`.
+
+Each subcommand parses flags and calls one `run_*` library function.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _common(p, out_required: bool = True) -> None:
+    p.add_argument("input", help="input JSONL file (records with id, text, meta)")
+    if out_required:
+        p.add_argument("--out", required=True, help="output JSONL file (its report goes to OUT.report.json)")
+    p.add_argument("--rejected", help="also write the dropped records (with the reason in meta) to this file")
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
+    p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+
+
+def _bench(p) -> None:
+    p.add_argument("--benchmark", action="append", default=None, help="built-in benchmark to protect (humaneval); repeatable")
+    p.add_argument("--benchmark-file", action="append", default=[], help="benchmark JSONL (HumanEval or MBPP format); repeatable")
+
+
+def _benchmarks(args) -> list[str]:
+    if args.benchmark is None:
+        return [] if args.benchmark_file else ["humaneval"]
+    return args.benchmark
+
+
+def _io(args) -> dict:
+    return {"rejected": args.rejected, "skip_bad_lines": args.skip_bad_lines, "quiet": args.quiet}
+
+
+def _collect(args) -> int:
+    from phi1.data.collect import run_collect
+
+    run_collect(args.sources, args.out, python_stdlib=args.python_stdlib, site_packages=args.site_packages,
+                include=args.include, exclude=args.exclude, max_bytes=args.max_bytes, workers=args.workers,
+                text_field=args.text_field, limit_bytes=int(args.limit_mb * 1e6), **_io(args))
+    return 0
+
+
+def _dedup(args) -> int:
+    from phi1.data.dedup import run_dedup
+
+    run_dedup(args.input, args.out, exact=not args.no_exact, near=not args.no_near, threshold=args.threshold,
+              num_perm=args.num_perm, shingle=args.shingle, workers=args.workers, **_io(args))
+    return 0
+
+
+def _annotate(args) -> int:
+    from phi1.data.annotate import run_annotate
+
+    run_annotate(args.input, args.out, endpoint=args.endpoint, model=args.model, api_key_env=args.api_key_env,
+                 sample=args.sample, seed=args.seed, concurrency=args.concurrency, timeout=args.timeout,
+                 max_attempts=args.max_attempts, cache=args.cache, only_sampled=args.only_sampled, **_io(args))
+    return 0
+
+
+def _train(args) -> int:
+    from phi1.data.classify import run_classify_train
+
+    meta = run_classify_train(args.input, args.classifier, encoder=args.encoder, task=args.task, threshold=args.threshold,
+                              label_field=args.label_field, test_fraction=args.test_fraction,
+                              n_estimators=args.n_estimators, seed=args.seed, workers=args.workers,
+                              skip_bad_lines=args.skip_bad_lines, quiet=args.quiet)
+    print(json.dumps(meta["held_out"]))
+    return 0
+
+
+def _eval(args) -> int:
+    from phi1.data.classify import run_classify_eval
+
+    print(json.dumps(run_classify_eval(args.input, args.classifier, encoder=args.encoder,
+                                       skip_bad_lines=args.skip_bad_lines, quiet=args.quiet)))
+    return 0
+
+
+def _score(args) -> int:
+    from phi1.data.classify import run_classify_score
+
+    run_classify_score(args.input, args.out, classifier=args.classifier, encoder=args.encoder,
+                       batch_size=args.batch_size, workers=args.workers, **_io(args))
+    return 0
+
+
+def _filter(args) -> int:
+    from phi1.data.filter import run_filter
+
+    run_filter(args.input, args.out, min_score=args.min_score, top_fraction=args.top_fraction, field=args.field, **_io(args))
+    return 0
+
+
+def _decontaminate(args) -> int:
+    from phi1.data.decontam import run_decontaminate
+
+    rep = run_decontaminate(args.input, args.out, benchmarks=_benchmarks(args), benchmark_files=args.benchmark_file,
+                            ngram=args.ngram, ngram_threshold=args.ngram_threshold, ast_threshold=args.ast_threshold,
+                            use_ast=not args.no_ast, **_io(args))
+    if not args.quiet:
+        for h in rep.details["hits"][:20]:
+            best = h["hits"][0]
+            print(f"  {h['id']}: {best['task_id']} ({best['method']}, score {best['score']})", file=sys.stderr)
+    return 0
+
+
+def _mine(args) -> int:
+    from phi1.data.mine import run_mine
+
+    run_mine(args.input, args.out, decontaminate=not args.no_decontaminate, benchmarks=_benchmarks(args),
+             benchmark_files=args.benchmark_file, min_doc_chars=args.min_doc_chars,
+             max_body_lines=args.max_body_lines, **_io(args))
+    return 0
+
+
+def _run(args) -> int:
+    from phi1.data.pipeline import run_pipeline
+
+    res = run_pipeline(args.pipeline, workdir=args.workdir, force=args.force, until=args.until, quiet=args.quiet)
+    for r in res:
+        print(f"{r['stage']}: {r['status']} -> {r['output']}")
+    return 0
+
+
+def register_data(sub) -> None:
+    p = sub.add_parser("collect", help="gather source files / JSONL / Parquet / HF datasets into records")
+    p.add_argument("sources", nargs="*", help="directories (recursive), .jsonl, .parquet, or saved HF dataset dirs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--python-stdlib", action="store_true", help="add the running Python's standard library")
+    p.add_argument("--site-packages", action="store_true", help="add the running Python's installed packages")
+    p.add_argument("--include", action="append", help="filename glob to include (default *.py); repeatable")
+    p.add_argument("--exclude", action="append", help="filename/relative-path glob to exclude; repeatable")
+    p.add_argument("--max-bytes", type=int, default=1_000_000, help="skip larger files (default 1 MB)")
+    p.add_argument("--workers", type=int, default=0, help="reader processes (0 = one per CPU)")
+    p.add_argument("--text-field", default="text", help="column holding the text in JSONL/Parquet/HF sources")
+    p.add_argument("--limit-mb", type=float, default=0.0, help="stop after this many MB of kept text (0 = all)")
+    p.add_argument("--rejected")
+    p.add_argument("--skip-bad-lines", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_collect)
+
+    p = sub.add_parser("dedup", help="drop exact and near duplicates (MinHash + LSH)")
+    _common(p)
+    p.add_argument("--no-exact", action="store_true")
+    p.add_argument("--no-near", action="store_true")
+    p.add_argument("--threshold", type=float, default=0.85, help="Jaccard threshold for near duplicates")
+    p.add_argument("--num-perm", type=int, default=128)
+    p.add_argument("--shingle", type=int, default=5, help="code tokens per shingle")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=_dedup)
+
+    p = sub.add_parser("annotate", help="educational-value labels 0-5 (LLM judge, or rules offline)")
+    _common(p)
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL (comma-separated for several); omit for the rule-based annotator")
+    p.add_argument("--model", help="model name on the endpoint")
+    p.add_argument("--api-key-env", help="environment variable holding the API key")
+    p.add_argument("--sample", type=int, default=0, help="annotate a random sample of N records (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--max-attempts", type=int, default=6)
+    p.add_argument("--cache", help="judge cache file (default OUT.cache.jsonl)")
+    p.add_argument("--only-sampled", action="store_true", help="write only the annotated records")
+    p.set_defaults(func=_annotate)
+
+    from phi1.data.features import ENCODER_HELP
+
+    p = sub.add_parser("classify", help="quality classifier: train | eval | score")
+    csub = p.add_subparsers(dest="classify_command", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    t = csub.add_parser("train", help="train a random forest on meta.edu_label")
+    _common(t, out_required=False)
+    t.add_argument("--classifier", required=True, help="where to save the classifier (a .json sidecar goes beside it)")
+    t.add_argument("--encoder", default="hashing", help=ENCODER_HELP)
+    t.add_argument("--task", choices=["classification", "regression"], default="classification")
+    t.add_argument("--threshold", type=float, default=3.0, help="labels >= this count as educational")
+    t.add_argument("--label-field", default="edu_label")
+    t.add_argument("--test-fraction", type=float, default=0.2)
+    t.add_argument("--n-estimators", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=0)
+    t.set_defaults(func=_train)
+    e = csub.add_parser("eval", help="accuracy/F1 of a saved classifier on labelled records")
+    _common(e, out_required=False)
+    e.add_argument("--classifier", required=True)
+    e.add_argument("--encoder", help="override (must match the training encoder's fingerprint)")
+    e.set_defaults(func=_eval)
+    s = csub.add_parser("score", help="add meta.edu_score to every record")
+    _common(s)
+    s.add_argument("--classifier", required=True)
+    s.add_argument("--encoder", help="override (must match the training encoder's fingerprint)")
+    s.add_argument("--batch-size", type=int, default=512)
+    s.add_argument("--workers", type=int, default=0)
+    s.set_defaults(func=_score)
+
+    p = sub.add_parser("filter", help="keep the records with the best meta.edu_score")
+    _common(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--min-score", type=float)
+    g.add_argument("--top-fraction", type=float)
+    p.add_argument("--field", default="edu_score")
+    p.set_defaults(func=_filter)
+
+    p = sub.add_parser("decontaminate", help="remove records overlapping benchmark problems (n-gram + AST)")
+    _common(p)
+    _bench(p)
+    p.add_argument("--ngram", type=int, default=13)
+    p.add_argument("--ngram-threshold", type=float, default=0.5, help="fraction of a task's n-grams that flags a record")
+    p.add_argument("--ast-threshold", type=float, default=0.8, help="normalised-AST similarity that flags a function")
+    p.add_argument("--no-ast", action="store_true", help="n-gram check only")
+    p.set_defaults(func=_decontaminate)
+
+    p = sub.add_parser("mine-exercises", help="extract documented self-contained functions as prompt/completion pairs")
+    _common(p)
+    _bench(p)
+    p.add_argument("--no-decontaminate", action="store_true")
+    p.add_argument("--min-doc-chars", type=int, default=20)
+    p.add_argument("--max-body-lines", type=int, default=60)
+    p.set_defaults(func=_mine)
+
+    p = sub.add_parser("run", help="run a data pipeline YAML, resuming finished stages")
+    p.add_argument("pipeline", help="pipeline YAML (see recipes/data-demo.yaml)")
+    p.add_argument("--workdir", help="override the pipeline's workdir")
+    p.add_argument("--force", action="store_true", help="rerun every stage")
+    p.add_argument("--until", help="stop after this stage")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run)

@@ -1,0 +1,321 @@
+"""Continuous batching: one background thread owns the model and decodes every live sequence together.
+
+The static KV cache has `max_batch` rows ("slots"). A new sequence is prefilled
+into the lowest free slot(s) and joins the running decode batch at its own
+position; a finished or cancelled sequence frees its slot at the next sync
+point, where the next waiting sequence can take it. The host looks at the
+tokens only every `sync_every` steps (1 on CPU, 8 on CUDA), so the GPU is not
+stalled by a device->host copy per token; rows that finish inside an interval
+are trimmed on the host.
+
+Sequences talk to the outside world only through their `sink(event)` callback,
+called from the engine thread with `Delta` events (text appended since the
+last event; the last one carries `finish_reason`) or one `Failed` event.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from phi1.infer.decode import DecodeStep, prefill
+from phi1.infer.sampling import sample_next
+from phi1.infer.textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delta:
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None  # set on a sequence's last event: "stop" or "length"
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+@dataclass
+class SeqParams:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class Sequence:
+    """One prompt being completed; owned by the engine thread once submitted."""
+
+    def __init__(self, prompt_ids: list[int], params: SeqParams, sink: Callable[[object], None]):
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.sink = sink
+        self.cancelled = False  # set from any thread; the engine drops the sequence at its next sync
+        self.slot: int | None = None
+        self.generator: torch.Generator | None = None
+        self.stream: TextStream | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return self.params.temperature > 0
+
+
+@dataclass
+class EngineMetrics:
+    """Counters behind GET /metrics (written by the engine thread, read by the server)."""
+
+    requests: int = 0
+    sequences: int = 0
+    sequences_finished: int = 0
+    sequences_cancelled: int = 0
+    sequences_failed: int = 0
+    prompt_tokens: int = 0
+    tokens_generated: int = 0
+    prefill_batches: int = 0
+    decode_steps: int = 0
+    max_batch_occupancy: int = 0
+    batch_size_steps: dict[int, int] = field(default_factory=dict)  # occupancy -> decode steps
+    decode_seconds: float = 0.0
+
+    def snapshot(self, active: int, waiting: int) -> dict:
+        steps = max(self.decode_steps, 1)
+        occ = sum(k * v for k, v in self.batch_size_steps.items())
+        return {
+            "requests": self.requests,
+            "sequences": self.sequences,
+            "sequences_finished": self.sequences_finished,
+            "sequences_cancelled": self.sequences_cancelled,
+            "sequences_failed": self.sequences_failed,
+            "prompt_tokens": self.prompt_tokens,
+            "tokens_generated": self.tokens_generated,
+            "prefill_batches": self.prefill_batches,
+            "decode_steps": self.decode_steps,
+            "max_batch_occupancy": self.max_batch_occupancy,
+            "mean_batch_size": occ / steps if self.decode_steps else 0.0,
+            "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_size_steps.items())},
+            "decode_tokens_per_second": occ / self.decode_seconds if self.decode_seconds else 0.0,
+            "active_sequences": active,
+            "waiting_sequences": waiting,
+        }
+
+
+class Engine:
+    """The background decode loop over a fixed set of cache slots."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 8, sync_every: int | None = None,
+                 compile: bool = False, step_mode: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.ctx = model.config.max_position_embeddings
+        self.dev = model.lm_head.weight.device
+        self.sync_every = sync_every or (1 if self.dev.type == "cpu" else 8)
+        self.eos_id = tokenizer.eos_id
+        self.pad = self.eos_id if self.eos_id is not None else 0
+        model.setup_caches(max_batch, self.ctx)
+        self.step_fn = DecodeStep(model, compile=compile, mode=step_mode)
+        self.metrics = EngineMetrics()
+        self.slots: list[Sequence | None] = [None] * max_batch
+        # Per-slot device state: the token to feed next and the position it goes to.
+        self.next_tok = torch.full((max_batch,), self.pad, dtype=torch.long, device=self.dev)
+        self.pos = torch.zeros(max_batch, dtype=torch.long, device=self.dev)
+        self.temperature = torch.zeros(max_batch, device=self.dev)
+        self.top_k = torch.zeros(max_batch, dtype=torch.long, device=self.dev)
+        self.top_p = torch.ones(max_batch, device=self.dev)
+        self.live = torch.zeros(max_batch, dtype=torch.long, device=self.dev)  # 1 where a slot is in use
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="phi1-engine", daemon=True)
+
+    # ---- public API (any thread) ----------------------------------------
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences (one request's choices); they start as slots free up."""
+        for s in seqs:
+            if not 0 < len(s.prompt_ids) < self.ctx:
+                raise ValueError(f"prompt has {len(s.prompt_ids)} tokens; it must have 1 to {self.ctx - 1}")
+        with self._cv:
+            self.metrics.requests += 1
+            self.metrics.sequences += len(seqs)
+            self._waiting.extend(seqs)
+            self._cv.notify_all()
+
+    def cancel(self, seqs: list[Sequence]) -> None:
+        """Stop working on these sequences (a client went away); no further events are sent."""
+        with self._cv:
+            for s in seqs:
+                s.cancelled = True
+            self._cv.notify_all()
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            waiting = len(self._waiting)
+        active = sum(s is not None for s in self.slots)
+        return self.metrics.snapshot(active, waiting)
+
+    # ---- engine thread ----------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._stop and not self._waiting and not any(self.slots):
+                        self._cv.wait()
+                    if self._stop:
+                        break
+                    admitted = self._take_waiting()
+                try:
+                    self._drop_cancelled()
+                    if admitted:
+                        self._admit(admitted)
+                    if any(self.slots):
+                        self._decode_interval()
+                except Exception as exc:  # a bug or device error: fail what is running, keep serving
+                    log.exception("engine step failed")
+                    self._fail_all(f"internal error while decoding: {type(exc).__name__}: {exc}")
+        for s in list(self._waiting) + [s for s in self.slots if s is not None]:
+            s.sink(Failed("server is shutting down"))
+
+    def _take_waiting(self) -> list[Sequence]:
+        free = [i for i, s in enumerate(self.slots) if s is None]
+        taken = []
+        while self._waiting and len(taken) < len(free):
+            s = self._waiting.popleft()
+            if s.cancelled:
+                self.metrics.sequences_cancelled += 1
+                continue
+            s.slot = free[len(taken)]
+            taken.append(s)
+        return taken
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        for s in seqs:
+            self.slots[s.slot] = s
+            self.live[s.slot] = 1
+            p = s.params
+            # Room for the completion is bounded by the context (as generate() does).
+            p.max_new_tokens = max(1, min(p.max_new_tokens, self.ctx - len(s.prompt_ids)))
+            self.temperature[s.slot] = p.temperature
+            self.top_k[s.slot] = p.top_k
+            self.top_p[s.slot] = p.top_p
+            if p.seed is not None and s.sampling:
+                s.generator = torch.Generator(device=self.dev)
+                s.generator.manual_seed(int(p.seed))
+            s.stream = TextStream(self.tokenizer, p.stop)
+            self.metrics.prompt_tokens += len(s.prompt_ids)
+        # Prefill runs of consecutive slots together (one batch per run).
+        seqs = sorted(seqs, key=lambda s: s.slot)
+        run: list[Sequence] = []
+        for s in seqs + [None]:
+            if run and (s is None or s.slot != run[-1].slot + 1):
+                self._prefill_run(run)
+                run = []
+            if s is not None:
+                run.append(s)
+
+    def _prefill_run(self, run: list[Sequence]) -> None:
+        start = run[0].slot
+        logits = prefill(self.model, [s.prompt_ids for s in run], self.pad, start_row=start)
+        rows = slice(start, start + len(run))
+        first = self._sample(logits, run, rows)
+        self.next_tok[rows] = first
+        self.pos[rows] = torch.tensor([len(s.prompt_ids) for s in run], device=self.dev)
+        self.metrics.prefill_batches += 1
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence | None], rows: slice) -> torch.Tensor:
+        live = [s for s in seqs if s is not None]
+        if not any(s.sampling for s in live):
+            return logits.argmax(dim=-1)
+        out = sample_next(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows], None,
+                          any_sampling=True)
+        # A seeded request draws from its own generator so its output does not depend on its neighbours.
+        for i, s in enumerate(seqs):
+            if s is not None and s.generator is not None:
+                r = slice(i, i + 1)
+                out[i] = sample_next(logits[r], self.temperature[rows][r], self.top_k[rows][r],
+                                     self.top_p[rows][r], s.generator, any_sampling=True)[0]
+        return out
+
+    def _decode_interval(self) -> None:
+        live = [s for s in self.slots if s is not None]
+        B = self.max_batch if self.step_fn.fixed_shape else max(s.slot for s in live) + 1
+        rows = slice(0, B)
+        seqs = self.slots[:B]
+        # Never step a row past its token budget (or the context): end the interval early instead.
+        remaining = min(s.params.max_new_tokens - s.stream.n_tokens for s in live)
+        n_steps = max(1, min(self.sync_every, remaining))
+        kv_base = max(len(s.prompt_ids) + s.stream.n_tokens for s in live)
+        # Copies: the loop rebinds these, and `emitted` must not alias the state written back below.
+        nxt, pos, live_rows = self.next_tok[:B].clone(), self.pos[:B].clone(), self.live[:B].clone()
+        emitted = []
+        t0 = time.perf_counter()
+        for i in range(n_steps):
+            emitted.append(nxt)
+            logits = self.step_fn(nxt, pos, kv_base + i + 1)
+            pos = pos + live_rows  # free rows stay at position 0
+            nxt = self._sample(logits, seqs, rows)
+        self.next_tok[:B] = nxt
+        self.pos[:B] = pos
+        toks = torch.stack(emitted, dim=1).tolist()  # (B, n_steps): the one sync of this interval
+        m = self.metrics
+        m.decode_seconds += time.perf_counter() - t0
+        m.decode_steps += n_steps
+        m.batch_size_steps[len(live)] = m.batch_size_steps.get(len(live), 0) + n_steps
+        m.max_batch_occupancy = max(m.max_batch_occupancy, len(live))
+        for s in live:
+            self._accept(s, toks[s.slot])
+
+    def _accept(self, s: Sequence, toks: list[int]) -> None:
+        if s.cancelled:
+            self._free(s)
+            self.metrics.sequences_cancelled += 1
+            return
+        before = s.stream.n_tokens
+        delta = s.stream.push(toks, self.eos_id, s.params.max_new_tokens)
+        self.metrics.tokens_generated += s.stream.n_tokens - before
+        if s.stream.finish_reason is not None:
+            self._free(s)
+            self.metrics.sequences_finished += 1
+            s.sink(Delta(delta, s.stream.n_tokens, s.stream.finish_reason))
+        elif delta:
+            s.sink(Delta(delta, s.stream.n_tokens))
+
+    def _free(self, s: Sequence) -> None:
+        self.slots[s.slot] = None
+        # A free row still rides along in the batch: keep it at position 0, where it harms nobody.
+        self.pos[s.slot] = 0
+        self.live[s.slot] = 0
+        self.next_tok[s.slot] = self.pad
+        self.temperature[s.slot] = 0.0
+
+    def _drop_cancelled(self) -> None:
+        for s in self.slots:
+            if s is not None and s.cancelled:
+                self._free(s)
+                self.metrics.sequences_cancelled += 1
+
+    def _fail_all(self, message: str) -> None:
+        for s in self.slots:
+            if s is not None:
+                self._free(s)
+                self.metrics.sequences_failed += 1
+                s.sink(Failed(message))

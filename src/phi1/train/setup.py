@@ -1,0 +1,147 @@
+"""Everything the trainer checks and builds before the first step.
+
+Each bad input (unknown preset, shards from another tokenizer, a sequence
+length over the model's maximum, a checkpoint of another shape, an empty
+dataset, a batch that does not divide over the ranks) fails here, before any
+training, with a message naming the config field or the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from phi1.data.loader import Source, WindowSampler
+from phi1.data.shards import MANIFEST, read_manifest
+from phi1.errors import ConfigError, Phi1Error
+from phi1.model.config import PRESETS, PhiConfig
+from phi1.model.hf import load_model_dir, read_config
+from phi1.model.phi import PhiForCausalLM
+from phi1.tokenizer import load_tokenizer, padded_vocab_size
+from phi1.train.config import TrainConfig
+
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "partial_rotary_factor", "qk_layernorm", "tie_word_embeddings")
+
+
+def dropout_overrides(cfg: TrainConfig) -> dict:
+    m = cfg.model
+    out = {"attention_dropout": m.attention_dropout, "resid_pdrop": m.resid_dropout, "embd_pdrop": m.embd_dropout}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def load_tokenizer_for(cfg: TrainConfig):
+    tok_dir = cfg.model.tokenizer or (cfg.model.init if Path(cfg.model.init).is_dir() else None)
+    if tok_dir is None:
+        raise ConfigError(f"config.model.tokenizer: required when model.init is a preset ({cfg.model.init!r})")
+    if not Path(tok_dir).is_dir():
+        raise ConfigError(f"config.model.tokenizer = {tok_dir!r}: directory not found")
+    return load_tokenizer(tok_dir)
+
+
+def initial_model_config(cfg: TrainConfig, tokenizer) -> PhiConfig:
+    """The configuration the run trains: a preset sized to the tokenizer, or a model directory's."""
+    init = cfg.model.init
+    if Path(init).is_dir():
+        mcfg = read_config(init)
+    elif init in PRESETS:
+        eos = tokenizer.eos_id
+        mcfg = PhiConfig.from_preset(init, vocab_size=padded_vocab_size(len(tokenizer)),
+                                     bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    else:
+        raise ConfigError(f"config.model.init = {init!r}: neither a model directory nor a preset "
+                          f"(presets: {', '.join(PRESETS)})")
+    mcfg = mcfg.replace(**dropout_overrides(cfg))
+    mcfg.validate()
+    if len(tokenizer) > mcfg.vocab_size:
+        raise ConfigError(f"config.model.tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size "
+                          f"{mcfg.vocab_size}; use the tokenizer the model was made with")
+    if cfg.data.seq_len > mcfg.max_position_embeddings:
+        raise ConfigError(f"config.data.seq_len = {cfg.data.seq_len}: exceeds the model's max_position_embeddings "
+                          f"({mcfg.max_position_embeddings}); lower it")
+    return mcfg
+
+
+def check_checkpoint_shape(ckpt: Path, mcfg: PhiConfig) -> None:
+    saved = read_config(ckpt / "model")
+    for f in SHAPE_FIELDS:
+        if getattr(saved, f) != getattr(mcfg, f):
+            raise Phi1Error(f"{ckpt / 'model' / 'config.json'}: checkpoint has {f}={getattr(saved, f)!r} but the "
+                            f"config's model has {getattr(mcfg, f)!r}; it is from a different model shape "
+                            "(use another run.name or the matching model.init)")
+
+
+def build_model(cfg: TrainConfig, mcfg: PhiConfig, ckpt: Path | None) -> PhiForCausalLM:
+    """Weights from the checkpoint (resume), the init directory (continue/finetune) or a fresh init."""
+    overrides = dropout_overrides(cfg)
+    if ckpt is not None:
+        check_checkpoint_shape(ckpt, mcfg)
+        return load_model_dir(ckpt / "model", dtype=torch.float32, **overrides)
+    if Path(cfg.model.init).is_dir():
+        return load_model_dir(cfg.model.init, dtype=torch.float32, **overrides)
+    torch.manual_seed(cfg.run.seed)
+    return PhiForCausalLM(mcfg)
+
+
+def _check_fingerprint(path: str, tokenizer) -> None:
+    m = read_manifest(path)
+    fp = (m.get("tokenizer") or {}).get("fingerprint")
+    if fp != tokenizer.fingerprint():
+        raise Phi1Error(f"{Path(path) / MANIFEST}: shards were made with tokenizer {fp}, but the model's tokenizer "
+                        f"is {tokenizer.fingerprint()}; re-pack with --tokenizer of the model")
+
+
+def build_data(cfg: TrainConfig, tokenizer) -> tuple[WindowSampler, WindowSampler | None]:
+    """Train sampler (required, non-empty) and val sampler (None when no val tokens exist)."""
+    d = cfg.data
+    for src in d.train + d.val:
+        _check_fingerprint(src.path, tokenizer)
+    train = WindowSampler([Source(s.path, s.weight) for s in d.train], "train", d.seq_len, cfg.run.seed)
+    if d.val:
+        return train, WindowSampler([Source(s.path, s.weight) for s in d.val], "val", d.seq_len, cfg.run.seed)
+    try:
+        return train, WindowSampler([Source(s.path, s.weight) for s in d.train], "val", d.seq_len, cfg.run.seed)
+    except Phi1Error:  # train dirs packed without --val-fraction: no validation loss
+        return train, None
+
+
+def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
+    t = cfg.train
+    per_step = t.micro_batch * world_size
+    if t.global_batch % per_step:
+        raise ConfigError(f"config.train.global_batch = {t.global_batch}: must be a multiple of "
+                          f"train.micro_batch x world size = {t.micro_batch} x {world_size} = {per_step}")
+    return t.global_batch // per_step
+
+
+def total_steps(cfg: TrainConfig) -> int:
+    t = cfg.train
+    if t.max_steps is not None:
+        return t.max_steps
+    return max(1, t.max_tokens // (t.global_batch * cfg.data.seq_len))
+
+
+def load_callback(cfg: TrainConfig) -> Callable | None:
+    """Import `package.module:factory` and call it with eval.callback_args."""
+    spec = cfg.eval.callback
+    if not spec:
+        return None
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"config.eval.callback = {spec!r}: cannot import ({exc})") from None
+    return factory(**cfg.eval.callback_args)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorms)."""
+    o = cfg.optimizer
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    fused = o.fused if o.fused is not None else device.type == "cuda"
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)

@@ -1,0 +1,185 @@
+"""annotate (rules + an LLM judge over real loopback HTTP), classify train/eval/score, filter."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI, prompt_of_body
+from test_data_stages import STDLIB, read
+
+from phi1.errors import Phi1Error
+
+
+def write(path: Path, recs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def stdlib_records(names=("heapq.py", "bisect.py", "textwrap.py", "fractions.py", "shlex.py", "colorsys.py")):
+    return [{"id": n, "text": (STDLIB / n).read_text(), "meta": {}} for n in names]
+
+
+def test_rule_annotator_scores_and_explains(tmp_path):
+    from phi1.data.annotate import run_annotate
+    from phi1.data.edu_rules import rule_score
+
+    table = "CODES = {\n" + "".join(f"    {i}: 'code{i}',\n" for i in range(200)) + "}\n"
+    config = "DEBUG = True\nHOST = 'localhost'\nPORT = 8080\nNAME = 'x'\nPATH = '/tmp'\nLEVEL = 3\n"
+    high, reasons, feats = rule_score((STDLIB / "heapq.py").read_text())
+    assert high >= 4 and any("docstrings" in r for r in reasons) and feats["n_defs"] > 5
+    assert rule_score(table)[0] <= 1 and any("literal" in r for r in rule_score(table)[1])
+    assert rule_score(config)[0] <= 1
+    assert rule_score("def broken(:\n")[0] == 0
+    recs = stdlib_records() + [{"id": "table", "text": table, "meta": {}}]
+    out = tmp_path / "ann.jsonl"
+    rep = run_annotate(write(tmp_path / "in.jsonl", recs), out, sample=4, seed=1, quiet=True)
+    got = read(out)
+    labelled = [r for r in got if "edu_label" in r["meta"]]
+    assert len(got) == len(recs) and len(labelled) == 4
+    assert all(r["meta"]["edu_annotator"] == "rules" and r["meta"]["edu_reason"] for r in labelled)
+    assert rep.details["annotator"] == "rules" and sum(rep.details["label_histogram"].values()) == 4
+
+
+def judge(body) -> str:
+    code = prompt_of_body(body)
+    if "NONSENSE_PLEASE" in code:
+        return "I am a teapot and refuse to rate code."
+    if '"""' in code:  # documented code (every stdlib module here opens with a docstring)
+        return 'Here you go: {"score": 4, "reason": "defines functions"}'
+    return "Score: 1/5 - just data"
+
+
+def test_llm_judge_over_http_with_retries_cache_and_nonsense(tmp_path):
+    from phi1.data.annotate import run_annotate
+
+    recs = stdlib_records() + [
+        {"id": "data", "text": "X = [1, 2, 3]\nY = {'a': 1}\n", "meta": {}},
+        {"id": "weird", "text": "# NONSENSE_PLEASE\nz = 1\n", "meta": {}},
+    ]
+    inp = write(tmp_path / "in.jsonl", recs)
+    out, cache = tmp_path / "ann.jsonl", tmp_path / "cache.jsonl"
+    with FakeOpenAI(faults=["500", "429", "malformed"], responder=judge, retry_after=0.01) as srv:
+        rep = run_annotate(inp, out, endpoint=srv.url, model="judge", cache=cache, concurrency=4, quiet=True)
+        assert len(srv.requests) == len(recs) + 3  # three faults, each retried once
+        got = {r["id"]: r["meta"] for r in read(out)}
+        assert got["heapq.py"]["edu_label"] == 4 and got["heapq.py"]["edu_annotator"] == "llm:judge"
+        assert got["data"]["edu_label"] == 1
+        assert "edu_label" not in got["weird"] and "unparsable" in got["weird"]["edu_error"]
+        assert rep.details["judge_unparsable"] == 1 and rep.details["client"]["retries"] == 3
+        first = len(srv.requests)
+        # Rerun: everything comes from the cache, the server sees nothing new.
+        rep2 = run_annotate(inp, tmp_path / "ann2.jsonl", endpoint=srv.url, model="judge", cache=cache, quiet=True)
+        assert len(srv.requests) == first and rep2.details["cache_hits"] == len(recs)
+        assert read(tmp_path / "ann2.jsonl") == read(out)
+        # The prompt the judge sees is the documented one.
+        assert "educational value for a student whose goal is to learn basic coding concepts" in srv.prompt_of(srv.requests[0])
+
+
+def test_unreachable_endpoint_keeps_cache(tmp_path):
+    from phi1.data.annotate import run_annotate
+
+    recs = stdlib_records(("heapq.py", "bisect.py"))
+    cache = tmp_path / "cache.jsonl"
+    with FakeOpenAI(responder=judge) as srv:
+        run_annotate(write(tmp_path / "a.jsonl", recs[:1]), tmp_path / "o.jsonl", endpoint=srv.url, model="judge",
+                     cache=cache, quiet=True)
+    before = cache.read_text()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens here now
+    with pytest.raises(Phi1Error, match=r"failed for all 1 requests.*1 cached judgements kept"):
+        run_annotate(write(tmp_path / "b.jsonl", recs), tmp_path / "o2.jsonl", endpoint=f"http://127.0.0.1:{port}/v1",
+                     model="judge", cache=cache, max_attempts=2, timeout=2, quiet=True)
+    assert cache.read_text() == before and not (tmp_path / "o2.jsonl").exists()
+
+
+def synthetic_labelled(n: int, seed: int = 0) -> list[dict]:
+    """Two kinds of code with a learnable difference: documented algorithms (4-5) vs tables/config (0-1)."""
+    rng = random.Random(seed)
+    words = ["count", "total", "items", "value", "index", "result", "node", "score", "limit", "step"]
+    recs = []
+    for i in range(n):
+        a, b, c = rng.sample(words, 3)
+        if i % 2 == 0:
+            text = (f"def {a}_{b}({c}, {a}):\n    \"\"\"Return the {b} of {c} up to {a}.\"\"\"\n"
+                    f"    {b} = 0\n    for {a}_i in range(len({c})):\n        if {c}[{a}_i] > {a}:\n"
+                    f"            {b} += {c}[{a}_i]\n    return {b}\n")
+            label = rng.choice([4, 5])
+        else:
+            text = f"{a.upper()} = {{\n" + "".join(f"    '{rng.choice(words)}': {rng.randint(0, 999)},\n" for _ in range(rng.randint(3, 12))) + "}\n"
+            text += f"{b.upper()}_ENABLED = {rng.choice(['True', 'False'])}\n"
+            label = rng.choice([0, 1])
+        # A little label noise so the task is not trivial.
+        if rng.random() < 0.05:
+            label = 5 - label
+        recs.append({"id": f"s{i}", "text": text, "meta": {"edu_label": label}})
+    return recs
+
+
+def test_classifier_learns_scores_and_filters(tmp_path):
+    from phi1.data.classify import run_classify_eval, run_classify_score, run_classify_train, sidecar_path
+    from phi1.data.filter import run_filter
+
+    train = write(tmp_path / "train.jsonl", synthetic_labelled(240))
+    test = write(tmp_path / "test.jsonl", synthetic_labelled(80, seed=7))
+    model = tmp_path / "clf.joblib"
+    meta = run_classify_train(train, model, n_estimators=50, workers=1, quiet=True)
+    assert meta["held_out"]["accuracy"] >= 0.85 and meta["held_out"]["majority_baseline"] <= 0.6
+    side = json.loads(sidecar_path(model).read_text())
+    assert side["encoder"]["spec"] == "hashing" and side["encoder"]["fingerprint"]
+    m = run_classify_eval(test, model, quiet=True)
+    assert m["accuracy"] >= 0.85 and m["f1"] >= 0.85
+    scored = tmp_path / "scored.jsonl"
+    run_classify_score(test, scored, classifier=model, batch_size=16, workers=1, quiet=True)
+    recs = read(scored)
+    good = [r["meta"]["edu_score"] for r in recs if r["meta"]["edu_label"] >= 3]
+    bad = [r["meta"]["edu_score"] for r in recs if r["meta"]["edu_label"] < 3]
+    assert len(recs) == 80 and sum(good) / len(good) > sum(bad) / len(bad) + 0.3
+    rep = run_filter(scored, tmp_path / "top.jsonl", top_fraction=0.25, quiet=True)
+    top = read(tmp_path / "top.jsonl")
+    assert 18 <= len(top) <= 30 and rep.dropped["below_cutoff"] == 80 - len(top)
+    assert min(r["meta"]["edu_score"] for r in top) >= max(r["meta"]["edu_score"] for r in recs if r not in top)
+    run_filter(scored, tmp_path / "min.jsonl", min_score=0.5, quiet=True)
+    assert all(r["meta"]["edu_score"] >= 0.5 for r in read(tmp_path / "min.jsonl"))
+    # Regression option.
+    meta_r = run_classify_train(train, tmp_path / "reg.joblib", task="regression", n_estimators=30, workers=1, quiet=True)
+    assert meta_r["held_out"]["accuracy"] >= 0.85 and meta_r["held_out"]["mae"] < 1.5
+
+
+def test_incompatible_encoder_fails_clearly(tmp_path):
+    from phi1.data.classify import run_classify_score, run_classify_train, sidecar_path
+
+    train = write(tmp_path / "train.jsonl", synthetic_labelled(60))
+    model = tmp_path / "clf.joblib"
+    run_classify_train(train, model, n_estimators=10, workers=1, quiet=True)
+    side = json.loads(sidecar_path(model).read_text())
+    side["encoder"]["fingerprint"] = "hashing-v1-999-1-1"  # as if trained with another hashing setup
+    sidecar_path(model).write_text(json.dumps(side))
+    with pytest.raises(Phi1Error, match=r"trained with encoder hashing .*score with the same encoder or retrain"):
+        run_classify_score(train, tmp_path / "o.jsonl", classifier=model, quiet=True)
+    with pytest.raises(Phi1Error, match="not found"):
+        run_classify_score(train, tmp_path / "o.jsonl", classifier=tmp_path / "none.joblib", quiet=True)
+    with pytest.raises(Phi1Error, match="only 0 records carry meta.edu_label"):
+        run_classify_train(write(tmp_path / "u.jsonl", stdlib_records()), model, quiet=True)
+
+
+def test_lm_encoder_features(tmp_path, tiny_model_dir):
+    from phi1.data.classify import run_classify_score, run_classify_train
+    from phi1.data.features import make_encoder
+
+    enc = make_encoder(f"lm:{tiny_model_dir}")
+    X = enc.encode(["def f(x):\n    return x + 1\n", "A = 1", ""])
+    assert X.shape[0] == 3 and X.shape[1] == enc.model.config.hidden_size
+    assert abs(X[0] - X[1]).sum() > 0
+    train = write(tmp_path / "train.jsonl", synthetic_labelled(40))
+    model = tmp_path / "clf.joblib"
+    meta = run_classify_train(train, model, encoder=f"lm:{tiny_model_dir}", n_estimators=20, workers=1, quiet=True)
+    assert meta["encoder"]["spec"].startswith("lm:") and meta["held_out"]["n"] == 8
+    with pytest.raises(Phi1Error, match="score with the same encoder"):
+        run_classify_score(train, tmp_path / "o.jsonl", classifier=model, encoder="hashing", quiet=True)
