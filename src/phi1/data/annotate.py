@@ -20,6 +20,7 @@ from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.data.edu_rules import rule_score
+from phi1.data.parallel import parallel_map
 from phi1.data.records import RecordSink, StageReport, content_hash, finish_report, iter_records
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
@@ -114,6 +115,7 @@ def run_annotate(
     max_attempts: int = 6,
     cache: str | os.PathLike | None = None,
     only_sampled: bool = False,
+    workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
@@ -132,10 +134,9 @@ def run_annotate(
                              report, quiet)
         annotator = f"llm:{model}"
     else:
-        labels = []
-        for i in progress(picked, desc="annotate (rules)", unit="rec"):
-            score, reasons, feats = rule_score(records[i]["text"])
-            labels.append({"score": score, "reason": "; ".join(reasons), "features": feats})
+        texts = (records[i]["text"] for i in picked)
+        labels = [lab for _, lab in progress(parallel_map(_rule_label, texts, workers=workers), total=len(picked),
+                                             desc="annotate (rules)", unit="rec")]
         annotator = "rules"
     report.details.update(annotator=annotator, sampled=len(picked), prompt_version=PROMPT_VERSION)
     by_index = dict(zip(picked, labels))
@@ -159,6 +160,11 @@ def run_annotate(
         print("annotate: no --endpoint given, so the rule-based annotator labelled the records "
               "(meta.edu_annotator = 'rules')", file=__import__("sys").stderr)
     return finish_report(report, quiet)
+
+
+def _rule_label(text: str) -> dict:
+    score, reasons, feats = rule_score(text)
+    return {"score": score, "reason": "; ".join(reasons), "features": feats}
 
 
 def _llm_labels(texts, endpoint, model, api_key_env, concurrency, timeout, max_attempts, cache_path, report, quiet):

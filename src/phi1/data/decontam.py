@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from phi1.errors import ConfigError
 from phi1.data.astnorm import iter_functions, normalized_tokens, parse_python
 from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
+from phi1.data.parallel import parallel_map
 from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
 from phi1.data.tokens import code_tokens, ngram_set
 from phi1.utils.progress import progress
@@ -120,6 +121,18 @@ class Decontaminator:
         return sorted(best.values(), key=lambda h: -h.score)
 
 
+_WORKER: Decontaminator | None = None
+
+
+def _init_worker(kwargs: dict) -> None:
+    global _WORKER
+    _WORKER = Decontaminator(**kwargs)
+
+
+def _check(rec: dict) -> list[Hit]:
+    return _WORKER.check(rec["text"])
+
+
 def run_decontaminate(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -130,13 +143,18 @@ def run_decontaminate(
     ngram_threshold: float = 0.5,
     ast_threshold: float = 0.8,
     use_ast: bool = True,
+    workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
 ) -> StageReport:
-    """Drop records that overlap any benchmark task; the report lists every hit with task and score."""
-    deco = Decontaminator(list(benchmarks), list(benchmark_files), ngram=ngram, ngram_threshold=ngram_threshold,
-                          ast_threshold=ast_threshold, use_ast=use_ast)
+    """Drop records that overlap any benchmark task; the report lists every hit with task and score.
+
+    Checks run in `workers` processes (0 = one per CPU), each holding its own index.
+    """
+    kwargs = dict(benchmarks=list(benchmarks), benchmark_files=list(benchmark_files), ngram=ngram,
+                  ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast)
+    deco = Decontaminator(**kwargs)  # fails fast on a bad benchmark before any worker starts
     report = StageReport("decontaminate", input=str(input_path))
     report.details.update(tasks=len(deco.tasks), ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold)
     hits_out: list[dict] = []
@@ -144,9 +162,9 @@ def run_decontaminate(
     bar = progress(total=size, desc="decontaminate", unit="B", unit_scale=True)
     try:
         with RecordSink(output_path, report, rejected) as sink:
-            for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
+            records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
+            for rec, hits in parallel_map(_check, records, workers=workers, initializer=_init_worker, initargs=(kwargs,)):
                 bar.update(len(rec["text"]))
-                hits = deco.check(rec["text"])
                 if hits:
                     hit_dicts = [h.to_dict() for h in hits]
                     hits_out.append({"id": rec["id"], "hits": hit_dicts})

@@ -21,6 +21,7 @@ from phi1.errors import ConfigError
 from phi1.data.astnorm import parse_python
 from phi1.data.decontam import Decontaminator
 from phi1.data.dedup import normalized_hash
+from phi1.data.parallel import parallel_map
 from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
 from phi1.utils.progress import progress
 
@@ -134,6 +135,18 @@ def extract_exercises(text: str, cfg: MineConfig | None = None) -> tuple[list[di
     return out, skips
 
 
+_CFG: MineConfig | None = None
+
+
+def _init_worker(cfg: MineConfig) -> None:
+    global _CFG
+    _CFG = cfg
+
+
+def _extract(rec: dict):
+    return extract_exercises(rec["text"], _CFG)
+
+
 def run_mine(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -144,11 +157,16 @@ def run_mine(
     min_doc_chars: int = 20,
     min_body_lines: int = 2,
     max_body_lines: int = 60,
+    workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
 ) -> StageReport:
-    """Write one exercise record per qualifying function (text = prompt + completion)."""
+    """Write one exercise record per qualifying function (text = prompt + completion).
+
+    Parsing runs in `workers` processes (0 = one per CPU); dedup and decontamination of the
+    (small) exercises run here.
+    """
     cfg = MineConfig(min_doc_chars, min_body_lines, max_body_lines)
     cfg.validate()
     deco = Decontaminator(list(benchmarks), list(benchmark_files)) if decontaminate else None
@@ -157,9 +175,10 @@ def run_mine(
     skips: dict[str, int] = {}
     n_files = 0
     with RecordSink(output_path, report, rejected) as sink:
-        for rec in progress(iter_records(input_path, report, skip_bad_lines=skip_bad_lines), desc="mine", unit="doc"):
+        records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
+        mined = parallel_map(_extract, records, workers=workers, initializer=_init_worker, initargs=(cfg,))
+        for rec, (exercises, why) in progress(mined, desc="mine", unit="doc"):
             n_files += 1
-            exercises, why = extract_exercises(rec["text"], cfg)
             for k, v in why.items():
                 skips[k] = skips.get(k, 0) + v
             for ex in exercises:

@@ -55,7 +55,8 @@ def _annotate(args) -> int:
 
     run_annotate(args.input, args.out, endpoint=args.endpoint, model=args.model, api_key_env=args.api_key_env,
                  sample=args.sample, seed=args.seed, concurrency=args.concurrency, timeout=args.timeout,
-                 max_attempts=args.max_attempts, cache=args.cache, only_sampled=args.only_sampled, **_io(args))
+                 max_attempts=args.max_attempts, cache=args.cache, only_sampled=args.only_sampled,
+                 workers=args.workers, **_io(args))
     return 0
 
 
@@ -98,7 +99,7 @@ def _decontaminate(args) -> int:
 
     rep = run_decontaminate(args.input, args.out, benchmarks=_benchmarks(args), benchmark_files=args.benchmark_file,
                             ngram=args.ngram, ngram_threshold=args.ngram_threshold, ast_threshold=args.ast_threshold,
-                            use_ast=not args.no_ast, **_io(args))
+                            use_ast=not args.no_ast, workers=args.workers, **_io(args))
     if not args.quiet:
         for h in rep.details["hits"][:20]:
             best = h["hits"][0]
@@ -111,7 +112,7 @@ def _mine(args) -> int:
 
     run_mine(args.input, args.out, decontaminate=not args.no_decontaminate, benchmarks=_benchmarks(args),
              benchmark_files=args.benchmark_file, min_doc_chars=args.min_doc_chars,
-             max_body_lines=args.max_body_lines, **_io(args))
+             max_body_lines=args.max_body_lines, workers=args.workers, **_io(args))
     return 0
 
 
@@ -163,6 +164,7 @@ def register_data(sub) -> None:
     p.add_argument("--max-attempts", type=int, default=6)
     p.add_argument("--cache", help="judge cache file (default OUT.cache.jsonl)")
     p.add_argument("--only-sampled", action="store_true", help="write only the annotated records")
+    p.add_argument("--workers", type=int, default=0, help="processes for the rule-based annotator (0 = one per CPU)")
     p.set_defaults(func=_annotate)
 
     from phi1.data.features import ENCODER_HELP
@@ -210,6 +212,7 @@ def register_data(sub) -> None:
     p.add_argument("--ngram-threshold", type=float, default=0.5, help="fraction of a task's n-grams that flags a record")
     p.add_argument("--ast-threshold", type=float, default=0.8, help="normalised-AST similarity that flags a function")
     p.add_argument("--no-ast", action="store_true", help="n-gram check only")
+    p.add_argument("--workers", type=int, default=0, help="checking processes (0 = one per CPU)")
     p.set_defaults(func=_decontaminate)
 
     p = sub.add_parser("mine-exercises", help="extract documented self-contained functions as prompt/completion pairs")
@@ -218,6 +221,7 @@ def register_data(sub) -> None:
     p.add_argument("--no-decontaminate", action="store_true")
     p.add_argument("--min-doc-chars", type=int, default=20)
     p.add_argument("--max-body-lines", type=int, default=60)
+    p.add_argument("--workers", type=int, default=0, help="parsing processes (0 = one per CPU)")
     p.set_defaults(func=_mine)
 
     p = sub.add_parser("run", help="run a data pipeline YAML, resuming finished stages")

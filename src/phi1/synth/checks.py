@@ -1,7 +1,7 @@
 """Per-record checks of generated texts: is this exercise, textbook section or story usable?
 
 Each check returns `(reasons, info)`: the reasons a record is rejected (empty
-list = keep) and facts worth keeping in its `meta.validation` either way.
+list = keep; each reason is "category" or "category: detail") and facts worth keeping in its `meta.validation` either way.
 Execution of exercises happens in `validate.py` (it batches the sandbox).
 """
 
@@ -42,7 +42,7 @@ def check_exercise(text: str, constraints: dict) -> tuple[list[str], dict]:
     info.update(function=fn.name if fn else None, n_functions=len(funcs), n_asserts=len(asserts))
     reasons = []
     if fn is None:
-        reasons.append(f"no function named {want}" if want else "no function")
+        reasons.append(f"no function: expected def {want}" if want else "no function")
     else:
         doc = ast.get_docstring(fn)
         info["has_docstring"] = bool(doc)
@@ -81,7 +81,7 @@ def check_textbook(text: str, min_prose_words: int = 40) -> tuple[list[str], dic
     elif parse_errors == len(blocks):
         reasons.append("no code block parses")
     if n_words < min_prose_words:
-        reasons.append(f"too little prose ({n_words} words)")
+        reasons.append(f"too little prose: {n_words} words")
     if blocks and switches < 2:
         reasons.append("explanation and code are not interleaved")
     return reasons, info
@@ -110,7 +110,7 @@ def check_story(text: str, constraints: dict, min_words: int = 40) -> tuple[list
     info = {"n_words": len(tokens), "words_used": used}
     reasons = []
     if len(tokens) < min_words:
-        reasons.append(f"too short ({len(tokens)} words)")
+        reasons.append(f"too short: {len(tokens)} words")
     # irregular verbs (ran, ate) defeat the inflection check, so only noun and adjective are enforced
     missing = [pos for pos in ("noun", "adjective") if used.get(pos) is False]
     if missing:

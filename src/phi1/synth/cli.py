@@ -49,8 +49,9 @@ def _validate(args) -> int:
     from phi1.synth.validate import ValidateConfig, validate_file
 
     rep = validate_file(ValidateConfig(kind=args.kind, input=args.input, out=args.out, report=args.report,
-                                       execute=not args.no_execute, timeout=args.exec_timeout,
-                                       dedup_threshold=args.dedup_threshold, decontaminate=not args.no_decontam))
+                                       execute=not args.no_execute, timeout=args.exec_timeout, workers=args.workers,
+                                       dedup_threshold=args.dedup_threshold, decontaminate=not args.no_decontam,
+                                       keep_truncated=args.keep_truncated, min_words=args.min_words))
     print(json.dumps(rep["counts"]))
     return 0
 
@@ -79,6 +80,9 @@ def register(subparsers) -> None:
     v.add_argument("--no-execute", action="store_true", help="exercises: only parse, do not run the asserts")
     v.add_argument("--exec-timeout", type=float, default=5.0, help="seconds per exercise execution")
     v.add_argument("--dedup-threshold", type=float, default=0.85, help="MinHash Jaccard above which texts are near-duplicates")
-    v.add_argument("--no-decontam", action="store_true", help="skip the HumanEval 13-gram decontamination")
+    v.add_argument("--workers", type=int, default=2, help="sandbox processes for executing exercises")
+    v.add_argument("--no-decontam", action="store_true", help="skip the HumanEval decontamination (13-gram + AST)")
+    v.add_argument("--keep-truncated", action="store_true", help="keep records cut off by max_tokens")
+    v.add_argument("--min-words", type=int, default=40, help="shortest story / textbook prose kept, in words")
     v.set_defaults(func=_validate)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

@@ -69,7 +69,7 @@ def validate_file(cfg: ValidateConfig) -> dict:
         else:
             reasons, info = check_story(text, cons, cfg.min_words)
         if meta.get("finish_reason") == "length" and not cfg.keep_truncated:
-            reasons.append("truncated (finish_reason=length)")
+            reasons.append("truncated: finish_reason=length")
         meta["validation"] = info
         reasons_of[i] = reasons
     if cfg.kind == "exercises" and cfg.execute:
@@ -84,7 +84,7 @@ def validate_file(cfg: ValidateConfig) -> dict:
         rec["meta"]["validation"]["reasons"] = reasons_of[i]
         if reasons_of[i]:
             rejected.append(rec)
-            reasons.update(r.split(":")[0].split(" (")[0] for r in reasons_of[i])
+            reasons.update(r.split(":")[0] for r in reasons_of[i])  # counted by category
         else:
             kept.append(rec)
     out = Path(cfg.out)
@@ -149,14 +149,14 @@ def _near_dedup(records: list[dict], reasons_of: dict[int, list[str]], threshold
         key = rec.get("id") or str(i)
         h = normalized_hash(text)
         if h in exact:
-            reasons_of[i].append(f"duplicate of {exact[h]} (exact)")
+            reasons_of[i].append(f"exact duplicate: of {exact[h]}")
             dups += 1
             continue
         exact[h] = key
         mh = maker.minhash(maker.signature(text))
         best = max(((sigs[c].jaccard(mh), c) for c in lsh.query(mh)), default=None)
         if best and best[0] >= threshold:
-            reasons_of[i].append(f"near-duplicate of {best[1]} (jaccard {best[0]:.2f})")
+            reasons_of[i].append(f"near-duplicate: of {best[1]} (jaccard {best[0]:.2f})")
             rec["meta"]["validation"]["near_duplicate_of"] = best[1]
             dups += 1
             continue

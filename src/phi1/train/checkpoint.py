@@ -79,7 +79,7 @@ def _write_trainer_state(path: Path, obj: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenizer, state: dict,
-                    world: World, keep_last_k: int = 0) -> Path:
+                    world: World, keep_last_k: int = 0, keep_steps=()) -> Path:
     """Write checkpoint step-N (rank 0 writes; every rank must call). Returns its path."""
     msd, osd = gather_state(model, optimizer, world)
     root = checkpoints_dir(run_dir)
@@ -106,7 +106,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenize
             else:
                 os.replace(tmp, final)
             atomic_write_text(root / "latest", f"step-{step}\n")
-            prune(root, keep_last_k)
+            prune(root, keep_last_k, keep_steps)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             prev = latest_checkpoint(run_dir)
@@ -145,13 +145,13 @@ def write_best(run_dir: Path, step: int, metric: str, value: float, world: World
         atomic_write_json(checkpoints_dir(run_dir) / "best.json", {"step": step, "metric": metric, "value": value})
 
 
-def prune(root: Path, keep_last_k: int) -> list[int]:
-    """Delete all but the last K complete checkpoints; the best one is always kept."""
+def prune(root: Path, keep_last_k: int, keep_steps=()) -> list[int]:
+    """Delete all but the last K complete checkpoints; the best one and `keep_steps` are always kept."""
     if keep_last_k <= 0:
         return []
     steps = list_steps(root)
     best = read_best(root)
-    protected = set(steps[-keep_last_k:]) | ({best["step"]} if best else set())
+    protected = set(steps[-keep_last_k:]) | ({best["step"]} if best else set()) | set(keep_steps)
     removed = []
     for s in steps:
         if s not in protected:

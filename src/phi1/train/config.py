@@ -93,7 +93,7 @@ class EvalSection:
 class CheckpointSection:
     interval: int = 1000  # steps between checkpoints; 0 = only at the end
     keep_last_k: int = 3  # 0 keeps all
-    keep_best: bool = True
+    keep_steps: list[int] = field(default_factory=list)  # never pruned (e.g. phi-1-base = step 24000)
 
 
 @dataclass
@@ -242,6 +242,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(e.callback is None or ":" in e.callback, "config.eval.callback", e.callback,
            "must look like 'package.module:factory'")
     _check(c.interval >= 0, "config.checkpoint.interval", c.interval, "must be >= 0")
+    _check(all(k > 0 for k in c.keep_steps), "config.checkpoint.keep_steps", c.keep_steps,
+           "must be positive step numbers")
     _check(c.keep_last_k >= 0, "config.checkpoint.keep_last_k", c.keep_last_k, "must be >= 0 (0 keeps all)")
     _check(cfg.distributed.strategy in ("ddp", "fsdp2"), "config.distributed.strategy", cfg.distributed.strategy,
            "allowed: ddp, fsdp2")

@@ -166,7 +166,8 @@ class Trainer:
     def save(self, metrics: dict) -> Path:
         return ckpt_io.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scaler,
                                        self.tokenizer, self.state(metrics), self.world,
-                                       keep_last_k=self.cfg.checkpoint.keep_last_k)
+                                       keep_last_k=self.cfg.checkpoint.keep_last_k,
+                                       keep_steps=self.cfg.checkpoint.keep_steps)
 
     # ---- loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -208,7 +209,7 @@ class Trainer:
                         saved_at = self.step
                         ckpt_io.write_best(self.run_dir, self.step, ev.best_metric, value, w)
                         if w.is_main:
-                            ckpt_io.prune(ckpt_io.checkpoints_dir(self.run_dir), ck.keep_last_k)
+                            ckpt_io.prune(ckpt_io.checkpoints_dir(self.run_dir), ck.keep_last_k, ck.keep_steps)
                         barrier(w)
                 if saved_at != self.step and ((ck.interval and self.step % ck.interval == 0) or done):
                     self.save(metrics)
@@ -218,6 +219,8 @@ class Trainer:
                 bar.close()
             if self.log is not None:
                 self.log.close()
+            if hasattr(self.callback, "close"):  # e.g. the eval sandbox's worker processes
+                self.callback.close()
         return {"step": self.step, "run_dir": str(self.run_dir), "best": self.best, "last": last,
                 "checkpoint": str(ckpt_io.latest_checkpoint(self.run_dir))}
 

@@ -1,0 +1,138 @@
+"""`phi1 ablate`: the paper's core experiment at the user's scale.
+
+The same model, the same token budget, trained on (a) unfiltered (deduplicated)
+code and (b) the educational-value-filtered, decontaminated code (optionally
+(c) filtered + synthetic textbooks), each evaluated identically: HumanEval
+solution loss and pass@1, and validation loss on held-out filtered data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from phi1.demo.config import DemoConfig
+from phi1.demo.pipeline import Layout, checkpoint_model_dir, data_stages, eval_stages, write_train_config
+from phi1.demo.runner import Stage, StageRunner
+from phi1.errors import ConfigError
+from phi1.utils.io import atomic_write_json, atomic_write_text
+
+ARM_DATA = ("unfiltered", "filtered", "filtered+synthetic")
+
+
+def run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", log=print) -> Path:
+    if not cfg.arms:
+        raise ConfigError("ablation config: 'arms' is empty; list at least two arms, e.g. "
+                          "[{name: unfiltered, data: unfiltered}, {name: filtered, data: filtered}]")
+    for i, a in enumerate(cfg.arms):
+        if a.data not in ARM_DATA:
+            raise ConfigError(f"arms[{i}].data = {a.data!r}; allowed: {', '.join(ARM_DATA)}")
+        if a.data == "filtered+synthetic":
+            raise ConfigError(f"arms[{i}].data = filtered+synthetic needs synthetic textbooks: run `phi1 synth "
+                              "textbooks` and add the file to corpus.paths of a filtered arm instead")
+    L = Layout(run_dir)
+    runner = StageRunner(L.root, log=log)
+    stages = data_stages(cfg, L)
+    tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else L.tokenizer
+    if not cfg.tokenizer.path:
+        # One tokenizer for every arm, trained on the unfiltered corpus so no arm is favoured.
+        stages.append(Stage("tokenizer", ["tokenizer", "train", "--input", L.dedup, "--vocab-size",
+                                          cfg.tokenizer.vocab_size, "--out", tokenizer],
+                            "train the shared tokenizer", [tokenizer / "tokenizer.json"]))
+    # Held-out textbook-quality data: the val split of the filtered shards, used by every arm.
+    val = L.shards / "filtered"
+    sources = {"unfiltered": L.dedup, "filtered": L.clean}
+    packed = set()
+    for arm in cfg.arms:
+        key = arm.data
+        if key in packed:
+            continue
+        packed.add(key)
+        out = L.shards / key
+        stages.append(Stage(f"pack-{key}", ["data", "pack", "--tokenizer", tokenizer, "--input", sources[key],
+                                            "--out", out, "--val-fraction", cfg.data.val_fraction],
+                            f"pack {key} shards", [out / "manifest.json"]))
+    if "filtered" not in packed:
+        stages.append(Stage("pack-filtered", ["data", "pack", "--tokenizer", tokenizer, "--input", L.clean,
+                                              "--out", val, "--val-fraction", cfg.data.val_fraction],
+                            "pack filtered shards (held-out set)", [val / "manifest.json"]))
+    for arm in cfg.arms:
+        name = f"arm-{arm.name or arm.data}"
+        conf = L.configs / f"{name}.yaml"
+
+        def prep(arm=arm, name=name):
+            write_train_config(cfg.pretrain, L, name, init=cfg.model_preset, tokenizer=tokenizer,
+                               shards=L.shards / arm.data,
+                               extra={"run.device": device, "data.val": [{"path": str(val), "weight": 1.0}]})
+
+        stages.append(Stage(f"train-{name}", ["train", conf], f"train arm {name}", [], prepare=prep))
+        model_dir = L.root / "models" / name
+        stages.append(Stage(f"export-{name}", [], f"export {name}", [model_dir / "config.json"],
+                            fn=lambda name=name, model_dir=model_dir: _export(L, name, model_dir),
+                            describe=f"copy the last checkpoint of {L.run_dir(name)} to {model_dir}"))
+        stages += eval_stages(cfg, L, model_dir, L.eval / name, device)
+    runner.run(stages)
+    return write_comparison(cfg, L)
+
+
+def _export(L: Layout, name: str, dst: Path) -> None:
+    from phi1.demo.pipeline import export_model
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    export_model(checkpoint_model_dir(L.run_dir(name), "latest"), dst)
+
+
+def write_comparison(cfg: DemoConfig, L: Layout) -> Path:
+    from phi1.demo.doc import Doc
+    from phi1.demo.report import eval_results
+    from phi1.utils.io import read_jsonl
+
+    rows, table = [], []
+    for arm in cfg.arms:
+        name = f"arm-{arm.name or arm.data}"
+        ev = eval_results(L.eval / name)
+        metrics = L.run_dir(name) / "metrics.jsonl"
+        recs = list(read_jsonl(metrics, strict=False)) if metrics.exists() else []
+        val = [r["val_loss"] for r in recs if "val_loss" in r]
+        tokens = max((r.get("tokens", 0) for r in recs), default=0)
+        row = {"arm": name, "data": arm.data, "tokens": tokens, "solution_loss": ev["solution_loss"],
+               "pass@1": ev["pass@1"], "val_loss_filtered_heldout": val[-1] if val else None,
+               "val_curve": [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]}
+        rows.append(row)
+        table.append([name, arm.data, tokens, _f(row["solution_loss"]), _f(row["pass@1"]),
+                      _f(row["val_loss_filtered_heldout"])])
+    atomic_write_json(L.root / "ablation.json", {"arms": rows})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for r in rows:
+        if r["val_curve"]:
+            axes[0].plot(*zip(*r["val_curve"]), "o-", label=r["arm"])
+    axes[0].set_title("validation loss on held-out filtered data")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    names = [r["arm"] for r in rows]
+    axes[1].bar(names, [r["solution_loss"] or 0 for r in rows], color=["#c44e52", "#4c72b0", "#55a868"][: len(rows)])
+    axes[1].set_title("HumanEval solution loss (lower is better)")
+    fig.tight_layout()
+    fig_dir = L.root / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    fig.savefig(fig_dir / "ablation.png", dpi=110)
+    plt.close(fig)
+    doc = Doc("phi1 ablation: does textbook-quality filtering help at equal tokens?")
+    doc.table(["arm", "data", "tokens seen", "HumanEval solution loss", "pass@1", "val loss (held-out filtered)"],
+              table)
+    doc.image(fig_dir / "ablation.png", "validation curves and solution loss per arm")
+    atomic_write_text(L.root / "ablation.md", doc.markdown(L.root))
+    atomic_write_text(L.root / "ablation.html", doc.html())
+    return L.root / "ablation.md"
+
+
+def _f(v):
+    return "-" if v is None else f"{v:.4f}"
+
+
+__all__ = ["run_ablation", "write_comparison", "json"]

@@ -1,0 +1,62 @@
+"""`phi1 demo`, `phi1 ablate`, `phi1 report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCALES = {"tiny": "demo-tiny.yaml", "small": "demo-small.yaml"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole phi-1 recipe on embedded defaults (resumable)")
+    p.add_argument("--out", default="phi1-demo", help="run directory (default ./phi1-demo); rerun to resume")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--scale", choices=sorted(SCALES), default="tiny",
+                   help="tiny: CPU, ~15 min; small: phi-1-small on one GPU with real token budgets")
+    p.add_argument("--recipe", default=None, help="a demo recipe YAML instead of --scale (e.g. recipes/phi-1.yaml)")
+    p.add_argument("--endpoint", default=None, help="OpenAI-compatible LLM endpoint for synthetic data")
+    p.add_argument("--model", default=None, help="model name at --endpoint")
+    p.add_argument("--api-key-env", default=None, help="environment variable holding the endpoint's API key")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("ablate", help="train on unfiltered vs filtered data at equal tokens and compare")
+    p.add_argument("--config", default="ablation-tiny.yaml", help="ablation YAML (default recipes/ablation-tiny.yaml)")
+    p.add_argument("--out", default="phi1-ablation")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_ablate)
+
+    p = sub.add_parser("report", help="(re)write report.md and report.html for a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_report)
+
+
+def _demo(args) -> int:
+    from phi1.demo.config import load_demo_config
+    from phi1.demo.pipeline import run_demo
+
+    cfg = load_demo_config(args.recipe or SCALES[args.scale])
+    root = run_demo(cfg, Path(args.out), device=args.device, endpoint=args.endpoint, model=args.model,
+                    api_key_env=args.api_key_env)
+    print()
+    print(f"report: {root / 'report.md'}  (and {root / 'report.html'})")
+    print(f"model:  {root / 'model'}")
+    print(f"try it: phi1 generate --model {root / 'model'} --prompt 'def is_prime(n):'")
+    print(f"serve:  phi1 serve --model {root / 'model'}")
+    return 0
+
+
+def _ablate(args) -> int:
+    from phi1.demo.ablate import run_ablation
+    from phi1.demo.config import load_demo_config
+
+    out = run_ablation(load_demo_config(args.config), Path(args.out), device=args.device)
+    print(f"comparison: {out} (and {out.with_suffix('.html')}, {out.parent / 'ablation.json'})")
+    return 0
+
+
+def _report(args) -> int:
+    from phi1.demo.report import build_report
+
+    path = build_report(args.run_dir)
+    print(f"wrote {path} and {path.with_suffix('.html')}")
+    return 0

@@ -1,0 +1,218 @@
+"""`phi1 demo`: collect → dedup → score → filter → decontaminate → mine → tokenizer → pack →
+pretrain → finetune → evaluate → report, each stage one `phi1` command, resumable."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from phi1.demo.config import DemoConfig, resolve_recipe
+from phi1.demo.runner import Stage, StageRunner
+from phi1.errors import Phi1Error
+from phi1.utils.io import atomic_write_text
+
+
+class Layout:
+    """Where every stage of a run directory writes."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        d = self.root / "data"
+        self.raw, self.dedup = d / "raw.jsonl", d / "dedup.jsonl"
+        self.annotated, self.classifier = d / "annotated.jsonl", d / "classifier" / "edu.pkl"
+        self.scored, self.filtered, self.clean = d / "scored.jsonl", d / "filtered.jsonl", d / "clean.jsonl"
+        self.exercises = d / "exercises.jsonl"
+        self.synth = d / "synth"
+        self.tokenizer = self.root / "tokenizer"
+        self.shards = self.root / "shards"
+        self.configs = self.root / "configs"
+        self.runs = self.root / "runs"
+        self.model = self.root / "model"
+        self.eval = self.root / "eval"
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs / name
+
+
+def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0) -> list[Stage]:
+    """The data half of the recipe: raw code to clean, decontaminated, scored documents + exercises."""
+    c, d = cfg.corpus, cfg.data
+    collect = ["data", "collect", *c.paths, "--out", L.raw, "--max-bytes", c.max_bytes, "--quiet"]
+    if c.python_stdlib:
+        collect.append("--python-stdlib")
+    if c.site_packages:
+        collect.append("--site-packages")
+    for g in c.exclude:
+        collect += ["--exclude", g]
+    if c.limit_mb:
+        collect += ["--limit-mb", c.limit_mb]
+    if workers:
+        collect += ["--workers", workers]
+    annotate = ["data", "annotate", L.dedup, "--out", L.annotated, "--only-sampled", "--quiet"]
+    if d.annotate_sample:
+        annotate += ["--sample", d.annotate_sample]
+    if d.annotate_endpoint:
+        annotate += ["--endpoint", d.annotate_endpoint, "--model", d.annotate_model or "default"]
+    decon = ["data", "decontaminate", L.filtered, "--out", L.clean, "--quiet",
+             "--rejected", L.clean.with_suffix(".rejected.jsonl")]
+    for b in d.benchmarks:
+        decon += ["--benchmark", b]
+    return [
+        Stage("collect", collect, "collect the corpus", [L.raw]),
+        Stage("dedup", ["data", "dedup", L.raw, "--out", L.dedup, "--threshold", d.dedup_threshold, "--quiet",
+                        "--rejected", L.dedup.with_suffix(".rejected.jsonl")],
+              "deduplicate (exact + MinHash LSH)", [L.dedup]),
+        Stage("annotate", annotate, "label educational value", [L.annotated]),
+        Stage("classify-train", ["data", "classify", "train", L.annotated, "--classifier", L.classifier,
+                                 "--encoder", d.encoder, "--threshold", d.label_threshold,
+                                 "--n-estimators", d.n_estimators],
+              "train the quality classifier (random forest)", [L.classifier]),
+        Stage("classify-score", ["data", "classify", "score", L.dedup, "--classifier", L.classifier,
+                                 "--out", L.scored, "--quiet"],
+              "score every document", [L.scored]),
+        Stage("filter", ["data", "filter", L.scored, "--out", L.filtered, "--top-fraction", d.filter_top_fraction,
+                         "--quiet", "--rejected", L.filtered.with_suffix(".rejected.jsonl")],
+              "keep the most educational documents", [L.filtered]),
+        Stage("decontaminate", decon, "decontaminate against benchmarks", [L.clean]),
+        Stage("mine-exercises", ["data", "mine-exercises", L.dedup, "--out", L.exercises, "--quiet"],
+              "mine docstring exercises", [L.exercises]),
+    ]
+
+
+def synth_stages(cfg: DemoConfig, L: Layout, endpoint: str | None, model: str | None,
+                 api_key_env: str | None) -> list[Stage]:
+    if not endpoint:
+        return []
+    common = ["--endpoint", endpoint, "--model", model or "default", "--concurrency", cfg.synth.concurrency]
+    if api_key_env:
+        common += ["--api-key-env", api_key_env]
+    out = []
+    for kind, count in (("textbooks", cfg.synth.textbooks), ("exercises", cfg.synth.exercises)):
+        if count <= 0:
+            continue
+        raw, valid = L.synth / f"{kind}.jsonl", L.synth / f"{kind}.valid.jsonl"
+        out.append(Stage(f"synth-{kind}", ["synth", kind, *common, "--count", count, "--out", raw],
+                         f"generate synthetic {kind}", [raw]))
+        out.append(Stage(f"validate-{kind}", ["synth", "validate", "--kind", kind, "--input", raw, "--out", valid],
+                         f"validate synthetic {kind}", [valid]))
+    return out
+
+
+def write_train_config(cfg_stage, L: Layout, name: str, *, init: str, tokenizer: Path, shards: Path,
+                       extra: dict | None = None) -> Path:
+    """A complete training config for this run, written where the report's command points."""
+    base = yaml.safe_load(resolve_recipe(cfg_stage.recipe).read_text()) or {}
+    sets = {"run.name": name, "run.out_dir": str(L.runs), "model.init": init, "model.tokenizer": str(tokenizer),
+            "data.train": [{"path": str(shards), "weight": 1.0}]}
+    sets.update(cfg_stage.set)
+    sets.update(extra or {})
+    for key, value in sets.items():
+        node = base
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path = L.configs / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, f"# written by phi1 for run {L.root}; rerun with: phi1 train {path}\n"
+                      + yaml.safe_dump(base, sort_keys=False))
+    return path
+
+
+def checkpoint_model_dir(run_dir: Path, which: str = "best") -> Path:
+    """The HF model directory of a training run's best (or latest) checkpoint."""
+    from phi1.train.checkpoint import checkpoints_dir, latest_checkpoint, read_best
+
+    root = checkpoints_dir(run_dir)
+    if which == "best":
+        best = read_best(root)
+        if best is not None and (root / f"step-{best['step']}" / "model").exists():
+            return root / f"step-{best['step']}" / "model"
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise Phi1Error(f"{run_dir}: no checkpoint found; did training finish?")
+    return Path(latest) / "model"
+
+
+def export_model(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+
+
+def training_stages(cfg: DemoConfig, L: Layout, *, pretrain_inputs: list[Path], finetune_inputs: list[Path],
+                    device: str) -> list[Stage]:
+    tok_inputs = [str(p) for p in pretrain_inputs]
+    stages = []
+    if cfg.tokenizer.path:
+        tokenizer = Path(cfg.tokenizer.path)
+    else:
+        tokenizer = L.tokenizer
+        stages.append(Stage("tokenizer", ["tokenizer", "train", "--input", *tok_inputs, "--vocab-size",
+                                          cfg.tokenizer.vocab_size, "--out", tokenizer],
+                            "train the tokenizer", [tokenizer / "tokenizer.json"]))
+    pre_shards, ft_shards = L.shards / "pretrain", L.shards / "finetune"
+    stages.append(Stage("pack-pretrain", ["data", "pack", "--tokenizer", tokenizer, "--input", *pretrain_inputs,
+                                          "--out", pre_shards, "--val-fraction", cfg.data.val_fraction],
+                        "pack pretraining shards", [pre_shards / "manifest.json"]))
+    stages.append(Stage("pack-finetune", ["data", "pack", "--tokenizer", tokenizer, "--input", *finetune_inputs,
+                                          "--out", ft_shards, "--val-fraction", 0.05],
+                        "pack finetuning shards", [ft_shards / "manifest.json"]))
+    pre_cfg, ft_cfg = L.configs / "pretrain.yaml", L.configs / "finetune.yaml"
+    dev = {"run.device": device}
+    stages.append(Stage(
+        "pretrain", ["train", pre_cfg], "pretrain on the filtered corpus", [],
+        prepare=lambda: write_train_config(cfg.pretrain, L, "pretrain", init=cfg.model_preset, tokenizer=tokenizer,
+                                           shards=pre_shards, extra=dev)))
+    stages.append(Stage(
+        "finetune", ["train", ft_cfg], "finetune on the exercises", [],
+        prepare=lambda: write_train_config(cfg.finetune, L, "finetune",
+                                           init=str(checkpoint_model_dir(L.run_dir("pretrain"), "latest")),
+                                           tokenizer=tokenizer, shards=ft_shards, extra=dev)))
+    stages.append(Stage("export", [], "export the best finetuned checkpoint", [L.model / "config.json"],
+                        fn=lambda: export_model(checkpoint_model_dir(L.run_dir("finetune"), "best"), L.model),
+                        describe=f"copy the best checkpoint of {L.run_dir('finetune')} to {L.model}"))
+    return stages
+
+
+def eval_stages(cfg: DemoConfig, L: Layout, model_dir: Path, out: Path, device: str) -> list[Stage]:
+    e = cfg.eval
+    he = ["eval", "humaneval", "--model", model_dir, "--out", out / "humaneval", "--max-new-tokens",
+          e.max_new_tokens, "--batch-size", e.batch_size, "--device", device]
+    loss = ["eval", "loss", "--model", model_dir, "--benchmark", "humaneval", "--out",
+            out / "solution_loss.json", "--device", device]
+    if e.max_problems:
+        he += ["--max-problems", e.max_problems]
+    if e.workers:
+        he += ["--workers", e.workers]
+    return [
+        Stage(f"eval-humaneval-{out.name}", he, "HumanEval pass@1 (greedy)", [out / "humaneval" / "summary.json"]),
+        Stage(f"eval-loss-{out.name}", loss, "HumanEval solution loss", [out / "solution_loss.json"]),
+    ]
+
+
+def run_demo(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", endpoint: str | None = None,
+             model: str | None = None, api_key_env: str | None = None, log=print) -> Path:
+    L = Layout(run_dir)
+    runner = StageRunner(L.root, log=log)
+    stages = data_stages(cfg, L)
+    stages += synth_stages(cfg, L, endpoint, model, api_key_env)
+    pre_inputs, ft_inputs = [L.clean], [L.exercises]
+    if endpoint and cfg.synth.textbooks:
+        pre_inputs.append(L.synth / "textbooks.valid.jsonl")
+    if endpoint and cfg.synth.exercises:
+        ft_inputs.append(L.synth / "exercises.valid.jsonl")
+    stages += training_stages(cfg, L, pretrain_inputs=pre_inputs, finetune_inputs=ft_inputs, device=device)
+    stages += eval_stages(cfg, L, L.model, L.eval, device)
+    stages.append(Stage("report", ["report", L.root], "write the report", [L.root / "report.md"]))
+    import json
+
+    atomic_write_text(L.root / "demo.json", json.dumps({"name": cfg.name, "device": device,
+                                                        "endpoint": endpoint, "model": model}, indent=2))
+    runner.run(stages)
+    return L.root

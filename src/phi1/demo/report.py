@@ -1,0 +1,244 @@
+"""`phi1 report RUN_DIR`: report.md + report.html (figures embedded) from a run directory.
+
+Everything here is read back from files the stages wrote, so the report can be
+regenerated at any time and shows exactly what the run produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from phi1.demo.doc import Doc
+from phi1.demo.pipeline import Layout
+from phi1.errors import Phi1Error
+from phi1.utils.io import atomic_write_text, read_jsonl
+
+FUNNEL = [("collect", "raw"), ("dedup", "dedup"), ("classify-score", "scored"), ("filter", "filtered"),
+          ("decontaminate", "clean"), ("mine-exercises", "exercises")]
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _report_of(jsonl: Path) -> dict | None:
+    return _json(Path(str(jsonl) + ".report.json"))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bytes_per_token(L: Layout) -> float | None:
+    m = _json(L.shards / "pretrain" / "manifest.json")
+    if not m:
+        return None
+    toks = m.get("tokens") or m.get("total_tokens") or (m.get("train", {}) or {}).get("tokens")
+    nbytes = m.get("bytes") or m.get("input_bytes")
+    if isinstance(toks, dict):
+        toks = sum(v for v in toks.values() if isinstance(v, (int, float)))
+    if toks and nbytes:
+        return nbytes / toks
+    return None
+
+
+def funnel_rows(L: Layout) -> list[list]:
+    bpt = bytes_per_token(L)
+    rows = []
+    for stage, attr in FUNNEL:
+        rep = _report_of(getattr(L, attr))
+        if not rep:
+            continue
+        drops = ", ".join(f"{k}: {v}" for k, v in rep.get("dropped", {}).items()) or "-"
+        mb = rep.get("bytes_out", 0) / 1e6
+        toks = f"{rep.get('bytes_out', 0) / bpt / 1e6:.2f}M" if bpt else "-"
+        rows.append([stage, rep.get("read", 0), rep.get("kept", 0), drops, f"{mb:.2f}", toks,
+                     f"{rep.get('mb_per_s', 0):.2f}"])
+    return rows
+
+
+def score_histogram(L: Layout, fig_dir: Path) -> tuple[Path | None, list[dict], list[dict], float | None]:
+    if not L.scored.exists():
+        return None, [], [], None
+    recs = [r for r in read_jsonl(L.scored, strict=False) if isinstance(r.get("meta", {}).get("edu_score"), (int, float))]
+    if not recs:
+        return None, [], [], None
+    scores = [r["meta"]["edu_score"] for r in recs]
+    kept_ids = set()
+    if L.filtered.exists():
+        kept_ids = {r.get("id") for r in read_jsonl(L.filtered, strict=False)}
+    cut = min((r["meta"]["edu_score"] for r in recs if r.get("id") in kept_ids), default=None)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(scores, bins=40, color="#4c72b0")
+    if cut is not None:
+        ax.axvline(cut, color="#c44e52", linestyle="--", label=f"kept >= {cut:.3f}")
+        ax.legend()
+    ax.set_xlabel("educational-value score (classifier)")
+    ax.set_ylabel("documents")
+    ax.set_title("Educational value of the deduplicated corpus")
+    fig.tight_layout()
+    path = fig_dir / "edu_scores.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    recs.sort(key=lambda r: r["meta"]["edu_score"])
+    return path, recs[-2:][::-1], recs[:2], cut
+
+
+def loss_curves(L: Layout, fig_dir: Path) -> tuple[Path | None, dict]:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    summary = {}
+    any_data = False
+    for ax, name in zip(axes, ("pretrain", "finetune")):
+        f = L.run_dir(name) / "metrics.jsonl"
+        if not f.exists():
+            ax.set_title(f"{name}: no metrics")
+            continue
+        rows = list(read_jsonl(f, strict=False))
+        tr = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+        va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and "step" in r]
+        if tr:
+            any_data = True
+            ax.plot(*zip(*tr), label="train", color="#4c72b0")
+        if va:
+            ax.plot(*zip(*va), "o-", label="validation", color="#c44e52")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        tps = [r["tokens_per_s"] for r in rows if isinstance(r.get("tokens_per_s"), (int, float))]
+        mfu = [r["mfu"] for r in rows if isinstance(r.get("mfu"), (int, float))]
+        summary[name] = {
+            "steps": tr[-1][0] if tr else 0,
+            "final_train_loss": tr[-1][1] if tr else None,
+            "final_val_loss": va[-1][1] if va else None,
+            "tokens_per_s": sum(tps[len(tps) // 2:]) / max(1, len(tps[len(tps) // 2:])) if tps else None,
+            "mfu": sum(mfu) / len(mfu) if mfu else None,
+        }
+    fig.tight_layout()
+    path = fig_dir / "loss_curves.png"
+    if any_data:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return (path if any_data else None), summary
+
+
+def _fmt(v, nd=4):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def eval_results(eval_dir: Path) -> dict:
+    he = _json(eval_dir / "humaneval" / "summary.json") or {}
+    sl = _json(eval_dir / "solution_loss.json") or {}
+    return {"pass@1": (he.get("pass_at_k") or {}).get("pass@1"), "tasks": he.get("tasks"),
+            "solution_loss": sl.get("solution_loss", sl.get("loss")), "kinds": he.get("kinds", {})}
+
+
+def _snippet(text: str, lines: int = 14) -> str:
+    out = text.splitlines()[:lines]
+    return "\n".join(out) + ("\n..." if len(text.splitlines()) > lines else "")
+
+
+def build_report(run_dir: str | Path) -> Path:
+    L = Layout(Path(run_dir))
+    if not L.root.is_dir():
+        raise Phi1Error(f"{run_dir}: run directory not found")
+    marks = sorted((L.root / ".stages").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not marks:
+        raise Phi1Error(f"{run_dir}: no finished stages (.stages/*.json); is this a phi1 demo run directory?")
+    stages = [m for m in (_json(p) for p in marks) if m]
+    fig_dir = L.root / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    meta = _json(L.root / "demo.json") or {}
+    doc = Doc(f"phi1 run report: {meta.get('name', L.root.name)}")
+    total = sum(s.get("seconds", 0) for s in stages)
+    doc.p(f"Run directory: {L.root.resolve()}. Device: {meta.get('device', '?')}. "
+          f"Stages finished: {len(stages)}; wall time of the stages: {total / 60:.1f} min.")
+
+    ev = eval_results(L.eval)
+    curves, train_sum = loss_curves(L, fig_dir)
+    doc.h("Headline")
+    doc.table(["metric", "value"], [
+        ["HumanEval pass@1 (greedy)", _fmt(ev["pass@1"]) + (f" on {ev['tasks']} tasks" if ev["tasks"] else "")],
+        ["HumanEval solution loss (nats/token)", _fmt(ev["solution_loss"])],
+        ["pretrain validation loss", _fmt(train_sum.get("pretrain", {}).get("final_val_loss"))],
+        ["finetune validation loss", _fmt(train_sum.get("finetune", {}).get("final_val_loss"))],
+        ["model", str(L.model) if L.model.exists() else "-"],
+    ])
+
+    doc.h("Data funnel")
+    rows = funnel_rows(L)
+    if rows:
+        doc.table(["stage", "records in", "kept", "dropped (reason: count)", "MB out", "≈ tokens out", "MB/s"], rows)
+        doc.p("Token counts are estimated from each stage's bytes at the packed corpus's bytes per token.")
+    else:
+        doc.p("No data-stage reports found.")
+
+    hist, top, bottom, cut = score_histogram(L, fig_dir)
+    doc.h("Educational value")
+    if hist:
+        doc.image(hist, "classifier scores of every deduplicated document; the dashed line is the filter's cut")
+        ann = _report_of(L.annotated) or {}
+        if ann.get("details"):
+            doc.p("Annotation: " + json.dumps({k: v for k, v in ann["details"].items()
+                                                 if not isinstance(v, (list, dict))})[:600])
+        for title, recs in (("Highest-scored (kept)", top), ("Lowest-scored (dropped)", bottom)):
+            doc.h(title, 3)
+            for r in recs:
+                m = r.get("meta", {})
+                doc.p(f"{m.get('path') or r.get('id')} — score {m.get('edu_score'):.3f}")
+                doc.code(_snippet(r.get("text", "")), "python")
+    else:
+        doc.p("No scored records.")
+
+    doc.h("Decontamination")
+    dec = _report_of(L.clean) or {}
+    hits = (dec.get("details") or {}).get("hits") or []
+    if hits:
+        doc.table(["record", "benchmark task", "method", "score"],
+                  [[h.get("record") or h.get("id"), h.get("task_id") or h.get("task"), h.get("method"),
+                    _fmt(h.get("score"), 3)] for h in hits[:50]])
+        if len(hits) > 50:
+            doc.p(f"... and {len(hits) - 50} more (see {L.clean}.report.json).")
+    else:
+        doc.p("No benchmark overlap found." if dec else "No decontamination report.")
+
+    doc.h("Training")
+    if curves:
+        doc.image(curves, "training and validation loss")
+    doc.table(["stage", "steps", "final train loss", "final val loss", "tokens/s", "MFU"],
+              [[k, v["steps"], _fmt(v["final_train_loss"]), _fmt(v["final_val_loss"]),
+                _fmt(v["tokens_per_s"], 0), _fmt(v["mfu"], 3) if v["mfu"] is not None else "- (CPU)"]
+               for k, v in train_sum.items()])
+
+    doc.h("Evaluation")
+    doc.table(["benchmark", "metric", "value"], [
+        ["HumanEval", "pass@1 (greedy)", _fmt(ev["pass@1"])],
+        ["HumanEval", "solution loss", _fmt(ev["solution_loss"])],
+        *[["HumanEval", f"failures: {k}", v] for k, v in ev["kinds"].items()],
+    ])
+
+    doc.h("Wall time per stage")
+    doc.table(["stage", "seconds"], [[s.get("name"), _fmt(float(s.get("seconds", 0)), 1)] for s in stages])
+
+    doc.h("Reproduce each stage by hand")
+    doc.code("\n".join(s.get("command", "") for s in stages), "bash")
+
+    md = doc.markdown(L.root)
+    atomic_write_text(L.root / "report.md", md)
+    atomic_write_text(L.root / "report.html", doc.html())
+    return L.root / "report.md"

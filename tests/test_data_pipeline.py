@@ -1,0 +1,102 @@
+"""`phi1 data run`: the stages chained from one YAML file, resumable after an interruption."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import yaml
+
+from test_data_stages import copy_slice, phi1, read
+
+from phi1.errors import ConfigError
+
+
+def pipeline_yaml(tmp_path, src, bench_file, top_fraction=0.5):
+    cfg = {
+        "workdir": str(tmp_path / "work"),
+        "workers": 1,
+        "stages": [
+            {"name": "collect", "sources": [str(src)]},
+            {"name": "dedup", "threshold": 0.85},
+            {"name": "annotate"},
+            {"name": "train", "kind": "classify-train", "n_estimators": 20},
+            {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
+            {"name": "filter", "top_fraction": top_fraction},
+            {"name": "decontaminate", "benchmarks": ["humaneval"], "benchmark_files": [str(bench_file)]},
+            {"name": "exercises", "kind": "mine-exercises", "input": "dedup"},
+        ],
+    }
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_pipeline_resumes_after_interruption(tmp_path):
+    from phi1.data.pipeline import run_pipeline
+
+    src = copy_slice(tmp_path / "src")
+    bench = tmp_path / "mbpp.jsonl"  # missing on the first run: the decontaminate stage fails midway
+    pipe = pipeline_yaml(tmp_path, src, bench)
+    work = tmp_path / "work"
+    with pytest.raises(Exception, match="benchmark file not found"):
+        run_pipeline(pipe, quiet=True)
+    finished = sorted(p.name for p in work.glob("*.done.json"))
+    assert finished == ["annotate.done.json", "collect.done.json", "dedup.done.json", "filter.done.json",
+                        "score.done.json", "train.done.json"]
+    assert not (work / "decontaminate.jsonl").exists()
+    stamps = {p.name: p.stat().st_mtime_ns for p in work.glob("*.jsonl")}
+    bench.write_text(json.dumps({"task_id": 1, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n"}) + "\n")
+    res = run_pipeline(pipe, quiet=True)
+    status = {r["stage"]: r["status"] for r in res}
+    assert status == {"collect": "skipped", "dedup": "skipped", "annotate": "skipped", "train": "skipped",
+                      "score": "skipped", "filter": "skipped", "decontaminate": "ran", "exercises": "ran"}
+    assert all(work.joinpath(n).stat().st_mtime_ns == t for n, t in stamps.items())
+    kept = read(work / "decontaminate.jsonl")
+    assert kept and all("edu_score" in r["meta"] for r in kept)
+    assert len(kept) == len(read(work / "filter.jsonl"))
+    ex = read(work / "exercises.jsonl")
+    assert ex and all(r["meta"]["prompt"] + r["meta"]["completion"] == r["text"] for r in ex)
+    for name in ("collect", "dedup", "filter", "decontaminate"):
+        rep = json.loads((work / f"{name}.jsonl.report.json").read_text())
+        assert rep["stage"] in (name, "decontaminate") and rep["kept"] == len(read(work / f"{name}.jsonl"))
+    assert (work / "filter.rejected.jsonl").exists()
+    # Changing one stage's options reruns it and what depends on it, nothing upstream.
+    pipe = pipeline_yaml(tmp_path, src, bench, top_fraction=0.3)
+    status = {r["stage"]: r["status"] for r in run_pipeline(pipe, quiet=True)}
+    assert status["score"] == "skipped" and status["filter"] == "ran" and status["decontaminate"] == "ran"
+    assert status["exercises"] == "skipped"
+
+
+def test_pipeline_config_errors_and_cli(tmp_path):
+    from phi1.data.pipeline import load_pipeline
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stages": [{"name": "collect", "sources": ["x"], "tresh": 1}]}))
+    with pytest.raises(ConfigError, match=r"stages\[0\].tresh: not an option of stage kind 'collect'; allowed"):
+        load_pipeline(bad)
+    bad.write_text(yaml.safe_dump({"stages": [{"name": "collect"}, {"name": "x", "kind": "frobnicate"}]}))
+    with pytest.raises(ConfigError, match="'frobnicate' is not a stage"):
+        load_pipeline(bad)
+    bad.write_text(yaml.safe_dump({"executor": "datatrove", "stages": [{"name": "collect"}]}))
+    with pytest.raises(ConfigError, match="datatrove"):
+        load_pipeline(bad)
+    # The shipped demo recipe parses and names only real options.
+    from pathlib import Path
+
+    import phi1 as phi1_pkg
+
+    demo = load_pipeline(Path(phi1_pkg.__file__).parent / "recipes" / "data-demo.yaml")
+    assert [s.kind for s in demo.stages][:3] == ["collect", "dedup", "annotate"]
+    # The CLI end to end on a tiny pipeline: run, then rerun skips.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text('def double(x):\n    """Return twice x, for any number x."""\n    y = x * 2\n    return y\n')
+    (src / "b.py").write_text((src / "a.py").read_text())
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"), "workers": 1, "stages": [
+        {"name": "collect", "sources": [str(src)]}, {"name": "dedup"},
+        {"name": "exercises", "kind": "mine-exercises"}]}))
+    res = phi1("data", "run", pipe)
+    assert res.returncode == 0, res.stderr
+    assert "exercises: ran" in res.stdout and len(read(tmp_path / "w" / "exercises.jsonl")) == 1
+    assert len(read(tmp_path / "w" / "dedup.jsonl")) == 1
