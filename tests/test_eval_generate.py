@@ -104,6 +104,10 @@ def test_interrupted_generation_resumes(tmp_path, tiny, monkeypatch):
     run_benchmark(model, "humaneval", tmp_path / "r", tokenizer=tok, gen=gen,
                   sandbox_config=SandboxConfig(workers=1), show_progress=False)
     assert calls == []
+    # Resuming with other sampling settings would mix two experiments in one file.
+    with pytest.raises(ConfigError, match="max_new_tokens: 6 -> 7"):
+        run_benchmark(model, "humaneval", tmp_path / "r", tokenizer=tok, show_progress=False,
+                      gen=GenerationConfig(max_problems=3, max_new_tokens=7, batch_size=1))
 
 
 def test_sampling_n_gives_pass_at_k_up_to_n(tmp_path, tiny):
@@ -173,3 +177,16 @@ def test_cli_humaneval_and_loss(tmp_path, tiny_model_dir, capsys):
     rc = main(["eval", "mbpp", "--model", str(tiny_model_dir), "--out", str(tmp_path / "m")])
     out = capsys.readouterr()
     assert rc == 2 and "mbpp.jsonl" in out.err and "google-research" in out.err
+
+
+def test_prompt_longer_than_context_fails_that_task_only(tmp_path, tiny, humaneval):
+    from dataclasses import replace
+    from phi1.eval.benchmark import generate_samples
+    model, tok = tiny
+    long_one = replace(humaneval["HumanEval/1"], prompt="# filler\n" * 2000 + humaneval["HumanEval/1"].prompt)
+    problems = {"HumanEval/0": humaneval["HumanEval/0"], "HumanEval/1": long_one}
+    stats = generate_samples(model, tok, problems, tmp_path / "s.jsonl",
+                             GenerationConfig(max_new_tokens=4), show_progress=False)
+    rows = _lines(tmp_path / "s.jsonl")
+    assert stats["prompt_too_long"] == 1 and stats["generated"] == 1
+    assert {r["task_id"]: r["finish_reason"] for r in rows}["HumanEval/1"] == "prompt_too_long"

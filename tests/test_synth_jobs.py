@@ -115,7 +115,7 @@ def test_failed_requests_are_recorded_and_retried_next_run(tmp_path):
         proc = cli(*args)
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 1
-        assert "rerun the same command" in stderr
+        assert "rerun the same command" in stderr and "stopped early" not in stderr
         fails = records(side_paths(out)[1])
         report = json.loads(stdout.strip().splitlines()[-1])
         assert report["failed"] == len(fails) > 0
@@ -134,6 +134,26 @@ def test_failed_requests_are_recorded_and_retried_next_run(tmp_path):
         retried = ok_after - ok_before
         assert len(retried) == len(fails)
         assert {r["meta"]["index"] for r in recs if prompt_text(r) in retried} == {f["index"] for f in fails}
+
+
+def test_a_dead_endpoint_stops_the_run_early_and_a_rerun_finishes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    out = tmp_path / "s.jsonl"
+    cfg = JobConfig("stories", dead, "fake-model", 300, str(out), concurrency=4, max_attempts=1,
+                    max_consecutive_failures=10)
+    rep = run_job(cfg)
+    assert rep.stopped and "10 requests failed in a row" in rep.stopped and "connection" in rep.stopped
+    assert 10 <= rep.failed <= 10 + 8 and rep.generated == 0  # in-flight ones finish, no new ones start
+    assert len(records(side_paths(out)[1])) == rep.failed
+    with FakeOpenAI() as srv:
+        cfg.endpoint = srv.url
+        rep = run_job(cfg)
+        assert rep.complete and rep.stopped is None and len(srv.requests) == 300
+    assert_exactly_once(out, 300)
 
 
 def test_records_store_prompt_constraints_model_sampling_usage(tmp_path):

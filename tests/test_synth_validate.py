@@ -115,6 +115,7 @@ def test_validate_exercises_executes_decontaminates_and_dedups(exercise_run):
     assert report["counts"] == {"input": 9, "kept": 2, "rejected": 7}
     assert report["near_duplicate_rate"] == pytest.approx(2 / 4)  # 0, 5, 6, 8 reached dedup
     assert report["executed"] is True
+    assert report["adherence"] == {"requested_function_written": round(8 / 9, 4), "distinct_function_names": 3}  # only 3 fails to parse
 
 
 def test_validate_writes_report_json_and_png(exercise_run):
@@ -185,7 +186,8 @@ def test_validate_stories_and_bad_input(tmp_path):
     write_jsonl(inp, recs)
     report = validate_file(ValidateConfig("stories", str(inp), str(out)))
     assert report["counts"]["kept"] == 4 and report["rejection_reasons"] == {"missing required noun": 1}
-    assert report["constraints"]["features"]["top"] == [["dialogue", 4]] or report["constraints"]["features"]["top"] == [("dialogue", 4)]
+    assert report["constraints"]["features"]["top"] == [("dialogue", 4)]
+    assert report["adherence"] == {"noun_used": 0.8, "verb_used": 0.8, "adjective_used": 1.0}  # s4 asks for "moon" and "x"
     from phi1.errors import Phi1Error
 
     with pytest.raises(Phi1Error, match="same file"):

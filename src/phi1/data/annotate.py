@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import sys
 from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
@@ -124,9 +125,9 @@ def run_annotate(
     if endpoint and not model:
         raise ConfigError("annotate.model: required with --endpoint; pass --model NAME (the name the server serves)")
     report = StageReport("annotate", input=str(input_path))
-    n = sum(1 for _ in iter_records(input_path, StageReport("count"), skip_bad_lines=True))
-    chosen = _choose_sample(n, sample, seed)
+    # The sample needs the record count first; annotation is run on samples, so holding them is fine.
     records = list(iter_records(input_path, report, skip_bad_lines=skip_bad_lines))
+    chosen = _choose_sample(len(records), sample, seed)
     picked = [i for i in range(len(records)) if chosen is None or i in chosen]
     if endpoint:
         labels = _llm_labels([records[i]["text"] for i in picked], endpoint, model, api_key_env, concurrency,
@@ -158,7 +159,7 @@ def run_annotate(
     report.details["label_histogram"] = dict(sorted(hist.items()))
     if not quiet and annotator == "rules":
         print("annotate: no --endpoint given, so the rule-based annotator labelled the records "
-              "(meta.edu_annotator = 'rules')", file=__import__("sys").stderr)
+              "(meta.edu_annotator = 'rules')", file=sys.stderr)
     return finish_report(report, quiet)
 
 

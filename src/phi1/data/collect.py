@@ -8,16 +8,15 @@ counted per reason.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import sysconfig
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from phi1.errors import ConfigError, Phi1Error
+from phi1.data.parallel import parallel_map
 from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
 from phi1.utils.progress import progress
 
@@ -250,10 +249,10 @@ def _collect_dir(root: Path, cfg: CollectConfig, skip_dirs, n_workers, report, s
     total = sum(min(size, cfg.max_bytes + 1) for _, _, size in files)
     args = [(path, cfg.max_bytes, cfg.min_bytes) for path, _, _ in files]
     bar = progress(total=total, desc=f"collect {root.name}", unit="B", unit_scale=True)
-    pool = ProcessPoolExecutor(n_workers) if n_workers > 1 and len(files) > 64 else None
+    # A few files are not worth starting processes for.
+    results = parallel_map(check_file, args, workers=n_workers if len(files) > 64 else 1, batch_size=32)
     try:
-        results = pool.map(check_file, args, chunksize=32) if pool else map(check_file, args)
-        for (path, rel, size), (text, reason) in zip(files, results):
+        for (path, rel, size), (_, (text, reason)) in zip(files, results):
             report.read += 1
             report.bytes_in += size
             bar.update(min(size, cfg.max_bytes + 1))
@@ -267,5 +266,4 @@ def _collect_dir(root: Path, cfg: CollectConfig, skip_dirs, n_workers, report, s
         return False
     finally:
         bar.close()
-        if pool:
-            pool.shutdown(cancel_futures=True)
+        results.close()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from phi1.errors import ConfigError
+from phi1.data.parallel import parallel_map
 from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
 from phi1.data.tokens import code_tokens, shingle_hashes, token_hashes
 from phi1.utils.progress import progress
@@ -36,7 +36,7 @@ class DedupConfig:
     shingle: int = 5
     seed: int = 1
     workers: int = 0
-    batch: int = 256
+    batch: int = 64
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -73,10 +73,9 @@ class SignatureMaker:
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self.a = a.astype(np.uint32)[None, :]
         self.b = b.astype(np.uint32)[None, :]
-        self._tok_cache: dict[str, int] = {}
 
     def shingles(self, text: str) -> np.ndarray:
-        return shingle_hashes(token_hashes(code_tokens(text), self._tok_cache), self.shingle)
+        return shingle_hashes(token_hashes(code_tokens(text)), self.shingle)
 
     def signature(self, text: str) -> np.ndarray:
         hv = _fmix32(np.unique(self.shingles(text)))
@@ -85,8 +84,6 @@ class SignatureMaker:
             for start in range(0, len(hv), _CHUNK):
                 block = hv[start : start + _CHUNK, None]
                 np.minimum(sig, (block * self.a + self.b).min(axis=0), out=sig)
-        if len(self._tok_cache) > 1_000_000:
-            self._tok_cache.clear()
         return sig
 
     def minhash(self, sig: np.ndarray) -> LeanMinHash:
@@ -94,26 +91,19 @@ class SignatureMaker:
 
 
 _WORKER: SignatureMaker | None = None
+_EXACT = True
 
 
-def _init_worker(num_perm: int, seed: int, shingle: int) -> None:
-    global _WORKER
-    _WORKER = SignatureMaker(num_perm, seed, shingle)
+def _init_worker(num_perm: int, seed: int, shingle: int, exact: bool = True, near: bool = True) -> None:
+    global _WORKER, _EXACT
+    _WORKER = SignatureMaker(num_perm, seed, shingle) if near else None
+    _EXACT = exact
 
 
-def _signatures(texts: list[str]) -> np.ndarray:
-    return np.stack([_WORKER.signature(t) for t in texts]) if texts else np.zeros((0, _WORKER.num_perm), np.uint32)
-
-
-def _batches(records, size):
-    batch = []
-    for rec in records:
-        batch.append(rec)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _keys(rec: dict) -> tuple[str | None, np.ndarray | None]:
+    """(normalised hash, MinHash signature) of one record; runs in worker processes."""
+    text = rec["text"]
+    return (normalized_hash(text) if _EXACT else None), (_WORKER.signature(text) if _WORKER else None)
 
 
 def run_dedup(
@@ -140,63 +130,36 @@ def run_dedup(
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
     maker = SignatureMaker(num_perm, seed, shingle)
     sigs_by_key: dict[str, np.ndarray] = {}
-    n_workers = cfg.workers or os.cpu_count() or 1
-    pool = ProcessPoolExecutor(n_workers, initializer=_init_worker, initargs=(num_perm, seed, shingle)) if near and n_workers > 1 else None
-    if near and pool is None:
-        _init_worker(num_perm, seed, shingle)
     size = os.path.getsize(input_path) if os.path.exists(input_path) else None
     bar = progress(total=size, desc="dedup", unit="B", unit_scale=True)
     examples: list[dict] = []
     try:
         with RecordSink(output_path, report, rejected) as sink:
             records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
-            batches = _batches(records, cfg.batch)
-            # Keep up to 2*workers batches in flight so workers never wait on the main process.
-            inflight: list = []
-
-            def submit(batch):
-                texts = [r["text"] for r in batch]
-                fut = pool.submit(_signatures, texts) if pool else None
-                inflight.append((batch, fut))
-
-            def drain_one():
-                batch, fut = inflight.pop(0)
-                sigs = fut.result() if fut else (_signatures([r["text"] for r in batch]) if near else None)
-                for i, rec in enumerate(batch):
-                    bar.update(len(rec["text"]))
-                    if exact:
-                        h = normalized_hash(rec["text"])
-                        if h in seen_exact:
-                            sink.reject(rec, "exact_duplicate", duplicate_of=seen_exact[h])
-                            _example(examples, rec, seen_exact[h], 1.0)
-                            continue
-                        seen_exact[h] = rec["id"]
-                    if near:
-                        mh = maker.minhash(sigs[i])
-                        dup = _near_match(lsh, mh, sigs_by_key, threshold)
-                        if dup is not None:
-                            sink.reject(rec, "near_duplicate", duplicate_of=dup[0], similarity=round(dup[1], 3))
-                            _example(examples, rec, dup[0], dup[1])
-                            continue
-                        key = rec["id"] if rec["id"] not in sigs_by_key else f"{rec['id']}#{report.read}"
-                        lsh.insert(key, mh, check_duplication=False)
-                        sigs_by_key[key] = sigs[i]
-                    sink.keep(rec)
-
-            for batch in batches:
-                if near and pool:
-                    submit(batch)
-                    if len(inflight) >= 2 * n_workers:
-                        drain_one()
-                else:
-                    inflight.append((batch, None))
-                    drain_one()
-            while inflight:
-                drain_one()
+            # Hashing and signatures (where the time goes) run in workers; the LSH index lives here.
+            keyed = parallel_map(_keys, records, workers=workers, batch_size=cfg.batch,
+                                 initializer=_init_worker, initargs=(num_perm, seed, shingle, exact, near))
+            for rec, (h, sig) in keyed:
+                bar.update(len(rec["text"]))
+                if h is not None:
+                    if h in seen_exact:
+                        sink.reject(rec, "exact_duplicate", duplicate_of=seen_exact[h])
+                        _example(examples, rec, seen_exact[h], 1.0)
+                        continue
+                    seen_exact[h] = rec["id"]
+                if sig is not None:
+                    mh = maker.minhash(sig)
+                    dup = _near_match(lsh, mh, sigs_by_key, threshold)
+                    if dup is not None:
+                        sink.reject(rec, "near_duplicate", duplicate_of=dup[0], similarity=round(dup[1], 3))
+                        _example(examples, rec, dup[0], dup[1])
+                        continue
+                    key = rec["id"] if rec["id"] not in sigs_by_key else f"{rec['id']}#{report.read}"
+                    lsh.insert(key, mh, check_duplication=False)
+                    sigs_by_key[key] = sig
+                sink.keep(rec)
     finally:
         bar.close()
-        if pool:
-            pool.shutdown(cancel_futures=True)
     report.details["examples"] = examples
     return finish_report(report, quiet)
 

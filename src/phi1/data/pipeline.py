@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,7 +67,6 @@ class PipelineConfig:
     skip_bad_lines: bool = False
     write_rejected: bool = True
     executor: str = "local"
-    extras: dict = field(default_factory=dict)
 
 
 def load_pipeline(path: str | os.PathLike, workdir: str | None = None) -> PipelineConfig:

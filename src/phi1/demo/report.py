@@ -160,7 +160,8 @@ def build_report(run_dir: str | Path) -> Path:
     marks = sorted((L.root / ".stages").glob("*.json"), key=lambda p: p.stat().st_mtime)
     if not marks:
         raise Phi1Error(f"{run_dir}: no finished stages (.stages/*.json); is this a phi1 demo run directory?")
-    stages = [m for m in (_json(p) for p in marks) if m]
+    # The report stage itself is left out so that `phi1 report` rewrites the same report.
+    stages = [m for m in (_json(p) for p in marks) if m and m.get("name") != "report"]
     fig_dir = L.root / "figures"
     fig_dir.mkdir(exist_ok=True)
     meta = _json(L.root / "demo.json") or {}

@@ -6,6 +6,7 @@ rerun generates only what is missing), results.jsonl, summary.json, summary.md.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zlib
@@ -64,6 +65,15 @@ def generate_samples(model, tokenizer, problems: dict[str, Problem], samples_pat
         for rec in read_jsonl(samples_path, strict=False):
             have[rec.get("task_id")] += 1
         todo = [(tid, i) for tid in problems for i in range(have[tid], gen.n)]
+        # A prompt that fills the model's context cannot be completed; it is
+        # scored as an empty (failing) completion instead of stopping the run.
+        ctx = model.config.max_position_embeddings
+        too_long = {tid for tid in {t for t, _ in todo} if len(tokenizer.encode(problems[tid].prompt)) >= ctx}
+        for tid, i in [(t, i) for t, i in todo if t in too_long]:
+            out.write({"task_id": tid, "completion": "", "sample": i, "finish_reason": "prompt_too_long",
+                       "completion_tokens": 0})
+        skipped = sum(1 for t, _ in todo if t in too_long)
+        todo = [(t, i) for t, i in todo if t not in too_long]
         chunk = gen.batch_size
         tokens, start = 0, time.perf_counter()
         bar = progress(total=len(todo), desc="generate", unit="sample") if show_progress else None
@@ -84,7 +94,8 @@ def generate_samples(model, tokenizer, problems: dict[str, Problem], samples_pat
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - start
-    return {"generated": len(todo), "completion_tokens": tokens, "generate_s": round(elapsed, 3),
+    return {"generated": len(todo), "prompt_too_long": skipped, "completion_tokens": tokens,
+            "generate_s": round(elapsed, 3),
             "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 and tokens else None}
 
 
@@ -108,6 +119,9 @@ def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
         model = model_or_dir
         if tokenizer is None:
             raise ConfigError("tokenizer: required when a model object (not a directory) is given")
+    _check_settings(out_dir / "run.json", {"benchmark": benchmark, "model": model_name, "n": gen.n,
+                                           "temperature": gen.temperature, "top_p": gen.top_p,
+                                           "max_new_tokens": gen.max_new_tokens, "seed": gen.seed})
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -120,6 +134,19 @@ def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary))
     return summary
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    """Refuse to resume into an out dir whose samples were made with other settings."""
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ConfigError(f"{path.parent}: its samples were generated with other settings ({what}); "
+                              "rerun with the same settings to resume, or use a new --out")
+    else:
+        atomic_write_json(path, settings)
 
 
 def summary_markdown(summary: dict) -> str:

@@ -39,19 +39,24 @@ class EvalCallback:
         try:
             with tempfile.TemporaryDirectory(prefix="phi1-evalcb-") as tmp:
                 samples = os.path.join(tmp, "samples.jsonl")
+                # Under FSDP every rank must run the forwards (they are collectives),
+                # but only rank 0 needs to execute; the trainer broadcasts its metrics.
                 generate_samples(model, tokenizer, self.problems, samples, self.gen, show_progress=False)
-                if self._sandbox is None:
-                    self._sandbox = Sandbox(self.sandbox_config)
-                ex = execute_samples(samples, self.benchmark, problems=self.problems,
-                                     sandbox=self._sandbox, show_progress=False)
+                summary = None
+                if _rank() == 0:
+                    if self._sandbox is None:
+                        self._sandbox = Sandbox(self.sandbox_config)
+                    summary = execute_samples(samples, self.benchmark, problems=self.problems,
+                                              sandbox=self._sandbox, show_progress=False).summary
             loss = solution_loss(model, tokenizer, self.problems, batch_size=self.loss_batch_size)
         finally:
             model.train(was_training)
+        nan = float("nan")
         return {
-            "pass@1": ex.summary["pass_at_k"]["pass@1"],
+            "pass@1": summary["pass_at_k"]["pass@1"] if summary else nan,
             "solution_loss": loss,
-            "passed": ex.summary["passed"],
-            "problems": ex.summary["tasks"],
+            "passed": summary["passed"] if summary else nan,
+            "problems": len(self.problems),
             "eval_s": round(time.perf_counter() - start, 3),
         }
 
@@ -71,6 +76,11 @@ class EvalCallback:
             self.close()
         except Exception:
             pass
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def make_eval_callback(benchmark: str = "humaneval", max_problems: int | None = None,

@@ -57,7 +57,13 @@ def _loss(args) -> int:
     problems = load_problems(args.benchmark, args.data)
     model, tok = load_for_inference(args.model, device=args.device, dtype=args.dtype)
     loss = solution_loss(model, tok, problems, max_problems=args.max_problems, batch_size=args.batch_size)
-    print(json.dumps({"benchmark": args.benchmark, "solution_loss": round(loss, 6)}))
+    result = {"benchmark": args.benchmark, "solution_loss": round(loss, 6), "model": str(args.model),
+              "problems": len(problems) if args.max_problems is None else min(len(problems), args.max_problems)}
+    if args.out:
+        from phi1.utils.io import atomic_write_json
+
+        atomic_write_json(args.out, result)
+    print(json.dumps(result))
     return 0
 
 
@@ -97,4 +103,5 @@ def register_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     p.set_defaults(func=_loss)

@@ -68,8 +68,8 @@ class SandboxConfig:
             mem = self.memory_mb + 256
             return [self.container_runtime, "run", "--rm", "-i", "--network", "none",
                     "--pids-limit", str(self.nproc * 2), "--memory", f"{mem}m",
-                    "-v", f"{ZYGOTE}:/opt/phi1_zygote.py:ro", self.container,
-                    "python3", "/opt/phi1_zygote.py"]
+                    "-v", f"{ZYGOTE.parent}:/opt/phi1_exec:ro", self.container,
+                    "python3", "/opt/phi1_exec/zygote.py"]
         base = [sys.executable, str(ZYGOTE)]
         if self.wrapper:
             return shlex.split(self.wrapper) + base
@@ -184,6 +184,9 @@ class Sandbox:
         if info.get("identity", "").startswith("caller") and info.get("root"):
             log.warning("sandbox: programs run as root (%s); files outside their temp dir are not protected",
                         info.get("identity"))
+        if self.config.isolate_net and info.get("network") == "none" and not self.config.container:
+            log.warning("sandbox: no network namespace on this machine; programs can reach the network "
+                        "(use --wrapper or --container for untrusted models)")
 
     @property
     def isolation(self) -> dict:

@@ -15,7 +15,7 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model name the server serves")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="name of the environment variable holding the API key (the key itself is never written anywhere)")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint (default 8)")
+    p.add_argument("--concurrency", type=int, default=8, help="most requests in flight at once, over all endpoints (default 8)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP attempt (default 120)")
     p.add_argument("--max-attempts", type=int, default=6, help="attempts per request before it is recorded as failed")
     p.add_argument("--base-delay", type=float, default=0.5, help="first retry backoff in seconds (doubles each retry)")
@@ -34,13 +34,15 @@ def _job(kind: str, args) -> int:
         sampling={"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens},
         api=args.api, price_per_1k_prompt=args.price_per_1k_prompt,
         price_per_1k_completion=args.price_per_1k_completion,
+        max_consecutive_failures=args.max_consecutive_failures,
     )
     rep = run_job(cfg)
     print(json.dumps(report_dict(rep)))
     if not rep.complete:
         missing = rep.requested - rep.already_done - rep.generated
-        print(f"phi1: {missing} of {rep.requested} records failed (see {rep.failures_file}); "
-              "rerun the same command to retry them", file=sys.stderr)
+        why = f"stopped early: {rep.stopped}; " if rep.stopped else ""
+        print(f"phi1: {why}{missing} of {rep.requested} records missing ({rep.failed} failed, see "
+              f"{rep.failures_file}); rerun the same command to finish", file=sys.stderr)
         return 1
     return 0
 
@@ -71,6 +73,8 @@ def register(subparsers) -> None:
         p.add_argument("--top-p", type=float, default=None, help="override the spec's top_p")
         p.add_argument("--max-tokens", type=int, default=None, help="override the spec's max_tokens")
         p.add_argument("--api", choices=("chat", "completions"), default=None, help="override the spec's API")
+        p.add_argument("--max-consecutive-failures", type=int, default=50,
+                       help="stop the run after this many failed requests in a row (0 = never)")
         p.set_defaults(func=lambda args, kind=kind: _job(kind, args))
     v = sub.add_parser("validate", help="check, deduplicate and decontaminate generated records; diversity report")
     v.add_argument("--kind", choices=KINDS, required=True)

@@ -20,12 +20,12 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Sequence
+from typing import Sequence
 from urllib.parse import urlparse
 
 import httpx
 
-from phi1.errors import ConfigError, Phi1Error
+from phi1.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -232,20 +232,19 @@ class LLMClient:
 
     def run_chat_many(self, list_of_messages: list[list[dict]], **sampling) -> list[LLMResult]:
         """Sync convenience: run all chats concurrently (bounded) and return results in order."""
-        async def _all():
-            try:
-                return await asyncio.gather(*(self.chat(m, **sampling) for m in list_of_messages))
-            finally:
-                await self.aclose()
-        return asyncio.run(_all())
+        return self._run_many(lambda: [self.chat(m, **sampling) for m in list_of_messages])
 
     def run_complete_many(self, prompts: list[str], **sampling) -> list[LLMResult]:
         """Sync convenience for text completions, results in order."""
+        return self._run_many(lambda: [self.complete(p, **sampling) for p in prompts])
+
+    def _run_many(self, make_calls) -> list[LLMResult]:
         async def _all():
             try:
-                return await asyncio.gather(*(self.complete(p, **sampling) for p in prompts))
+                return await asyncio.gather(*make_calls())
             finally:
                 await self.aclose()
+
         return asyncio.run(_all())
 
     # ------------------------------------------------------------ internals

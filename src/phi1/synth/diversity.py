@@ -8,11 +8,13 @@ were spread, and the near-duplicate rate.
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 from pathlib import Path
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+DISTINCT_SAMPLE = 20000  # distinct-n keeps every n-gram in memory; measure it on a seeded sample
 
 # Constraint fields worth a distribution, per kind (lists are counted item by item).
 FIELDS = {
@@ -68,13 +70,15 @@ def build_report(kind: str, kept: list[dict], counts: dict, reasons: Counter, ne
                  extra: dict | None = None) -> dict:
     texts = [r.get("text", "") for r in kept]
     lengths = [len(_TOKEN.findall(t)) for t in texts]
+    sample = texts if len(texts) <= DISTINCT_SAMPLE else random.Random(0).sample(texts, DISTINCT_SAMPLE)
     metas = [r.get("meta") or {} for r in kept]
     report = {
         "kind": kind,
         "counts": counts,
         "rejection_reasons": dict(reasons.most_common()),
         "near_duplicate_rate": round(near_dup_rate, 4),
-        "distinct_n": distinct_n(texts),
+        "distinct_n": distinct_n(sample),
+        "distinct_n_sample": len(sample),
         "length_tokens": {
             "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
             "min": min(lengths, default=0),

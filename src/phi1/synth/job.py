@@ -51,10 +51,15 @@ class JobConfig:
     api: str | None = None  # chat | completions; None = the spec's
     price_per_1k_prompt: float = 0.0
     price_per_1k_completion: float = 0.0
+    # Stop the run after this many failed requests in a row (0 = never): a dead endpoint
+    # should not burn through the whole job writing failures.
+    max_consecutive_failures: int = 50
 
     def validate(self) -> None:
         if self.count < 1:
             raise ConfigError(f"count: {self.count} must be >= 1")
+        if self.max_consecutive_failures < 0:
+            raise ConfigError(f"max_consecutive_failures: {self.max_consecutive_failures} must be >= 0 (0 = never stop)")
         if self.api not in (None, "chat", "completions"):
             raise ConfigError(f"api: {self.api!r} is not one of chat, completions")
 
@@ -69,6 +74,7 @@ class JobReport:
     failures_file: str | None
     elapsed_s: float
     stats: dict
+    stopped: str | None = None  # why the run stopped early (too many failures in a row)
 
     @property
     def complete(self) -> bool:
@@ -111,6 +117,16 @@ def _check_manifest(path: Path, pinned: dict) -> dict:
     return manifest
 
 
+def _pending(prompts, done: dict[int, str], out: Path):
+    """The (index, prompt, hash) items not yet in the output, checking the ones that are."""
+    for i, bp, h in prompts:
+        if i not in done:
+            yield i, bp, h
+        elif done[i] != h:
+            raise Phi1Error(f"{out}: record {i} was made from a different prompt; the spec or phi1 version "
+                            "changed since; write to another --out")
+
+
 def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
     """Generate `cfg.count` records into `cfg.out`, resuming whatever a previous run finished."""
     cfg.validate()
@@ -128,41 +144,38 @@ def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
                            timeout=cfg.timeout, max_attempts=cfg.max_attempts, routing=cfg.routing,
                            base_delay=cfg.base_delay, price_per_1k_prompt=cfg.price_per_1k_prompt,
                            price_per_1k_completion=cfg.price_per_1k_completion)
-    todo = []
-    for i, bp, h in iter_prompts(spec, cfg.seed, cfg.count):
-        if i in done:
-            if done[i] != h:
-                raise Phi1Error(f"{out}: record {i} was made from a different prompt; the spec or phi1 version "
-                                "changed since; write to another --out")
-            continue
-        todo.append((i, bp, h))
-    already = cfg.count - len(todo)
+    already = sum(1 for i in done if i < cfg.count)
+    todo = _pending(iter_prompts(spec, cfg.seed, cfg.count), done, out)  # lazy: N may be millions
     manifest["pinned"] = pinned
     atomic_write_json(manifest_path, manifest)
     t0 = time.monotonic()
-    generated, failed = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out, failures_path, already))
+    generated, failed, stopped = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out, failures_path,
+                                                       already))
     elapsed = time.monotonic() - t0
     stats = client.stats.as_dict()
     _settle_failures(failures_path, out)
     manifest["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - elapsed)),
                              "elapsed_s": round(elapsed, 3), "generated": generated, "failed": failed,
-                             "count": cfg.count, "stats": stats})
+                             "count": cfg.count, "stopped": stopped, "stats": stats})
     atomic_write_json(manifest_path, manifest)
     return JobReport(cfg.count, already, generated, failed, str(out),
-                     str(failures_path) if failed else None, elapsed, stats)
+                     str(failures_path) if failed else None, elapsed, stats, stopped)
 
 
-async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict, todo: list, out: Path,
-                    failures_path: Path, already: int) -> tuple[int, int]:
-    counts = {"ok": 0, "failed": 0}
+async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict, todo, out: Path,
+                    failures_path: Path, already: int) -> tuple[int, int, str | None]:
+    counts = {"ok": 0, "failed": 0, "streak": 0}
+    stopped: list[str] = []
     bar = progress(total=cfg.count, desc=f"synth {cfg.kind}", unit="rec", initial=already)
-    items = iter(todo)
+    items = todo
     # Plain os.write per record survives SIGKILL (the kernel has the bytes); fsync is batched
     # to once a second because a disk flush per record would cap throughput.
     last_sync = [time.monotonic()]
 
     async def worker(writer: JsonlAppender, failures: JsonlAppender) -> None:
         for i, bp, h in items:  # one shared iterator: workers take the next item in turn
+            if stopped:
+                return  # the item just taken is not lost: it is not in the output, so the next run sends it
             if api == "chat":
                 res = await client.chat(bp.messages, **sampling)
             else:
@@ -175,11 +188,18 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
                             finish_reason=res.finish_reason, attempts=res.attempts)
                 writer.write({"id": f"{cfg.kind}-{cfg.seed}-{i:07d}", "text": res.text, "meta": meta})
                 counts["ok"] += 1
+                counts["streak"] = 0
             else:
                 failures.write({"index": i, "prompt_sha256": h, "error": res.error, "attempts": res.attempts,
                                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                 counts["failed"] += 1
-                log.warning("record %d failed after %d attempts: %s", i, res.attempts, res.error)
+                counts["streak"] += 1
+                if counts["failed"] <= 10 or counts["failed"] % 100 == 0:
+                    log.warning("record %d failed after %d attempts: %s", i, res.attempts, res.error)
+                limit = cfg.max_consecutive_failures
+                if limit and counts["streak"] >= limit and not stopped:
+                    stopped.append(f"{counts['streak']} requests failed in a row (last: {res.error})")
+                    log.error("stopping: %s; check the endpoint, then rerun the same command", stopped[0])
             now = time.monotonic()
             if now - last_sync[0] > 1.0:
                 last_sync[0] = now
@@ -189,7 +209,7 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
 
     try:
         with JsonlAppender(out, sync=False) as writer, JsonlAppender(failures_path, sync=False) as failures:
-            n_workers = min(len(todo), client.concurrency * len(client.endpoints) * 2) or 0
+            n_workers = min(cfg.count - already, client.concurrency * 2)  # a few spare: prompts ready when a slot frees
             try:
                 await asyncio.gather(*(worker(writer, failures) for _ in range(n_workers)))
             finally:
@@ -198,7 +218,7 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
                 await client.aclose()
     finally:
         bar.close()
-    return counts["ok"], counts["failed"]
+    return counts["ok"], counts["failed"], (stopped[0] if stopped else None)
 
 
 def _settle_failures(failures_path: Path, out: Path) -> None:

@@ -152,14 +152,15 @@ def iter_prompts(spec: Spec, seed: int, count: int, max_salt: int = 50):
     sequence is still a pure function of the seed.
     """
     build = BUILDERS[spec.kind]
-    seen: set[str] = set()
+    seen: set[bytes] = set()  # 16-byte digests: ~60 MB per million prompts
     for i in range(count):
         for salt in range(max_salt):
             bp = build(spec, record_rng(seed, i, salt))
             h = bp.sha256()
-            if h not in seen:
+            key = bytes.fromhex(h[:32])
+            if key not in seen:
                 break
         else:
             raise ConfigError(f"{spec.source}: the spec's pools are too small for {count} distinct prompts; add entries")
-        seen.add(h)
+        seen.add(key)
         yield i, bp, h

@@ -91,14 +91,30 @@ def validate_file(cfg: ValidateConfig) -> dict:
     write_jsonl(out, kept)
     write_jsonl(out.with_name(out.name + ".rejected.jsonl"), rejected)
     counts = {"input": len(records), "kept": len(kept), "rejected": len(rejected)}
-    report = build_report(cfg.kind, kept, counts, reasons, n_dups / n_checked if n_checked else 0.0,
-                          extra={"input": str(cfg.input), "executed": cfg.kind == "exercises" and cfg.execute})
+    extra = {"input": str(cfg.input), "executed": cfg.kind == "exercises" and cfg.execute,
+             "adherence": _adherence(cfg.kind, records)}
+    report = build_report(cfg.kind, kept, counts, reasons, n_dups / n_checked if n_checked else 0.0, extra=extra)
     report_path = Path(cfg.report) if cfg.report else out.with_name(out.name + ".report.json")
     plot_report(report, report_path.with_suffix(".png"))
     report.pop("_lengths")
     atomic_write_json(report_path, report)
     log.info("validate %s: kept %d of %d (%s)", cfg.kind, len(kept), len(records), dict(reasons))
     return report
+
+
+def _adherence(kind: str, records: list[dict]) -> dict:
+    """How often the generated text did what its prompt asked, over all input records."""
+    n = len(records) or 1
+    vals = [r["meta"]["validation"] for r in records]
+    if kind == "stories":
+        return {f"{pos}_used": round(sum(bool(v.get("words_used", {}).get(pos)) for v in vals) / n, 4)
+                for pos in ("noun", "verb", "adjective")}
+    if kind == "exercises":
+        named = [v.get("function") for v in vals]
+        return {"requested_function_written": round(sum(f is not None for f in named) / n, 4),
+                "distinct_function_names": len({f for f in named if f})}
+    return {"has_code": round(sum(v.get("n_code_blocks", 0) > 0 for v in vals) / n, 4),
+            "interleaved": round(sum(v.get("switches", 0) >= 2 for v in vals) / n, 4)}
 
 
 def _execute(records: list[dict], reasons_of: dict[int, list[str]], cfg: ValidateConfig) -> None:

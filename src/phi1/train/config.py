@@ -145,7 +145,7 @@ def _coerce(value: Any, tp, where: str) -> Any:
                 return _coerce(value, a, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise errors[0] if len(errors) == 1 else ConfigError(
+        raise ConfigError(errors[0]) if len(errors) == 1 else ConfigError(
             f"{where}: {value!r} matches none of {' | '.join(_type_name(a) for a in args)}")
     if dataclasses.is_dataclass(tp):
         if tp is SourceSection and isinstance(value, str):

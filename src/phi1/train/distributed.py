@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,9 @@ def prepare_model(model: nn.Module, world: World, *, activation_checkpointing: b
             model.compile()
     if world.strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
+
+        # Our forward returns (logits, loss) and the trainer never edits them in place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
         for blk in model.layers:
             fully_shard(blk)

@@ -1,0 +1,147 @@
+"""Training-step throughput: phi1's PhiForCausalLM vs transformers' PhiForCausalLM, side by side.
+
+Both models get the same weights, batch, precision, optimizer (AdamW, decay on
+matrices only, fused on CUDA), gradient clipping and compile setting; their
+steps are timed in alternating rounds so that load from other processes hits
+both alike. Prints tokens/s, MFU (GPU only: against the per-GPU peak table in
+phi1.train.metrics), peak memory, and the ratio ours/theirs.
+
+    python bench/train_throughput.py                       # CPU, tiny preset, fp32
+    python bench/train_throughput.py --preset phi-1-small --seq-len 2048 --batch 8 \\
+        --device cuda --dtype bf16 --compile               # one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+from phi1.model.config import PhiConfig
+from phi1.model.hf import save_model_dir
+from phi1.model.phi import PhiForCausalLM
+from phi1.train.metrics import peak_flops
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_step(model, forward, device: torch.device, dtype: torch.dtype):
+    """One training step as the trainer does it: autocast forward, backward, clip, AdamW."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.98), eps=1e-7, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    def amp():
+        return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    def step(x, y) -> float:
+        with amp():
+            loss = forward(x, y)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=DTYPES, default="fp32")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    cfg = PhiConfig.from_preset(args.preset)
+    torch.manual_seed(0)
+    ours = PhiForCausalLM(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(ours, tmp)
+        theirs = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+    ours.to(device).train()
+    theirs.to(device).train()
+    if args.compile:
+        ours.compile()
+        theirs.compile()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
+    inp, tgt = x[:, :-1], x[:, 1:]
+    # transformers shifts labels itself (T-1 predictions from the same T-token forward).
+    steps = {
+        "phi1": make_step(ours, lambda a, b: ours(a, b)[1], device, dtype),
+        "transformers": make_step(theirs, lambda a, b: theirs(input_ids=a, labels=a).loss, device, dtype),
+    }
+    feeds = {"phi1": (inp, tgt), "transformers": (inp, None)}
+    first = {k: float(steps[k](*feeds[k])) for k in steps}  # same weights and data: ~the same first loss
+    for _ in range(args.warmup):
+        for k in steps:
+            steps[k](*feeds[k])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    peak_mem: dict[str, float | None] = {k: None for k in steps}
+    for _ in range(args.rounds):
+        for k in steps:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                steps[k](*feeds[k])
+                sync(device)
+                times[k].append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peak_mem[k] = torch.cuda.max_memory_allocated(device) / 2**30
+
+    tokens = args.batch * args.seq_len
+    peak = peak_flops(device)
+    fpt = cfg.flops_per_token(args.seq_len)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"train step: preset={args.preset} ({cfg.num_parameters() / 1e6:.1f}M params) seq_len={args.seq_len} "
+          f"batch={args.batch} dtype={args.dtype} compile={args.compile} on {where}; torch {torch.__version__}")
+    print(f"first-step loss: phi1 {first['phi1']:.5f}  transformers {first['transformers']:.5f}")
+    print(f"{'impl':<14}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}")
+    tps = {}
+    for k in steps:
+        med = statistics.median(times[k])
+        tps[k] = tokens / med
+        mfu = f"{fpt * tps[k] / peak:.1%}" if peak else "n/a"
+        mem = f"{peak_mem[k]:.2f}" if peak_mem[k] is not None else "n/a"
+        print(f"{k:<14}{med * 1e3:>10.1f}{tps[k]:>12.0f}{mfu:>8}{mem:>9}")
+    print(f"ratio phi1/transformers tokens/s: {tps['phi1'] / tps['transformers']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

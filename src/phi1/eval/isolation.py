@@ -1,0 +1,306 @@
+"""The part of the sandbox boundary that the kernel enforces (stdlib only).
+
+A `Boundary` is set up once per executor process: a network namespace with no
+interfaces, a mount namespace with private /tmp, /var/tmp and /dev/shm, and,
+when started as root, a dedicated unprivileged uid for its programs. In each
+forked child, `confine()` applies resource limits and drops to that uid;
+after each program, `kill_leftovers()` removes everything it started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import tempfile
+import time
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _unshare(flags: int) -> bool:
+    return _libc.unshare(ctypes.c_int(flags)) == 0
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    return _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) == 0
+
+
+def _write_file(path: str, text: str) -> bool:
+    try:
+        with open(path, "w") as fh:
+            fh.write(text)
+        return True
+    except OSError:
+        return False
+
+
+class Boundary:
+    """Namespaces, identity and limits shared by all programs of one executor."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.info: dict = {"root": os.geteuid() == 0}
+        self.uid = self.gid = None
+        self.base_nproc = 0
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self._isolate_network()
+        self._private_tmp()
+        self._pick_identity()
+        if self.uid is not None and not self._expose_python():
+            self.uid = self.gid = None
+            self.info["identity"] = "caller (the Python install is not readable by other users)"
+
+    def _isolate_network(self) -> None:
+        mode = "none"
+        if self.cfg.get("isolate_net", True):
+            if _unshare(CLONE_NEWNET):
+                mode = "netns"
+            else:
+                uid, gid = os.geteuid(), os.getegid()
+                if uid != 0 and _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS):
+                    # Map our ids to themselves; unmapped ids could not create files.
+                    _write_file("/proc/self/setgroups", "deny")
+                    _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
+                    _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+                    mode = "userns+netns"
+        self.info["network"] = mode
+
+    def _private_tmp(self) -> None:
+        mode = "shared"
+        if self.cfg.get("private_tmp", True) and (_unshare(CLONE_NEWNS) or self.info["network"].startswith("userns")):
+            # Without MS_PRIVATE our mounts would propagate back to the host.
+            if _mount(None, "/", None, MS_REC | MS_PRIVATE, None):
+                size = f"size={int(self.cfg.get('tmp_mb', 512))}m"
+                ok = _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
+                for extra in ("/var/tmp", "/dev/shm"):
+                    if os.path.isdir(extra):
+                        ok = _mount("tmpfs", extra, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}") and ok
+                if ok:
+                    mode = "private"
+        tempfile.tempdir = None
+        self.info["tmp"] = mode
+
+    def _pick_identity(self) -> None:
+        uid = self.cfg.get("uid")
+        if uid == "auto":
+            uid = _free_uid()
+        if os.geteuid() == 0 and uid is not None:
+            self.uid = self.gid = int(uid)
+            self.info["identity"] = f"uid {self.uid}"
+        else:
+            # Not root: RLIMIT_NPROC counts every process of this user, so
+            # leave room for the ones that already exist.
+            self.base_nproc = _count_user_processes(os.getuid())
+            self.info["identity"] = "caller"
+
+    def _expose_python(self) -> bool:
+        """Make the interpreter and sys.path readable by the slot uid inside our mount namespace.
+
+        A Python installed under a root-only directory (e.g. /root/.pyenv) is
+        unreadable after the uid drop. We shadow that directory with a tmpfs
+        and bind back only the Python trees, which also hides its other contents.
+        """
+        needed = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
+                         sys.base_exec_prefix, *sys.path) if p and os.path.isdir(p)})
+        roots: list[str] = []
+        for p in needed:
+            if not any(p == r or p.startswith(r + "/") for r in roots):
+                roots.append(p)
+        blocked: dict[str, list[str]] = {}
+        for p in roots:
+            top = _first_closed_dir(p)
+            if top == p:
+                return False
+            if top is not None:
+                blocked.setdefault(top, []).append(p)
+        if not blocked:
+            return True
+        if self.info["tmp"] != "private":
+            return False
+        hold_base = tempfile.mkdtemp(prefix="phi1-hold-", dir="/tmp")
+        for top, paths in blocked.items():
+            holds = []
+            for i, p in enumerate(paths):
+                hold = os.path.join(hold_base, f"{len(os.listdir(hold_base))}")
+                os.mkdir(hold)
+                if not _mount(p, hold, None, MS_BIND | MS_REC, None):
+                    return False
+                holds.append((hold, p))
+            if not _mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m"):
+                return False
+            for hold, p in holds:
+                os.makedirs(p, exist_ok=True)
+                os.chmod(p, 0o755)
+                for parent in _parents_between(top, p):
+                    os.chmod(parent, 0o755)
+                if not _mount(hold, p, None, MS_BIND | MS_REC, None):
+                    return False
+        return True
+
+    def confine(self, timeout: float) -> None:
+        """In the forked child: resource limits, then drop to the slot uid (irreversible)."""
+        cfg = self.cfg
+        mem = int(cfg.get("memory_mb", 2048)) << 20
+        fsize = int(cfg.get("fsize_mb", 64)) << 20
+        cpu = int(timeout) + 1
+        nproc = int(cfg.get("nproc", 64)) + self.base_nproc
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_DATA, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if self.uid is not None:
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def kill_leftovers(self, pid: int) -> None:
+        """SIGKILL the program and everything it started, wherever it went."""
+        with _suppress():
+            os.killpg(pid, signal.SIGKILL)
+        if self.uid is not None:
+            # kill(-1) from the slot uid reaches every process of that uid, even
+            # ones that left the process group or double-forked; the kernel does
+            # it under the tasklist lock, so a fork bomb cannot outrun it.
+            reaper = os.fork()
+            if reaper == 0:  # pragma: no cover - child
+                try:
+                    os.setgroups([])
+                    os.setgid(self.gid)
+                    os.setuid(self.uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            wait_blocking(reaper)
+        else:
+            for _ in range(50):
+                pids = _descendants(os.getpid())
+                if not pids:
+                    break
+                for p in pids:
+                    with _suppress():
+                        os.kill(p, signal.SIGKILL)
+                self.reap_all(block_s=0.05)
+
+    def reap_all(self, block_s: float = 2.0) -> None:
+        """Reap our children and the orphans re-parented to us (we are a subreaper)."""
+        end = time.monotonic() + block_s
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if time.monotonic() > end:
+                    return
+                time.sleep(0.001)
+
+def has_children() -> bool:
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def wait_blocking(pid: int):
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return None
+        except InterruptedError:
+            continue
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    out, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _free_uid() -> int | None:
+    """A uid no live process of another harness uses: derived from our own pid.
+
+    Each slot needs its own uid, because RLIMIT_NPROC is counted per uid and
+    the clean-up kills every process of the slot uid.
+    """
+    pid = os.getpid()
+    try:
+        with open("/proc/self/uid_map") as fh:
+            ranges = [tuple(int(x) for x in line.split()) for line in fh if line.strip()]
+    except OSError:
+        ranges = [(0, 0, 1 << 32)]
+    for inside, _outside, count in ranges:
+        for candidate in (2_000_000_000 + pid, inside + count - 2 - pid):
+            if inside + 1000 <= candidate < inside + count - 1 and candidate != 65534:
+                return candidate
+    return None
+
+
+def _first_closed_dir(path: str) -> str | None:
+    """The first directory on the way to `path` that other users cannot enter."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        d = "/" + "/".join(parts[:i])
+        if not os.stat(d).st_mode & 0o001:
+            return d
+    return None
+
+
+def _parents_between(top: str, path: str) -> list[str]:
+    out, d = [], os.path.dirname(path)
+    while d.startswith(top + "/"):
+        out.append(d)
+        d = os.path.dirname(d)
+    return out
+
+
+def _count_user_processes(uid: int) -> int:
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is not None and issubclass(typ, OSError)
+
+
