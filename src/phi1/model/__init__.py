@@ -1,7 +1,6 @@
 """The phi model, its presets and Hugging Face-format model directories."""
 
 from phi1.model.config import PRESETS, PhiConfig
-from phi1.model.phi import PhiForCausalLM
 
 __all__ = ["PRESETS", "PhiConfig", "PhiForCausalLM", "load_for_inference"]
 
@@ -17,3 +16,12 @@ def load_for_inference(model_dir, device: str = "auto", dtype: str = "auto"):
     model.eval()
     tok = load_tokenizer(model_dir)
     return model, tok
+
+
+def __getattr__(name):
+    # torch is imported only when the network is needed, so `phi1 --help` stays fast.
+    if name == "PhiForCausalLM":
+        from phi1.model.phi import PhiForCausalLM
+
+        return PhiForCausalLM
+    raise AttributeError(name)

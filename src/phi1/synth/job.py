@@ -167,13 +167,12 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
     counts = {"ok": 0, "failed": 0, "streak": 0}
     stopped: list[str] = []
     bar = progress(total=cfg.count, desc=f"synth {cfg.kind}", unit="rec", initial=already)
-    items = todo
     # Plain os.write per record survives SIGKILL (the kernel has the bytes); fsync is batched
     # to once a second because a disk flush per record would cap throughput.
     last_sync = [time.monotonic()]
 
     async def worker(writer: JsonlAppender, failures: JsonlAppender) -> None:
-        for i, bp, h in items:  # one shared iterator: workers take the next item in turn
+        for i, bp, h in todo:  # one shared iterator: workers take the next item in turn
             if stopped:
                 return  # the item just taken is not lost: it is not in the output, so the next run sends it
             if api == "chat":
