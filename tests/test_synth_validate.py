@@ -95,7 +95,7 @@ def exercise_run(tmp_path_factory):
     inp = tmp / "ex.jsonl"
     write_jsonl(inp, recs)
     out = tmp / "ok.jsonl"
-    report = validate_file(ValidateConfig("exercises", str(inp), str(out), timeout=1.0))
+    report = validate_file(ValidateConfig("exercises", str(inp), str(out), timeout=2.0))
     return out, report
 
 
@@ -125,6 +125,7 @@ def test_validate_writes_report_json_and_png(exercise_run):
     assert on_disk["counts"] == report["counts"]
     assert set(on_disk["distinct_n"]) == {"distinct_1", "distinct_2", "distinct_3", "distinct_4"}
     assert on_disk["constraints"]["function_name"]["distinct"] == 2
+    assert sum(on_disk["length_tokens"]["histogram"]["counts"]) == 2
     assert on_disk["rejection_reasons"] == {k: 1 for k in ("execution assertion", "execution timeout", "syntax",
                                             "contaminated", "exact duplicate", "near-duplicate", "truncated")}
     png = rep_path.with_suffix(".png").read_bytes()

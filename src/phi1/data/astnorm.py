@@ -35,33 +35,24 @@ def parse_python(text: str) -> ast.Module | None:
 
 
 def normalized_tokens(func: ast.AST) -> list[str]:
-    """Pre-order token stream of a function's syntax tree with identifiers renamed.
+    """Pre-order token stream of a function's syntax tree with identifiers erased.
 
-    Node types, operators, constants and attribute names are kept; names of
-    functions, arguments and variables become `v0, v1, ...` by first
-    appearance (builtins keep their names); docstrings and decorators are
-    skipped. Walking the tree directly (no copy, no unparse) keeps this cheap
-    enough to run on every function of a corpus.
+    Node types, operators, constants, attribute names and builtins are kept;
+    every other name (function, arguments, variables, imported modules)
+    becomes `V`, and type annotations, docstrings and decorators are skipped,
+    so renaming, re-annotating and reformatting leave the stream unchanged.
+    (Numbering names by first appearance would keep more structure, but one
+    added or removed name then shifts every later placeholder.) Walking the
+    tree directly (no copy, no unparse) keeps this cheap on a whole corpus.
     """
-    names: dict[str, str] = {}
-
-    def rename(name: str) -> str:
-        if name in _BUILTINS:
-            return name
-        if name not in names:
-            names[name] = f"v{len(names)}"
-        return names[name]
-
     out: list[str] = []
     stack: list[ast.AST] = [func]
     while stack:
         node = stack.pop()
         if isinstance(node, ast.Name):
-            out.append(rename(node.id))
+            out.append(node.id if node.id in _BUILTINS else "V")
         elif isinstance(node, ast.arg):
-            out.append(rename(node.arg))
-            if node.annotation is not None:
-                stack.append(node.annotation)
+            out.append("V")
         elif isinstance(node, ast.Constant):
             out.append(repr(node.value)[:24])
         elif isinstance(node, ast.Attribute):
@@ -71,12 +62,12 @@ def normalized_tokens(func: ast.AST) -> list[str]:
             continue
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out.append(type(node).__name__)
-            out.append(rename(node.name))
             children = [node.args] if not isinstance(node, ast.ClassDef) else list(node.bases)
-            if getattr(node, "returns", None) is not None:
-                children.append(node.returns)
             children += strip_docstring(node.body)
             stack.extend(reversed(children))
+        elif isinstance(node, ast.AnnAssign):
+            out.append("Assign")
+            stack.extend(reversed([c for c in (node.target, node.value) if c is not None]))
         else:
             out.append(type(node).__name__)
             stack.extend(reversed(list(ast.iter_child_nodes(node))))
@@ -91,3 +82,17 @@ def iter_functions(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, FUNC_TYPES):
             yield node
+
+
+def function_source(func: ast.AST) -> str:
+    """A function's code re-printed from its AST without docstrings: layout and comments gone, names kept."""
+    import copy
+
+    node = copy.deepcopy(func)
+    for n in ast.walk(node):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            n.body = strip_docstring(n.body)
+    try:
+        return ast.unparse(node)
+    except (RecursionError, ValueError):
+        return ""

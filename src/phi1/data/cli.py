@@ -9,4 +9,4 @@ DATA_MODULES = (
 
 
 def register(subparsers) -> None:
-    add_group(subparsers, "data", "data stages: collect, dedup, score, filter, decontaminate, mine, pack", DATA_MODULES)
+    add_group(subparsers, "data", "data stages: collect, dedup, annotate, classify, filter, decontaminate, mine-exercises, run, pack", DATA_MODULES)

@@ -62,7 +62,8 @@ def python_install_sources(stdlib: bool = True, site_packages: bool = True) -> l
 
 
 def _match(rel: str, name: str, globs: list[str]) -> bool:
-    return any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel, g) for g in globs)
+    # "/" + rel lets "*/tests/*" also match a tests/ folder at the top of the source.
+    return any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel, g) or fnmatch.fnmatch("/" + rel, g) for g in globs)
 
 
 def _walk_dir(root: Path, cfg: CollectConfig, skip_dirs: set[str]) -> Iterator[tuple[str, str, int]]:
@@ -216,7 +217,7 @@ def run_collect(
                 stop = _collect_dir(p, cfg, skip, n_workers, report, sink, emit, quiet)
             elif p.suffix == ".parquet":
                 stop = _collect_table(_iter_parquet(p), src, text_field, report, sink, emit)
-            elif p.suffix in (".jsonl", ".json") or p.name.endswith(".jsonl.gz"):
+            elif p.suffix in (".jsonl", ".json"):
                 sub = StageReport("read")
                 rows = iter_records(p, sub, skip_bad_lines=skip_bad_lines, require_text=False)
                 stop = _collect_table(rows, src, text_field, report, sink, emit)

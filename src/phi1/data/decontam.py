@@ -1,14 +1,17 @@
 """`phi1 data decontaminate`: remove records that overlap benchmark problems.
 
-Two detectors, as in the phi-1 paper:
+Detectors, as in the phi-1 paper:
 - n-gram overlap: hashed 13-grams of normalised code tokens (lower-cased,
   comments stripped); a record is hit when it contains at least
   `ngram_threshold` of a task's prompt or solution n-grams.
 - syntax similarity: each function in the record and each benchmark function
-  are AST-normalised (identifiers renamed to placeholders, docstrings and
+  are AST-normalised (identifiers erased to one placeholder, docstrings and
   formatting gone); a hit is a function pair whose normalised 6-gram sets
   overlap by at least `ast_threshold` of the larger set. This survives renamed
   variables and reformatting, which defeat plain n-grams.
+- embedding + syntax (opt-in, `embedding=` an encoder spec): a function close
+  in embedding space to a benchmark function and overlapping its syntax at
+  least `embedding_ast_floor` — edited copies past the syntax threshold.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
 from phi1.errors import ConfigError
-from phi1.data.astnorm import iter_functions, normalized_tokens, parse_python
+import numpy as np
+
+from phi1.data.astnorm import function_source, iter_functions, normalized_tokens, parse_python
 from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
 from phi1.data.parallel import parallel_map
 from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
@@ -54,10 +59,14 @@ class Decontaminator:
         ngram_threshold: float = 0.5,
         ast_threshold: float = 0.8,
         use_ast: bool = True,
+        embedding: str | None = None,
+        embedding_threshold: float = 0.85,
+        embedding_ast_floor: float = 0.4,
     ):
         if ngram < 3:
             raise ConfigError(f"decontaminate.ngram: {ngram} too small; use >= 3 (the paper used 13)")
-        for name, v in (("ngram_threshold", ngram_threshold), ("ast_threshold", ast_threshold)):
+        for name, v in (("ngram_threshold", ngram_threshold), ("ast_threshold", ast_threshold),
+                        ("embedding_threshold", embedding_threshold), ("embedding_ast_floor", embedding_ast_floor)):
             if not 0.0 < v <= 1.0:
                 raise ConfigError(f"decontaminate.{name}: {v} must be in (0, 1]")
         self.tasks = list(tasks) if tasks is not None else load_benchmarks(list(benchmarks), list(benchmark_files))
@@ -68,6 +77,8 @@ class Decontaminator:
         # AST index: gram -> [benchmark function index], plus per function (task index, name, size).
         self._ast_index: dict[int, list[int]] = defaultdict(list)
         self._ast_funcs: list[tuple[int, str, int]] = []
+        self._ast_grams: list[set[int]] = []
+        bench_sources: list[str] = []
         for ti, task in enumerate(self.tasks):
             for part, text in (("prompt", task.prompt), ("solution", task.solution)):
                 grams = ngram_set(code_tokens(text, lower=True, strip_comments=True), ngram)
@@ -82,8 +93,26 @@ class Decontaminator:
                     if len(grams) >= MIN_AST_GRAMS:
                         fi = len(self._ast_funcs)
                         self._ast_funcs.append((ti, fn.name, len(grams)))
+                        self._ast_grams.append(grams)
+                        bench_sources.append(function_source(fn))
                         for g in grams:
                             self._ast_index[g].append(fi)
+
+        # Embedding + syntax (the paper's second detector): a function whose embedding is close to a benchmark
+        # function's AND whose syntax overlaps it at least `embedding_ast_floor` is flagged, which catches
+        # copies edited beyond the pure syntax threshold. Opt-in: embedding every function of a corpus is costly.
+        self.embedding_threshold, self.embedding_ast_floor = embedding_threshold, embedding_ast_floor
+        self._encoder = None
+        if embedding and use_ast and bench_sources:
+            from phi1.data.features import make_encoder
+
+            self._encoder = make_encoder(embedding)
+            self._bench_emb = self._embed(bench_sources)
+
+    def _embed(self, sources: list[str]) -> np.ndarray:
+        X = self._encoder.encode(sources)
+        X = X.toarray() if hasattr(X, "toarray") else np.asarray(X, dtype=np.float64)
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
     def check(self, text: str) -> list[Hit]:
         """Benchmark tasks this text overlaps, best score first (one hit per task and method)."""
@@ -105,10 +134,12 @@ class Decontaminator:
                 add(Hit(self.tasks[ti].task_id, "ngram", score, part))
         if self.use_ast and self._ast_funcs and "def " in text:
             tree = parse_python(text)
+            candidates = []
             for fn in iter_functions(tree) if tree else ():
                 fgrams = ngram_set(normalized_tokens(fn), AST_GRAM)
                 if len(fgrams) < MIN_AST_GRAMS:
                     continue
+                candidates.append((fn, fgrams))
                 shared: Counter = Counter()
                 for g in fgrams:
                     for fi in self._ast_index.get(g, ()):
@@ -118,6 +149,15 @@ class Decontaminator:
                     score = c / max(size, len(fgrams))
                     if score >= self.ast_threshold:
                         add(Hit(self.tasks[ti].task_id, "ast", score, name, fn.name))
+            if self._encoder is not None and candidates:
+                sims = self._embed([function_source(fn) for fn, _ in candidates]) @ self._bench_emb.T
+                for i, j in zip(*np.nonzero(sims >= self.embedding_threshold)):
+                    fn, fgrams = candidates[i]
+                    bgrams = self._ast_grams[j]
+                    syntax = len(fgrams & bgrams) / max(len(fgrams), len(bgrams))
+                    if syntax >= self.embedding_ast_floor:
+                        ti, name, _ = self._ast_funcs[j]
+                        add(Hit(self.tasks[ti].task_id, "embedding", float(sims[i, j]), name, fn.name))
         return sorted(best.values(), key=lambda h: -h.score)
 
 
@@ -143,6 +183,8 @@ def run_decontaminate(
     ngram_threshold: float = 0.5,
     ast_threshold: float = 0.8,
     use_ast: bool = True,
+    embedding: str | None = None,
+    embedding_threshold: float = 0.85,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
@@ -153,7 +195,8 @@ def run_decontaminate(
     Checks run in `workers` processes (0 = one per CPU), each holding its own index.
     """
     kwargs = dict(benchmarks=list(benchmarks), benchmark_files=list(benchmark_files), ngram=ngram,
-                  ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast)
+                  ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast,
+                  embedding=embedding, embedding_threshold=embedding_threshold)
     deco = Decontaminator(**kwargs)  # fails fast on a bad benchmark before any worker starts
     report = StageReport("decontaminate", input=str(input_path))
     report.details.update(tasks=len(deco.tasks), ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold)

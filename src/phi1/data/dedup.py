@@ -106,6 +106,50 @@ def _keys(rec: dict) -> tuple[str | None, np.ndarray | None]:
     return (normalized_hash(text) if _EXACT else None), (_WORKER.signature(text) if _WORKER else None)
 
 
+class DuplicateIndex:
+    """Remembers what was kept; `add` says whether a new text duplicates it (first come is kept).
+
+    Usable on its own (`add_text(key, text)`, e.g. to validate generated data) or
+    with hashes and signatures computed elsewhere (`add(key, h, sig)`, as
+    `run_dedup` does with its worker processes).
+    """
+
+    def __init__(self, threshold: float = 0.85, num_perm: int = 128, seed: int = 1, shingle: int = 5,
+                 exact: bool = True, near: bool = True):
+        DedupConfig(exact, near, threshold, num_perm, shingle, seed).validate()
+        self.threshold, self.exact, self.near = threshold, exact, near
+        self.maker = SignatureMaker(num_perm, seed, shingle)
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
+        self._exact: dict[str, str] = {}
+        self._sigs: dict[str, np.ndarray] = {}
+
+    def add_text(self, key: str, text: str) -> tuple[str, str, float] | None:
+        return self.add(key, normalized_hash(text) if self.exact else None,
+                        self.maker.signature(text) if self.near else None)
+
+    def add(self, key: str, h: str | None, sig: np.ndarray | None) -> tuple[str, str, float] | None:
+        """(reason, duplicate_of, similarity) if a duplicate, else None after remembering the text."""
+        if h is not None:
+            if h in self._exact:
+                return "exact_duplicate", self._exact[h], 1.0
+            self._exact[h] = key
+        if sig is not None:
+            mh = self.maker.minhash(sig)
+            best = None
+            # LSH candidates are verified on the signatures: LSH alone has false positives.
+            for cand in self.lsh.query(mh):
+                sim = float(np.mean(self._sigs[cand] == sig))
+                if sim >= self.threshold and (best is None or sim > best[1]):
+                    best = (cand, sim)
+            if best is not None:
+                return "near_duplicate", best[0], best[1]
+            if key in self._sigs:  # ids should be unique; keep the index consistent if they are not
+                key = f"{key}#{len(self._sigs)}"
+            self.lsh.insert(key, mh, check_duplication=False)
+            self._sigs[key] = sig
+        return None
+
+
 def run_dedup(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -126,10 +170,7 @@ def run_dedup(
     cfg.validate()
     report = StageReport("dedup", input=str(input_path))
     report.details.update(threshold=threshold, num_perm=num_perm, shingle=shingle)
-    seen_exact: dict[str, str] = {}
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
-    maker = SignatureMaker(num_perm, seed, shingle)
-    sigs_by_key: dict[str, np.ndarray] = {}
+    index = DuplicateIndex(threshold, num_perm, seed, shingle, exact, near)
     size = os.path.getsize(input_path) if os.path.exists(input_path) else None
     bar = progress(total=size, desc="dedup", unit="B", unit_scale=True)
     examples: list[dict] = []
@@ -141,42 +182,19 @@ def run_dedup(
                                  initializer=_init_worker, initargs=(num_perm, seed, shingle, exact, near))
             for rec, (h, sig) in keyed:
                 bar.update(len(rec["text"]))
-                if h is not None:
-                    if h in seen_exact:
-                        sink.reject(rec, "exact_duplicate", duplicate_of=seen_exact[h])
-                        _example(examples, rec, seen_exact[h], 1.0)
-                        continue
-                    seen_exact[h] = rec["id"]
-                if sig is not None:
-                    mh = maker.minhash(sig)
-                    dup = _near_match(lsh, mh, sigs_by_key, threshold)
-                    if dup is not None:
-                        sink.reject(rec, "near_duplicate", duplicate_of=dup[0], similarity=round(dup[1], 3))
-                        _example(examples, rec, dup[0], dup[1])
-                        continue
-                    key = rec["id"] if rec["id"] not in sigs_by_key else f"{rec['id']}#{report.read}"
-                    lsh.insert(key, mh, check_duplication=False)
-                    sigs_by_key[key] = sig
-                sink.keep(rec)
+                dup = index.add(rec["id"], h, sig)
+                if dup is None:
+                    sink.keep(rec)
+                    continue
+                reason, of, sim = dup
+                why = {"similarity": round(sim, 3)} if reason == "near_duplicate" else {}
+                sink.reject(rec, reason, duplicate_of=of, **why)
+                if len(examples) < 50:
+                    examples.append({"id": rec["id"], "duplicate_of": of, "similarity": round(sim, 3)})
     finally:
         bar.close()
     report.details["examples"] = examples
     return finish_report(report, quiet)
-
-
-def _near_match(lsh: MinHashLSH, mh: LeanMinHash, sigs: dict, threshold: float):
-    """The best already-kept candidate whose estimated Jaccard clears the threshold (LSH alone has false positives)."""
-    best = None
-    for key in lsh.query(mh):
-        sim = float(np.mean(sigs[key] == mh.hashvalues))
-        if sim >= threshold and (best is None or sim > best[1]):
-            best = (key, sim)
-    return best
-
-
-def _example(examples: list, rec: dict, dup_of: str, sim: float) -> None:
-    if len(examples) < 50:
-        examples.append({"id": rec["id"], "duplicate_of": dup_of, "similarity": round(sim, 3)})
 
 
 def baseline_dedup_ids(texts: list[str], threshold: float = 0.85, num_perm: int = 128, shingle: int = 5) -> list[int]:

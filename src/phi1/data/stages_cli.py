@@ -99,7 +99,8 @@ def _decontaminate(args) -> int:
 
     rep = run_decontaminate(args.input, args.out, benchmarks=_benchmarks(args), benchmark_files=args.benchmark_file,
                             ngram=args.ngram, ngram_threshold=args.ngram_threshold, ast_threshold=args.ast_threshold,
-                            use_ast=not args.no_ast, workers=args.workers, **_io(args))
+                            use_ast=not args.no_ast, embedding=args.embedding,
+                            embedding_threshold=args.embedding_threshold, workers=args.workers, **_io(args))
     if not args.quiet:
         for h in rep.details["hits"][:20]:
             best = h["hits"][0]
@@ -212,6 +213,9 @@ def register_data(sub) -> None:
     p.add_argument("--ngram-threshold", type=float, default=0.5, help="fraction of a task's n-grams that flags a record")
     p.add_argument("--ast-threshold", type=float, default=0.8, help="normalised-AST similarity that flags a function")
     p.add_argument("--no-ast", action="store_true", help="n-gram check only")
+    p.add_argument("--embedding", help="also flag functions whose embedding (this encoder: minilm, st:DIR, lm:DIR) "
+                   "is close to a benchmark function's and whose syntax overlaps it (slower; off by default)")
+    p.add_argument("--embedding-threshold", type=float, default=0.85, help="cosine similarity for --embedding")
     p.add_argument("--workers", type=int, default=0, help="checking processes (0 = one per CPU)")
     p.set_defaults(func=_decontaminate)
 

@@ -83,14 +83,21 @@ def build_report(kind: str, kept: list[dict], counts: dict, reasons: Counter, ne
             "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
             "min": min(lengths, default=0),
             "max": max(lengths, default=0),
+            "histogram": _histogram(lengths),
         },
         "constraints": constraint_distributions(kind, metas),
         "models": dict(Counter(m.get("model", "?") for m in metas)),
     }
     if extra:
         report.update(extra)
-    report["_lengths"] = lengths  # for the plot; removed before writing
     return report
+
+
+def _histogram(values: list[int], bins: int = 30) -> dict:
+    import numpy as np
+
+    counts, edges = np.histogram(values or [0], bins=bins)
+    return {"edges": [round(float(e), 3) for e in edges], "counts": counts.tolist()}
 
 
 def plot_report(report: dict, path: str | Path) -> None:
@@ -107,7 +114,10 @@ def plot_report(report: dict, path: str | Path) -> None:
     axes[0, 0].bar(list(dn), list(dn.values()), color="tab:blue")
     axes[0, 0].set_ylim(0, 1)
     axes[0, 0].set_title("distinct-n (unique / total n-grams)")
-    axes[0, 1].hist(report.get("_lengths") or [0], bins=30, color="tab:green")
+    hist = report["length_tokens"]["histogram"]
+    edges = hist["edges"]
+    axes[0, 1].bar(edges[:-1], hist["counts"], width=[b - a for a, b in zip(edges, edges[1:])], align="edge",
+                   color="tab:green")
     axes[0, 1].set_title(f"length in tokens (kept={report['counts'].get('kept', 0)})")
     reasons = report["rejection_reasons"] or {"(none)": 0}
     axes[1, 0].barh(list(reasons)[:12], list(reasons.values())[:12], color="tab:red")

@@ -96,7 +96,6 @@ def validate_file(cfg: ValidateConfig) -> dict:
     report = build_report(cfg.kind, kept, counts, reasons, n_dups / n_checked if n_checked else 0.0, extra=extra)
     report_path = Path(cfg.report) if cfg.report else out.with_name(out.name + ".report.json")
     plot_report(report, report_path.with_suffix(".png"))
-    report.pop("_lengths")
     atomic_write_json(report_path, report)
     log.info("validate %s: kept %d of %d (%s)", cfg.kind, len(kept), len(records), dict(reasons))
     return report
@@ -140,6 +139,8 @@ def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]]) -> Non
 
     deco = Decontaminator(["humaneval"])
     for i, rec in enumerate(records):
+        if reasons_of[i]:  # already rejected: spare the most expensive check
+            continue
         hits = deco.check(rec.get("text") or "")
         if hits:
             rec["meta"]["validation"]["contamination"] = [h.to_dict() for h in hits[:3]]
