@@ -72,9 +72,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=DTYPES, default="fp32")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = ap.parse_args()
     if args.threads:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from phi1.infer.engine import Delta, Engine, Failed, SeqParams, Sequence
 from phi1.infer.generate import generate
@@ -75,10 +74,9 @@ def test_generate_full_cache_step_equals_eager(local):
     model, tok = local
     ids = tok.encode_batch(PROMPTS[:3])
     eager = generate_ids(model, ids, SamplingParams(max_new_tokens=25), tok.eos_id)
-    model._phi1_decode_step = None
     from phi1.infer.decode import DecodeStep
 
-    model._phi1_decode_step = DecodeStep(model, mode="full")
+    model._phi1_decode_step = DecodeStep(model, mode="full")  # what decode_step_for reuses
     try:
         full = generate_ids(model, ids, SamplingParams(max_new_tokens=25), tok.eos_id, compile=False)
     finally:

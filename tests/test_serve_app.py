@@ -42,3 +42,18 @@ def test_failure_mid_stream_ends_with_an_error_event(tiny_model_dir):
         r = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 4})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
         assert client.get("/metrics").json()["sequences_failed"] == 1
+
+
+def test_serve_config_errors_name_the_flag(tmp_path, tiny_model_dir, monkeypatch):
+    from phi1.errors import Phi1Error
+    from phi1.infer.server import ServeConfig
+
+    with pytest.raises(Phi1Error, match="--model"):
+        ServeConfig(model_dir=str(tmp_path)).validate()
+    with pytest.raises(Phi1Error, match="--max-batch-size"):
+        ServeConfig(model_dir=str(tiny_model_dir), max_batch_size=0).validate()
+    monkeypatch.delenv("PHI1_NO_SUCH_KEY", raising=False)
+    with pytest.raises(Phi1Error, match="PHI1_NO_SUCH_KEY"):
+        ServeConfig(model_dir=str(tiny_model_dir), api_key_env="PHI1_NO_SUCH_KEY").api_key()
+    monkeypatch.setenv("PHI1_SOME_KEY", "k1")
+    assert ServeConfig(model_dir=str(tiny_model_dir), api_key_env="PHI1_SOME_KEY").api_key() == "k1"

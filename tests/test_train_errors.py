@@ -16,15 +16,13 @@ from phi1.model.hf import load_model_dir
 from phi1.train import checkpoint as ckpt_io
 from phi1.train.config import load_config
 from phi1.train.trainer import train
-from test_train_support import env_one_thread, micro_config, pack_stdlib, phi1_cmd, write_config
+from test_train_support import (env_one_thread, micro_config, one_thread, pack_stdlib,  # noqa: F401
+                                phi1_cmd, write_config)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,12 @@ from phi1.model.hf import load_model_dir
 from phi1.train import checkpoint as ckpt_io
 from phi1.train.config import load_config
 from phi1.train.trainer import train
-from test_train_support import losses, micro_config, pack_stdlib
+from test_train_support import losses, micro_config, one_thread, pack_stdlib  # noqa: F401 (fixture)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one intra-op thread avoids oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +80,17 @@ def test_checkpoint_loads_in_transformers_with_same_logits(tmp_path, shards, tok
     with torch.no_grad():
         a, b = ours(ids), theirs(ids).logits
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("precision,extra", [("fp16", {}), ("bf16", {"activation_checkpointing": True})])
+def test_mixed_precision_paths_run(tmp_path, shards, tokenizer_dir, precision, extra):
+    """fp16 goes through the GradScaler (as the paper trained), bf16 through autocast; both learn."""
+    run_dir = tmp_path / precision
+    cfg = load_config(data=micro_config(run_dir, shards, tokenizer_dir,
+                                        train={"max_steps": 4, "precision": precision, **extra},
+                                        eval={"interval": 0}, checkpoint={"interval": 0}))
+    train(cfg)
+    curve = losses(run_dir)
+    assert sorted(curve) == [1, 2, 3, 4] and curve[4] < curve[1]
+    trainer_state = torch.load(ckpt_io.latest_checkpoint(run_dir) / "trainer.pt", weights_only=False)
+    assert (trainer_state["scaler"] is not None) == (precision == "fp16")

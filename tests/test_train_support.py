@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
+import phi1
+
 from phi1.data.pack import pack
+from phi1.train.config import load_config
 
 
 def pack_stdlib(tokenizer_dir, stdlib_slice, out: Path) -> Path:
@@ -69,3 +74,53 @@ def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, env=env_one_thread(), timeout=timeout)
     assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """2 shared cores: one intra-op thread avoids oversubscription stalls (use with autouse in a module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- distributed tests (test_train_ddp.py, test_train_fsdp.py) ------------------------------------
+
+RECIPE = Path(phi1.__file__).parent / "recipes" / "test-micro.yaml"
+
+
+def overrides(run_dir: Path, shards: Path, tokenizer_dir, steps: int, *extra: str) -> list[str]:
+    # global batch 16 of micro 4: accumulation 4 on one rank, 2 on each of two ranks.
+    # No dropout (ranks draw different masks) and a constant schedule (so a run can be extended).
+    return [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}", f"data.train={shards}",
+            f"model.tokenizer={tokenizer_dir}", f"train.max_steps={steps}", "train.global_batch=16",
+            "model.attention_dropout=0", "model.resid_dropout=0", "schedule.kind=constant",
+            "checkpoint.interval=3", "eval.interval=3", *extra]
+
+
+def torchrun_train(sets: list[str], *flags: str):
+    args = ["train", str(RECIPE), *flags]
+    for s in sets:
+        args += ["--set", s]
+    return run(torchrun_cmd(2, *args), timeout=240)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tokenizer_dir, stdlib_slice):
+    """One process, accumulation 4, in-process with one thread."""
+    tmp = tmp_path_factory.mktemp("dist")
+    shards = pack_stdlib(tokenizer_dir, stdlib_slice, tmp / "shards")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from phi1.train.trainer import train
+
+        train(load_config(RECIPE, overrides(tmp / "one", shards, tokenizer_dir, 6)))
+    finally:
+        torch.set_num_threads(n)
+    return tmp, shards, losses(tmp / "one")
+
+
+def close(a: dict, b: dict) -> bool:
+    return sorted(a) == sorted(b) and all(abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) for k in a)
