@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 from phi1.data.pack import pack
 from phi1.errors import ConfigError, Phi1Error

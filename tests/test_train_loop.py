@@ -94,3 +94,18 @@ def test_mixed_precision_paths_run(tmp_path, shards, tokenizer_dir, precision, e
     assert sorted(curve) == [1, 2, 3, 4] and curve[4] < curve[1]
     trainer_state = torch.load(ckpt_io.latest_checkpoint(run_dir) / "trainer.pt", weights_only=False)
     assert (trainer_state["scaler"] is not None) == (precision == "fp16")
+
+
+def test_best_checkpoint_by_callback_metric_survives_pruning(tmp_path, shards, tokenizer_dir):
+    run_dir = tmp_path / "cb"
+    cfg = load_config(data=micro_config(
+        run_dir, shards, tokenizer_dir, train={"max_steps": 9},
+        eval={"interval": 3, "callback": "test_train_support:make_scripted_callback",
+              "callback_args": {"scores": [0.1, 0.7, 0.4]}, "best_metric": "score", "best_mode": "max"},
+        checkpoint={"interval": 3, "keep_last_k": 1}))
+    result = train(cfg)
+    root = ckpt_io.checkpoints_dir(run_dir)
+    assert json.loads((root / "best.json").read_text()) == {"step": 6, "metric": "score", "value": 0.7}
+    assert ckpt_io.list_steps(root) == [6, 9] and result["best"] == 0.7
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in recs if "score" in r] == [0.1, 0.7, 0.4]

@@ -236,6 +236,8 @@ def train(cfg: TrainConfig, resume: bool = False, eval_callback: EvalCallback | 
     world = init_world(cfg.run.device, cfg.distributed.strategy, cfg.distributed.backend)
     try:
         seed_everything(cfg.run.seed)
-        return Trainer(cfg, world, resume=resume, eval_callback=eval_callback).fit()
+        result = Trainer(cfg, world, resume=resume, eval_callback=eval_callback).fit()
+        barrier(world)  # no rank tears gloo down while another still talks to it (aborts at exit otherwise)
+        return result
     finally:
         close_world(world)
