@@ -97,6 +97,6 @@ def test_demo_recipe_errors_name_the_field(tmp_path, stdlib_slice):
     bad = micro_recipe(tmp_path, stdlib_slice, model_presett="micro")
     r = subprocess.run(phi1_cmd("demo", "--recipe", bad, "--out", tmp_path / "r"), capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 2 and "unknown field(s) ['model_presett']" in r.stderr
+    assert r.returncode == 2 and "model_presett: unknown field" in r.stderr
     r = subprocess.run(phi1_cmd("report", tmp_path / "nothing"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "run directory not found" in r.stderr

@@ -69,19 +69,15 @@ def test_bad_input_is_one_clear_line(case, tmp_path, tiny_model_dir, tokenizer_d
     elif case == "vocab_too_big":
         d = tmp_path / "d"
         shutil.copytree(tiny_model_dir, d)
-        cfg = json.loads((d / "config.json").read_text())
         # A tokenizer larger than the model: shrink the model's declared vocab and its weights.
         from phi1.model.hf import load_model_dir, save_model_dir
 
         m = load_model_dir(d)
-        import torch
-
         small = type(m)(m.config.replace(vocab_size=512))
         from phi1.tokenizer import load_tokenizer
 
         save_model_dir(small, d, tokenizer=load_tokenizer(d))
         r, expect = phi1("generate", "--model", d, "--prompt", "x"), "tokenizer has 1024 tokens but the model's vocab_size is 512"
-        del cfg, torch
     else:
         d = tmp_path / "d"
         shutil.copytree(tiny_model_dir, d)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import yaml
 
 from phi1.errors import ConfigError, Phi1Error
+from phi1.utils.config import build
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -86,57 +85,6 @@ class DemoConfig:
     arms: list[ArmSection] = field(default_factory=list)  # ablation only
 
 
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
-    kw = {}
-    for k, v in data.items():
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            kw[k] = _build(tp, v, f"{where}.{k}")
-        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-            if not isinstance(v, list):
-                raise ConfigError(f"{where}.{k}: expected a list")
-            kw[k] = [_build(typing.get_args(tp)[0], x, f"{where}.{k}[{i}]") for i, x in enumerate(v)]
-        else:
-            kw[k] = _check_type(v, tp, f"{where}.{k}")
-    return cls(**kw)
-
-
-def _check_type(v, tp, where):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if v is None and type(None) in args:
-            return v
-        tp = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return v
-    if origin is list:
-        if not isinstance(v, list):
-            raise ConfigError(f"{where}: expected a list, got {v!r}")
-        return v
-    if origin is dict:
-        if not isinstance(v, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {v!r}")
-        return v
-    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if tp is bool and not isinstance(v, bool):
-        raise ConfigError(f"{where}: expected true/false, got {v!r}")
-    if tp is int and (not isinstance(v, int) or isinstance(v, bool)):
-        raise ConfigError(f"{where}: expected an integer, got {v!r}")
-    if tp is str and not isinstance(v, str):
-        raise ConfigError(f"{where}: expected a string, got {v!r}")
-    return v
-
-
 def load_demo_config(path: str | Path) -> DemoConfig:
     p = Path(path)
     if not p.exists() and (RECIPES / p).exists():
@@ -147,7 +95,9 @@ def load_demo_config(path: str | Path) -> DemoConfig:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise Phi1Error(f"{p}: malformed YAML ({exc})") from None
-    return _build(DemoConfig, data, str(p))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of demo recipe fields")
+    return build(DemoConfig, data, str(p))
 
 
 def resolve_recipe(name: str) -> Path:

@@ -42,10 +42,8 @@ def bytes_per_token(L: Layout) -> float | None:
     m = _json(L.shards / "pretrain" / "manifest.json")
     if not m:
         return None
-    toks = m.get("tokens") or m.get("total_tokens") or (m.get("train", {}) or {}).get("tokens")
-    nbytes = m.get("bytes") or m.get("input_bytes")
-    if isinstance(toks, dict):
-        toks = sum(v for v in toks.values() if isinstance(v, (int, float)))
+    toks = sum(sp.get("tokens", 0) for sp in (m.get("splits") or {}).values() if isinstance(sp, dict))
+    nbytes = m.get("input_bytes")
     if toks and nbytes:
         return nbytes / toks
     return None

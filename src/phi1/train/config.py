@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from phi1.errors import ConfigError
+from phi1.utils.config import build
 
 
 @dataclass
@@ -39,6 +38,7 @@ class ModelSection:
 
 @dataclass
 class SourceSection:
+    _shorthand_field: typing.ClassVar[str] = "path"  # `train: DIR` means one source of weight 1
     path: str = ""
     weight: float = 1.0
 
@@ -121,79 +121,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-# ---- generic typed construction -----------------------------------------------------------------
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{where}: must not be null")
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0]) if len(errors) == 1 else ConfigError(
-            f"{where}: {value!r} matches none of {' | '.join(_type_name(a) for a in args)}")
-    if dataclasses.is_dataclass(tp):
-        if tp is SourceSection and isinstance(value, str):
-            value = {"path": value}  # a bare directory is a source of weight 1
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__} {value!r}")
-        return build(tp, value, where)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if dataclasses.is_dataclass(item) and isinstance(value, (str, dict)):
-            value = [value]  # `train: DIR` is shorthand for one source
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {tp}")  # pragma: no cover - schema bug
-
-
-def build(cls, data: dict, where: str = "config"):
-    """Instantiate dataclass `cls` from a dict, checking names and types recursively."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown field; allowed fields of {where}: {', '.join(names)}")
-    kw = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kw)
 
 
 def _check(cond: bool, where: str, value, allowed: str) -> None:
