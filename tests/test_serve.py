@@ -7,15 +7,12 @@ max_tokens limit 480, at most 4 choices per request.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
+from serve_support import running_server
 
 openai = pytest.importorskip("openai")
 
@@ -23,43 +20,13 @@ KEY = "sk-test-phi1-serve"
 PROMPTS = ["def fibonacci(n):\n    ", "import json\n\nclass Encoder:", "x = [1, 2, 3]\nfor", "# sort a list\n"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "PHI1_TEST_KEY": KEY}
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "phi1", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-             "--api-key-env", "PHI1_TEST_KEY", "--max-batch-size", "8", "--max-tokens-limit", "480",
-             "--max-n", "4", "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
-            stdout=f, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not come up:\n{log.read_text()}")
-        time.sleep(0.2)
-    yield {"base": base, "model": tiny_model_dir.name, "proc": proc, "log": log}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_server(tiny_model_dir, log, "--api-key-env", "PHI1_TEST_KEY", "--max-batch-size", "8",
+                        "--max-tokens-limit", "480", "--max-n", "4", env={"PHI1_TEST_KEY": KEY},
+                        timeout=90) as (base, proc):
+        yield {"base": base, "model": tiny_model_dir.name, "proc": proc, "log": log}
     assert KEY not in log.read_text()  # the key is never logged
 
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
+from serve_support import running_server
 
 from phi1.synth.client import LLMClient
 from phi1.synth.job import JobConfig, run_job
@@ -20,35 +15,10 @@ KEY = "sk-synth-serve-test"
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("synth-serve") / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "phi1", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-             "--api-key-env", "SYNTH_SERVE_KEY", "--device", "cpu", "--dtype", "float32", "--log-level", "warning"],
-            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "SYNTH_SERVE_KEY": KEY})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"phi1 serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"phi1 serve did not come up:\n{log.read_text()}")
-        time.sleep(0.3)
-    yield {"url": f"{base}/v1", "model": tiny_model_dir.name}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_server(tiny_model_dir, log, "--api-key-env", "SYNTH_SERVE_KEY",
+                        env={"SYNTH_SERVE_KEY": KEY}) as (base, _proc):
+        yield {"url": f"{base}/v1", "model": tiny_model_dir.name}
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])
