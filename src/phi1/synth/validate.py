@@ -6,8 +6,8 @@ Order of the filters (each rejection is counted and kept with its reason in
      the eval sandbox (`phi1.eval.sandbox`: separate processes, limits, no network);
   2. decontamination against HumanEval (code kinds): `phi1.data.decontam.Decontaminator`,
      13-gram overlap plus AST similarity, as phi-1 did;
-  3. exact and near-duplicate removal: MinHash signatures (`phi1.data.dedup.SignatureMaker`)
-     in a datasketch LSH index; the first record of a cluster is kept.
+  3. exact and near-duplicate removal with the data pipeline's `DuplicateIndex` (MinHash
+     signatures in a datasketch LSH index); the first record of a cluster is kept.
 Then a diversity report (JSON + PNG) over what was kept.
 """
 
@@ -149,36 +149,22 @@ def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]]) -> Non
 
 def _near_dedup(records: list[dict], reasons_of: dict[int, list[str]], threshold: float) -> tuple[int, int]:
     """Mark exact and near duplicates among the records still kept; return (checked, duplicates)."""
-    from datasketch import MinHashLSH
+    from phi1.data.dedup import DuplicateIndex
 
-    from phi1.data.dedup import SignatureMaker, normalized_hash
-
-    maker = SignatureMaker(num_perm=128, seed=1, shingle=5)
-    lsh = MinHashLSH(threshold=threshold, num_perm=128)
-    exact: dict[str, str] = {}
-    sigs: dict[str, object] = {}
+    index = DuplicateIndex(threshold=threshold)
     checked = dups = 0
     for i, rec in enumerate(records):
         if reasons_of[i]:
             continue
         checked += 1
-        text = rec.get("text") or ""
-        key = rec.get("id") or str(i)
-        h = normalized_hash(text)
-        if h in exact:
-            reasons_of[i].append(f"exact duplicate: of {exact[h]}")
-            dups += 1
+        hit = index.add_text(rec.get("id") or str(i), rec.get("text") or "")
+        if hit is None:
             continue
-        exact[h] = key
-        mh = maker.minhash(maker.signature(text))
-        best = max(((sigs[c].jaccard(mh), c) for c in lsh.query(mh)), default=None)
-        if best and best[0] >= threshold:
-            reasons_of[i].append(f"near-duplicate: of {best[1]} (jaccard {best[0]:.2f})")
-            rec["meta"]["validation"]["near_duplicate_of"] = best[1]
-            dups += 1
-            continue
-        if key in sigs:  # ids should be unique; keep the LSH consistent if they are not
-            key = f"{key}#{i}"
-        lsh.insert(key, mh)
-        sigs[key] = mh
+        reason, of, sim = hit
+        dups += 1
+        if reason == "exact_duplicate":
+            reasons_of[i].append(f"exact duplicate: of {of}")
+        else:
+            reasons_of[i].append(f"near-duplicate: of {of} (jaccard {sim:.2f})")
+            rec["meta"]["validation"]["near_duplicate_of"] = of
     return checked, dups
