@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
+from phi1.utils.config import read_yaml_mapping
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.io import atomic_write_json
 
@@ -72,14 +72,7 @@ class PipelineConfig:
 def load_pipeline(path: str | os.PathLike, workdir: str | None = None) -> PipelineConfig:
     """Parse and validate a pipeline YAML file; names the field and what is allowed on error."""
     path = Path(path)
-    if not path.is_file():
-        raise Phi1Error(f"{path}: pipeline file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with 'workdir' and 'stages'")
+    raw = read_yaml_mapping(path, "pipeline")
     allowed = {"workdir", "stages", "workers", "skip_bad_lines", "write_rejected", "executor", "description"}
     unknown = set(raw) - allowed
     if unknown:

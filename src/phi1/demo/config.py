@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from phi1.errors import ConfigError, Phi1Error
-from phi1.utils.config import build
+from phi1.errors import Phi1Error
+from phi1.utils.config import build, read_yaml_mapping
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -91,12 +90,7 @@ def load_demo_config(path: str | Path) -> DemoConfig:
         p = RECIPES / p
     if not p.exists():
         raise Phi1Error(f"{path}: recipe not found (looked here and in {RECIPES})")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise Phi1Error(f"{p}: malformed YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of demo recipe fields")
+    data = read_yaml_mapping(p, "demo recipe")
     return build(DemoConfig, data, str(p))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from phi1.errors import ConfigError
-from phi1.utils.config import build
+from phi1.utils.config import build, read_yaml_mapping
 
 
 @dataclass
@@ -199,15 +199,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None) -> TrainConfig:
     """Read a YAML recipe (or a dict), apply overrides, build and validate the config."""
     if data is None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: malformed YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+        data = read_yaml_mapping(path, "config")
     data = apply_overrides(copy.deepcopy(data), list(overrides))
     try:
         return validate(build(TrainConfig, data))

@@ -87,3 +87,21 @@ def build(cls, data: dict, where: str = "config"):
         raise ConfigError(f"{where}.{unknown[0]}: unknown field; allowed fields of {where}: {', '.join(names)}")
     kw = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kw)
+
+
+def read_yaml_mapping(path, what: str = "config") -> dict:
+    """Parse a YAML file whose top level must be a mapping; errors name the file and the problem."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: malformed YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of {what} fields at the top level")
+    return data
