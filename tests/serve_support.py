@@ -51,3 +51,17 @@ def running_server(model_dir: Path, log: Path, *extra_args: str, env: dict | Non
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def fail_decode_step(engine, on_call: int, message: str) -> None:
+    """Make the engine's decode step raise `message` on its `on_call`-th call."""
+    real, calls = engine.step_fn, {"n": 0}
+
+    def flaky(tokens, pos, kv_len):
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            raise RuntimeError(message)
+        return real(tokens, pos, kv_len)
+
+    flaky.fixed_shape = False  # the engine passes the live kv_len, as its plain step does
+    engine.step_fn = flaky

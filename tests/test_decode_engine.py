@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from serve_support import fail_decode_step
+
 from phi1.infer.engine import Delta, Engine, Failed, SeqParams, Sequence
 from phi1.infer.generate import generate
 from phi1.infer.textstream import TextStream
@@ -87,17 +89,7 @@ def test_generate_full_cache_step_equals_eager(local):
 def test_engine_failure_fails_running_sequences_and_keeps_serving(local):
     model, tok = local
     engine = Engine(model, tok, max_batch=2).start()
-    real = engine.step_fn
-    calls = {"n": 0}
-
-    def flaky(tokens, pos, kv_len):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("device fell over")
-        return real(tokens, pos, kv_len)
-
-    engine.step_fn = flaky
-    flaky.fixed_shape = False
+    fail_decode_step(engine, 3, "device fell over")
     try:
         [bad] = _run(engine, tok, PROMPTS[:1], 20)
         assert isinstance(bad.events[-1], Failed) and "device fell over" in bad.events[-1].message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from serve_support import fail_decode_step
 
 pytest.importorskip("fastapi")
 
@@ -18,16 +19,7 @@ def test_failure_mid_stream_ends_with_an_error_event(tiny_model_dir):
 
     model, tok = load_for_inference(tiny_model_dir, device="cpu", dtype="float32")
     engine = Engine(model, tok, max_batch=2).start()
-    real, calls = engine.step_fn, {"n": 0}
-
-    def flaky(tokens, pos, kv_len):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("CUDA error: an illegal memory access")
-        return real(tokens, pos, kv_len)
-
-    flaky.fixed_shape = False
-    engine.step_fn = flaky
+    fail_decode_step(engine, 5, "CUDA error: an illegal memory access")
     app = create_app(engine, tok, "tiny", ServeConfig(model_dir=str(tiny_model_dir)))
     body = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 50, "temperature": 0, "stream": True}
     with TestClient(app) as client:

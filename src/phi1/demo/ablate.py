@@ -8,7 +8,6 @@ solution loss and pass@1, and validation loss on held-out filtered data.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from phi1.demo.config import DemoConfig
@@ -135,4 +134,4 @@ def _f(v):
     return "-" if v is None else f"{v:.4f}"
 
 
-__all__ = ["run_ablation", "write_comparison", "json"]
+__all__ = ["run_ablation", "write_comparison"]

@@ -3,6 +3,7 @@ pretrain → finetune → evaluate → report, each stage one `phi1` command, re
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from phi1.demo.config import DemoConfig, resolve_recipe
 from phi1.demo.runner import Stage, StageRunner
 from phi1.errors import Phi1Error
+from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text
 
 
@@ -103,7 +105,7 @@ def synth_stages(cfg: DemoConfig, L: Layout, endpoint: str | None, model: str | 
 def write_train_config(cfg_stage, L: Layout, name: str, *, init: str, tokenizer: Path, shards: Path,
                        extra: dict | None = None) -> Path:
     """A complete training config for this run, written where the report's command points."""
-    base = yaml.safe_load(resolve_recipe(cfg_stage.recipe).read_text()) or {}
+    base = read_yaml_mapping(resolve_recipe(cfg_stage.recipe), "training recipe")
     sets = {"run.name": name, "run.out_dir": str(L.runs), "model.init": init, "model.tokenizer": str(tokenizer),
             "data.train": [{"path": str(shards), "weight": 1.0}]}
     sets.update(cfg_stage.set)
@@ -210,8 +212,6 @@ def run_demo(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", endpoint: s
     stages += training_stages(cfg, L, pretrain_inputs=pre_inputs, finetune_inputs=ft_inputs, device=device)
     stages += eval_stages(cfg, L, L.model, L.eval, device)
     stages.append(Stage("report", ["report", L.root], "write the report", [L.root / "report.md"]))
-    import json
-
     atomic_write_text(L.root / "demo.json", json.dumps({"name": cfg.name, "device": device,
                                                         "endpoint": endpoint, "model": model}, indent=2))
     runner.run(stages)
