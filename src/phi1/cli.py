@@ -15,6 +15,8 @@ import sys
 
 from phi1 import __version__
 from phi1.errors import Phi1Error
+from phi1.utils.cliio import check_io
+from phi1.utils.safety import oserror_line
 
 # One module per area; each defines register(subparsers).
 COMMAND_MODULES = (
@@ -28,8 +30,15 @@ COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `phi1 data dedup: error: ... (see --help)`, exit 2."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's hook)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="phi1",
         description="The phi-1 recipe end to end: data, training, evaluation, serving.",
     )
@@ -60,16 +69,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_io(args)
         result = args.func(args)
     except Phi1Error as exc:
         if debug:
             raise
-        print(f"phi1: error: {exc}", file=sys.stderr)
+        print(f"phi1: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("phi1: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full or read-only disk, a permission, a missing directory
+        if debug:
+            raise
+        print(f"phi1: error: {_one_line(oserror_line(exc))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        print("phi1: error: out of memory; use smaller inputs, batches or models", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug in phi1: still one line, and a different exit status
+        if debug:
+            raise
+        print(f"phi1: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def _one_line(msg) -> str:
+    text = " ".join(str(msg).split())
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 
 from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, ShardWriter, dtype_for_vocab
 from phi1.errors import Phi1Error
+from phi1.utils.cliio import declare_io
 from phi1.utils.io import atomic_write_json
 from phi1.utils.progress import progress
 
@@ -248,6 +249,7 @@ def register_data(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (or a model directory)")
     p.add_argument("--input", nargs="+", required=True, help="JSONL files, text files, directories")
     p.add_argument("--out", required=True, help="output directory for shards + manifest.json")
+    declare_io(p, inputs=("tokenizer", "input"), out_dirs=("out",), overwrite=True)
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of documents held out for val")
     p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
+from phi1.utils.cliio import declare_io, needs_subcommand
+
 
 def _common(p, out_required: bool = True) -> None:
     p.add_argument("input", help="input JSONL file (records with id, text, meta)")
@@ -16,6 +18,9 @@ def _common(p, out_required: bool = True) -> None:
     p.add_argument("--rejected", help="also write the dropped records (with the reason in meta) to this file")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+    outputs = ("out", "rejected") if out_required else ("rejected",)
+    declare_io(p, inputs=("input", "benchmark_file", "classifier") if not out_required else ("input", "benchmark_file"),
+               outputs=outputs, derived={"out": (".report.json",)} if out_required else None, overwrite=True)
 
 
 def _bench(p) -> None:
@@ -141,6 +146,7 @@ def register_data(sub) -> None:
     p.add_argument("--rejected")
     p.add_argument("--skip-bad-lines", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    declare_io(p, inputs=("sources",), outputs=("out", "rejected"), derived={"out": (".report.json",)}, overwrite=True)
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("dedup", help="drop exact and near duplicates (MinHash + LSH)")
@@ -164,6 +170,8 @@ def register_data(sub) -> None:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--max-attempts", type=int, default=6)
     p.add_argument("--cache", help="judge cache file (default OUT.cache.jsonl)")
+    declare_io(p, inputs=("input",), outputs=("out", "rejected", "cache"),
+               derived={"out": (".report.json", ".cache.jsonl")})
     p.add_argument("--only-sampled", action="store_true", help="write only the annotated records")
     p.add_argument("--workers", type=int, default=0, help="processes for the rule-based annotator (0 = one per CPU)")
     p.set_defaults(func=_annotate)
@@ -172,10 +180,11 @@ def register_data(sub) -> None:
 
     p = sub.add_parser("classify", help="quality classifier: train | eval | score")
     csub = p.add_subparsers(dest="classify_command", metavar="ACTION")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    p.set_defaults(func=needs_subcommand(p))
     t = csub.add_parser("train", help="train a random forest on meta.edu_label")
     _common(t, out_required=False)
     t.add_argument("--classifier", required=True, help="where to save the classifier (a .json sidecar goes beside it)")
+    declare_io(t, inputs=("input",), outputs=("classifier", "rejected"), derived={"classifier": (".json",)})
     t.add_argument("--encoder", default="hashing", help=ENCODER_HELP)
     t.add_argument("--task", choices=["classification", "regression"], default="classification")
     t.add_argument("--threshold", type=float, default=3.0, help="labels >= this count as educational")
@@ -234,4 +243,5 @@ def register_data(sub) -> None:
     p.add_argument("--force", action="store_true", help="rerun every stage")
     p.add_argument("--until", help="stop after this stage")
     p.add_argument("--quiet", action="store_true")
+    declare_io(p, inputs=("pipeline",), out_dirs=("workdir",))
     p.set_defaults(func=_run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from phi1.utils.cliio import declare_io
+
 SCALES = {"tiny": "demo-tiny.yaml", "small": "demo-small.yaml"}
 
 
@@ -17,12 +19,14 @@ def register(sub) -> None:
     p.add_argument("--endpoint", default=None, help="OpenAI-compatible LLM endpoint for synthetic data")
     p.add_argument("--model", default=None, help="model name at --endpoint")
     p.add_argument("--api-key-env", default=None, help="environment variable holding the endpoint's API key")
+    declare_io(p, inputs=("recipe",), out_dirs=("out",))
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("ablate", help="train on unfiltered vs filtered data at equal tokens and compare")
     p.add_argument("--config", default="ablation-tiny.yaml", help="ablation YAML (default recipes/ablation-tiny.yaml)")
     p.add_argument("--out", default="phi1-ablation")
     p.add_argument("--device", default="cpu")
+    declare_io(p, inputs=("config",), out_dirs=("out",))
     p.set_defaults(func=_ablate)
 
     p = sub.add_parser("report", help="(re)write report.md and report.html for a run directory")

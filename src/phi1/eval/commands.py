@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from phi1.utils.cliio import declare_io
+
 
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sandbox")
@@ -75,6 +77,7 @@ def register_eval(sub) -> None:
     p.add_argument("--data", default=None, help="problems file (MBPP: the original mbpp.jsonl)")
     p.add_argument("--out", default=None, help="per-sample results JSONL (default: SAMPLES_results.jsonl)")
     _sandbox_args(p)
+    declare_io(p, inputs=("samples", "data"), outputs=("out",))
     p.set_defaults(func=_execute)
 
     for bench in ("humaneval", "mbpp"):
@@ -93,6 +96,7 @@ def register_eval(sub) -> None:
         if bench == "mbpp":
             p.add_argument("--data", required=False, default=None, help="path to the original mbpp.jsonl")
         _sandbox_args(p)
+        declare_io(p, inputs=("model", "data"), out_dirs=("out",))
         p.set_defaults(func=_benchmark, benchmark=bench)
 
     p = sub.add_parser("loss", help="mean token loss of canonical solutions given their prompts")
@@ -104,4 +108,5 @@ def register_eval(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
+    declare_io(p, inputs=("model", "data"), outputs=("out",))
     p.set_defaults(func=_loss)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from phi1.utils.cliio import declare_io, needs_subcommand
+
 
 def register(sub) -> None:
     m = sub.add_parser("model", help="create and inspect model directories")
@@ -14,12 +16,14 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (its vocab sets the model's, padded to 64)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    declare_io(p, inputs=("tokenizer",), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_init)
     p = msub.add_parser("info", help="shape, parameter count, dtype and tokenizer of a model directory")
     p.add_argument("model_dir")
     p.add_argument("--json", action="store_true")
+    declare_io(p, inputs=("model_dir",))
     p.set_defaults(func=_info)
-    m.set_defaults(func=lambda a: (m.print_help(), 2)[1])
+    m.set_defaults(func=needs_subcommand(m))
 
     t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer for code")
     tsub = t.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
@@ -29,8 +33,9 @@ def register(sub) -> None:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--max-mb", type=float, default=None, help="stop reading input after this many MB")
     p.add_argument("--out", required=True)
+    declare_io(p, inputs=("input",), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_tok_train)
-    t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
+    t.set_defaults(func=needs_subcommand(t))
 
     p = sub.add_parser("generate", help="complete a prompt with a model directory")
     p.add_argument("--model", required=True)
@@ -44,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    declare_io(p, inputs=("model", "prompt"))
     p.set_defaults(func=_generate)
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from phi1.synth.spec import KINDS
+from phi1.utils.cliio import declare_io, needs_subcommand
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
@@ -75,6 +76,7 @@ def register(subparsers) -> None:
         p.add_argument("--api", choices=("chat", "completions"), default=None, help="override the spec's API")
         p.add_argument("--max-consecutive-failures", type=int, default=50,
                        help="stop the run after this many failed requests in a row (0 = never)")
+        declare_io(p, inputs=("spec",), outputs=("out",), derived={"out": (".job.json", ".failures.jsonl")})
         p.set_defaults(func=lambda args, kind=kind: _job(kind, args))
     v = sub.add_parser("validate", help="check, deduplicate and decontaminate generated records; diversity report")
     v.add_argument("--kind", choices=KINDS, required=True)
@@ -88,5 +90,6 @@ def register(subparsers) -> None:
     v.add_argument("--no-decontam", action="store_true", help="skip the HumanEval decontamination (13-gram + AST)")
     v.add_argument("--keep-truncated", action="store_true", help="keep records cut off by max_tokens")
     v.add_argument("--min-words", type=int, default=40, help="shortest story / textbook prose kept, in words")
+    declare_io(v, inputs=("input",), outputs=("out", "report"), derived={"out": (".rejected.jsonl", ".report.json")})
     v.set_defaults(func=_validate)
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    parser.set_defaults(func=needs_subcommand(parser))

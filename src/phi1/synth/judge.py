@@ -21,6 +21,7 @@ from typing import Callable
 from phi1.errors import ConfigError, Phi1Error
 from phi1.synth.client import LLMClient
 from phi1.synth.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
+from phi1.utils.cliio import declare_io
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -207,4 +208,5 @@ def register_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    declare_io(p, inputs=("model_dir", "prompts"), out_dirs=("out",))
     p.set_defaults(func=_cmd)

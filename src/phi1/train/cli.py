@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from phi1.utils.cliio import declare_io
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,6 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
+    declare_io(p, inputs=("config",))
 
     def run(args) -> int:
         from phi1.train.config import load_config

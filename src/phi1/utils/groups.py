@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from phi1.utils.cliio import needs_subcommand
+
 
 def add_group(subparsers, name: str, help: str, modules: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=help)
@@ -22,5 +24,5 @@ def add_group(subparsers, name: str, help: str, modules: tuple[str, ...]) -> arg
                 continue
             raise
         getattr(module, hook)(sub)
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    parser.set_defaults(func=needs_subcommand(parser))
     return parser
