@@ -29,10 +29,10 @@ def corpus(tmp_path_factory, stdlib_slice):
 def test_pack_round_trip_and_split(tmp_path, tokenizer_dir, corpus):
     out = tmp_path / "shards"
     m = pack_mod.pack(tokenizer_dir, corpus, out, workers=2, val_fraction=0.2, shard_tokens=10_000,
-                      chunk_bytes=8192)
+                      chunk_bytes=8192, skip_bad_lines=True)
     tok = load_tokenizer(tokenizer_dir)
     assert m["dtype"] == "uint16" and m["tokenizer"]["fingerprint"] == tok.fingerprint()
-    assert m["skipped_records"] == 2
+    assert m["skipped_records"] == 2 and m["bad_lines"]["bad_json"] == 1 and m["bad_lines"]["no_text"] == 1
     train, val = open_split(out, "train"), open_split(out, "val")
     assert len(train.arrays) > 1  # rolled over to several shards
     assert m["splits"]["val"]["documents"] > 0
@@ -47,16 +47,21 @@ def test_pack_round_trip_and_split(tmp_path, tokenizer_dir, corpus):
             assert (doc + "<|endoftext|>" in text) == (pack_mod.is_val(doc, 0.2) == (split == "val"))
     # The split is a function of content: one worker and other chunking give the same token streams.
     out1 = tmp_path / "one"
-    pack_mod.pack(tokenizer_dir, corpus, out1, workers=1, val_fraction=0.2)
+    pack_mod.pack(tokenizer_dir, corpus, out1, workers=1, val_fraction=0.2, skip_bad_lines=True)
     for split in ("train", "val"):
         a = np.concatenate(open_split(out, split).arrays)
         b = np.concatenate(open_split(out1, split).arrays)
         assert np.array_equal(a, b)
 
 
-def test_interrupted_rerun_leaves_nothing_usable(tmp_path, tokenizer_dir, corpus, monkeypatch):
+def _tokens(out, split="train"):
+    return np.concatenate(open_split(out, split).arrays)
+
+
+def test_interrupted_repack_keeps_the_old_pack(tmp_path, tokenizer_dir, corpus, monkeypatch):
     out = tmp_path / "shards"
-    first = pack_mod.pack(tokenizer_dir, corpus, out, workers=1, shard_tokens=20_000)
+    first = pack_mod.pack(tokenizer_dir, corpus, out, workers=1, shard_tokens=20_000, skip_bad_lines=True)
+    before = _tokens(out)
     calls = {"n": 0}
     real = pack_mod.encode_chunk
 
@@ -68,13 +73,21 @@ def test_interrupted_rerun_leaves_nothing_usable(tmp_path, tokenizer_dir, corpus
 
     monkeypatch.setattr(pack_mod, "encode_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
-        pack_mod.pack(tokenizer_dir, corpus, out, workers=1, shard_tokens=20_000, chunk_bytes=4096)
-    with pytest.raises(Phi1Error, match="not a finished pack"):
-        open_split(out, "train")
-    assert not list(out.glob(".*.tmp"))  # no half-written shard left behind
+        pack_mod.pack(tokenizer_dir, corpus, out, workers=1, shard_tokens=20_000, chunk_bytes=4096,
+                      skip_bad_lines=True)
+    # The old pack is still the committed one, whole; nothing of the broken redo is left.
+    assert np.array_equal(_tokens(out), before)
+    assert not list(out.glob(".*.tmp"))
+    listed = {sh["file"] for s in ("train", "val") for sh in first["splits"][s]["shards"]}
+    assert {f.name for f in out.glob("*.bin")} == listed
     monkeypatch.setattr(pack_mod, "encode_chunk", real)
-    again = pack_mod.pack(tokenizer_dir, corpus, out, workers=1, shard_tokens=20_000)
-    assert again["splits"] == first["splits"]
+    again = pack_mod.pack(tokenizer_dir, corpus, out, workers=1, shard_tokens=20_000, skip_bad_lines=True)
+    for s in ("train", "val"):
+        assert again["splits"][s]["tokens"] == first["splits"][s]["tokens"]
+        assert again["splits"][s]["documents"] == first["splits"][s]["documents"]
+    assert np.array_equal(_tokens(out), before)
+    now = {sh["file"] for s in ("train", "val") for sh in again["splits"][s]["shards"]}
+    assert {f.name for f in out.glob("*.bin")} == now and not (now & listed)  # the old generation is gone
 
 
 def test_shard_header_checks(tmp_path):

@@ -136,3 +136,17 @@ def make_scripted_callback(scores: list[float]):
         return {"score": next(it), "logit_mean": float(logits.mean())}
 
     return callback
+
+
+def make_gate_callback(gate: str, timeout: float = 120.0):
+    """An eval callback factory that blocks until the file `gate` exists (holds a run mid-way, for tests
+    that need a second process to meet a run that is certainly still going)."""
+    import time
+
+    def callback(model, tokenizer) -> dict:
+        deadline = time.time() + timeout
+        while not os.path.exists(gate) and time.time() < deadline:
+            time.sleep(0.05)
+        return {"gate": 1.0}
+
+    return callback

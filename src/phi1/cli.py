@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"phi1: error: {_one_line(oserror_line(exc))}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as exc:  # the reader that met it should have named the file; still one line
+        if debug:
+            raise
+        print(f"phi1: error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+              "convert it to UTF-8 or check the path", file=sys.stderr)
+        return 2
     except MemoryError:
         if debug:
             raise

@@ -124,8 +124,15 @@ def load_tokenizer(path: str | os.PathLike) -> PhiTokenizer:
     raise Phi1Error(f"{path}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)")
 
 
-def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None) -> Iterator[str]:
-    """Texts from files, directories of .py files, and JSONL files (the `text` field)."""
+def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None, *,
+               skip_bad_lines: bool = False, counts: dict | None = None) -> Iterator[str]:
+    """Texts from files, directories of .py files, and JSONL files (the `text` field).
+
+    A JSONL line (or a text file) that is not UTF-8 or not JSON is fatal, naming file:line and
+    `--skip-bad-lines`; with `skip_bad_lines` it is skipped and counted in `counts`
+    (`bad_utf8`, `bad_json`).
+    """
+    counts = {} if counts is None else counts
     seen = 0
     for inp in inputs:
         p = Path(inp)
@@ -136,15 +143,24 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None
             if f.suffix == ".jsonl":
                 from phi1.utils.io import read_jsonl
 
-                for rec in read_jsonl(f, strict=False):
+                for rec in read_jsonl(f, strict=not skip_bad_lines, skip_flag="--skip-bad-lines", counts=counts):
                     t = rec.get("text")
                     if isinstance(t, str):
                         seen += len(t)
                         yield t
             else:
                 try:
-                    t = f.read_text(encoding="utf-8")
-                except (UnicodeDecodeError, OSError):
+                    raw = f.read_bytes()
+                except OSError as exc:
+                    raise Phi1Error(f"{f}: cannot read ({exc.strerror})") from None
+                try:
+                    t = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"not valid UTF-8 (byte 0x{raw[exc.start:exc.start + 1].hex()} at offset {exc.start})"
+                    if not skip_bad_lines:
+                        raise Phi1Error(f"{f}: {why}; fix the file or pass --skip-bad-lines to skip and count "
+                                        "such inputs") from None
+                    counts["bad_utf8"] = counts.get("bad_utf8", 0) + 1
                     continue
                 seen += len(t)
                 yield t
@@ -153,8 +169,13 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None
 
 
 def train_tokenizer(inputs: Iterable[str | os.PathLike], vocab_size: int = 8192, out_dir=None,
-                    min_frequency: int = 2, max_bytes: int | None = None) -> PhiTokenizer:
-    """Train a byte-level BPE with whitespace-run tokens and `<|endoftext|>`."""
+                    min_frequency: int = 2, max_bytes: int | None = None, *,
+                    skip_bad_lines: bool = False) -> PhiTokenizer:
+    """Train a byte-level BPE with whitespace-run tokens and `<|endoftext|>`.
+
+    Bad input lines fail the training (see `iter_texts`); with `skip_bad_lines` they are
+    skipped and counted in the result's `skipped_lines` (`{"bad_utf8": n, "bad_json": n}`).
+    """
     from tokenizers import AddedToken, Tokenizer
     from tokenizers.decoders import ByteLevel as ByteLevelDecoder
     from tokenizers.models import BPE
@@ -176,7 +197,8 @@ def train_tokenizer(inputs: Iterable[str | os.PathLike], vocab_size: int = 8192,
         initial_alphabet=ByteLevel.alphabet(),
         show_progress=os.environ.get("PHI1_NO_PROGRESS") != "1",
     )
-    texts = iter_texts(inputs, max_bytes=max_bytes)
+    skipped: dict = {"bad_utf8": 0, "bad_json": 0}
+    texts = iter_texts(inputs, max_bytes=max_bytes, skip_bad_lines=skip_bad_lines, counts=skipped)
     first = next(texts, None)
     if first is None:
         raise Phi1Error("tokenizer training: the inputs contain no text")
@@ -189,6 +211,7 @@ def train_tokenizer(inputs: Iterable[str | os.PathLike], vocab_size: int = 8192,
     # Whitespace runs are matched before the byte-level split, longest first.
     tok.add_tokens([AddedToken(w, normalized=False) for w in ws])
     result = PhiTokenizer(tok, EOS_TOKEN, source="trained")
+    result.skipped_lines = skipped
     if out_dir is not None:
         result.save(out_dir)
     return result

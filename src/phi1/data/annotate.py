@@ -22,7 +22,7 @@ from pathlib import Path
 from phi1.errors import ConfigError, Phi1Error
 from phi1.data.edu_rules import rule_score
 from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, StageReport, content_hash, finish_report, iter_records
+from phi1.data.records import RecordSink, check_stage_outputs, StageReport, content_hash, finish_report, iter_records
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
 
@@ -120,11 +120,13 @@ def run_annotate(
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> StageReport:
     """Add `meta.edu_label` (0-5), `edu_reason`, `edu_annotator` to a sample of records (all when no sample)."""
     if endpoint and not model:
         raise ConfigError("annotate.model: required with --endpoint; pass --model NAME (the name the server serves)")
     report = StageReport("annotate", input=str(input_path))
+    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
     # The sample needs the record count first; annotation is run on samples, so holding them is fine.
     records = list(iter_records(input_path, report, skip_bad_lines=skip_bad_lines))
     chosen = _choose_sample(len(records), sample, seed)
@@ -142,7 +144,7 @@ def run_annotate(
     report.details.update(annotator=annotator, sampled=len(picked), prompt_version=PROMPT_VERSION)
     by_index = dict(zip(picked, labels))
     hist: dict[str, int] = {}
-    with RecordSink(output_path, report, rejected) as sink:
+    with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
         for i, rec in enumerate(records):
             lab = by_index.get(i)
             if lab is not None and "score" in lab:

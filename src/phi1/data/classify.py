@@ -19,7 +19,7 @@ import numpy as np
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.data.features import describe, make_encoder
-from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
 from phi1.utils.io import atomic_write, atomic_write_json
 from phi1.utils.progress import progress
 
@@ -144,7 +144,11 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None):
     meta = _read_json(side)
     if meta.get("format") != FORMAT:
         raise Phi1Error(f"{side}: not a phi1 quality classifier (format {meta.get('format')!r}, expected {FORMAT})")
-    trained = meta["encoder"]
+    trained = meta.get("encoder")
+    if not isinstance(trained, dict) or not isinstance(trained.get("spec"), str) or "fingerprint" not in trained \
+            or not isinstance(meta.get("task"), str) or "label_field" not in meta:
+        raise Phi1Error(f"{side}: incomplete classifier sidecar (no encoder/task/label_field); "
+                        "retrain it with `phi1 data classify train`")
     if encoder and encoder != trained["spec"]:
         enc = make_encoder(encoder)
     else:
@@ -155,8 +159,20 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None):
             f"{model_path}: trained with encoder {trained['spec']} (fingerprint {trained['fingerprint']}), but the "
             f"encoder now is {enc.spec} (fingerprint {fp}); score with the same encoder or retrain the classifier"
         )
-    with open(model_path, "rb") as fh:
-        model = joblib.load(fh)
+    if Path(model_path).is_dir():
+        raise Phi1Error(f"{model_path}: is a directory; give the classifier file `phi1 data classify train` wrote")
+    try:
+        with open(model_path, "rb") as fh:
+            model = joblib.load(fh)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file fails in many ways inside unpickling)
+        raise Phi1Error(f"{model_path}: not a readable classifier ({type(exc).__name__}: {str(exc)[:120]}); the file is "
+                        "truncated or not one `phi1 data classify train` wrote; retrain it with `phi1 data classify train`"
+                        ) from None
+    if not hasattr(model, "predict"):
+        raise Phi1Error(f"{model_path}: holds a {type(model).__name__}, not a classifier; "
+                        "retrain it with `phi1 data classify train`")
     return model, meta, enc
 
 
@@ -164,9 +180,14 @@ def _read_json(path: Path) -> dict:
     import json
 
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise Phi1Error(f"{path}: malformed classifier sidecar ({exc.msg}); retrain the classifier") from None
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Phi1Error(f"{path}: malformed classifier sidecar ({getattr(exc, 'msg', exc)}); retrain the classifier "
+                        "with `phi1 data classify train`") from None
+    if not isinstance(data, dict):
+        raise Phi1Error(f"{path}: malformed classifier sidecar (not a JSON object); retrain the classifier "
+                        "with `phi1 data classify train`")
+    return data
 
 
 def run_classify_eval(input_path, model_path, *, encoder: str | None = None, skip_bad_lines: bool = False,
@@ -201,18 +222,20 @@ def run_classify_score(
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> StageReport:
     """Add `meta.edu_score` in [0, 1] to every record, encoding and predicting in batches."""
     model, meta, enc = load_classifier(classifier, encoder)
     if hasattr(model, "n_jobs"):
         model.n_jobs = workers or -1  # trees predict in parallel worker threads
     report = StageReport("classify-score", input=str(input_path))
+    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
     report.details.update(classifier=str(classifier), encoder=meta["encoder"]["spec"], task=meta["task"])
     scores_all: list[float] = []
     size = os.path.getsize(input_path) if os.path.exists(input_path) else None
     bar = progress(total=size, desc="score", unit="B", unit_scale=True)
     try:
-        with RecordSink(output_path, report, rejected) as sink:
+        with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
             batch: list[dict] = []
 
             def flush():

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
 from phi1.utils.progress import progress
 
 # Markers that tools put at the top of files they generate (protobuf, Cython,
@@ -177,6 +177,7 @@ def run_collect(
     rejected: str | None = None,
     limit_bytes: int = 0,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> StageReport:
     """Collect records from `sources` (dirs, .jsonl, .parquet, HF dataset dirs) into `output`.
 
@@ -191,13 +192,14 @@ def run_collect(
     if not sources:
         raise Phi1Error("collect: no sources given; pass directories/files or --python-stdlib/--site-packages")
     report = StageReport("collect", input=", ".join(sources))
+    check_stage_outputs(report.stage, sources, output, rejected, overwrite=overwrite)
     report.details["sources"] = {}
     n_workers = cfg.workers or os.cpu_count() or 1
     # A source dir nested inside another (site-packages under stdlib) is walked once, as its own source.
     dir_sources = {os.path.abspath(s) for s in sources if os.path.isdir(s)}
     if python_stdlib:  # the interpreter's own site-packages is not the standard library
         dir_sources.add(os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), "site-packages"))
-    with RecordSink(output, report, rejected) as sink:
+    with RecordSink(output, report, rejected, inputs=sources, overwrite=overwrite) as sink:
         state = {"bytes": 0}
 
         def emit(rec: dict) -> bool:

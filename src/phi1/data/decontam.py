@@ -26,7 +26,7 @@ import numpy as np
 from phi1.data.astnorm import function_source, iter_functions, normalized_tokens, parse_python
 from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
 from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
 from phi1.data.tokens import code_tokens, ngram_set
 from phi1.utils.progress import progress
 
@@ -189,6 +189,7 @@ def run_decontaminate(
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> StageReport:
     """Drop records that overlap any benchmark task; the report lists every hit with task and score.
 
@@ -199,12 +200,13 @@ def run_decontaminate(
                   embedding=embedding, embedding_threshold=embedding_threshold)
     deco = Decontaminator(**kwargs)  # fails fast on a bad benchmark before any worker starts
     report = StageReport("decontaminate", input=str(input_path))
+    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
     report.details.update(tasks=len(deco.tasks), ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold)
     hits_out: list[dict] = []
     size = os.path.getsize(input_path) if os.path.exists(input_path) else None
     bar = progress(total=size, desc="decontaminate", unit="B", unit_scale=True)
     try:
-        with RecordSink(output_path, report, rejected) as sink:
+        with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
             records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
             for rec, hits in parallel_map(_check, records, workers=workers, initializer=_init_worker, initargs=(kwargs,)):
                 bar.update(len(rec["text"]))

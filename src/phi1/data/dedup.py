@@ -18,7 +18,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from phi1.errors import ConfigError
 from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
 from phi1.data.tokens import code_tokens, shingle_hashes, token_hashes
 from phi1.utils.progress import progress
 
@@ -164,18 +164,20 @@ def run_dedup(
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> StageReport:
     """Keep the first of each group of exact or near duplicates; report which record each dropped one duplicated."""
     cfg = DedupConfig(exact, near, threshold, num_perm, shingle, seed, workers)
     cfg.validate()
     report = StageReport("dedup", input=str(input_path))
+    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
     report.details.update(threshold=threshold, num_perm=num_perm, shingle=shingle)
     index = DuplicateIndex(threshold, num_perm, seed, shingle, exact, near)
     size = os.path.getsize(input_path) if os.path.exists(input_path) else None
     bar = progress(total=size, desc="dedup", unit="B", unit_scale=True)
     examples: list[dict] = []
     try:
-        with RecordSink(output_path, report, rejected) as sink:
+        with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
             records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
             # Hashing and signatures (where the time goes) run in workers; the LSH index lives here.
             keyed = parallel_map(_keys, records, workers=workers, batch_size=cfg.batch,

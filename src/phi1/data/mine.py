@@ -22,7 +22,7 @@ from phi1.data.astnorm import parse_python
 from phi1.data.decontam import Decontaminator
 from phi1.data.dedup import normalized_hash
 from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, StageReport, finish_report, iter_records
+from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
 from phi1.utils.progress import progress
 
 _BUILTINS = frozenset(dir(builtins))
@@ -161,6 +161,7 @@ def run_mine(
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> StageReport:
     """Write one exercise record per qualifying function (text = prompt + completion).
 
@@ -171,10 +172,11 @@ def run_mine(
     cfg.validate()
     deco = Decontaminator(list(benchmarks), list(benchmark_files)) if decontaminate else None
     report = StageReport("mine-exercises", input=str(input_path))
+    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
     seen: set[str] = set()
     skips: dict[str, int] = {}
     n_files = 0
-    with RecordSink(output_path, report, rejected) as sink:
+    with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
         records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
         mined = parallel_map(_extract, records, workers=workers, initializer=_init_worker, initargs=(cfg,))
         for rec, (exercises, why) in progress(mined, desc="mine", unit="doc"):

@@ -9,6 +9,15 @@ the current train or val shard as results come back in order. At most
 Each document goes to val when a hash of its text falls below `val_fraction`:
 the split is a pure function of the content, stable across reruns, worker
 counts and input order, and exact duplicates always land on the same side.
+
+The output directory is phi1's own (`.phi1-output.json`, owner "data pack"): a new or empty
+directory, or one an earlier pack wrote; anything else needs `overwrite`, and even then only
+files named by a previous manifest of ours are ever deleted. A repack writes a new
+generation of shards (`train-<GEN>-00000.bin`) beside the old pack, which stays loadable
+until the new `manifest.json` replaces the old one atomically (the commit point); only
+then are the old generation's files removed. A pack killed part way leaves the old pack
+whole; the next pack removes the abandoned generation (named in `.pack-pending.json`).
+One pack writes a directory at a time (`OutputLock`).
 """
 
 from __future__ import annotations
@@ -18,17 +27,22 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
+import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from phi1.data.parallel import guarded_initializer
 from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, ShardWriter, dtype_for_vocab
 from phi1.errors import Phi1Error
 from phi1.utils.cliio import declare_io
 from phi1.utils.io import atomic_write_json
 from phi1.utils.progress import progress
+from phi1.utils.safety import OutputLock, claim_output_dir, describe_oserror, refuse_overlap, remove_own_files
 
 SPLITS = ("train", "val")
 
@@ -54,33 +68,58 @@ def _input_files(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def iter_documents(files: list[Path], stats: dict) -> Iterator[tuple[str, int]]:
-    """(text, input bytes consumed) per document; malformed JSONL lines are counted in stats."""
+SKIP_HINT = "pass --skip-bad-lines to skip and count such lines"
+
+
+def iter_documents(files: list[Path], stats: dict, skip_bad_lines: bool = False) -> Iterator[tuple[str, int]]:
+    """(text, input bytes consumed) per document.
+
+    A JSONL line that is not UTF-8 or not JSON (or a text file that is not UTF-8) is fatal,
+    naming file:line, unless `skip_bad_lines`: then it is counted (`bad_utf8`, `bad_json`)
+    and skipped. Records without a string `text` are counted as `no_text` and skipped.
+    """
+    from phi1.data.records import decode_line
+
+    def bad(kind: str, where: str, why: str) -> None:
+        if not skip_bad_lines:
+            raise Phi1Error(f"{where}: {why}; fix it or {SKIP_HINT}")
+        stats[kind] += 1
+        stats["skipped"] += 1
+
     for f in files:
         if f.suffix == ".jsonl":
             with f.open("rb") as fh:
-                for line in fh:
+                for lineno, line in enumerate(fh, 1):
                     n = len(line)
                     if not line.strip():
                         yield "", n
                         continue
+                    decoded, why = decode_line(line)
+                    if decoded is None:
+                        bad("bad_utf8", f"{f}:{lineno}", why)
+                        yield "", n
+                        continue
                     try:
-                        rec = json.loads(line)
-                        text = rec.get("text") if isinstance(rec, dict) else None
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        text = None
+                        rec = json.loads(decoded)
+                    except json.JSONDecodeError as exc:
+                        bad("bad_json", f"{f}:{lineno}", f"malformed JSONL line ({exc.msg})")
+                        yield "", n
+                        continue
+                    text = rec.get("text") if isinstance(rec, dict) else None
                     if not isinstance(text, str):
+                        stats["no_text"] += 1
                         stats["skipped"] += 1
                         yield "", n
                         continue
                     yield text, n
         else:
             raw = f.read_bytes()
-            try:
-                yield raw.decode("utf-8"), len(raw)
-            except UnicodeDecodeError:
-                stats["skipped"] += 1
+            decoded, why = decode_line(raw, "offset")
+            if decoded is None:
+                bad("bad_utf8", str(f), why)
                 yield "", len(raw)
+                continue
+            yield decoded, len(raw)
 
 
 # ---- worker side -----------------------------------------------------------------------------
@@ -88,7 +127,7 @@ def iter_documents(files: list[Path], stats: dict) -> Iterator[tuple[str, int]]:
 _TOK = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer_dir: str) -> None:  # runs after parallel.worker_guard in pool workers
     global _TOK
     from phi1.tokenizer import load_tokenizer
 
@@ -127,10 +166,11 @@ def _chunks(docs: Iterator[tuple[str, int]], chunk_bytes: int) -> Iterator[tuple
 
 
 class _SplitWriter:
-    """Rolls over to a new shard file every `shard_tokens` tokens."""
+    """Rolls over to a new shard file (`SPLIT-GEN-00000.bin`) every `shard_tokens` tokens."""
 
-    def __init__(self, out: Path, split: str, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, out: Path, split: str, dtype: np.dtype, shard_tokens: int, generation: str):
         self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
+        self.generation = generation
         self.shards: list[dict] = []
         self.cur: ShardWriter | None = None
 
@@ -138,7 +178,7 @@ class _SplitWriter:
         if len(ids) == 0:
             return
         if self.cur is None:
-            self.cur = ShardWriter(self.out / f"{self.split}-{len(self.shards):05d}.bin", self.dtype)
+            self.cur = ShardWriter(self.out / f"{self.split}-{self.generation}-{len(self.shards):05d}.bin", self.dtype)
         # Documents are not split across shards' bookkeeping: a chunk lands whole in one shard.
         self.cur.write(ids, docs)
         if self.cur.count >= self.shard_tokens:
@@ -152,14 +192,81 @@ class _SplitWriter:
         return self.shards
 
     def abort(self) -> None:
+        """Remove everything this writer wrote (the open temp file and the closed shards)."""
         if self.cur is not None:
             self.cur.abort()
+            self.cur = None
+        remove_own_files(self.out, [sh["file"] for sh in self.shards])
+        self.shards = []
+
+
+OWNER = "data pack"
+PENDING = ".pack-pending.json"
+_GEN_FILE = re.compile(r"^(train|val)-(?P<gen>[0-9a-z]+)-\d{5}\.bin$")
+
+
+def _committed(out: Path) -> dict | None:
+    """The manifest of the finished pack in `out`, or None."""
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT else None
+
+
+def _manifest_files(m: dict | None) -> set[str]:
+    files: set[str] = set()
+    for entry in ((m or {}).get("splits") or {}).values():
+        for sh in (entry or {}).get("shards") or []:
+            if isinstance(sh, dict) and isinstance(sh.get("file"), str):
+                files.add(sh["file"])
+    return files
+
+
+def _is_earlier_pack(out: Path) -> bool:
+    """A directory holding only a pack phi1 wrote (before output markers existed): ours to redo."""
+    m = _committed(out)
+    if m is None:
+        return False
+    from phi1.utils.safety import DIR_LOCK, MARKER
+
+    own = _manifest_files(m) | {MANIFEST, MARKER, DIR_LOCK, PENDING}
+    return all(e in own or (e.startswith(".") and e.endswith(".tmp")) for e in os.listdir(out))
+
+
+def _pending(out: Path) -> list[str]:
+    try:
+        gens = json.loads((out / PENDING).read_text()).get("generations", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [g for g in gens if isinstance(g, str) and re.fullmatch(r"[0-9a-z]+", g)]
+
+
+def _set_pending(out: Path, gens: list[str]) -> None:
+    if gens:
+        atomic_write_json(out / PENDING, {"generations": gens})
+    else:
+        (out / PENDING).unlink(missing_ok=True)
+
+
+def _remove_abandoned(out: Path, keep: set[str]) -> int:
+    """Delete the shards of generations a killed pack recorded as pending (never a committed file)."""
+    gens = set(_pending(out))
+    if not gens:
+        return 0
+    names = [e for e in os.listdir(out) if (m := _GEN_FILE.match(e)) and m.group("gen") in gens and e not in keep]
+    n = remove_own_files(out, names)
+    _set_pending(out, [])
+    return n
 
 
 def pack(tokenizer_dir: str | os.PathLike, inputs: list[str | os.PathLike], out_dir: str | os.PathLike,
          workers: int | None = None, val_fraction: float = 0.0, shard_tokens: int = 1 << 28,
-         chunk_bytes: int = 1 << 20) -> dict:
-    """Tokenize `inputs` into shards under `out_dir`; returns the manifest (plus timing)."""
+         chunk_bytes: int = 1 << 20, *, skip_bad_lines: bool = False, overwrite: bool = False) -> dict:
+    """Tokenize `inputs` into shards under `out_dir`; returns the manifest (plus timing).
+
+    See the module docstring for what may be in `out_dir` and how a repack replaces a pack.
+    """
     from phi1.tokenizer import load_tokenizer
 
     if not 0.0 <= val_fraction < 1.0:
@@ -173,17 +280,30 @@ def pack(tokenizer_dir: str | os.PathLike, inputs: list[str | os.PathLike], out_
     files = _input_files(inputs)
     if not files:
         raise Phi1Error(f"--input {' '.join(map(str, inputs))}: no .py or .jsonl files found")
-    dtype = dtype_for_vocab(len(tok))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # An old manifest would vouch for shards we are about to overwrite: drop it first.
-    (out / MANIFEST).unlink(missing_ok=True)
+    refuse_overlap({"--input": [str(f) for f in files], "--tokenizer": str(tokenizer_dir)}, out_dirs={"--out": str(out)})
+    if out.is_dir() and any(Path(os.path.realpath(f)).is_relative_to(os.path.realpath(out)) for f in files):
+        raise Phi1Error(f"--out {out}: holds an input file; write the pack to a directory of its own")
+    claim_output_dir(out, OWNER, overwrite=overwrite or (out.is_dir() and _is_earlier_pack(out)))
+    with OutputLock(out, is_dir=True, what="pack directory"):
+        return _pack_locked(tok, str(tokenizer_dir), inputs, files, out, workers, val_fraction, shard_tokens,
+                            chunk_bytes, skip_bad_lines)
+
+
+def _pack_locked(tok, tokenizer_dir: str, inputs, files: list[Path], out: Path, workers: int, val_fraction: float,
+                 shard_tokens: int, chunk_bytes: int, skip_bad_lines: bool) -> dict:
+    old = _committed(out)
+    old_files = _manifest_files(old)
+    _remove_abandoned(out, keep=old_files)
+    generation = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+    _set_pending(out, [generation])  # before any shard of it exists: a kill leaves it provably ours
+    dtype = dtype_for_vocab(len(tok))
     total_bytes = sum(f.stat().st_size for f in files)
     stats = collections.Counter()
-    writers = {s: _SplitWriter(out, s, dtype, shard_tokens) for s in SPLITS}
+    writers = {s: _SplitWriter(out, s, dtype, shard_tokens, generation) for s in SPLITS}
     t0 = time.perf_counter()
     bar = progress(total=total_bytes, desc="pack", unit="B", unit_scale=True)
-    chunks = _chunks(iter_documents(files, stats), chunk_bytes)
+    chunks = _chunks(iter_documents(files, stats, skip_bad_lines), chunk_bytes)
 
     def consume(result: dict, nbytes: int) -> None:
         for s in SPLITS:
@@ -195,12 +315,13 @@ def pack(tokenizer_dir: str | os.PathLike, inputs: list[str | os.PathLike], out_
 
     try:
         if workers == 1:
-            _init_worker(str(tokenizer_dir))
+            _init_worker(tokenizer_dir)
             for texts, nbytes in chunks:
                 consume(encode_chunk(texts, val_fraction, dtype.name), nbytes)
         else:
             ctx = mp.get_context("spawn")  # fork after the Rust tokenizer ran can deadlock its threads
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+            init, initargs = guarded_initializer(_init_worker, (tokenizer_dir,))
+            with ctx.Pool(workers, initializer=init, initargs=initargs) as pool:
                 pending: collections.deque = collections.deque()
                 for texts, nbytes in chunks:
                     pending.append((pool.apply_async(encode_chunk, (texts, val_fraction, dtype.name)), nbytes))
@@ -211,34 +332,39 @@ def pack(tokenizer_dir: str | os.PathLike, inputs: list[str | os.PathLike], out_
                     r, n = pending.popleft()
                     consume(r.get(), n)
         shards = {s: writers[s].close() for s in SPLITS}
+        if stats["train_tokens"] == 0:
+            raise Phi1Error(f"--input {' '.join(map(str, inputs))}: no documents with text; nothing to train on")
+        elapsed = time.perf_counter() - t0
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "generation": generation,
+            "tokenizer": {"path": str(tokenizer_dir), "fingerprint": tok.fingerprint(), "vocab_size": len(tok),
+                          "eos_id": tok.eos_id},
+            "dtype": dtype.name,
+            "inputs": [str(p) for p in inputs],
+            "input_files": len(files),
+            "input_bytes": total_bytes,
+            "val_fraction": val_fraction,
+            "skipped_records": stats["skipped"],
+            "bad_lines": {"bad_utf8": stats["bad_utf8"], "bad_json": stats["bad_json"], "no_text": stats["no_text"]},
+            "splits": {s: {"documents": stats[f"{s}_docs"], "tokens": stats[f"{s}_tokens"], "shards": shards[s]}
+                       for s in SPLITS},
+        }
+        try:
+            atomic_write_json(out / MANIFEST, manifest)  # the commit point: the new pack replaces the old at once
+        except OSError as exc:
+            raise Phi1Error(f"{out / MANIFEST}: cannot write the manifest: {describe_oserror(exc)}") from None
     except BaseException:
         for w in writers.values():
             w.abort()
+        _set_pending(out, [])
         raise
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
-    if stats["train_tokens"] == 0:
-        raise Phi1Error(f"--input {' '.join(map(str, inputs))}: no documents with text; nothing to train on")
-    keep = {sh["file"] for s in SPLITS for sh in shards[s]}
-    for stale in out.glob("*.bin"):  # shards of an earlier, larger pack into the same directory
-        if stale.name not in keep:
-            stale.unlink()
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": 1,
-        "tokenizer": {"path": str(tokenizer_dir), "fingerprint": tok.fingerprint(), "vocab_size": len(tok),
-                      "eos_id": tok.eos_id},
-        "dtype": dtype.name,
-        "inputs": [str(p) for p in inputs],
-        "input_files": len(files),
-        "input_bytes": total_bytes,
-        "val_fraction": val_fraction,
-        "skipped_records": stats["skipped"],
-        "splits": {s: {"documents": stats[f"{s}_docs"], "tokens": stats[f"{s}_tokens"], "shards": shards[s]}
-                   for s in SPLITS},
-    }
-    atomic_write_json(out / MANIFEST, manifest)  # last: only now is the pack complete
+    # Only now the old generation is garbage: delete exactly the files its manifest listed.
+    remove_own_files(out, old_files - _manifest_files(manifest))
+    _set_pending(out, [])
     return {**manifest, "seconds": elapsed, "mb_per_s": total_bytes / 1e6 / max(elapsed, 1e-9)}
 
 
@@ -253,14 +379,21 @@ def register_data(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of documents held out for val")
     p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip (and count in the manifest) JSONL lines that are not UTF-8 or not JSON, instead of failing")
 
     def run(args) -> int:
         r = pack(args.tokenizer, args.input, args.out, workers=args.workers, val_fraction=args.val_fraction,
-                 shard_tokens=args.shard_tokens)
+                 shard_tokens=args.shard_tokens, skip_bad_lines=args.skip_bad_lines,
+                 overwrite=getattr(args, "overwrite", False))
         sp = r["splits"]
         print(f"packed {r['input_bytes'] / 1e6:.1f} MB in {r['seconds']:.1f}s ({r['mb_per_s']:.2f} MB/s): "
               f"train {sp['train']['documents']} docs / {sp['train']['tokens']} tokens, "
               f"val {sp['val']['documents']} docs / {sp['val']['tokens']} tokens -> {args.out}")
+        bad = r["bad_lines"]
+        if bad["bad_utf8"] or bad["bad_json"]:
+            print(f"skipped {bad['bad_utf8']} lines that were not UTF-8 and {bad['bad_json']} malformed JSON lines "
+                  f"(counted in {args.out}/manifest.json)", file=sys.stderr)
         return 0
 
     p.set_defaults(func=run)

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from phi1.errors import Phi1Error
 from phi1.utils.io import atomic_write, atomic_write_json
+from phi1.utils.safety import OutputLock, clean_stale_temps, describe_oserror, refuse_overlap
 
 MAX_BAD_LINES_LISTED = 20
 
@@ -40,6 +41,7 @@ class StageReport:
     stage: str
     input: str = ""
     output: str = ""
+    rejected: str = ""
     read: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -70,6 +72,7 @@ class StageReport:
             "stage": self.stage,
             "input": self.input,
             "output": self.output,
+            "rejected": self.rejected,
             "read": self.read,
             "kept": self.kept,
             "dropped": dict(sorted(self.dropped.items())),
@@ -99,6 +102,29 @@ def report_path(output: str | os.PathLike) -> Path:
     return Path(str(output) + ".report.json")
 
 
+def check_input_file(path: str | os.PathLike, what: str = "input") -> Path:
+    """`path` as a Path when it is a readable file; else a Phi1Error saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise Phi1Error(f"{path}: is a directory; give a JSONL file")
+    if not path.is_file():
+        raise Phi1Error(f"{path}: {what} file not found; run the previous stage first or check the path")
+    return path
+
+
+def decode_line(raw: bytes, where: str = "column") -> tuple[str | None, str | None]:
+    """(text, None) for a UTF-8 line, or (None, what is wrong) naming the first bad byte."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        pos = exc.start + 1 if where == "column" else exc.start
+        return None, f"not valid UTF-8 (byte 0x{bad} at {where} {pos})"
+
+
+SKIP_HINT = "pass --skip-bad-lines (skip_bad_lines: true in a pipeline) to skip and count such lines"
+
+
 def iter_records(
     path: str | os.PathLike,
     report: StageReport | None = None,
@@ -108,34 +134,36 @@ def iter_records(
 ) -> Iterator[dict]:
     """Yield records from a JSONL file, validating each line.
 
-    A malformed line is fatal (a Phi1Error naming file:line) unless
-    `skip_bad_lines`, in which case it is counted as `bad_json` with its line
-    number in the report. Records whose `text` is missing or not a string are
-    counted as `no_text` and skipped. Missing `id`/`meta` are filled in.
+    Lines are read as bytes and decoded strictly: a line that is not UTF-8 or not a JSON
+    object is fatal (a Phi1Error naming file:line) unless `skip_bad_lines`, in which case it
+    is counted (`bad_utf8` / `bad_json`) with its line number in the report; no byte is ever
+    replaced silently. Records whose `text` is missing or not a string are counted as
+    `no_text` and skipped. Missing `id`/`meta` are filled in.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise Phi1Error(f"{path}: input file not found; run the previous stage first or check the path")
+    path = check_input_file(path)
     rep = report or StageReport("read")
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
-            rep.bytes_in += len(line)
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            except (json.JSONDecodeError, ValueError) as exc:
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            rep.bytes_in += len(raw)
+            line, why = decode_line(raw)
+            reason = "bad_utf8"
+            if line is not None:
+                reason = "bad_json"
+                try:
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict):
+                        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+                except (json.JSONDecodeError, ValueError) as exc:
+                    why = f"malformed JSONL line ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})"
+            if why is not None:
                 if not skip_bad_lines:
-                    raise Phi1Error(
-                        f"{path}:{lineno}: malformed JSONL line ({msg}); fix it or pass --skip-bad-lines"
-                    ) from None
+                    raise Phi1Error(f"{path}:{lineno}: {why}; fix the line or {SKIP_HINT}") from None
                 rep.read += 1
-                rep.drop("bad_json")
+                rep.drop(reason)
                 if len(rep.bad_lines) < MAX_BAD_LINES_LISTED:
-                    rep.bad_lines.append({"line": lineno, "error": msg})
+                    rep.bad_lines.append({"line": lineno, "error": why})
                 continue
             rep.read += 1
             text = rec.get("text")
@@ -151,25 +179,129 @@ def iter_records(
             yield rec
 
 
+def _written_by_stage(output: Path, key: str = "output") -> bool:
+    """Whether `<output's report>` (ours) names `output` as this stage's `key` file."""
+    try:
+        rep = json.loads(report_path(output).read_text())
+    except (OSError, ValueError):
+        return False
+    named = rep.get(key) if isinstance(rep, dict) else None
+    return isinstance(named, str) and bool(named) and Path(named).name == output.name and "stage" in rep
+
+
+def _rejected_written_by_stage(rejected: Path, output: Path) -> bool:
+    try:
+        rep = json.loads(report_path(output).read_text())
+    except (OSError, ValueError):
+        return False
+    named = rep.get("rejected") if isinstance(rep, dict) else None
+    return isinstance(named, str) and bool(named) and Path(named).name == rejected.name
+
+
+def check_stage_outputs(
+    stage: str,
+    inputs: object,
+    output: str | os.PathLike,
+    rejected: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Refuse outputs that are inputs, and existing files this stage did not write (unless `overwrite`).
+
+    A stage proves it wrote `OUT` by `OUT.report.json` naming it (and naming `--rejected`).
+    """
+    refuse_overlap({"input": inputs},
+                   {"--out": output, "--rejected": rejected, "--out report": str(report_path(output))})
+    out = Path(output)
+    for label, f in (("--out", out), ("--rejected", Path(rejected) if rejected else None)):
+        if f is None:
+            continue
+        if f.is_dir():
+            raise Phi1Error(f"{label} {f}: is a directory; give a file path")
+        if not f.exists() or overwrite:
+            continue
+        ours = _written_by_stage(out) if f is out else _rejected_written_by_stage(f, out)
+        if not ours:
+            raise Phi1Error(
+                f"{label} {f}: exists and was not written by a phi1 data stage (no {report_path(out).name} "
+                f"naming it); choose a new path or pass --overwrite to replace it"
+            )
+    rp = report_path(out)
+    if rp.exists() and not overwrite:
+        try:
+            ok = isinstance(json.loads(rp.read_text()), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise Phi1Error(f"{rp}: exists and is not a phi1 stage report; move it away or pass --overwrite")
+
+
 class RecordSink:
     """Writes kept records to `output` and rejected ones to `rejected`, atomically.
 
     Files appear under their final names only when the stage finishes without
     error (`close(ok=True)`), so an interrupted stage never leaves a partial
     output that a resumed pipeline would mistake for a finished one.
+
+    Before writing, the sink refuses an output or rejected file that resolves to one of the
+    `inputs` (default: the report's input), and an existing output that this stage did not
+    write unless `overwrite`; it holds an `OutputLock` on the output while it writes (a
+    second writer fails at once, naming the pid) and claims the output by writing its report
+    first, so a stage killed at any point leaves an output it can later prove is its own.
     """
 
-    def __init__(self, output: str | os.PathLike, report: StageReport, rejected: str | os.PathLike | None = None):
+    def __init__(self, output: str | os.PathLike, report: StageReport, rejected: str | os.PathLike | None = None,
+                 *, inputs: object = None, overwrite: bool = False):
         self.report = report
+        self.output = Path(output)
+        self.rejected = Path(rejected) if rejected else None
         report.output = str(output)
-        self._out_cm = atomic_write(output, "w")
-        self._out = self._out_cm.__enter__()
-        self._rej_cm = atomic_write(rejected, "w") if rejected else None
-        self._rej = self._rej_cm.__enter__() if self._rej_cm else None
+        report.rejected = str(rejected) if rejected else ""
+        if inputs is None:
+            inputs = [report.input] if report.input else []
+        check_stage_outputs(report.stage, inputs, output, rejected, overwrite=overwrite)
+        self._lock = OutputLock(self.output, is_dir=False).acquire()
+        self._out_cm = self._rej_cm = None
+        self._out = self._rej = None
+        self._claimed = False  # a claim report written for an output that does not exist yet
+        try:
+            for f in (self.rejected, report_path(self.output)):
+                if f is not None:
+                    clean_stale_temps(f.parent, stem=f.name)
+            # The claim: a report naming the outputs exists before any of them does.
+            prior = None
+            rp = report_path(self.output)
+            if rp.exists():
+                try:
+                    prior = json.loads(rp.read_text())
+                except (OSError, ValueError):
+                    prior = None
+            if not (isinstance(prior, dict) and prior.get("output") and Path(prior["output"]).name == self.output.name
+                    and (prior.get("rejected") or "") == report.rejected):
+                atomic_write_json(rp, {"stage": report.stage, "input": report.input, "output": report.output,
+                                       "rejected": report.rejected, "status": "running"})
+                self._claimed = not self.output.exists()
+            self._out_cm = atomic_write(output, "w")
+            self._out = self._out_cm.__enter__()
+            self._rej_cm = atomic_write(rejected, "w") if rejected else None
+            self._rej = self._rej_cm.__enter__() if self._rej_cm else None
+        except OSError as exc:
+            self.close(ok=False)
+            raise Phi1Error(f"{self.output}: cannot write the stage output: {describe_oserror(exc)}") from None
+        except BaseException:
+            self.close(ok=False)
+            raise
+
+    def _failed(self, exc: OSError, path: Path):
+        self.close(ok=False)
+        return Phi1Error(f"{path}: cannot write: {describe_oserror(exc)}")
 
     def keep(self, rec: dict) -> None:
         line = json.dumps(rec, ensure_ascii=False) + "\n"
-        self._out.write(line)
+        try:
+            self._out.write(line)
+        except OSError as exc:
+            raise self._failed(exc, self.output) from None
         self.report.kept += 1
         self.report.bytes_out += len(line)
 
@@ -178,16 +310,38 @@ class RecordSink:
         if self._rej is not None:
             rec = dict(rec)
             rec["meta"] = {**rec.get("meta", {}), "rejected_by": self.report.stage, "reject_reason": reason, **why}
-            self._rej.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            try:
+                self._rej.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            except OSError as exc:
+                raise self._failed(exc, self.rejected) from None
 
     def close(self, ok: bool = True) -> None:
-        exc = (None, None, None) if ok else (RuntimeError, RuntimeError("stage failed"), None)
-        for cm in (self._rej_cm, self._out_cm):
-            if cm is not None:
+        """Commit (ok) or discard both files; a failure to commit discards what is left and raises."""
+        error: BaseException | None = None
+        for cm, path in ((self._out_cm, self.output), (self._rej_cm, self.rejected)):
+            if cm is None:
+                continue
+            if ok and error is None:
                 try:
-                    cm.__exit__(*exc)
-                except RuntimeError:
-                    pass
+                    cm.__exit__(None, None, None)
+                    continue
+                except OSError as exc:
+                    error = Phi1Error(f"{path}: cannot write: {describe_oserror(exc)}")
+                except BaseException as exc:  # noqa: BLE001 (re-raised below)
+                    error = exc
+                continue
+            try:
+                cm.__exit__(RuntimeError, RuntimeError("stage failed"), None)
+            except Exception:  # noqa: BLE001 (the temp file is gone either way)
+                pass
+        self._out_cm = self._rej_cm = None
+        if (not ok or error is not None) and self._claimed and not self.output.exists():
+            report_path(self.output).unlink(missing_ok=True)  # nothing was written: take the claim back
+            self._claimed = False
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+        if error is not None:
+            raise error
 
     def __enter__(self):
         return self

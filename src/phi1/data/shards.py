@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from phi1.errors import Phi1Error
+from phi1.utils.safety import describe_oserror, temp_prefix
 
 MAGIC = b"PHI1TOK\0"
 VERSION = 1
@@ -74,38 +76,59 @@ def open_shard(path: Path) -> np.ndarray:
 
 
 class ShardWriter:
-    """Streams tokens into `<final>.tmp`, then patches the header and renames on close.
+    """Streams tokens into a temp file beside `path`, then patches the header and renames on close.
 
     Memory stays flat: arrays are written as they arrive. Until `close()` the
     final name does not exist, so an interrupted write is never mistaken for a shard.
+    The temp file is `.NAME.phi1-PID-RANDOM.tmp` (see `phi1.utils.safety`): a later run
+    removes it once its writer is dead. A failed write (a full disk) removes it at once and
+    raises a Phi1Error naming the shard.
     """
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.fh = open(self.tmp, "wb")
-        self.fh.write(encode_header(self.dtype.itemsize, 0))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path.name), suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise Phi1Error(f"{self.path}: cannot create the shard: {describe_oserror(exc)}") from None
+        self.tmp = Path(tmp)
+        self.fh = os.fdopen(fd, "wb")
         self.count = 0
         self.documents = 0
+        self._guard(lambda: self.fh.write(encode_header(self.dtype.itemsize, 0)))
+
+    def _guard(self, op):
+        try:
+            return op()
+        except OSError as exc:
+            self.abort()
+            raise Phi1Error(f"{self.path}: cannot write the shard: {describe_oserror(exc)}") from None
 
     def write(self, ids: np.ndarray, documents: int = 0) -> None:
-        self.fh.write(np.ascontiguousarray(ids, dtype=self.dtype).tobytes())
+        self._guard(lambda: self.fh.write(np.ascontiguousarray(ids, dtype=self.dtype).tobytes()))
         self.count += len(ids)
         self.documents += documents
 
     def close(self) -> dict:
-        self.fh.seek(0)
-        self.fh.write(encode_header(self.dtype.itemsize, self.count))
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
+        def finish():
+            self.fh.seek(0)
+            self.fh.write(encode_header(self.dtype.itemsize, self.count))
+            self.fh.flush()
+            os.fchmod(self.fh.fileno(), 0o644)
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+
+        self._guard(finish)
         return {"file": self.path.name, "tokens": self.count, "documents": self.documents}
 
     def abort(self) -> None:
         if not self.fh.closed:
-            self.fh.close()
+            try:
+                self.fh.close()
+            except OSError:
+                pass  # a full disk fails the final flush too; the file goes either way
         self.tmp.unlink(missing_ok=True)
 
 

@@ -19,7 +19,7 @@ def _common(p, out_required: bool = True) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     outputs = ("out", "rejected") if out_required else ("rejected",)
-    declare_io(p, inputs=("input", "benchmark_file", "classifier") if not out_required else ("input", "benchmark_file"),
+    declare_io(p, inputs=("input", "benchmark_file", "classifier"),
                outputs=outputs, derived={"out": (".report.json",)} if out_required else None, overwrite=True)
 
 
@@ -35,7 +35,8 @@ def _benchmarks(args) -> list[str]:
 
 
 def _io(args) -> dict:
-    return {"rejected": args.rejected, "skip_bad_lines": args.skip_bad_lines, "quiet": args.quiet}
+    return {"rejected": args.rejected, "skip_bad_lines": args.skip_bad_lines, "quiet": args.quiet,
+            "overwrite": getattr(args, "overwrite", False)}
 
 
 def _collect(args) -> int:

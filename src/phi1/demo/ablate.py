@@ -12,7 +12,7 @@ from pathlib import Path
 
 from phi1.demo.config import DemoConfig
 from phi1.demo.pipeline import Layout, checkpoint_model_dir, data_stages, eval_stages, write_train_config
-from phi1.demo.runner import Stage, StageRunner
+from phi1.demo.runner import Stage, StageRunner, own_run_dir
 from phi1.errors import ConfigError
 from phi1.utils.io import atomic_write_json, atomic_write_text
 
@@ -29,6 +29,11 @@ def run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", log=pri
         if a.data == "filtered+synthetic":
             raise ConfigError(f"arms[{i}].data = filtered+synthetic needs synthetic textbooks: run `phi1 synth "
                               "textbooks` and add the file to corpus.paths of a filtered arm instead")
+    with own_run_dir(Path(run_dir), "ablate"):  # a new dir or one of ours; locked while it runs
+        return _run_ablation(cfg, Path(run_dir), device=device, log=log)
+
+
+def _run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str, log) -> Path:
     L = Layout(run_dir)
     runner = StageRunner(L.root, log=log)
     stages = data_stages(cfg, L)

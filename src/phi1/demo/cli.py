@@ -31,6 +31,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("report", help="(re)write report.md and report.html for a run directory")
     p.add_argument("run_dir")
+    declare_io(p, inputs=("run_dir",))
     p.set_defaults(func=_report)
 
 

@@ -4,16 +4,19 @@ pretrain → finetune → evaluate → report, each stage one `phi1` command, re
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
 
 from phi1.demo.config import DemoConfig, resolve_recipe
-from phi1.demo.runner import Stage, StageRunner
+from phi1.demo.runner import Stage, StageRunner, own_run_dir
 from phi1.errors import Phi1Error
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text
+from phi1.utils.safety import clean_stale_temps, temp_prefix
 
 
 class Layout:
@@ -139,12 +142,42 @@ def checkpoint_model_dir(run_dir: Path, which: str = "best") -> Path:
 
 
 def export_model(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    """Copy a checkpoint's model directory to `dst`, whole or not at all.
+
+    The copy goes to a temp directory named after this process (`.NAME.phi1-PID-*.tmp`), which
+    a later run removes if this one dies; an existing `dst` is moved aside, not deleted, until
+    the new copy is in place.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(dst.parent, stem=dst.name)
+    legacy = dst.with_name(f".{dst.name}.tmp")  # the temp name of phi1 before pid-named temps
+    if legacy.is_dir() and not legacy.is_symlink():
+        shutil.rmtree(legacy, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name), suffix=".tmp", dir=dst.parent))
+    old = None
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        os.chmod(tmp, 0o755 & ~_umask())  # mkdtemp makes 0700; give the usual mode
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name), suffix=".tmp", dir=dst.parent))
+            os.replace(dst, old)  # onto the empty directory
+        os.replace(tmp, dst)
+    except BaseException:
+        if old is not None and not dst.exists():
+            os.replace(old, dst)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def training_stages(cfg: DemoConfig, L: Layout, *, pretrain_inputs: list[Path], finetune_inputs: list[Path],
@@ -200,6 +233,17 @@ def eval_stages(cfg: DemoConfig, L: Layout, model_dir: Path, out: Path, device: 
 
 def run_demo(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", endpoint: str | None = None,
              model: str | None = None, api_key_env: str | None = None, log=print) -> Path:
+    """Run (or resume) the demo in `run_dir`: a new or empty directory, or one a demo wrote.
+
+    The directory is locked for the whole run: a second demo on it fails at once, naming the pid.
+    """
+    with own_run_dir(Path(run_dir), "demo"):
+        return _run_demo(cfg, Path(run_dir), device=device, endpoint=endpoint, model=model,
+                         api_key_env=api_key_env, log=log)
+
+
+def _run_demo(cfg: DemoConfig, run_dir: Path, *, device: str, endpoint: str | None, model: str | None,
+              api_key_env: str | None, log) -> Path:
     L = Layout(run_dir)
     runner = StageRunner(L.root, log=log)
     stages = data_stages(cfg, L)

@@ -5,20 +5,73 @@ A stage is one `phi1 ...` command line. The runner executes it in-process
 ran. A finished stage leaves `RUN/.stages/NAME.json` (command, wall time, exit
 status); rerunning the pipeline skips finished stages, so an interrupted demo
 resumes at the stage it was in (which resumes its own work where it supports it).
+
+`own_run_dir` guards the run directory: `phi1 demo` / `phi1 ablate` write only into a new or
+empty directory or one they wrote themselves (marker `.phi1-output.json`; a directory of an
+older phi1, without the marker, is recognised by its own state files), and hold an exclusive
+lock on it for the whole run, so two runs on one directory cannot interleave.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from phi1.errors import Phi1Error
 from phi1.utils.io import atomic_write_json
+from phi1.utils.safety import DIR_LOCK, MARKER, OutputLock, claim_output_dir, read_marker
+
+# The state files by which a run directory written before the marker existed is recognised.
+_LEGACY = {"demo": "demo.json", "ablate": ".stages"}
+
+
+def _entries(root: Path) -> list[str]:
+    """What a directory holds besides phi1's own marker, lock and temporary files."""
+    return sorted(e for e in os.listdir(root)
+                  if e not in (MARKER, DIR_LOCK) and not (e.startswith(".") and ".phi1-" in e and e.endswith(".tmp")))
+
+
+def _legacy_owned(root: Path, owner: str) -> bool:
+    """A directory an older `phi1 demo`/`phi1 ablate` wrote (no marker): it holds that command's state files."""
+    if read_marker(root) is not None:
+        return False
+    if owner == "demo":
+        return (root / "demo.json").is_file() and (root / ".stages").is_dir()
+    return (root / ".stages").is_dir() and not (root / "demo.json").exists()
+
+
+@contextlib.contextmanager
+def own_run_dir(root: Path, owner: str, flag: str = "--out") -> Iterator[Path]:
+    """Claim `root` for `phi1 OWNER` and lock it for the duration of the `with` block.
+
+    Refuses (one Phi1Error, nothing written) a file, or a non-empty directory that this command
+    did not write; there is no --overwrite: a run always has a directory of its own. A second
+    run on the same directory fails at once, naming the pid of the one that holds it.
+    """
+    root = Path(root)
+    if root.is_dir() and read_marker(root) is None and _legacy_owned(root, owner):
+        claim_output_dir(root, owner, overwrite=True, flag=flag)  # adopt: writes the marker, deletes nothing
+    elif root.is_dir():
+        marker = read_marker(root) or {}
+        entries = _entries(root)
+        if entries and marker.get("owner") != owner:
+            what = (f"was written by `phi1 {marker['owner']}`" if marker.get("owner")
+                    else "was not written by this command")
+            raise Phi1Error(
+                f"{flag} {root}: directory is not empty ({len(entries)} entries) and {what}; `phi1 {owner}` "
+                "writes only into a new or empty directory or one of its own runs: choose a new directory "
+                "(nothing was written)"
+            )
+    claim_output_dir(root, owner, flag=flag)
+    with OutputLock(root, is_dir=True, what=f"`phi1 {owner}` run directory"):
+        yield root
 
 
 @dataclass

@@ -20,6 +20,7 @@ from phi1.eval.problems import BENCHMARKS, Problem, load_problems, truncate
 from phi1.eval.sandbox import Sandbox, SandboxConfig
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from phi1.utils.progress import progress
+from phi1.utils.safety import OutputLock, claim_output_dir, read_marker
 
 
 @dataclass
@@ -108,8 +109,34 @@ def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
         raise ConfigError(f"benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
     gen = (gen or GenerationConfig()).validate()
     problems = select_problems(load_problems(benchmark, data), gen.max_problems)
+    out_dir = claim_eval_dir(out_dir, benchmark)
+    with OutputLock(out_dir, is_dir=True, what="eval output directory"):
+        return _run_benchmark(model_or_dir, benchmark, out_dir, problems, gen=gen, sandbox_config=sandbox_config,
+                              sandbox=sandbox, tokenizer=tokenizer, device=device, dtype=dtype,
+                              show_progress=show_progress)
+
+
+def claim_eval_dir(out_dir: str | os.PathLike, benchmark: str) -> Path:
+    """`--out` for `eval humaneval|mbpp`: new, empty, or one this benchmark's eval wrote (resume).
+
+    A directory from before output markers existed is recognised by its run.json naming the
+    same benchmark. Anything else (a file, another command's output, a user's files) is refused.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    owner = f"eval {benchmark}"
+    if out_dir.is_dir() and read_marker(out_dir) is None and (out_dir / "run.json").exists():
+        try:
+            legacy = json.loads((out_dir / "run.json").read_text()).get("benchmark") == benchmark
+        except (OSError, ValueError, AttributeError):
+            legacy = False
+        if legacy:
+            return claim_output_dir(out_dir, owner, overwrite=True)
+    return claim_output_dir(out_dir, owner)
+
+
+def _run_benchmark(model_or_dir, benchmark: str, out_dir: Path, problems: dict[str, Problem], *,
+                   gen: GenerationConfig, sandbox_config, sandbox, tokenizer, device: str, dtype: str,
+                   show_progress: bool) -> dict:
     model_name = None
     if isinstance(model_or_dir, (str, os.PathLike)):
         from phi1.model import load_for_inference
@@ -139,7 +166,14 @@ def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
 def _check_settings(path: Path, settings: dict) -> None:
     """Refuse to resume into an out dir whose samples were made with other settings."""
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise ConfigError(f"{path}: unreadable (not JSON); delete it, with samples.jsonl, to start this "
+                              "evaluation over, or use a new --out") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{path}: expected a JSON object; delete it, with samples.jsonl, to start over, "
+                              "or use a new --out")
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())

@@ -28,8 +28,19 @@ def _sandbox_config(args):
                          wrapper=args.wrapper, container=args.container).validate()
 
 
+def _refuse_dir(flag: str, path) -> None:
+    """An output file flag that names a directory: one line, before any work is done."""
+    from phi1.errors import Phi1Error
+    if path and Path(path).is_dir():
+        raise Phi1Error(f"{flag} {path}: is a directory; give a file path (e.g. {Path(path) / 'results.jsonl'})")
+
+
 def _execute(args) -> int:
-    from phi1.eval.execute import execute_samples, format_summary, write_summary
+    from phi1.eval.execute import default_results_path, execute_samples, format_summary, write_summary
+    out = Path(args.out) if args.out else default_results_path(Path(args.samples))
+    _refuse_dir("--out", out)
+    _refuse_dir("--out (its summary)", str(out).removesuffix(".jsonl") + ".summary.json")
+    _refuse_dir("--out (its partial results)", out.with_name(out.name + ".partial"))
     res = execute_samples(args.samples, args.benchmark, out_path=args.out, data=args.data,
                           config=_sandbox_config(args))
     summary_path = Path(str(res.results_path).removesuffix(".jsonl") + ".summary.json")
@@ -53,6 +64,7 @@ def _benchmark(args) -> int:
 
 
 def _loss(args) -> int:
+    _refuse_dir("--out", args.out)
     from phi1.eval.loss import solution_loss
     from phi1.eval.problems import load_problems
     from phi1.model import load_for_inference

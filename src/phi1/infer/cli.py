@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from phi1.utils.cliio import declare_io
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model directory over an OpenAI-compatible HTTP API")
@@ -14,10 +16,13 @@ def register(sub) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=None,
                    help="largest max_tokens a request may ask for (default: the model's context)")
     p.add_argument("--max-n", type=int, default=16, help="most choices per request (prompts x n)")
+    p.add_argument("--max-body-mb", type=float, default=8.0, metavar="MIB",
+                   help="largest request body in MiB; bigger ones get 413 (default: 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true", help="CUDA: compile the decode step into a CUDA graph")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    declare_io(p, inputs=("model",))
     p.set_defaults(func=_serve)
 
 
@@ -26,6 +31,6 @@ def _serve(args) -> int:
 
     serve(ServeConfig(model_dir=args.model, host=args.host, port=args.port, api_key_env=args.api_key_env,
                       max_batch_size=args.max_batch_size, max_tokens_limit=args.max_tokens_limit,
-                      max_n=args.max_n, device=args.device, dtype=args.dtype, compile=args.compile,
-                      log_level=args.log_level))
+                      max_n=args.max_n, max_body_mb=args.max_body_mb, device=args.device, dtype=args.dtype,
+                      compile=args.compile, log_level=args.log_level))
     return 0

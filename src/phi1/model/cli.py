@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--max-mb", type=float, default=None, help="stop reading input after this many MB")
     p.add_argument("--out", required=True)
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip (and count) JSONL lines that are not UTF-8 or not JSON, instead of failing")
     declare_io(p, inputs=("input",), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_tok_train)
     t.set_defaults(func=needs_subcommand(t))
@@ -56,7 +58,7 @@ def register(sub) -> None:
 def _init(args) -> int:
     from phi1.model.create import init_model_dir, model_info
 
-    out = init_model_dir(args.preset, args.tokenizer, args.out, seed=args.seed)
+    out = init_model_dir(args.preset, args.tokenizer, args.out, seed=args.seed, overwrite=args.overwrite)
     info = model_info(out)
     print(f"wrote {out} ({info['preset'] or 'custom'}, {info['parameters'] / 1e6:.2f}M parameters)")
     return 0
@@ -86,8 +88,11 @@ def _tok_train(args) -> int:
 
     max_bytes = int(args.max_mb * 1e6) if args.max_mb else None
     tok = train_tokenizer(args.input, vocab_size=args.vocab_size, out_dir=args.out,
-                          min_frequency=args.min_frequency, max_bytes=max_bytes)
-    print(f"wrote {args.out} ({len(tok)} tokens)")
+                          min_frequency=args.min_frequency, max_bytes=max_bytes, skip_bad_lines=args.skip_bad_lines)
+    bad = getattr(tok, "skipped_lines", {}) or {}
+    skipped = f"; skipped {bad.get('bad_utf8', 0)} non-UTF-8 and {bad.get('bad_json', 0)} malformed JSON lines" \
+        if any(bad.values()) else ""
+    print(f"wrote {args.out} ({len(tok)} tokens{skipped})")
     return 0
 
 

@@ -10,14 +10,23 @@ import torch
 
 from phi1.errors import Phi1Error
 from phi1.model.config import PhiConfig
-from phi1.model.hf import read_config, save_model_dir
+from phi1.model.hf import check_weights, read_config, save_model_dir
 from phi1.model.phi import PhiForCausalLM
 from phi1.tokenizer import load_tokenizer, padded_vocab_size
+from phi1.utils.safety import OutputLock, claim_output_dir
+
+
+INIT_OWNER = "model init"
 
 
 def init_model_dir(preset: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   seed: int = 0, **overrides) -> Path:
-    """A randomly initialised model directory whose vocabulary fits the tokenizer (padded to 64)."""
+                   seed: int = 0, overwrite: bool = False, **overrides) -> Path:
+    """A randomly initialised model directory whose vocabulary fits the tokenizer (padded to 64).
+
+    `out_dir` must be new, empty, or one an earlier `model init` wrote (its `.phi1-output.json`
+    says so); anything else, a trained model included, is refused unless `overwrite`. Even then
+    only the model's own files are replaced: nothing else in the directory is deleted.
+    """
     tok = load_tokenizer(tokenizer_dir)
     cfg = PhiConfig.from_preset(preset, **overrides)
     vocab = padded_vocab_size(len(tok))
@@ -26,9 +35,11 @@ def init_model_dir(preset: str, tokenizer_dir: str | os.PathLike, out_dir: str |
     elif cfg.vocab_size < len(tok):
         raise Phi1Error(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
     cfg = cfg.replace(bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    torch.manual_seed(seed)
-    model = PhiForCausalLM(cfg)
-    return save_model_dir(model, out_dir, tokenizer=tok)
+    out = claim_output_dir(out_dir, INIT_OWNER, overwrite=overwrite)
+    with OutputLock(out, is_dir=True, what="model directory"):
+        torch.manual_seed(seed)
+        model = PhiForCausalLM(cfg)
+        return save_model_dir(model, out, tokenizer=tok)
 
 
 def check_tokenizer_fits(model_dir: str | os.PathLike, cfg: PhiConfig | None = None) -> None:
@@ -46,6 +57,7 @@ def model_info(model_dir: str | os.PathLike) -> dict:
     """Shape, preset match, parameter counts, dtype and tokenizer of a model directory."""
     path = Path(model_dir)
     cfg = read_config(path)
+    check_weights(path)  # header and size only: a truncated model.safetensors fails here
     from phi1.model.config import PRESETS
 
     preset = None

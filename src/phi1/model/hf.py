@@ -27,6 +27,7 @@ import torch
 from phi1.errors import Phi1Error
 from phi1.model.config import PhiConfig
 from phi1.model.phi import PhiForCausalLM
+from phi1.utils.safety import temp_prefix
 
 TRANSFORMERS_VERSION_WRITTEN = "4.45.0"  # the oldest transformers whose Phi reads what we write
 
@@ -295,10 +296,14 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     def load_one(f: Path) -> dict[str, torch.Tensor]:
         try:
             if f.suffix == ".safetensors":
+                check_safetensors_file(f)  # a truncated file fails here, with its size, not in a mmap
                 return load_file(str(f))
             return torch.load(str(f), map_location="cpu", weights_only=True)
+        except Phi1Error:
+            raise
         except Exception as exc:  # corrupt or truncated files
-            raise Phi1Error(f"{f}: cannot read weights ({type(exc).__name__}: {exc})") from None
+            raise Phi1Error(f"{f}: cannot read weights ({type(exc).__name__}: {_first_line(exc)}); the file is "
+                            "damaged or incomplete: write the model directory again (or copy it again)") from None
 
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
@@ -321,6 +326,62 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         f"{path}: no weights found (expected model.safetensors, a sharded *.safetensors with "
         "model.safetensors.index.json, or pytorch_model.bin)"
     )
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_safetensors_file(f: Path) -> None:
+    """Cheap integrity check of a .safetensors file: its header parses and its size matches it.
+
+    Reads only the header (no tensor data), so `phi1 model info` can reject a truncated file.
+    """
+    import struct
+
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, too short for a header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100 << 20:
+                raise ValueError(f"header length {n} exceeds the file's {size} bytes")
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise Phi1Error(f"{f}: cannot read weights ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Phi1Error(f"{f}: cannot read weights ({_first_line(exc)}); the file is damaged or incomplete: "
+                        "write the model directory again (or copy it again)") from None
+    end = 0
+    for key, meta in header.items():
+        if key != "__metadata__" and isinstance(meta, dict):
+            end = max(end, int((meta.get("data_offsets") or [0, 0])[1]))
+    if 8 + n + end != size:
+        raise Phi1Error(f"{f}: cannot read weights (truncated: {size} bytes, its header says {8 + n + end}); "
+                        "the file is damaged or incomplete: write the model directory again (or copy it again)")
+
+
+def check_weights(path: str | os.PathLike) -> None:
+    """Raise a Phi1Error when a model directory's safetensors weights are missing or truncated."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise Phi1Error(f"{index}: malformed shard index ({exc})") from None
+        for name in files:
+            if not (path / name).exists():
+                raise Phi1Error(f"{index}: names shard {name!r}, which is missing from {path}")
+            check_safetensors_file(path / name)
+    elif (path / "model.safetensors").exists():
+        check_safetensors_file(path / "model.safetensors")
+    elif not (path / "pytorch_model.bin").exists() and not (path / "pytorch_model.bin.index.json").exists():
+        raise Phi1Error(f"{path}: no weights found (expected model.safetensors, a sharded *.safetensors with "
+                        "model.safetensors.index.json, or pytorch_model.bin)")
 
 
 def read_config(path: str | os.PathLike) -> PhiConfig:
@@ -375,13 +436,46 @@ def load_model_dir(path: str | os.PathLike, device="cpu", dtype: torch.dtype | N
     return model
 
 
+# The files `save_model_dir` writes (the tokenizer's three are written only with a tokenizer).
+MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Weight files that would be read instead of (or besides) our model.safetensors if left beside it.
+_SHADOWING = ("model.safetensors.index.json", "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+_OS_ERROR_RE = re.compile(r"os error (\d+)")
+
+
+def _as_oserror(exc: BaseException, path: Path) -> OSError | None:
+    """The OSError behind a library's wrapped I/O failure (safetensors says `(os error 28)`)."""
+    if isinstance(exc, OSError):
+        return exc
+    m = _OS_ERROR_RE.search(str(exc))
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    return None
+
+
 def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=None,
                    dtype: torch.dtype | None = None) -> Path:
-    """Write an HF-format directory atomically (temp dir, then rename over `out_dir`)."""
+    """Write an HF-format model directory without ever deleting a file phi1 did not write.
+
+    A new directory is assembled under a pid-named temp name beside it and renamed into place
+    (atomic). Into an existing directory, each of our files is written to a pid-named temp file
+    and renamed over its own name; nothing else in the directory is touched. A directory holding
+    other weight files (a sharded index, pytorch_model.bin) that would be read instead of ours is
+    refused. A full or read-only disk raises an OSError naming the file, with no temp left behind.
+    """
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(os.path.abspath(os.fspath(out_dir)))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Phi1Error(f"{out_dir}: exists and is not a directory; choose a directory path")
+    if out_dir.is_dir():
+        shadow = [n for n in _SHADOWING if (out_dir / n).exists()]
+        if shadow:
+            raise Phi1Error(f"{out_dir}: holds {', '.join(shadow)}, which would be loaded instead of the weights "
+                            "phi1 writes; choose a new directory (phi1 does not delete files it did not write)")
     cfg = model.config
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
@@ -389,9 +483,23 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
     hf_sd = to_hf_state_dict(sd, cfg)
     dtype = dtype or next(model.parameters()).dtype
     hf_sd = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in hf_sd.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    fresh = not out_dir.exists()
     try:
-        save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        # New directory: build it beside and rename it in. Existing one: build inside, move files over.
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir.name or "model"), suffix=".tmp",
+                                    dir=out_dir.parent if fresh else out_dir))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a model directory gets the usual mode
+    except OSError as exc:
+        raise _with_path(exc, out_dir) from None
+    try:
+        try:
+            save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        except Exception as exc:  # safetensors wraps I/O errors in its own type
+            err = _as_oserror(exc, out_dir / "model.safetensors")
+            if err is None:
+                raise
+            raise err from None
         (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2) + "\n")
         eos = cfg.eos_token_id
         gen = {"bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else eos,
@@ -400,19 +508,44 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
-        _replace_dir(tmp, out_dir)
+        _fsync_dir_files(tmp)
+        if fresh:
+            os.replace(tmp, out_dir)
+        else:
+            # Weights first, config.json last: until config.json is replaced an interrupted save
+            # reads as the old model's config with a mismatched-shape error, never silently.
+            names = sorted(os.listdir(tmp), key=lambda n: (n == "config.json", n))
+            for name in names:
+                os.replace(tmp / name, out_dir / name)
+            os.rmdir(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _with_path(exc, out_dir) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a finished temp directory into place; an old directory is removed only after."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _with_path(exc: OSError, where: Path) -> OSError:
+    """The OSError with a filename (the directory when the library gave none)."""
+    if exc.filename:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(where))
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for name in os.listdir(d):
+        f = d / name
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

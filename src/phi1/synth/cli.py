@@ -40,10 +40,10 @@ def _job(kind: str, args) -> int:
     rep = run_job(cfg)
     print(json.dumps(report_dict(rep)))
     if not rep.complete:
-        missing = rep.requested - rep.already_done - rep.generated
         why = f"stopped early: {rep.stopped}; " if rep.stopped else ""
-        print(f"phi1: {why}{missing} of {rep.requested} records missing ({rep.failed} failed, see "
-              f"{rep.failures_file}); rerun the same command to finish", file=sys.stderr)
+        see = f", see {rep.failures_file}" if rep.failures_file else ""
+        print(f"phi1: {why}{rep.missing} of {rep.requested} records missing ({rep.failed} failed{see}); "
+              "rerun the same command to finish", file=sys.stderr)
         return 1
     return 0
 

@@ -102,12 +102,21 @@ def _histogram(values: list[int], bins: int = 30) -> dict:
 
 def plot_report(report: dict, path: str | Path) -> None:
     """Four panels: distinct-n, length histogram, rejection reasons, the first constraint's top values."""
+    from phi1.utils.io import atomic_write
+
+    png = plot_report_png(report)
+    with atomic_write(path, "wb") as fh:
+        fh.write(png)
+
+
+def plot_report_png(report: dict) -> bytes:
+    """The figure of `plot_report` as PNG bytes (so a caller can write it with its other outputs)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from phi1.utils.io import atomic_write
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     dn = report["distinct_n"]
@@ -130,6 +139,7 @@ def plot_report(report: dict, path: str | Path) -> None:
         axes[1, 1].set_title(f"{name}: {d['distinct']} distinct, evenness {d['evenness']:.2f}")
     fig.suptitle(f"phi1 synth validate: {report['kind']}")
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
+    return buf.getvalue()

@@ -10,6 +10,14 @@ Exactly-once comes from three facts:
 A request that exhausts its attempts goes to `<out>.failures.jsonl` and is retried by the
 next run of the same command. `<out>.job.json` pins the seed, spec and model so that a
 rerun with different settings cannot mix two jobs in one file.
+
+One writer per output: a job holds an exclusive lock (`.<out>.lock`, `OutputLock`) for its
+whole run, so a second job on the same `--out` fails at once naming the first one's pid
+instead of sending every request again and appending a second copy of every record. A
+ledger that already holds repeated indices (two jobs of an older phi1 at once) is counted
+by unique index; the repeats are reported, and `phi1 synth validate` keeps the first.
+A write that fails (full or read-only disk) stops the job with one error line; the
+record being written is cut back off, so the ledger never keeps a torn line.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +35,7 @@ from phi1.synth.prompts import iter_prompts
 from phi1.synth.spec import Spec, load_spec
 from phi1.utils.io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
 from phi1.utils.progress import progress
+from phi1.utils.safety import OutputLock, clean_stale_temps, oserror_line
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +83,21 @@ class JobReport:
     elapsed_s: float
     stats: dict
     stopped: str | None = None  # why the run stopped early (too many failures in a row)
+    # Lines of the ledger that repeat an index already in it (two jobs of an older phi1 wrote
+    # one --out at once); each index counts once, the repeats are left for validate to drop.
+    duplicates: int = 0
+    # Distinct indices in [0, requested) the ledger holds after the run (None: not counted).
+    present: int | None = None
 
     @property
     def complete(self) -> bool:
-        return self.already_done + self.generated >= self.requested
+        have = self.present if self.present is not None else self.already_done + self.generated
+        return have >= self.requested
+
+    @property
+    def missing(self) -> int:
+        have = self.present if self.present is not None else self.already_done + self.generated
+        return max(0, self.requested - have)
 
 
 def side_paths(out: Path) -> tuple[Path, Path]:
@@ -86,17 +105,37 @@ def side_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(out.name + ".job.json"), out.with_name(out.name + ".failures.jsonl")
 
 
-def _done_ledger(out: Path) -> dict[int, str]:
-    """index -> prompt hash of the records already in the output (after repairing a torn tail)."""
+def _scan_ledger(out: Path) -> tuple[dict[int, str], int]:
+    """(index -> prompt hash of the records already in the output, lines repeating an index).
+
+    A torn last line left by a crash is repaired first. The first record of an index wins.
+    """
     done: dict[int, str] = {}
+    repeats = 0
     if not out.exists():
-        return done
+        return done, repeats
     JsonlAppender(out).close()  # repairs a torn last line left by a crash
     for rec in read_jsonl(out):
         meta = rec.get("meta") or {}
         if "index" in meta and "prompt_sha256" in meta:
-            done[int(meta["index"])] = meta["prompt_sha256"]
-    return done
+            i = int(meta["index"])
+            if i in done:
+                repeats += 1
+                continue
+            done[i] = meta["prompt_sha256"]
+    return done, repeats
+
+
+def _done_ledger(out: Path) -> dict[int, str]:
+    """index -> prompt hash of the records already in the output (after repairing a torn tail)."""
+    return _scan_ledger(out)[0]
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    try:
+        atomic_write_json(path, obj)
+    except OSError as exc:  # atomic_write removed its temp file; say which file could not be written
+        raise Phi1Error(oserror_line(OSError(exc.errno, exc.strerror, str(path)))) from None
 
 
 def _check_manifest(path: Path, pinned: dict) -> dict:
@@ -128,17 +167,34 @@ def _pending(prompts, done: dict[int, str], out: Path):
 
 
 def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
-    """Generate `cfg.count` records into `cfg.out`, resuming whatever a previous run finished."""
+    """Generate `cfg.count` records into `cfg.out`, resuming whatever a previous run finished.
+
+    The output is locked for the whole run: a second job on the same output raises a
+    Phi1Error at once, naming the pid of the job that holds it.
+    """
     cfg.validate()
     spec = load_spec(cfg.spec, cfg.kind)
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise Phi1Error(f"--out {out}: is a directory; give the path of a JSONL file")
+    with OutputLock(out, is_dir=False, what="synth output"):
+        for side in side_paths(out):  # the lock cleaned OUT's own stale temps; these are the manifest's
+            clean_stale_temps(out.parent, stem=side.name)
+        return _run_locked(cfg, spec, out, client)
+
+
+def _run_locked(cfg: JobConfig, spec: Spec, out: Path, client: LLMClient | None) -> JobReport:
     sampling = {**spec.sampling, **{k: v for k, v in cfg.sampling.items() if v is not None}}
     api = cfg.api or spec.api
-    out = Path(cfg.out)
     manifest_path, failures_path = side_paths(out)
     pinned = {"kind": cfg.kind, "seed": cfg.seed, "spec_sha256": spec.sha256, "model": cfg.model,
               "sampling": sampling, "api": api}
     manifest = _check_manifest(manifest_path, pinned)
-    done = _done_ledger(out)
+    done, repeats = _scan_ledger(out)
+    if repeats:
+        log.warning("%s: %d lines repeat a record index already in the file (two jobs wrote this output at once, "
+                    "with a phi1 older than the output lock); each index is counted once, and `phi1 synth "
+                    "validate` keeps the first record of each", out, repeats)
     if client is None:
         client = LLMClient(cfg.endpoint, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
                            timeout=cfg.timeout, max_attempts=cfg.max_attempts, routing=cfg.routing,
@@ -147,31 +203,57 @@ def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
     already = sum(1 for i in done if i < cfg.count)
     todo = _pending(iter_prompts(spec, cfg.seed, cfg.count), done, out)  # lazy: N may be millions
     manifest["pinned"] = pinned
-    atomic_write_json(manifest_path, manifest)
+    _write_json(manifest_path, manifest)
     t0 = time.monotonic()
-    generated, failed, stopped = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out, failures_path,
-                                                       already))
+    generated, failed, stopped, fatal = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out,
+                                                              failures_path, already))
+    if fatal is not None:
+        try:
+            if failures_path.exists() and failures_path.stat().st_size == 0:
+                failures_path.unlink()  # opened for this run, nothing failed: leave no empty file behind
+        except OSError:
+            pass
+        raise Phi1Error(f"{oserror_line(fatal)}; the {already + generated} records written so far are kept: "
+                        "rerun the same command to finish")
     elapsed = time.monotonic() - t0
     stats = client.stats.as_dict()
-    _settle_failures(failures_path, out)
+    try:
+        present = _settle_failures(failures_path, out, cfg.count)
+    except OSError as exc:
+        raise Phi1Error(oserror_line(OSError(exc.errno, exc.strerror, exc.filename or str(failures_path)))) from None
     manifest["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - elapsed)),
                              "elapsed_s": round(elapsed, 3), "generated": generated, "failed": failed,
                              "count": cfg.count, "stopped": stopped, "stats": stats})
-    atomic_write_json(manifest_path, manifest)
+    _write_json(manifest_path, manifest)
     return JobReport(cfg.count, already, generated, failed, str(out),
-                     str(failures_path) if failed else None, elapsed, stats, stopped)
+                     str(failures_path) if failed else None, elapsed, stats, stopped,
+                     duplicates=repeats, present=present)
 
 
 async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict, todo, out: Path,
-                    failures_path: Path, already: int) -> tuple[int, int, str | None]:
+                    failures_path: Path, already: int) -> tuple[int, int, str | None, OSError | None]:
+    """Send the pending requests; return (written, failed, why stopped early, the write error if any).
+
+    A write error stops every worker (it is returned, not raised from a task, so the user
+    sees one error line rather than one traceback per worker).
+    """
     counts = {"ok": 0, "failed": 0, "streak": 0}
     stopped: list[str] = []
+    fatal: list[OSError] = []
     bar = progress(total=cfg.count, desc=f"synth {cfg.kind}", unit="rec", initial=already)
     # Plain os.write per record survives SIGKILL (the kernel has the bytes); fsync is batched
     # to once a second because a disk flush per record would cap throughput.
     last_sync = [time.monotonic()]
 
     async def worker(writer: JsonlAppender, failures: JsonlAppender) -> None:
+        try:
+            await work(writer, failures)
+        except OSError as exc:
+            if not fatal:
+                fatal.append(exc)
+            stopped.append(f"cannot write: {exc}")
+
+    async def work(writer: JsonlAppender, failures: JsonlAppender) -> None:
         for i, bp, h in todo:  # one shared iterator: workers take the next item in turn
             if stopped:
                 return  # the item just taken is not lost: it is not in the output, so the next run sends it
@@ -202,7 +284,7 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
             now = time.monotonic()
             if now - last_sync[0] > 1.0:
                 last_sync[0] = now
-                os.fsync(writer.fd)
+                writer.fsync()
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
 
@@ -212,19 +294,27 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
             try:
                 await asyncio.gather(*(worker(writer, failures) for _ in range(n_workers)))
             finally:
-                os.fsync(writer.fd)
-                os.fsync(failures.fd)
+                for f in (writer, failures):
+                    try:
+                        f.fsync()
+                    except OSError as exc:
+                        if not fatal:
+                            fatal.append(exc)
                 await client.aclose()
     finally:
         bar.close()
-    return counts["ok"], counts["failed"], (stopped[0] if stopped else None)
+    return counts["ok"], counts["failed"], (stopped[0] if stopped else None), (fatal[0] if fatal else None)
 
 
-def _settle_failures(failures_path: Path, out: Path) -> None:
-    """Keep in the failures file only the requests that are still missing from the output."""
-    if not failures_path.exists():
-        return
+def _settle_failures(failures_path: Path, out: Path, count: int | None = None) -> int:
+    """Keep in the failures file only the requests that are still missing from the output.
+
+    Returns how many distinct indices below `count` the output holds (all of them if None).
+    """
     done = _done_ledger(out)
+    present = sum(1 for i in done if count is None or 0 <= i < count)
+    if not failures_path.exists():
+        return present
     still = {}
     for rec in read_jsonl(failures_path, strict=False):
         if rec.get("index") not in done:
@@ -233,6 +323,7 @@ def _settle_failures(failures_path: Path, out: Path) -> None:
         write_jsonl(failures_path, list(still.values()))
     else:
         failures_path.unlink()
+    return present
 
 
 def report_dict(rep: JobReport) -> dict:

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from phi1.errors import ConfigError, Phi1Error
+from phi1.utils.config import read_yaml_mapping
 
 KINDS = ("textbooks", "exercises", "stories")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "recipes" / "synth"
@@ -65,10 +64,7 @@ def load_spec(path: str | Path | None, kind: str) -> Spec:
     p = Path(path) if path else DEFAULT_DIR / f"{kind}.yaml"
     if not p.exists():
         raise Phi1Error(f"{p}: spec file not found; pass --spec PATH or omit it for the default")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc}); fix the syntax") from None
+    raw = read_yaml_mapping(p, "synth spec")
     return spec_from_dict(raw, kind, source=str(p))
 
 

@@ -8,11 +8,19 @@ Order of the filters (each rejection is counted and kept with its reason in
      13-gram overlap plus AST similarity, as phi-1 did;
   3. exact and near-duplicate removal with the data pipeline's `DuplicateIndex` (MinHash
      signatures in a datasketch LSH index); the first record of a cluster is kept.
-Then a diversity report (JSON + PNG) over what was kept.
+Then a diversity report (JSON + PNG) over what was kept. A record whose id repeats an earlier
+line's (two generation jobs of an older phi1 wrote one file at once) is rejected first.
+
+No output (`--out`, `OUT.rejected.jsonl`, the report and its PNG) may be the input file, also
+for library callers; the output is locked while the command runs (one writer per output), and
+a write that fails (a full or read-only disk) is one error line naming the file, with no
+temporary file left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -20,10 +28,11 @@ from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.synth.checks import check_exercise, check_story, check_textbook
-from phi1.synth.diversity import build_report, plot_report
+from phi1.synth.diversity import build_report, plot_report_png
 from phi1.synth.spec import KINDS
-from phi1.utils.io import atomic_write_json, read_jsonl, write_jsonl
+from phi1.utils.io import atomic_write, read_jsonl
 from phi1.utils.progress import progress
+from phi1.utils.safety import OutputLock, oserror_line, refuse_overlap
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +58,72 @@ class ValidateConfig:
             raise ConfigError(f"dedup_threshold: {self.dedup_threshold} must be in (0, 1]")
         if self.timeout <= 0:
             raise ConfigError(f"timeout: {self.timeout} must be > 0 seconds")
-        if Path(self.input).resolve() == Path(self.out).resolve():
-            raise Phi1Error(f"--out {self.out}: same file as --input; write the validated records elsewhere")
+        refuse_overlap({"--input": self.input}, self.outputs())
+        if not Path(self.input).is_file():  # before the output is locked (which creates its lock file)
+            what = "is a directory; give a JSONL file" if Path(self.input).is_dir() else "file not found"
+            raise Phi1Error(f"--input {self.input}: {what}")
+
+    def paths(self) -> dict[str, Path]:
+        out = Path(self.out)
+        report = Path(self.report) if self.report else out.with_name(out.name + ".report.json")
+        return {"out": out, "rejected": out.with_name(out.name + ".rejected.jsonl"), "report": report,
+                "png": report.with_suffix(".png")}
+
+    def outputs(self) -> dict[str, str]:
+        """Every file validate writes, labelled as the CLI names it."""
+        p = self.paths()
+        return {"--out": str(p["out"]), "--out.rejected.jsonl": str(p["rejected"]),
+                "--report" if self.report else "--out.report.json": str(p["report"]),
+                "report PNG": str(p["png"])}
+
+
+def _write_all(files: list[tuple[Path, object]]) -> None:
+    """Write every output to a temp file first, then rename them all into place.
+
+    A write that fails (a full or read-only disk) leaves every output as it was and no
+    temp file behind, and raises one Phi1Error naming the file.
+    """
+    current = files[0][0]
+    try:
+        with contextlib.ExitStack() as stack:
+            handles = []
+            for path, content in files:
+                current = path
+                handles.append(stack.enter_context(atomic_write(path, "wb")))
+            for (path, content), fh in zip(files, handles):
+                current = path
+                if isinstance(content, bytes):
+                    fh.write(content)
+                else:
+                    for rec in content:
+                        fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+                fh.flush()
+    except OSError as exc:  # atomic_write removed the temp files; name the file that could not be written
+        raise Phi1Error(oserror_line(OSError(exc.errno, exc.strerror, str(current)))) from None
 
 
 def validate_file(cfg: ValidateConfig) -> dict:
     """Run the filters over `cfg.input`; write kept, rejected and the report; return the report."""
     cfg.validate()
+    with OutputLock(Path(cfg.out), is_dir=False, what="validate output"):
+        return _validate_locked(cfg)
+
+
+def _validate_locked(cfg: ValidateConfig) -> dict:
     records = list(read_jsonl(cfg.input))
     reasons_of: dict[int, list[str]] = {}
+    first_of: dict[str, int] = {}
     for i, rec in enumerate(records):
+        rid = rec.get("id")
+        if isinstance(rid, str) and rid in first_of:
+            meta = rec["meta"] if isinstance(rec.get("meta"), dict) else {}
+            meta["validation"] = {}
+            rec["meta"] = meta
+            reasons_of[i] = [f"duplicate record: id {rid} repeats line {first_of[rid] + 1} of the input "
+                             "(two jobs wrote one output at once); the first is kept"]
+            continue
+        if isinstance(rid, str):
+            first_of[rid] = i
         meta = rec.setdefault("meta", {})
         cons = meta.get("constraints") or {}
         text = rec.get("text") or ""
@@ -87,16 +152,13 @@ def validate_file(cfg: ValidateConfig) -> dict:
             reasons.update(r.split(":")[0] for r in reasons_of[i])  # counted by category
         else:
             kept.append(rec)
-    out = Path(cfg.out)
-    write_jsonl(out, kept)
-    write_jsonl(out.with_name(out.name + ".rejected.jsonl"), rejected)
+    paths = cfg.paths()
     counts = {"input": len(records), "kept": len(kept), "rejected": len(rejected)}
     extra = {"input": str(cfg.input), "executed": cfg.kind == "exercises" and cfg.execute,
              "adherence": _adherence(cfg.kind, records)}
     report = build_report(cfg.kind, kept, counts, reasons, n_dups / n_checked if n_checked else 0.0, extra=extra)
-    report_path = Path(cfg.report) if cfg.report else out.with_name(out.name + ".report.json")
-    plot_report(report, report_path.with_suffix(".png"))
-    atomic_write_json(report_path, report)
+    _write_all([(paths["out"], kept), (paths["rejected"], rejected), (paths["png"], plot_report_png(report)),
+                (paths["report"], (json.dumps(report, indent=2) + "\n").encode("utf-8"))])
     log.info("validate %s: kept %d of %d (%s)", cfg.kind, len(kept), len(records), dict(reasons))
     return report
 

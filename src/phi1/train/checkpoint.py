@@ -7,12 +7,14 @@
       latest                 "step-N", replaced atomically after step-N is complete
       best.json              {"step", "metric", "value"}; that step is never pruned
 
-A checkpoint is assembled in `.step-N.tmp-*` and renamed into place, so a crash
-or a full disk mid-save leaves the previous checkpoints and `latest` untouched.
+A checkpoint is assembled in `.step-N.phi1-PID-*.tmp` and renamed into place, so a crash
+or a full disk mid-save leaves the previous checkpoints and `latest` untouched; the temp
+directory of a writer that died is removed when the next run starts (its pid is dead).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -29,6 +31,7 @@ from phi1.model.hf import save_model_dir
 from phi1.model.phi import PhiForCausalLM
 from phi1.train.distributed import World, barrier, broadcast_object, unwrap
 from phi1.utils.io import atomic_write_json, atomic_write_text
+from phi1.utils.safety import clean_stale_temps, temp_prefix
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -70,25 +73,90 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+class _RecordingFile:
+    """A file object for torch.save that remembers the OSError behind a failed write.
+
+    torch.save to a path (or to a plain file) turns ENOSPC into a RuntimeError without the errno;
+    through this wrapper the original OSError comes back.
+    """
+
+    def __init__(self, fh, path: Path):
+        self.fh, self.path, self.error = fh, path, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _write_trainer_state(path: Path, obj: dict) -> None:
     """torch.save then fsync (a separate function so tests can make the disk 'fill up' here)."""
     with open(path, "wb") as fh:
-        torch.save(obj, fh)
+        rec = _RecordingFile(fh, path)
+        try:
+            torch.save(obj, rec)
+        except OSError:
+            raise
+        except Exception:
+            if rec.error is not None:
+                raise rec.error from None
+            raise
         fh.flush()
         os.fsync(fh.fileno())
 
 
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed save (torch and safetensors wrap it), or None for other failures."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc
+        m = re.search(r"os error (\d+)", str(exc))
+        if m:
+            code = int(m.group(1))
+            return OSError(code, os.strerror(code))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_FIX = {errno.ENOSPC: "free disk space and rerun with --resume",
+        errno.EDQUOT: "free disk space and rerun with --resume",
+        errno.EROFS: "the file system is read-only: make it writable (or set run.out_dir elsewhere) and rerun",
+        errno.EACCES: "check the permissions of the run directory and rerun with --resume",
+        errno.EPERM: "check the permissions of the run directory and rerun with --resume"}
+
+
+def _old_name(step: int) -> str:
+    """A pid-named temp name for a checkpoint being replaced (removed at the next start if orphaned)."""
+    return f".step-{step}.old.phi1-{os.getpid()}-{os.urandom(4).hex()}.tmp"
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenizer, state: dict,
                     world: World, keep_last_k: int = 0, keep_steps=()) -> Path:
-    """Write checkpoint step-N (rank 0 writes; every rank must call). Returns its path."""
+    """Write checkpoint step-N (rank 0 writes; every rank must call). Returns its path.
+
+    On a full or read-only disk (or any other failure) the temp directory is removed and every
+    rank raises a Phi1Error naming the checkpoint and the errno; the previous checkpoints and
+    `latest` are untouched.
+    """
     msd, osd = gather_state(model, optimizer, world)
     root = checkpoints_dir(run_dir)
     final = root / f"step-{step}"
-    error = None
+    error, raise_here = None, None
     if world.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp-", dir=root))
+        tmp = None
         try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f"step-{step}"), suffix=".tmp", dir=root))
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a checkpoint gets the usual mode
             cfg = unwrap(model).config
             with torch.device("meta"):
                 shell = PhiForCausalLM(cfg)
@@ -99,21 +167,34 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenize
             _write_trainer_state(tmp / "trainer.pt", trainer)
             atomic_write_json(tmp / "state.json", {**state, "step": step})
             if final.exists():  # a rerun reaching the same step: swap, never delete first
-                old = root / f".step-{step}.old-{os.getpid()}"
+                old = root / _old_name(step)
                 os.replace(final, old)
                 os.replace(tmp, final)
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+            tmp = None
             atomic_write_text(root / "latest", f"step-{step}\n")
             prune(root, keep_last_k, keep_steps)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except Exception as exc:  # noqa: BLE001 (every rank must hear about it, whatever it is)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            disk = _disk_error(exc)
             prev = latest_checkpoint(run_dir)
-            error = (f"{final}: checkpoint not written ({exc.strerror or exc}); "
-                     f"{'the previous checkpoint ' + prev.name + ' is intact' if prev else 'no earlier checkpoint'}"
-                     "; free disk space and rerun with --resume")
+            intact = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint"
+            if disk is not None:
+                fix = _FIX.get(disk.errno or -1, "fix the disk problem and rerun with --resume")
+                error = f"{final}: checkpoint not written ({disk.strerror or disk}); {intact}; {fix}"
+            else:
+                error = f"{final}: checkpoint not written ({type(exc).__name__}: {exc}); {intact}"
+                raise_here = exc
+        except BaseException:  # KeyboardInterrupt mid-save: no temp left behind
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     error = broadcast_object(error, world)
+    if raise_here is not None:
+        raise raise_here
     if error:
         raise Phi1Error(error)
     barrier(world)
@@ -157,8 +238,7 @@ def prune(root: Path, keep_last_k: int, keep_steps=()) -> list[int]:
         if s not in protected:
             shutil.rmtree(root / f"step-{s}", ignore_errors=True)
             removed.append(s)
-    for junk in root.glob(".step-*"):  # temp dirs left by a crash mid-save
-        shutil.rmtree(junk, ignore_errors=True)
+    clean_stale_temps(root)  # temp dirs of a dead writer (a crash mid-save); never a live one's
     return removed
 
 
@@ -166,8 +246,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint: the `latest` pointer, else the highest complete step-N."""
     root = checkpoints_dir(run_dir)
     ptr = root / "latest"
-    if ptr.exists():
-        cand = root / ptr.read_text().strip()
+    try:
+        name = ptr.read_text().strip() if ptr.exists() else ""
+    except (OSError, UnicodeDecodeError):
+        name = ""  # a damaged pointer: fall back to the highest complete step
+    if _STEP_RE.match(name):
+        cand = root / name
         if (cand / "state.json").exists() and (cand / "trainer.pt").exists():
             return cand
     steps = list_steps(root)
@@ -175,13 +259,30 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_state(ckpt: Path) -> tuple[dict, dict]:
-    """(state.json, trainer.pt contents) of a checkpoint."""
+    """(state.json, trainer.pt contents) of a checkpoint; a damaged file is one Phi1Error naming it."""
+    fix = f"delete {ckpt} to resume from an earlier checkpoint (or use a new run.name to start over)"
+    sfile, tfile = ckpt / "state.json", ckpt / "trainer.pt"
     try:
-        state = json.loads((ckpt / "state.json").read_text())
-        trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
-    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
-        raise Phi1Error(f"{ckpt}: unreadable checkpoint ({exc}); delete it to resume from an earlier one") from None
+        state = json.loads(sfile.read_text())
+    except (OSError, ValueError) as exc:
+        raise Phi1Error(f"{sfile}: unreadable checkpoint state ({_short(exc)}); {fix}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "samples" not in state:
+        raise Phi1Error(f"{sfile}: not a phi1 checkpoint state (needs step and samples); {fix}")
+    try:
+        if tfile.stat().st_size == 0:
+            raise ValueError("the file is empty")
+        trainer = torch.load(tfile, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 (empty, truncated, random bytes: pickle raises many types)
+        raise Phi1Error(f"{tfile}: unreadable training state ({_short(exc)}); {fix}") from None
+    if not isinstance(trainer, dict) or not {"optimizer", "rng"} <= set(trainer):
+        raise Phi1Error(f"{tfile}: not a phi1 training state (needs optimizer and rng); {fix}")
     return state, trainer
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
 def restore_optimizer(model, optimizer, osd: dict, world: World) -> None:

@@ -11,11 +11,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="pretrain or finetune a phi model from a YAML recipe",
         description="Train from a YAML recipe. Rerunning into an existing run directory resumes from its latest "
-                    "checkpoint. Launch with `torchrun --nproc_per_node N -m phi1 train ...` for DDP/FSDP2.")
+                    "checkpoint (a changed config is refused, naming the fields; --new-run starts a new run). "
+                    "One process at a time per run directory. "
+                    "Launch with `torchrun --nproc_per_node N -m phi1 train ...` for DDP/FSDP2.")
     p.add_argument("config", help="YAML recipe (see src/phi1/recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
+    p.add_argument("--new-run", action="store_true",
+                   help="start a fresh run: when the run directory already holds a run, train in the first "
+                        "free sibling NAME-2, NAME-3, ... (a rerun without it resumes, and refuses a changed config)")
     declare_io(p, inputs=("config",))
 
     def run(args) -> int:
@@ -23,7 +28,7 @@ def register(subparsers) -> None:
         from phi1.train.trainer import train
 
         cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, new_run=args.new_run)
         if int(os.environ.get("RANK", "0")) == 0:
             last = result["last"]
             loss = f"{last['loss']:.4f}" if "loss" in last else "n/a"

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from phi1.errors import Phi1Error
 from phi1.utils.io import JsonlAppender, atomic_write, read_jsonl, write_jsonl
+from phi1.utils.safety import describe_oserror
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, from the vendors' datasheets (no sparsity).
 PEAK_BF16_FLOPS = (
@@ -61,13 +63,16 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            # Records past the checkpoint came from the interrupted attempt; they are redone.
-            keep = [r for r in read_jsonl(self.path, strict=False) if r.get("step", 0) <= resume_step]
-            write_jsonl(self.path, keep)
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-        self.out = JsonlAppender(self.path, sync=False)
+        try:
+            if resume_step is not None and self.path.exists():
+                # Records past the checkpoint came from the interrupted attempt; they are redone.
+                keep = [r for r in read_jsonl(self.path, strict=False) if r.get("step", 0) <= resume_step]
+                write_jsonl(self.path, keep)
+            elif resume_step is None and self.path.exists():
+                self.path.unlink()
+            self.out = JsonlAppender(self.path, sync=False)
+        except OSError as exc:
+            raise self._error(exc) from None
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -76,8 +81,15 @@ class MetricsLog:
         except ImportError:
             pass
 
+    def _error(self, exc: OSError, path: Path | None = None) -> Phi1Error:
+        return Phi1Error(f"{path or self.path}: cannot write training metrics: {describe_oserror(exc)}; "
+                         "the checkpoints are intact: rerun the same command to resume")
+
     def write(self, record: dict) -> None:
-        self.out.write(record)
+        try:
+            self.out.write(record)
+        except OSError as exc:
+            raise self._error(exc) from None
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -122,7 +134,11 @@ class MetricsLog:
         ax.grid(alpha=0.3)
         ax.legend()
         out = self.run_dir / "loss.png"
-        with atomic_write(out, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        try:
+            with atomic_write(out, "wb") as fh:
+                fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+        except OSError as exc:
+            raise self._error(exc, out) from None
+        finally:
+            plt.close(fig)
         return out

@@ -12,6 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from phi1.data.loader import Source, WindowSampler
@@ -79,7 +80,10 @@ def build_model(cfg: TrainConfig, mcfg: PhiConfig, ckpt: Path | None) -> PhiForC
     overrides = dropout_overrides(cfg)
     if ckpt is not None:
         check_checkpoint_shape(ckpt, mcfg)
-        return load_model_dir(ckpt / "model", dtype=torch.float32, **overrides)
+        try:
+            return load_model_dir(ckpt / "model", dtype=torch.float32, **overrides)
+        except Phi1Error as exc:  # a damaged checkpoint: say how to go on from an earlier one
+            raise Phi1Error(f"{exc}; to resume from an earlier checkpoint delete {ckpt}") from None
     if Path(cfg.model.init).is_dir():
         return load_model_dir(cfg.model.init, dtype=torch.float32, **overrides)
     torch.manual_seed(cfg.run.seed)
@@ -94,18 +98,61 @@ def _check_fingerprint(path: str, tokenizer) -> None:
                         f"is {tokenizer.fingerprint()}; re-pack with --tokenizer of the model")
 
 
-def build_data(cfg: TrainConfig, tokenizer) -> tuple[WindowSampler, WindowSampler | None]:
-    """Train sampler (required, non-empty) and val sampler (None when no val tokens exist)."""
+def _check_manifest_vocab(path: str, vocab_size: int) -> None:
+    m = read_manifest(path)
+    n = (m.get("tokenizer") or {}).get("vocab_size")
+    if isinstance(n, int) and n > vocab_size:
+        raise Phi1Error(f"{Path(path) / MANIFEST}: shards were made with a {n}-token vocabulary, more than the "
+                        f"model's vocab_size {vocab_size}; re-pack with the model's tokenizer "
+                        "(`phi1 data pack --tokenizer MODEL_TOKENIZER ...`)")
+
+
+def check_token_ids(sampler: WindowSampler, vocab_size: int) -> None:
+    """Every id in every shard of the sampler is < vocab_size (one max over each memory map).
+
+    An id outside the vocabulary would otherwise fail deep in the embedding lookup (an index
+    error on CPU, a device-side assert on CUDA); here it names the shard.
+    """
+    for stream in sampler.streams:
+        shards = stream.shards
+        entries = ((shards.manifest.get("splits") or {}).get(shards.split) or {}).get("shards") or []
+        for i, arr in enumerate(shards.arrays):
+            if len(arr) == 0:
+                continue
+            top = int(np.max(arr))
+            if top >= vocab_size:
+                name = entries[i]["file"] if i < len(entries) else f"{shards.split} shard {i}"
+                bad = int(np.argmax(np.asarray(arr) >= vocab_size)) if len(arr) <= 1 << 24 else None
+                where = f" (first at token {bad})" if bad is not None else ""
+                raise Phi1Error(f"{Path(shards.root) / name}: token id {top}{where} is outside the model's vocabulary "
+                                f"of {vocab_size} ids; the shard is damaged or was packed with another tokenizer: "
+                                "re-pack the data with the model's tokenizer (`phi1 data pack --tokenizer ...`)")
+
+
+def build_data(cfg: TrainConfig, tokenizer,
+               vocab_size: int | None = None) -> tuple[WindowSampler, WindowSampler | None]:
+    """Train sampler (required, non-empty) and val sampler (None when no val tokens exist).
+
+    With `vocab_size` (the model's), every shard is checked for token ids outside it.
+    """
     d = cfg.data
     for src in d.train + d.val:
         _check_fingerprint(src.path, tokenizer)
+        if vocab_size is not None:
+            _check_manifest_vocab(src.path, vocab_size)
     train = WindowSampler([Source(s.path, s.weight) for s in d.train], "train", d.seq_len, cfg.run.seed)
     if d.val:
-        return train, WindowSampler([Source(s.path, s.weight) for s in d.val], "val", d.seq_len, cfg.run.seed)
-    try:
-        return train, WindowSampler([Source(s.path, s.weight) for s in d.train], "val", d.seq_len, cfg.run.seed)
-    except Phi1Error:  # train dirs packed without --val-fraction: no validation loss
-        return train, None
+        val = WindowSampler([Source(s.path, s.weight) for s in d.val], "val", d.seq_len, cfg.run.seed)
+    else:
+        try:
+            val = WindowSampler([Source(s.path, s.weight) for s in d.train], "val", d.seq_len, cfg.run.seed)
+        except Phi1Error:  # train dirs packed without --val-fraction: no validation loss
+            val = None
+    if vocab_size is not None:
+        for sampler in (train, val):
+            if sampler is not None:
+                check_token_ids(sampler, vocab_size)
+    return train, val
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

@@ -20,7 +20,7 @@ import yaml
 
 from phi1.errors import Phi1Error
 from phi1.train import checkpoint as ckpt_io
-from phi1.train import setup
+from phi1.train import rundir, setup
 from phi1.train.config import TrainConfig
 from phi1.train.distributed import (World, all_reduce_mean, barrier, broadcast_object, close_world, grad_sync,
                                     init_world, prepare_model, unwrap)
@@ -28,6 +28,7 @@ from phi1.train.metrics import MetricsLog, memory_stats, peak_flops
 from phi1.train.schedule import lr_at
 from phi1.utils.io import atomic_write_text
 from phi1.utils.progress import progress
+from phi1.utils.safety import describe_oserror
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EvalCallback = Callable[[torch.nn.Module, object], dict]
@@ -47,12 +48,29 @@ class Trainer:
     """Builds everything from a TrainConfig (checking inputs first), then `fit()` runs it."""
 
     def __init__(self, cfg: TrainConfig, world: World, resume: bool = False,
-                 eval_callback: EvalCallback | None = None):
+                 eval_callback: EvalCallback | None = None, new_run: bool = False):
+        self.lock = None
+        try:
+            self._build(cfg, world, resume, eval_callback, new_run)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Drop the run directory's lock (the kernel does it too if the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, cfg: TrainConfig, world: World, resume: bool, eval_callback: EvalCallback | None,
+               new_run: bool) -> None:
         self.cfg, self.world = cfg, world
-        self.run_dir = cfg.run_dir
         self.tokenizer = setup.load_tokenizer_for(cfg)
         mcfg = setup.initial_model_config(cfg, self.tokenizer)
-        self.train_data, self.val_data = setup.build_data(cfg, self.tokenizer)
+        # Before anything is written: one writer per run directory, never a foreign directory.
+        self.lock = rundir.take_run_dir(cfg, world, new_run=new_run, resume=resume)
+        self.run_dir = cfg.run_dir
+        self.train_data, self.val_data = setup.build_data(cfg, self.tokenizer, mcfg.vocab_size)
         self.accum = setup.accumulation_steps(cfg, world.size)
         self.max_steps = setup.total_steps(cfg)
         self.callback = eval_callback or setup.load_callback(cfg)
@@ -66,6 +84,11 @@ class Trainer:
         if resume and ckpt is None:
             raise Phi1Error(f"{self.run_dir}: --resume given but there is no checkpoint to resume from")
         self.resume_from = ckpt
+        state = trainer = None
+        if ckpt is not None:
+            setup.check_checkpoint_shape(ckpt, mcfg)
+            state, trainer = ckpt_io.load_state(ckpt)
+        rundir.check_config_unchanged(cfg, self.run_dir, (state or {}).get("config"))
         model = setup.build_model(cfg, mcfg, ckpt).to(world.device)
         self.flops_per_token = model.flops_per_token(cfg.data.seq_len)
         self.model = prepare_model(model, world, activation_checkpointing=cfg.train.activation_checkpointing,
@@ -76,18 +99,26 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(world.device.type) if prec == "fp16" else None
         self.step, self.samples, self.best = 0, 0, None
         if ckpt is not None:
-            state, trainer = ckpt_io.load_state(ckpt)
-            ckpt_io.restore_optimizer(self.model, self.optimizer, trainer["optimizer"], world)
-            if self.scaler is not None and trainer.get("scaler"):
-                self.scaler.load_state_dict(trainer["scaler"])
-            ckpt_io.set_rng_state(trainer["rng"])
+            try:
+                ckpt_io.restore_optimizer(self.model, self.optimizer, trainer["optimizer"], world)
+                if self.scaler is not None and trainer.get("scaler"):
+                    self.scaler.load_state_dict(trainer["scaler"])
+                ckpt_io.set_rng_state(trainer["rng"])
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise Phi1Error(f"{ckpt / 'trainer.pt'}: the training state does not fit this run "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); delete {ckpt} to resume "
+                                "from an earlier checkpoint (or use a new run.name to start over)") from None
             self.step, self.samples = state["step"], state["samples"]
         best = ckpt_io.read_best(ckpt_io.checkpoints_dir(self.run_dir))
         self.best = best["value"] if best and best.get("metric") == e.best_metric else None
         self.log = MetricsLog(self.run_dir, self.step if ckpt else None) if world.is_main else None
         self.peak = peak_flops(world.device)
         if world.is_main:
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            f = self.run_dir / "config.yaml"
+            try:
+                atomic_write_text(f, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            except OSError as exc:
+                raise Phi1Error(f"{f}: cannot write the run's config: {describe_oserror(exc)}") from None
 
     # ---- pieces ----------------------------------------------------------------------------------
     def autocast(self):
@@ -231,13 +262,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, resume: bool = False, eval_callback: EvalCallback | None = None) -> dict:
-    """Run (or resume) training as configured; joins the torchrun process group when launched by it."""
+def train(cfg: TrainConfig, resume: bool = False, eval_callback: EvalCallback | None = None,
+          new_run: bool = False) -> dict:
+    """Run (or resume) training as configured; joins the torchrun process group when launched by it.
+
+    The run directory is locked for the whole run (a second writer fails at once). A rerun
+    resumes from the latest checkpoint; a changed config is refused unless `new_run`, which
+    starts a fresh run in a new sibling directory (`NAME-2`, ...) when NAME already holds one.
+    """
     world = init_world(cfg.run.device, cfg.distributed.strategy, cfg.distributed.backend)
+    trainer = None
     try:
         seed_everything(cfg.run.seed)
-        result = Trainer(cfg, world, resume=resume, eval_callback=eval_callback).fit()
+        trainer = Trainer(cfg, world, resume=resume, eval_callback=eval_callback, new_run=new_run)
+        result = trainer.fit()
         barrier(world)  # no rank tears gloo down while another still talks to it (aborts at exit otherwise)
         return result
     finally:
+        if trainer is not None:
+            trainer.release()
         close_world(world)

@@ -96,12 +96,20 @@ def read_yaml_mapping(path, what: str = "config") -> dict:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give the {what} YAML file")
     if not p.is_file():
         raise ConfigError(f"{p}: {what} file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start}); give the {what} YAML file") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: malformed YAML ({exc})") from None
+        raise ConfigError(f"{p}: malformed YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        raise ConfigError(f"{p}: the {what} file is empty; expected a YAML mapping of {what} fields")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of {what} fields at the top level")
     return data

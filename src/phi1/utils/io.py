@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -54,32 +55,45 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
         fh.write("\n")
 
 
-def read_jsonl(path: str | os.PathLike, *, strict: bool = True) -> Iterator[dict]:
+def read_jsonl(path: str | os.PathLike, *, strict: bool = True, skip_flag: str | None = None,
+               counts: dict | None = None) -> Iterator[dict]:
     """Yield one dict per non-empty line.
 
-    With strict=True a malformed line raises a Phi1Error naming file and line;
-    with strict=False it is skipped (callers count skips via `read_jsonl_counted`).
+    Lines are read as bytes and decoded strictly (a bad byte is never replaced silently).
+    With strict=True a line that is not UTF-8, not JSON or not an object raises a Phi1Error
+    naming file and line; the message names `skip_flag` (e.g. "--skip-bad-lines") only when
+    the caller's command has such a flag. With strict=False bad lines are skipped and, when
+    `counts` is given, counted there under `bad_utf8` / `bad_json`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise Phi1Error(f"{path}: is a directory; give a JSONL file")
     if not path.exists():
         raise Phi1Error(f"{path}: file not found")
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
+    fix = f"fix the line or pass {skip_flag} to skip and count such lines" if skip_flag else "fix the line"
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            raw = raw.strip()
+            if not raw:
                 continue
+            kind, why = "bad_json", None
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                kind, why = "bad_utf8", f"not valid UTF-8 (byte 0x{raw[exc.start:exc.start + 1].hex()} at column {exc.start + 1})"
+            else:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    why = f"malformed JSON ({exc.msg})"
+                else:
+                    if not isinstance(obj, dict):
+                        why = f"expected a JSON object, got {type(obj).__name__}"
+            if why is not None:
                 if strict:
-                    raise Phi1Error(
-                        f"{path}:{lineno}: malformed JSON ({exc.msg}); fix the line or "
-                        "pass the flag that skips bad lines"
-                    ) from None
-                continue
-            if not isinstance(obj, dict):
-                if strict:
-                    raise Phi1Error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                    raise Phi1Error(f"{path}:{lineno}: {why}; {fix}") from None
+                if counts is not None:
+                    counts[kind] = counts.get(kind, 0) + 1
                 continue
             yield obj
 
@@ -99,7 +113,7 @@ class JsonlAppender:
     """Append records to a JSONL file so that a crash never leaves a torn line.
 
     On open, a trailing partial line (from a crash mid-write) is truncated away.
-    Each record is written with one os.write call and fsynced when `sync` is set.
+    Each record is appended whole (a short write is cut back) and fsynced when `sync` is set.
     """
 
     def __init__(self, path: str | os.PathLike, sync: bool = True):
@@ -110,10 +124,29 @@ class JsonlAppender:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict) -> None:
+        """Append one line whole or not at all: after a short write (a full disk) the file is cut
+        back to where the record started, and the OSError names the file."""
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        os.write(self.fd, data)
-        if self.sync:
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
+            if self.sync:
+                os.fsync(self.fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)  # else the next open cuts the torn tail off
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+
+    def fsync(self) -> None:
+        try:
             os.fsync(self.fd)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def close(self) -> None:
         if self.fd >= 0:

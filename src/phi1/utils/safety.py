@@ -203,8 +203,13 @@ class OutputLock:
                 f"{self.target}: this {self.what} is in use by another phi1 process (pid {holder}); "
                 "wait for it to finish or stop it, then rerun"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise Phi1Error(f"{self.lock_path}: cannot write the lock file: {describe_oserror(exc)}") from None
         self.fd = fd
         if self.is_dir:
             clean_stale_temps(self.target)
