@@ -11,12 +11,20 @@ are trimmed on the host.
 Sequences talk to the outside world only through their `sink(event)` callback,
 called from the engine thread with `Delta` events (text appended since the
 last event; the last one carries `finish_reason`) or one `Failed` event.
+
+One sequence never breaks another: bad sampling parameters, a fault while
+setting a sequence up, prefilling it (a failed prefill batch is retried one
+sequence at a time), sampling its row, turning its tokens into text or
+delivering its events fail that sequence alone. Only a failure of the batched
+decode step itself (the model's forward pass, e.g. a device error), which no
+one row can be blamed for, fails every running sequence.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +72,8 @@ class Sequence:
         self.slot: int | None = None
         self.generator: torch.Generator | None = None
         self.stream: TextStream | None = None
+        self.fault: str | None = None  # set by the engine when this row failed mid-interval
+        self.done = False  # its last event (a finishing Delta or Failed) has been sent
 
     @property
     def sampling(self) -> bool:
@@ -107,6 +117,24 @@ class EngineMetrics:
             "active_sequences": active,
             "waiting_sequences": waiting,
         }
+
+
+INT64_MAX = 2**63 - 1
+
+
+def check_params(p: SeqParams) -> None:
+    """Raise ValueError unless `p` is something the engine can run (the server checks this at the edge)."""
+    if not isinstance(p.max_new_tokens, int) or p.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens {p.max_new_tokens!r}: must be an integer >= 1")
+    if not math.isfinite(p.temperature) or p.temperature < 0:
+        raise ValueError(f"temperature {p.temperature!r}: must be a finite number >= 0")
+    if not math.isfinite(p.top_p) or not 0 < p.top_p <= 1:
+        raise ValueError(f"top_p {p.top_p!r}: must be in (0, 1]")
+    if not isinstance(p.top_k, int) or not 0 <= p.top_k <= INT64_MAX:
+        raise ValueError(f"top_k {p.top_k!r}: must be an integer from 0 (off) to 2**63-1")
+    # torch.Generator.manual_seed takes [-2**63, 2**64).
+    if p.seed is not None and (not isinstance(p.seed, int) or not -(2**63) <= p.seed < 2**64):
+        raise ValueError(f"seed {p.seed!r}: must be an integer in [-2**63, 2**64)")
 
 
 class Engine:
@@ -189,11 +217,14 @@ class Engine:
                         self._admit(admitted)
                     if any(self.slots):
                         self._decode_interval()
-                except Exception as exc:  # a bug or device error: fail what is running, keep serving
+                except Exception as exc:  # the batched step (device error) or a bug: fail what runs, keep serving
                     log.exception("engine step failed")
-                    self._fail_all(f"internal error while decoding: {type(exc).__name__}: {exc}")
+                    message = f"internal error while decoding: {type(exc).__name__}: {exc}"
+                    self._fail_all(message)
+                    for s in admitted:  # taken from the queue but never placed: they must hear too
+                        self._fail(s, message)
         for s in list(self._waiting) + [s for s in self.slots if s is not None]:
-            s.sink(Failed("server is shutting down"))
+            self._fail(s, "server is shutting down")
 
     def _take_waiting(self) -> list[Sequence]:
         free = [i for i, s in enumerate(self.slots) if s is None]
@@ -208,29 +239,55 @@ class Engine:
         return taken
 
     def _admit(self, seqs: list[Sequence]) -> None:
+        ready = []
         for s in seqs:
-            self.slots[s.slot] = s
-            self.live[s.slot] = 1
-            p = s.params
-            # Room for the completion is bounded by the context (as generate() does).
-            p.max_new_tokens = max(1, min(p.max_new_tokens, self.ctx - len(s.prompt_ids)))
-            self.temperature[s.slot] = p.temperature
-            self.top_k[s.slot] = p.top_k
-            self.top_p[s.slot] = p.top_p
-            if p.seed is not None and s.sampling:
-                s.generator = torch.Generator(device=self.dev)
-                s.generator.manual_seed(int(p.seed))
-            s.stream = TextStream(self.tokenizer, p.stop)
-            self.metrics.prompt_tokens += len(s.prompt_ids)
+            try:
+                self._setup(s)
+            except Exception as exc:  # this sequence's parameters or state: it alone fails
+                log.warning("could not start a sequence: %s: %s", type(exc).__name__, exc)
+                self._fail(s, f"could not start this sequence: {type(exc).__name__}: {exc}")
+            else:
+                ready.append(s)
         # Prefill runs of consecutive slots together (one batch per run).
-        seqs = sorted(seqs, key=lambda s: s.slot)
+        ready.sort(key=lambda s: s.slot)
         run: list[Sequence] = []
-        for s in seqs + [None]:
+        for s in ready + [None]:
             if run and (s is None or s.slot != run[-1].slot + 1):
-                self._prefill_run(run)
+                self._prefill_isolated(run)
                 run = []
             if s is not None:
                 run.append(s)
+
+    def _setup(self, s: Sequence) -> None:
+        self.slots[s.slot] = s
+        self.live[s.slot] = 1
+        p = s.params
+        check_params(p)
+        # Room for the completion is bounded by the context (as generate() does).
+        p.max_new_tokens = max(1, min(p.max_new_tokens, self.ctx - len(s.prompt_ids)))
+        self.temperature[s.slot] = p.temperature
+        self.top_k[s.slot] = p.top_k
+        self.top_p[s.slot] = p.top_p
+        if p.seed is not None and s.sampling:
+            s.generator = torch.Generator(device=self.dev)
+            s.generator.manual_seed(int(p.seed))
+        s.stream = TextStream(self.tokenizer, p.stop)
+        self.metrics.prompt_tokens += len(s.prompt_ids)
+
+    def _prefill_isolated(self, run: list[Sequence]) -> None:
+        """Prefill a run; if the batch fails, prefill its sequences one by one so only the culprit fails."""
+        try:
+            self._prefill_run(run)
+            return
+        except Exception as exc:
+            if len(run) == 1:
+                log.warning("prefill failed for one sequence: %s: %s", type(exc).__name__, exc)
+                self._fail(run[0], f"internal error while reading the prompt: {type(exc).__name__}: {exc}")
+                return
+            log.warning("prefill of %d sequences failed (%s: %s); retrying them one by one",
+                        len(run), type(exc).__name__, exc)
+        for s in run:
+            self._prefill_isolated([s])
 
     def _prefill_run(self, run: list[Sequence]) -> None:
         start = run[0].slot
@@ -240,20 +297,38 @@ class Engine:
         self.next_tok[rows] = first
         self.pos[rows] = torch.tensor([len(s.prompt_ids) for s in run], device=self.dev)
         self.metrics.prefill_batches += 1
+        for s in run:
+            if s.fault is not None:
+                self._fail(s, s.fault)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence | None], rows: slice) -> torch.Tensor:
+        """Next token per row. A row whose sampling fails gets `fault` set (and a greedy token) instead of
+        failing its neighbours; the caller fails it at the end of the step or interval."""
         live = [s for s in seqs if s is not None]
         if not any(s.sampling for s in live):
             return logits.argmax(dim=-1)
-        out = sample_next(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows], None,
-                          any_sampling=True)
+        temperature, top_k, top_p = self.temperature[rows], self.top_k[rows], self.top_p[rows]
+        try:
+            out = sample_next(logits, temperature, top_k, top_p, None, any_sampling=True)
+        except Exception:
+            # Find the row(s) at fault: sample the unseeded sampling rows one at a time.
+            out = logits.argmax(dim=-1)
+            for i, s in enumerate(seqs):
+                if s is not None and s.sampling and s.generator is None and s.fault is None:
+                    self._sample_row(out, i, s, logits, temperature, top_k, top_p, None)
         # A seeded request draws from its own generator so its output does not depend on its neighbours.
         for i, s in enumerate(seqs):
-            if s is not None and s.generator is not None:
-                r = slice(i, i + 1)
-                out[i] = sample_next(logits[r], self.temperature[rows][r], self.top_k[rows][r],
-                                     self.top_p[rows][r], s.generator, any_sampling=True)[0]
+            if s is not None and s.generator is not None and s.fault is None:
+                self._sample_row(out, i, s, logits, temperature, top_k, top_p, s.generator)
         return out
+
+    def _sample_row(self, out, i, s, logits, temperature, top_k, top_p, generator) -> None:
+        r = slice(i, i + 1)
+        try:
+            out[i] = sample_next(logits[r], temperature[r], top_k[r], top_p[r], generator, any_sampling=True)[0]
+        except Exception as exc:
+            log.warning("sampling failed for one sequence: %s: %s", type(exc).__name__, exc)
+            s.fault = f"internal error while sampling: {type(exc).__name__}: {exc}"
 
     def _decode_interval(self) -> None:
         live = [s for s in self.slots if s is not None]
@@ -282,22 +357,50 @@ class Engine:
         m.batch_size_steps[len(live)] = m.batch_size_steps.get(len(live), 0) + n_steps
         m.max_batch_occupancy = max(m.max_batch_occupancy, len(live))
         for s in live:
-            self._accept(s, toks[s.slot])
+            if s.fault is not None:
+                self._fail(s, s.fault)
+            else:
+                self._accept(s, toks[s.slot])
 
     def _accept(self, s: Sequence, toks: list[int]) -> None:
         if s.cancelled:
             self._free(s)
             self.metrics.sequences_cancelled += 1
             return
-        before = s.stream.n_tokens
-        delta = s.stream.push(toks, self.eos_id, s.params.max_new_tokens)
-        self.metrics.tokens_generated += s.stream.n_tokens - before
+        try:
+            before = s.stream.n_tokens
+            delta = s.stream.push(toks, self.eos_id, s.params.max_new_tokens)
+            self.metrics.tokens_generated += s.stream.n_tokens - before
+        except Exception as exc:  # detokenizing / stop matching for this sequence: it alone fails
+            log.warning("decoding text failed for one sequence: %s: %s", type(exc).__name__, exc)
+            self._fail(s, f"internal error while decoding text: {type(exc).__name__}: {exc}")
+            return
         if s.stream.finish_reason is not None:
             self._free(s)
             self.metrics.sequences_finished += 1
-            s.sink(Delta(delta, s.stream.n_tokens, s.stream.finish_reason))
-        elif delta:
-            s.sink(Delta(delta, s.stream.n_tokens))
+            s.done = True
+            self._send(s, Delta(delta, s.stream.n_tokens, s.stream.finish_reason))
+        elif delta and not self._send(s, Delta(delta, s.stream.n_tokens)):
+            self._fail(s, "could not deliver this sequence's output")
+
+    def _send(self, s: Sequence, event) -> bool:
+        """Hand one event to a sequence's sink; a sink that raises hurts only its own sequence."""
+        try:
+            s.sink(event)
+            return True
+        except Exception:
+            log.exception("a sequence's event sink failed")
+            return False
+
+    def _fail(self, s: Sequence, message: str) -> None:
+        """End one sequence with a Failed event (once; a finished sequence is left alone)."""
+        if s.done:
+            return
+        s.done = True
+        if s.slot is not None and self.slots[s.slot] is s:
+            self._free(s)
+        self.metrics.sequences_failed += 1
+        self._send(s, Failed(message))
 
     def _free(self, s: Sequence) -> None:
         self.slots[s.slot] = None
@@ -316,6 +419,4 @@ class Engine:
     def _fail_all(self, message: str) -> None:
         for s in self.slots:
             if s is not None:
-                self._free(s)
-                self.metrics.sequences_failed += 1
-                s.sink(Failed(message))
+                self._fail(s, message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Literal
@@ -14,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 # generation stops at the next "\n### " so the model does not write the user's next turn.
 CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 CHAT_STOP = "\n### "
+
+# Ranges checked at the HTTP edge, so nothing out of range reaches the engine (see docs/infer.md).
+INT32_MAX = 2**31 - 1
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, as OpenAI documents; choice j uses seed + j
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1024
 
 
 class APIError(Exception):
@@ -29,8 +36,9 @@ class APIError(Exception):
 
 
 class _Strict(BaseModel):
-    # Unknown fields and wrong JSON types are errors, not silently ignored or coerced.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Unknown fields and wrong JSON types are errors, not silently ignored or coerced; NaN and
+    # Infinity (which Python's json accepts) are not numbers here.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(_Strict):
@@ -39,13 +47,13 @@ class StreamOptions(_Strict):
 
 class _Common(_Strict):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)  # and at most the server's limit
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=-1)  # 0 or -1: off
+    top_k: int = Field(default=0, ge=-1, le=INT32_MAX)  # 0 or -1: off
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1)
-    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=INT32_MAX)  # and prompts x n at most the server's --max-n
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -54,15 +62,19 @@ class _Common(_Strict):
         if self.stop is None:
             return []
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        if len(stops) > 16:
-            raise APIError(400, f"stop: {len(stops)} stop strings; at most 16 are allowed", "stop")
+        if len(stops) > MAX_STOP_STRINGS:
+            raise APIError(400, f"stop: {len(stops)} stop strings; at most {MAX_STOP_STRINGS} are allowed", "stop")
+        for s in stops:
+            if len(s) > MAX_STOP_CHARS:
+                raise APIError(400, f"stop: a stop string of {len(s)} characters; at most {MAX_STOP_CHARS} are "
+                                    "allowed", "stop")
         return [s for s in stops if s]
 
 
 class CompletionRequest(_Common):
     prompt: str | list[str]
     echo: bool = False
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)  # OpenAI's default for completions
 
 
 class ChatMessage(_Strict):
@@ -75,28 +87,82 @@ class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
+# A \uD800-\uDFFF escape in the raw body: the only way a lone surrogate (not valid Unicode text, so
+# nothing downstream can encode it) gets into a decoded string. Valid pairs match too; the walk decides.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_request(raw: bytes, schema: type[_Strict]) -> _Strict:
-    """Decode and validate a JSON body, raising APIError(400) that names the offending field."""
+    """Decode and validate a JSON body (UTF-8, as RFC 8259 requires), raising APIError(400) that names
+    the offending field."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+        text = raw.decode("utf-8")
+        data = json.loads(text)
+    except RecursionError:
+        raise APIError(400, "request body is not valid JSON here: it is nested too deeply", None,
+                       "invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise APIError(400, f"request body is not valid JSON: {_clip(str(exc), 200)}", None,
+                       "invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", None, "invalid_json")
+    if _SURROGATE_ESCAPE.search(text):
+        _reject_lone_surrogates(data)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "json-or-python")))
+        loc = _clip(loc, 80)
         kind = err["type"]
         if kind == "extra_forbidden":
             msg = f"{loc}: unknown field; this server accepts {sorted(schema.model_fields)}"
         elif kind == "missing":
             msg = f"{loc}: required field is missing"
         else:
-            msg = f"{loc}: {err['msg']} (got {json.dumps(err.get('input'))[:80]})"
-        return_param = str(err["loc"][0]) if err["loc"] else None
+            msg = f"{loc}: {err['msg']} (got {_show(err.get('input'))})"
+        return_param = _clip(str(err["loc"][0]), 80) if err["loc"] else None
         raise APIError(400, msg, return_param, kind) from None
+
+
+def _reject_lone_surrogates(data: dict) -> None:
+    """APIError(400) naming the top-level field whose text (or key) holds an unpaired UTF-16 surrogate."""
+    for field, value in data.items():
+        stack = [field, value]
+        while stack:  # iterative: the body may be deeply nested
+            v = stack.pop()
+            if isinstance(v, str):
+                if _SURROGATE.search(v):
+                    name = _clip(_SURROGATE.sub("?", field), 80)
+                    raise APIError(400, f"{name}: contains an unpaired UTF-16 surrogate escape (like \\ud800), "
+                                        "which is not valid Unicode text", name, "invalid_unicode")
+            elif isinstance(v, dict):
+                stack.extend(v.keys())
+                stack.extend(v.values())
+            elif isinstance(v, list):
+                stack.extend(v)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _show(v) -> str:
+    """A short, always-printable rendering of a bad input value for an error message."""
+    if isinstance(v, str):
+        return json.dumps(_clip(v, 60))
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, int):
+        return str(v) if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
+    if isinstance(v, float):
+        return json.dumps(v)  # NaN, Infinity as JSON-ish words
+    if isinstance(v, list):
+        return f"a list of {len(v)} items"
+    if isinstance(v, dict):
+        return f"an object with {len(v)} fields"
+    return type(v).__name__
 
 
 def render_chat(messages: list[ChatMessage]) -> str:

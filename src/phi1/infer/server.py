@@ -2,27 +2,35 @@
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions
 (both with `stream: true` as server-sent events ending in `data: [DONE]`), GET /metrics.
-Request handlers run on the event loop and only validate, enqueue and relay:
-the model belongs to the engine thread.
+Request handlers run on the event loop and only read the body (capped), enqueue and relay;
+parsing, validation and tokenization run in a worker thread, and the model belongs to the
+engine thread, so one request's size or content never stalls another's.
+Every error is answered as OpenAI-shaped JSON (protocol.APIError).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
+import json
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import Request  # at module level: FastAPI resolves handler annotations from module globals
 
 from phi1.errors import Phi1Error
-from phi1.infer.engine import Delta, Engine, Failed, SeqParams, Sequence
 from phi1.infer.protocol import (CHAT_STOP, APIError, ChatRequest, CompletionRequest, new_id, now,
                                  parse_request, render_chat, sse, usage)
+
+if TYPE_CHECKING:  # torch comes with the engine: imported when the model loads, after the port is bound
+    from phi1.infer.engine import Engine, SeqParams, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,7 @@ class ServeConfig:
     max_batch_size: int = 8
     max_tokens_limit: int | None = None  # default: the model's context
     max_n: int = 16                     # choices per request (prompts x n)
+    max_body_mb: float = 8.0            # request bodies above this many MiB get 413
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
@@ -54,6 +63,8 @@ class ServeConfig:
             raise Phi1Error(f"--max-tokens-limit {self.max_tokens_limit}: must be at least 1")
         if self.max_n < 1:
             raise Phi1Error(f"--max-n {self.max_n}: must be at least 1")
+        if not 0 < self.max_body_mb <= 4096:
+            raise Phi1Error(f"--max-body-mb {self.max_body_mb}: must be above 0 and at most 4096")
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -65,11 +76,47 @@ class ServeConfig:
         return key
 
 
+def max_token_bytes(tokenizer) -> int | None:
+    """The most UTF-8 bytes of text any one token can stand for, when that bounds the token count of a
+    text from below (a byte-level BPE with no normalizer and no unknown token, like phi-1's): then
+    `tokens >= len(text) / max_token_bytes`. None when the tokenizer gives no such guarantee."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None:
+        return None
+    try:
+        spec = json.loads(backend.to_str())
+        model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+        if spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("unk_token") \
+                or decoder.get("type") != "ByteLevel":
+            return None
+        ids = sorted(backend.get_vocab(with_added_tokens=True).values())
+        texts = backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+        # An id that is part of a UTF-8 character decodes to U+FFFD (3 bytes): an overestimate, still a bound.
+        return max(len(t.encode("utf-8", "surrogatepass")) for t in texts) or None
+    except Exception:  # an unusual tokenizer: just count tokens
+        log.debug("no character bound for this tokenizer", exc_info=True)
+        return None
+
+
+@dataclass
+class _Prepared:
+    """A validated request, tokenized (made in a worker thread)."""
+
+    req: object
+    encoded: list[list[int]]
+    params: SeqParams  # for choice 0 of each prompt; choice j adds j to the seed
+
+
 class _Server:
     def __init__(self, engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_key: str | None):
         self.engine, self.tok, self.model_id, self.cfg, self.api_key = engine, tokenizer, model_id, cfg, api_key
         self.ctx = engine.ctx
         self.max_tokens_limit = cfg.max_tokens_limit or self.ctx
+        self.max_body = int(cfg.max_body_mb * 2**20)
+        # A prompt longer than this many characters has at least ctx tokens, whatever it says: it is
+        # rejected before tokenizing (tokenizing costs time proportional to its length).
+        per_token = max_token_bytes(tokenizer)
+        self.max_prompt_chars = (self.ctx - 1) * per_token if per_token else None
         self.rejected = 0
 
     def check_auth(self, request) -> None:
@@ -83,11 +130,16 @@ class _Server:
 
     def check_model(self, name: str) -> None:
         if name not in (self.model_id, self.cfg.model_dir, str(Path(self.cfg.model_dir).resolve())):
-            raise APIError(404, f"model: {name!r} is not served here; this server serves {self.model_id!r}",
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise APIError(404, f"model: {shown!r} is not served here; this server serves {self.model_id!r}",
                            "model", "model_not_found")
 
-    def build(self, req, chat: bool) -> tuple[list[str], list[list[int]], list[Sequence], asyncio.Queue]:
-        """Validate a parsed request against the model and make its sequences (not yet submitted)."""
+    def prepare(self, raw: bytes, chat: bool) -> _Prepared:
+        """Parse, validate and tokenize one request body. Runs in a worker thread, never on the event loop;
+        raises APIError for anything the client got wrong, before the costly steps where it can."""
+        from phi1.infer.engine import SeqParams
+
+        req = parse_request(raw, ChatRequest if chat else CompletionRequest)
         self.check_model(req.model)
         if chat:
             prompts = [render_chat(req.messages)]
@@ -106,8 +158,14 @@ class _Server:
         if max_tokens > self.max_tokens_limit:
             raise APIError(400, f"max_tokens: {max_tokens} is above this server's limit of "
                                 f"{self.max_tokens_limit}", "max_tokens")
-        encoded = self.tok.encode_batch(prompts)
+        stop = req.stop_list() + ([CHAT_STOP] if chat else [])
         field = "messages" if chat else "prompt"
+        for text in prompts:
+            if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+                raise APIError(400, f"{field}: {len(text)} characters is more than the model's context of "
+                                    f"{self.ctx} tokens can hold (at most {self.max_prompt_chars} characters); "
+                                    "shorten it", field, "context_length_exceeded")
+        encoded = self.tok.encode_batch(prompts)  # releases the GIL while it works
         for ids in encoded:
             if not ids:
                 raise APIError(400, f"{field}: encodes to zero tokens; give some text", field)
@@ -115,21 +173,47 @@ class _Server:
                 raise APIError(400, f"{field}: {len(ids)} tokens, but the model's context is {self.ctx} "
                                     "(and the completion needs room); shorten it", field,
                                "context_length_exceeded")
-        stop = req.stop_list() + ([CHAT_STOP] if chat else [])
+        params = SeqParams(max_tokens, req.temperature, req.top_p, max(req.top_k, 0), tuple(stop), req.seed)
+        return _Prepared(req, encoded, params)
+
+    def sequences(self, prep: _Prepared) -> tuple[list[Sequence], asyncio.Queue]:
+        """Make a prepared request's sequences (not yet submitted); on the event loop."""
+        from phi1.infer.engine import SeqParams, Sequence
+
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        n, p = prep.req.n, prep.params
         seqs = []
-        for pi, ids in enumerate(encoded):
-            for j in range(req.n):
-                index = pi * req.n + j
-                params = SeqParams(max_tokens, req.temperature, req.top_p, max(req.top_k, 0), tuple(stop),
-                                   None if req.seed is None else req.seed + j)
+        for pi, ids in enumerate(prep.encoded):
+            for j in range(n):
+                index = pi * n + j
+                params = SeqParams(p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.stop,
+                                   None if p.seed is None else p.seed + j)
 
                 def sink(ev, index=index):
                     loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
 
                 seqs.append(Sequence(ids, params, sink))
-        return prompts, encoded, seqs, queue
+        return seqs, queue
+
+    async def read_body(self, request) -> bytes:
+        """The request body, or APIError(413) as soon as it is known to be over --max-body-mb
+        (the server discards the rest of an oversized upload without keeping it)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise self.too_large(int(declared))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise self.too_large(size, at_least=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def too_large(self, size: int, at_least: bool = False) -> APIError:
+        return APIError(413, f"request body: {'over ' if at_least else ''}{size} bytes is more than this "
+                             f"server's limit of {self.max_body} bytes (--max-body-mb {self.cfg.max_body_mb:g}); "
+                             "send a shorter prompt", None, "request_too_large")
 
 
 def create_app(engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_key: str | None = None):
@@ -159,6 +243,13 @@ def create_app(engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_k
                        "not_found" if exc.status_code == 404 else None)
         return JSONResponse(err.body(), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request, exc: Exception):
+        # A bug, not the client's fault; the traceback goes to the server log (Starlette re-raises it).
+        err = APIError(500, f"internal server error: {type(exc).__name__}: {str(exc)[:300]}", None,
+                       "internal_error", type="server_error")
+        return JSONResponse(err.body(), status_code=500)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_id}
@@ -178,12 +269,17 @@ def create_app(engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_k
         return snap
 
     async def handle(request: Request, chat: bool):
+        from starlette.concurrency import run_in_threadpool
+
         srv.check_auth(request)
-        req = parse_request(await request.body(), ChatRequest if chat else CompletionRequest)
-        prompts, encoded, seqs, queue = srv.build(req, chat)
+        raw = await srv.read_body(request)
+        prep = await run_in_threadpool(srv.prepare, raw, chat)
+        del raw
+        req = prep.req
+        seqs, queue = srv.sequences(prep)
         engine.submit(seqs)
         meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": model_id}
-        prompt_tokens = sum(len(ids) for ids in encoded)
+        prompt_tokens = sum(len(ids) for ids in prep.encoded)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_stream(engine, seqs, queue, meta, chat, prompt_tokens, include_usage),
@@ -211,6 +307,8 @@ def _choice(chat: bool, index: int, text: str, finish: str | None, stream: bool)
 
 async def _collect(engine, request, seqs, queue, meta, chat, prompt_tokens):
     from fastapi.responses import JSONResponse
+
+    from phi1.infer.engine import Failed
 
     n = len(seqs)
     texts, reasons, counts = [""] * n, [None] * n, [0] * n
@@ -241,6 +339,8 @@ async def _collect(engine, request, seqs, queue, meta, chat, prompt_tokens):
 
 
 async def _stream(engine, seqs, queue, meta, chat, prompt_tokens, include_usage):
+    from phi1.infer.engine import Delta, Failed
+
     n = len(seqs)
     obj = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": meta["id"], "object": obj, "created": meta["created"], "model": meta["model"]}
@@ -267,29 +367,73 @@ async def _stream(engine, seqs, queue, meta, chat, prompt_tokens, include_usage)
         if include_usage:
             yield sse({**head, "choices": [], "usage": usage(prompt_tokens, sum(counts))})
         yield sse("[DONE]")
+    except Exception as exc:  # the headers are sent: report it in the stream, as a decode failure is
+        log.exception("streaming a response failed")
+        yield sse({"error": APIError(500, f"internal server error: {type(exc).__name__}: {str(exc)[:300]}", None,
+                                     "internal_error", type="server_error").body()["error"]})
+        yield sse("[DONE]")
     finally:
         # Runs when the client disconnects too (the response task is cancelled): free the slots.
         if pending:
             engine.cancel(seqs)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind (not yet listen on) host:port, or raise Phi1Error saying why not (a port in use, ...)."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise Phi1Error(f"--host {host}: cannot resolve it ({exc.strerror}); give an IP address such as "
+                        "127.0.0.1") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does; not a port in use
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Phi1Error(f"--port {port}: {where} is already in use (another server?); stop it or pick "
+                            "another --port") from None
+        if exc.errno == errno.EACCES:
+            raise Phi1Error(f"--port {port}: not allowed to bind {where} (ports below 1024 need privileges); "
+                            "pick a port of 1024 or more") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise Phi1Error(f"--host {host}: not an address of this machine; use 127.0.0.1 or 0.0.0.0") from None
+        raise Phi1Error(f"--host {host} --port {port}: cannot bind {where}: {exc.strerror}") from None
+    return sock
+
+
 def serve(cfg: ServeConfig) -> None:
     """Load the model, start the engine and serve until interrupted."""
-    import uvicorn
-
-    from phi1.model import load_for_inference
-    from phi1.model.create import check_tokenizer_fits
-
     cfg.validate()
     api_key = cfg.api_key()
-    check_tokenizer_fits(cfg.model_dir)
-    model, tok = load_for_inference(cfg.model_dir, cfg.device, cfg.dtype)
-    engine = Engine(model, tok, max_batch=cfg.max_batch_size, compile=cfg.compile).start()
-    model_id = Path(cfg.model_dir).resolve().name
-    app = create_app(engine, tok, model_id, cfg, api_key)
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        log.warning("serving on %s without --api-key-env: anyone who can reach this port can use it", cfg.host)
-    print(f"phi1 serve: {model_id} on http://{cfg.host}:{cfg.port}/v1 (batch {cfg.max_batch_size}, "
-          f"{model.lm_head.weight.device}, {model.lm_head.weight.dtype}, auth {'on' if api_key else 'off'})",
-          file=sys.stderr, flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=5)
+    # Take the port before importing torch and loading the model (slow): a port in use is one error
+    # line, at once, and nothing can grab the port meanwhile. It only listens once uvicorn serves.
+    sock = bind_socket(cfg.host, cfg.port)
+    try:
+        import uvicorn
+
+        from phi1.infer.engine import Engine
+        from phi1.model import load_for_inference
+        from phi1.model.create import check_tokenizer_fits
+
+        check_tokenizer_fits(cfg.model_dir)
+        model, tok = load_for_inference(cfg.model_dir, cfg.device, cfg.dtype)
+        engine = Engine(model, tok, max_batch=cfg.max_batch_size, compile=cfg.compile).start()
+        model_id = Path(cfg.model_dir).resolve().name
+        app = create_app(engine, tok, model_id, cfg, api_key)
+        if cfg.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            log.warning("serving on %s without --api-key-env: anyone who can reach this port can use it",
+                        cfg.host)
+        port = sock.getsockname()[1]
+        print(f"phi1 serve: {model_id} on http://{cfg.host}:{port}/v1 (batch {cfg.max_batch_size}, "
+              f"{model.lm_head.weight.device}, {model.lm_head.weight.dtype}, auth {'on' if api_key else 'off'}, "
+              f"body limit {cfg.max_body_mb:g} MiB)", file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, host=cfg.host, port=port, log_level=cfg.log_level,
+                                timeout_graceful_shutdown=5)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down gracefully (as uvicorn.run)
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

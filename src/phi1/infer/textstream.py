@@ -32,10 +32,18 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
     """How many trailing characters to hold: a partial stop string or an incomplete character."""
     hold = 0
     for s in stop:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
+        # The longest k < len(s) with text ending in s[:k]: try only the tail positions where s[0]
+        # occurs, longest first (one slice per candidate, not one per k, so a long stop string is cheap).
+        m = min(len(s) - 1, len(text))
+        if m <= hold:
+            continue
+        tail = text[len(text) - m:]
+        i = tail.find(s[0])
+        while i >= 0 and m - i > hold:
+            if s.startswith(tail[i:]):
+                hold = m - i
                 break
+            i = tail.find(s[0], i + 1)
     n = len(text)
     while n - hold > 0 and text[n - hold - 1] == "\ufffd":
         hold += 1
