@@ -39,3 +39,11 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     init_model_dir("micro", tokenizer_dir, out, seed=0, max_position_embeddings=512)
     return out
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir):
+    """(model, tokenizer) of the tiny model, loaded in-process on CPU in float32."""
+    from phi1.model import load_for_inference
+
+    return load_for_inference(tiny_model_dir, device="cpu", dtype="float32")

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from serve_support import fail_decode_step
+from serve_support import Collector, fail_decode_step
 
-from phi1.infer.engine import Delta, Engine, Failed, SeqParams, Sequence
+from phi1.infer.engine import Engine, Failed, SeqParams, Sequence
 from phi1.infer.generate import generate
 from phi1.infer.textstream import TextStream
-from phi1.model import load_for_inference
 
 PROMPTS = ["def fibonacci(n):\n    ", "import json\n\nclass Encoder:", "x = [1, 2, 3]\nfor", "# sort a list\n",
            "from email import", "    return"]
 
 
-@pytest.fixture(scope="module")
-def local(tiny_model_dir):
-    return load_for_inference(tiny_model_dir, device="cpu", dtype="float32")
 
 
-class Collector:
-    """A sink that records one sequence's events and signals when it ends."""
-
-    def __init__(self):
-        self.events, self.done = [], threading.Event()
-
-    def __call__(self, ev):
-        self.events.append(ev)
-        if isinstance(ev, Failed) or ev.finish_reason is not None:
-            self.done.set()
-
-    @property
-    def text(self) -> str:
-        return "".join(e.text for e in self.events if isinstance(e, Delta))
 
 
 def _run(engine, tok, prompts, n, stagger=0.0, **kw):

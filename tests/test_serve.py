@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from serve_support import running_server
+from serve_support import alone, running_server
 
 openai = pytest.importorskip("openai")
 
@@ -35,19 +35,8 @@ def client(server):
     return openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def local(tiny_model_dir):
-    from phi1.model import load_for_inference
-
-    return load_for_inference(tiny_model_dir, device="cpu", dtype="float32")
 
 
-def _alone(local, prompt, n, **kw):
-    from phi1.infer.generate import generate
-
-    model, tok = local
-    [c] = generate(model, tok, [prompt], max_new_tokens=n, batch_size=1, **kw)
-    return c
 
 
 def _metrics(server) -> dict:
@@ -75,18 +64,18 @@ def test_completion_greedy_equals_generate(server, client, local):
     assert len(r.choices) == len(PROMPTS)
     tok = local[1]
     for i, prompt in enumerate(PROMPTS):
-        ref = _alone(local, prompt, 24)
+        ref = alone(local, prompt, 24)
         assert r.choices[i].index == i
         assert r.choices[i].text == ref.text, prompt
         assert r.choices[i].finish_reason == ref.finish_reason
-    ref_counts = [_alone(local, p, 24).completion_tokens for p in PROMPTS]
+    ref_counts = [alone(local, p, 24).completion_tokens for p in PROMPTS]
     assert r.usage.completion_tokens == sum(ref_counts)
     assert r.usage.prompt_tokens == sum(len(tok.encode(p)) for p in PROMPTS)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
 def test_streaming_completion(server, client, local):
-    ref = _alone(local, PROMPTS[1], 40)
+    ref = alone(local, PROMPTS[1], 40)
     chunks = list(client.completions.create(model=server["model"], prompt=PROMPTS[1], max_tokens=40,
                                             temperature=0, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -109,7 +98,7 @@ def test_chat_streaming_and_not(server, client, local):
     msgs = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "Add two numbers."}]
     prompt = render_chat([ChatMessage(**m) for m in msgs])
     assert prompt == "### System:\nYou write Python.\n\n### User:\nAdd two numbers.\n\n### Assistant:\n"
-    ref = _alone(local, prompt, 30, stop=[CHAT_STOP])
+    ref = alone(local, prompt, 30, stop=[CHAT_STOP])
     r = client.chat.completions.create(model=server["model"], messages=msgs, max_tokens=30, temperature=0)
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"
@@ -124,7 +113,7 @@ def test_chat_streaming_and_not(server, client, local):
 
 
 def test_stop_seed_and_n(server, client, local):
-    full = _alone(local, PROMPTS[0], 30)
+    full = alone(local, PROMPTS[0], 30)
     stop = full.text[6:9]
     r = client.completions.create(model=server["model"], prompt=PROMPTS[0], max_tokens=30, temperature=0,
                                   stop=stop)
@@ -134,8 +123,8 @@ def test_stop_seed_and_n(server, client, local):
     kw = dict(temperature=1.0, top_p=0.9, max_tokens=20)
     r = client.completions.create(model=server["model"], prompt=PROMPTS[2], n=2, seed=11,
                                   extra_body={"top_k": 50}, **kw)
-    ref0 = _alone(local, PROMPTS[2], 20, temperature=1.0, top_p=0.9, top_k=50, seed=11)
-    ref1 = _alone(local, PROMPTS[2], 20, temperature=1.0, top_p=0.9, top_k=50, seed=12)
+    ref0 = alone(local, PROMPTS[2], 20, temperature=1.0, top_p=0.9, top_k=50, seed=11)
+    ref1 = alone(local, PROMPTS[2], 20, temperature=1.0, top_p=0.9, top_k=50, seed=12)
     assert [c.text for c in r.choices] == [ref0.text, ref1.text]
     assert ref0.text != ref1.text
 
@@ -157,7 +146,7 @@ def test_concurrent_requests_are_batched(server, client, local):
     for t in threads:
         t.join(60)
     for i, p in enumerate(prompts):
-        assert results[i] == _alone(local, p, 32).text, p
+        assert results[i] == alone(local, p, 32).text, p
     after = _metrics(server)
     assert after["requests"] - before["requests"] == len(prompts)
     batched_steps = sum(v - before["batch_size_histogram"].get(k, 0)
@@ -217,7 +206,7 @@ def test_bad_json_chat_and_auth(server, client):
 def test_disconnect_mid_stream_cancels(server, client, local):
     prompt = PROMPTS[3]
     # No early EOS: the sequence would run hundreds of tokens (seconds here) unless cancelled.
-    assert _alone(local, prompt, 40).finish_reason == "length"
+    assert alone(local, prompt, 40).finish_reason == "length"
     before = _metrics(server)
     with httpx.Client(timeout=30) as h:
         with h.stream("POST", server["base"] + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
@@ -240,4 +229,4 @@ def test_disconnect_mid_stream_cancels(server, client, local):
     assert generated < 480
     # The server still answers, with the same output as before.
     r = client.completions.create(model=server["model"], prompt=PROMPTS[1], max_tokens=10, temperature=0)
-    assert r.choices[0].text == _alone(local, PROMPTS[1], 10).text
+    assert r.choices[0].text == alone(local, PROMPTS[1], 10).text

@@ -20,7 +20,7 @@ import time
 
 import httpx
 import pytest
-from serve_support import free_port, running_server
+from serve_support import Collector, alone, free_port, running_server
 
 pytest.importorskip("fastapi")
 
@@ -38,19 +38,8 @@ def server(tiny_model_dir, tmp_path_factory):
         yield {"base": base, "model": tiny_model_dir.name, "proc": proc, "log": log}
 
 
-@pytest.fixture(scope="module")
-def local(tiny_model_dir):
-    from phi1.model import load_for_inference
-
-    return load_for_inference(tiny_model_dir, device="cpu", dtype="float32")
 
 
-def _alone(local, prompt, n, **kw):
-    from phi1.infer.generate import generate
-
-    model, tok = local
-    [c] = generate(model, tok, [prompt], max_new_tokens=n, batch_size=1, **kw)
-    return c
 
 
 def _post(base, body=None, raw=None, path="/v1/completions", timeout=60, **kw):
@@ -160,10 +149,10 @@ def test_bad_fields_get_400_while_good_requests_run_on(server, local):
     assert max(t for _, t in answered) < stream_out["end"], "the good stream ended before the bad requests"
     assert stream_out["status"] == 200
     text, finals = _stream_text(stream_out["events"])
-    ref = _alone(local, prompt, n)
+    ref = alone(local, prompt, n)
     assert text == ref.text and finals == [ref.finish_reason]
     assert plain["r"].status_code == 200, plain["r"].text
-    assert plain["r"].json()["choices"][0]["text"] == _alone(local, PROMPTS[2], 120).text
+    assert plain["r"].json()["choices"][0]["text"] == alone(local, PROMPTS[2], 120).text
     after = _metrics(base)
     assert after["sequences_failed"] == before["sequences_failed"]  # none reached the engine
     assert after["requests"] - before["requests"] == 2
@@ -203,7 +192,7 @@ def test_lone_surrogate_in_chat_and_other_routes_are_json(server, local):
     # A correctly paired surrogate (an emoji) is fine, and the server still answers normally.
     r = _post(base, raw=b'{"model": "%s", "prompt": "\\ud83d\\ude00 x", "max_tokens": 3, "temperature": 0}'
                           % model.encode())
-    assert r.status_code == 200 and r.json()["choices"][0]["text"] == _alone(local, "\U0001f600 x", 3).text
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == alone(local, "\U0001f600 x", 3).text
 
 
 def _rss_mb(pid) -> float | None:
@@ -307,27 +296,13 @@ def test_character_bound_never_rejects_a_prompt_that_fits(local):
 
 # ---- faults inside the engine: one sequence fails, its neighbours finish --------------------------
 
-class _Collector:
-    def __init__(self):
-        self.events, self.done = [], threading.Event()
-
-    def __call__(self, ev):
-        from phi1.infer.engine import Failed
-
-        self.events.append(ev)
-        if isinstance(ev, Failed) or ev.finish_reason is not None:
-            self.done.set()
-
-    @property
-    def text(self) -> str:
-        return "".join(getattr(e, "text", "") for e in self.events)
 
 
 def _submit_together(engine, tok, specs):
     """Submit all (prompt, SeqParams) in one call before the engine starts: one admission batch."""
     from phi1.infer.engine import Sequence
 
-    sinks = [_Collector() for _ in specs]
+    sinks = [Collector() for _ in specs]
     engine.submit([Sequence(tok.encode(p), params, c) for (p, params), c in zip(specs, sinks)])
     engine.start()
     for c in sinks:
@@ -342,8 +317,8 @@ def _failed(c) -> str:
     return c.events[-1].message
 
 
-def _finished_like_alone(c, local, prompt, n, **kw):
-    ref = _alone(local, prompt, n, **kw)
+def _finished_likealone(c, local, prompt, n, **kw):
+    ref = alone(local, prompt, n, **kw)
     assert c.text == ref.text and c.events[-1].finish_reason == ref.finish_reason
 
 
@@ -366,13 +341,13 @@ def test_bad_parameters_fail_only_their_sequence_at_admission(local):
     finally:
         engine.shutdown()
     assert "seed" in _failed(sinks[1]) and "top_k" in _failed(sinks[2]) and "temperature" in _failed(sinks[4])
-    _finished_like_alone(sinks[0], local, PROMPTS[0], 25)
-    _finished_like_alone(sinks[3], local, PROMPTS[3], 25, temperature=1.0, top_k=40, seed=7)
-    _finished_like_alone(sinks[5], local, PROMPTS[5], 25)
+    _finished_likealone(sinks[0], local, PROMPTS[0], 25)
+    _finished_likealone(sinks[3], local, PROMPTS[3], 25, temperature=1.0, top_k=40, seed=7)
+    _finished_likealone(sinks[5], local, PROMPTS[5], 25)
     assert snap["sequences_failed"] == 3 and snap["sequences_finished"] == 3 and snap["active_sequences"] == 0
 
 
-def test_faults_while_prefilling_sampling_or_detokenizing_one_sequence_fail_it_alone(local, monkeypatch):
+def test_faults_while_prefilling_sampling_or_detokenizing_one_sequence_fail_italone(local, monkeypatch):
     import phi1.infer.engine as eng
     from phi1.infer.engine import Engine, SeqParams
 
@@ -418,9 +393,9 @@ def test_faults_while_prefilling_sampling_or_detokenizing_one_sequence_fail_it_a
     assert "injected prefill fault" in _failed(sinks[1])
     assert "injected detokenizer fault" in _failed(sinks[3]) and sinks[3].text  # it had been streaming
     assert "injected sampling fault" in _failed(sinks[4])
-    _finished_like_alone(sinks[0], local, PROMPTS[0], 30)
-    _finished_like_alone(sinks[2], local, PROMPTS[2], 30, temperature=0.9, seed=3)
-    _finished_like_alone(sinks[5], local, PROMPTS[5], 30)
+    _finished_likealone(sinks[0], local, PROMPTS[0], 30)
+    _finished_likealone(sinks[2], local, PROMPTS[2], 30, temperature=0.9, seed=3)
+    _finished_likealone(sinks[5], local, PROMPTS[5], 30)
     assert snap["sequences_failed"] == 3 and snap["sequences_finished"] == 3
     assert snap["prefill_batches"] == 5  # the failed batch of six was retried one sequence at a time
 
@@ -477,7 +452,7 @@ def test_a_request_that_faults_mid_decode_fails_alone_over_http(local, monkeypat
         assert "end" not in good_out, "the good stream ended before the faulty requests ran"
         streamer.join(60)
         text, finals = _stream_text(good_out["events"])
-        ref = _alone(local, PROMPTS[4], 240)
+        ref = alone(local, PROMPTS[4], 240)
         assert text == ref.text and finals == [ref.finish_reason]
         m = httpx.get(base + "/metrics").json()
         assert m["sequences_failed"] == 2 and m["sequences_finished"] == 1 and m["max_batch_occupancy"] >= 2
@@ -505,7 +480,7 @@ def test_a_server_bug_is_a_json_500_and_the_server_serves_on(local, tiny_model_d
         err = _error(_post(base, {"model": "tiny", "prompt": "crash me"}), 500)
         assert err["type"] == "server_error" and "TypeError" in err["message"]
         r = _post(base, {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 5, "temperature": 0})
-        assert r.status_code == 200 and r.json()["choices"][0]["text"] == _alone(local, PROMPTS[0], 5).text
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == alone(local, PROMPTS[0], 5).text
 
 
 # ---- startup ------------------------------------------------------------------------------------
