@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
+
 import pytest
 import yaml
 
-from test_data_stages import copy_slice, phi1, read
+from test_data_stages import copy_slice, phi1
 
+from phi1.data.records import iter_records
 from phi1.errors import ConfigError
 
 
@@ -32,40 +35,49 @@ def pipeline_yaml(tmp_path, src, bench_file, top_fraction=0.5):
     return path
 
 
+def _ids(stage_dir) -> list[str]:
+    return [r["id"] for r in iter_records(stage_dir)]
+
+
 def test_pipeline_resumes_after_interruption(tmp_path):
     from phi1.data.pipeline import run_pipeline
 
     src = copy_slice(tmp_path / "src")
-    bench = tmp_path / "mbpp.jsonl"  # missing on the first run: the decontaminate stage fails midway
+    bench = tmp_path / "mbpp.jsonl"  # written only after the first run has stopped midway
     pipe = pipeline_yaml(tmp_path, src, bench)
     work = tmp_path / "work"
-    with pytest.raises(Exception, match="benchmark file not found"):
+    bench.write_text("{not json\n")  # a broken benchmark file: the decontaminate stage fails midway
+    with pytest.raises(Exception, match="mbpp.jsonl"):
         run_pipeline(pipe, quiet=True)
-    finished = sorted(p.name for p in work.glob("*.done.json"))
-    assert finished == ["annotate.done.json", "collect.done.json", "dedup.done.json", "filter.done.json",
-                        "score.done.json", "train.done.json"]
-    assert not (work / "decontaminate.jsonl").exists()
-    stamps = {p.name: p.stat().st_mtime_ns for p in work.glob("*.jsonl")}
+    finished = sorted(p.parent.name for p in work.glob("*/manifest.json"))
+    assert finished == ["annotate", "collect", "dedup", "filter", "score", "train"]
+    assert not (work / "decontaminate" / "manifest.json").exists()
+    stamps = {str(p): p.stat().st_mtime_ns for p in work.glob("*/data/*.jsonl.gz")}
     bench.write_text(json.dumps({"task_id": 1, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n"}) + "\n")
     res = run_pipeline(pipe, quiet=True)
     status = {r["stage"]: r["status"] for r in res}
     assert status == {"collect": "skipped", "dedup": "skipped", "annotate": "skipped", "train": "skipped",
                       "score": "skipped", "filter": "skipped", "decontaminate": "ran", "exercises": "ran"}
-    assert all(work.joinpath(n).stat().st_mtime_ns == t for n, t in stamps.items())
-    kept = read(work / "decontaminate.jsonl")
+    assert all(Path(n).stat().st_mtime_ns == t for n, t in stamps.items())
+    kept = list(iter_records(work / "decontaminate"))
     assert kept and all("edu_score" in r["meta"] for r in kept)
-    assert len(kept) == len(read(work / "filter.jsonl"))
-    ex = read(work / "exercises.jsonl")
+    assert len(kept) == len(_ids(work / "filter"))
+    ex = list(iter_records(work / "exercises"))
     assert ex and all(r["meta"]["prompt"] + r["meta"]["completion"] == r["text"] for r in ex)
     for name in ("collect", "dedup", "filter", "decontaminate"):
-        rep = json.loads((work / f"{name}.jsonl.report.json").read_text())
-        assert rep["stage"] in (name, "decontaminate") and rep["kept"] == len(read(work / f"{name}.jsonl"))
-    assert (work / "filter.rejected.jsonl").exists()
+        m = json.loads((work / name / "manifest.json").read_text())
+        assert m["stage"] == name and m["kept"] == len(_ids(work / name))
+    assert list((work / "filter" / "rejected").glob("*.jsonl.gz"))
     # Changing one stage's options reruns it and what depends on it, nothing upstream.
     pipe = pipeline_yaml(tmp_path, src, bench, top_fraction=0.3)
     status = {r["stage"]: r["status"] for r in run_pipeline(pipe, quiet=True)}
     assert status["score"] == "skipped" and status["filter"] == "ran" and status["decontaminate"] == "ran"
     assert status["exercises"] == "skipped"
+    # A missing benchmark file is refused before anything runs.
+    bench.unlink()
+    with pytest.raises(ConfigError, match="benchmark file not found"):
+        run_pipeline(pipeline_yaml(tmp_path, src, bench, top_fraction=0.2), quiet=True)
+    assert json.loads((work / "filter" / "manifest.json").read_text())["kept"] == len(_ids(work / "filter"))
 
 
 def test_pipeline_config_errors_and_cli(tmp_path):
@@ -73,13 +85,15 @@ def test_pipeline_config_errors_and_cli(tmp_path):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"stages": [{"name": "collect", "sources": ["x"], "tresh": 1}]}))
-    with pytest.raises(ConfigError, match=r"stages\[0\].tresh: not an option of stage kind 'collect'; allowed"):
+    with pytest.raises(ConfigError, match=r"stage 'collect' \(collect\).tresh: not an option of stage kind 'collect'; allowed"):
         load_pipeline(bad)
     bad.write_text(yaml.safe_dump({"stages": [{"name": "collect"}, {"name": "x", "kind": "frobnicate"}]}))
     with pytest.raises(ConfigError, match="'frobnicate' is not a stage"):
         load_pipeline(bad)
     bad.write_text(yaml.safe_dump({"executor": "datatrove", "stages": [{"name": "collect"}]}))
-    with pytest.raises(ConfigError, match="datatrove"):
+    assert load_pipeline(bad).executor == "local"  # datatrove's local executor: the default
+    bad.write_text(yaml.safe_dump({"executor": "spark", "stages": [{"name": "collect"}]}))
+    with pytest.raises(ConfigError, match="executor.*local"):
         load_pipeline(bad)
     # The shipped demo recipe parses and names only real options.
     from pathlib import Path
@@ -99,8 +113,10 @@ def test_pipeline_config_errors_and_cli(tmp_path):
         {"name": "exercises", "kind": "mine-exercises"}]}))
     res = phi1("data", "run", pipe)
     assert res.returncode == 0, res.stderr
-    assert "exercises: ran" in res.stdout and len(read(tmp_path / "w" / "exercises.jsonl")) == 1
-    assert len(read(tmp_path / "w" / "dedup.jsonl")) == 1
+    assert "exercises: ran" in res.stdout and len(_ids(tmp_path / "w" / "exercises")) == 1
+    assert len(_ids(tmp_path / "w" / "dedup")) == 1
+    res = phi1("data", "run", pipe)
+    assert res.returncode == 0 and "exercises: skipped" in res.stdout, res.stderr
 
 
 def test_pipeline_killed_mid_stage_resumes_without_paying_twice(tmp_path):
@@ -124,7 +140,7 @@ def test_pipeline_killed_mid_stage_resumes_without_paying_twice(tmp_path):
             {"name": "annotate", "endpoint": srv.url, "model": "judge", "concurrency": 2, "timeout": 60}]}))
         proc = subprocess.Popen([sys.executable, "-m", "phi1", "data", "run", str(pipe)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env={**os.environ, "PHI1_NO_PROGRESS": "1"})
-        cache = work / "annotate.jsonl.cache.jsonl"
+        cache = work / "annotate" / "judge-cache.jsonl"
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if cache.exists() and len(cache.read_text().splitlines()) >= 5:
@@ -136,15 +152,15 @@ def test_pipeline_killed_mid_stage_resumes_without_paying_twice(tmp_path):
         proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
-        assert (work / "dedup.done.json").exists() and not (work / "annotate.done.json").exists()
-        assert not (work / "annotate.jsonl").exists()
+        assert (work / "dedup" / "manifest.json").exists() and not (work / "annotate" / "manifest.json").exists()
+        assert not list((work / "annotate" / "data").glob("*.jsonl.gz"))
         answered = len(cache.read_text().splitlines())
         assert answered == 5
-        n_docs = len(read(work / "dedup.jsonl"))
+        n_docs = len(_ids(work / "dedup"))
         srv.open_gate()
         before = len(srv.requests)  # includes the requests the killed run left held at the gate
         status = {r["stage"]: r["status"] for r in run_pipeline(pipe, quiet=True)}
         assert status == {"collect": "skipped", "dedup": "skipped", "annotate": "ran"}
         assert len(srv.requests) - before == n_docs - answered  # nothing asked twice
-        got = read(work / "annotate.jsonl")
+        got = list(iter_records(work / "annotate"))
         assert len(got) == n_docs and all(r["meta"]["edu_label"] == 3 for r in got)

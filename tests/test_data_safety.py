@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 import random
 import signal
@@ -269,7 +270,7 @@ def test_messages_for_directories_unknown_stages_bad_types_and_bad_classifiers(t
     from phi1.data.pipeline import load_pipeline, run_pipeline
 
     (tmp_path / "adir").mkdir()
-    with pytest.raises(Phi1Error, match="is a directory; give a JSONL file"):
+    with pytest.raises(Phi1Error, match="adir: no .jsonl or .jsonl.gz files under it; give a JSONL file"):
         run_dedup(tmp_path / "adir", tmp_path / "o.jsonl", workers=1, quiet=True)
     inp = write_docs(tmp_path / "in.jsonl", 5)
 
@@ -282,8 +283,8 @@ def test_messages_for_directories_unknown_stages_bad_types_and_bad_classifiers(t
         run_pipeline(pipeline(""), until="nope", quiet=True)
     assert "--until nope" in str(e.value) and "dd" in str(e.value)
     assert not (tmp_path / "wd").exists()
-    for opt, expected in (('    threshold: "abc"\n', "expected float"), ("    num_perm: [1, 2]\n", "expected int"),
-                          ("    workers: 1.5\n", "expected int")):
+    for opt, expected in (('    threshold: "abc"\n', "expected float"), ("    num_buckets: [1, 2]\n", "expected int"),
+                          ("    shingle: 1.5\n", "expected int")):
         with pytest.raises(ConfigError) as e:
             load_pipeline(pipeline(opt))
         assert "'dd'" in str(e.value) and opt.split(":")[0].strip() in str(e.value) and expected in str(e.value)
@@ -384,12 +385,13 @@ def test_pipeline_never_replaces_a_file_no_stage_wrote(tmp_path):
     inp = write_docs(tmp_path / "in.jsonl", 10)
     wd = tmp_path / "wd"
     wd.mkdir()
-    (wd / "dd.jsonl").write_text("not a stage output\n")
+    (wd / "dd").mkdir()
+    (wd / "dd" / "notes.txt").write_text("not a stage output\n")
     p = tmp_path / "p.yaml"
-    p.write_text(f"workdir: {wd}\nstages:\n  - name: dd\n    kind: dedup\n    input: {inp}\n    workers: 1\n")
+    p.write_text(f"workdir: {wd}\nstages:\n  - name: dd\n    kind: dedup\n    input: {inp}\n")
     with pytest.raises(Phi1Error, match="not written by stage 'dd'"):
         run_pipeline(p, quiet=True)
-    assert (wd / "dd.jsonl").read_text() == "not a stage output\n"
-    (wd / "dd.jsonl").unlink()
+    assert (wd / "dd" / "notes.txt").read_text() == "not a stage output\n"
+    shutil.rmtree(wd / "dd")
     assert run_pipeline(p, quiet=True)[0]["status"] == "ran"
     assert run_pipeline(p, quiet=True, force=True)[0]["status"] == "ran"  # its own output: rerun allowed

@@ -124,9 +124,17 @@ def load_tokenizer(path: str | os.PathLike) -> PhiTokenizer:
     raise Phi1Error(f"{path}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)")
 
 
+def _is_record_dir(p: Path) -> bool:
+    """A directory holding records rather than code: a stage directory or a folder of JSONL shards."""
+    if (p / "manifest.json").is_file() and (p / "data").is_dir():
+        return True
+    return not any(p.rglob("*.py")) and any(f.name.endswith((".jsonl", ".jsonl.gz")) for f in p.rglob("*.jsonl*"))
+
+
 def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None, *,
                skip_bad_lines: bool = False, counts: dict | None = None) -> Iterator[str]:
-    """Texts from files, directories of .py files, and JSONL files (the `text` field).
+    """Texts from files, directories of .py files, JSONL / .jsonl.gz files (the `text` field) and
+    directories of record shards (a `phi1 data run` stage directory).
 
     A JSONL line (or a text file) that is not UTF-8 or not JSON is fatal, naming file:line and
     `--skip-bad-lines`; with `skip_bad_lines` it is skipped and counted in `counts`
@@ -138,9 +146,27 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None
         p = Path(inp)
         if not p.exists():
             raise Phi1Error(f"{p}: input not found")
+        if p.is_dir() and _is_record_dir(p):  # a stage directory (`phi1 data run`) or a folder of shards
+            from phi1.data.records import StageReport, iter_records
+
+            rep = StageReport("tokenizer")
+            for rec in iter_records(p, rep, skip_bad_lines=skip_bad_lines):
+                seen += len(rec["text"])
+                yield rec["text"]
+                if max_bytes is not None and seen >= max_bytes:
+                    return
+            for k, v in rep.dropped.items():
+                counts[k] = counts.get(k, 0) + v
+            continue
         files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
         for f in files:
-            if f.suffix == ".jsonl":
+            if f.name.endswith(".jsonl.gz"):
+                from phi1.data.records import StageReport, iter_records
+
+                for rec in iter_records(f, StageReport("tokenizer"), skip_bad_lines=skip_bad_lines):
+                    seen += len(rec["text"])
+                    yield rec["text"]
+            elif f.suffix == ".jsonl":
                 from phi1.utils.io import read_jsonl
 
                 for rec in read_jsonl(f, strict=not skip_bad_lines, skip_flag="--skip-bad-lines", counts=counts):

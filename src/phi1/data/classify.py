@@ -51,12 +51,15 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 
 def _labelled(input_path, label_field: str, skip_bad_lines: bool, report: StageReport):
-    texts, labels = [], []
+    """The labelled texts in id order, so that the split and the forest do not depend on the order the
+    records were written in (a stage directory's shards differ with the task count)."""
+    rows = []
     for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
         lab = rec["meta"].get(label_field)
         if isinstance(lab, (int, float)) and not isinstance(lab, bool):
-            texts.append(rec["text"])
-            labels.append(float(lab))
+            rows.append((str(rec["id"]), rec["text"], float(lab)))
+    rows.sort(key=lambda r: r[0])
+    texts, labels = [r[1] for r in rows], [r[2] for r in rows]
     if len(texts) < 10:
         raise Phi1Error(f"{input_path}: only {len(texts)} records carry meta.{label_field}; "
                         "annotate more (phi1 data annotate --sample N) before training")

@@ -86,9 +86,8 @@ def _walk_dir(root: Path, cfg: CollectConfig, skip_dirs: set[str]) -> Iterator[t
                 yield full, rel, st.st_size
 
 
-def check_file(args: tuple[str, int, int]) -> tuple[str, str | None]:
-    """Read one file; return (text, None) or ("", skip reason). Runs in worker processes."""
-    path, max_bytes, min_bytes = args
+def read_source(path: str, max_bytes: int, min_bytes: int = 0) -> tuple[str, str | None]:
+    """The file's text, or ("", why it is skipped): oversized, empty, unreadable, binary, undecodable."""
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
@@ -102,9 +101,16 @@ def check_file(args: tuple[str, int, int]) -> tuple[str, str | None]:
     if b"\x00" in data[:8192]:
         return "", "binary"
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8"), None
     except UnicodeDecodeError:
         return "", "undecodable"
+
+
+def check_file(args: tuple[str, int, int]) -> tuple[str, str | None]:
+    """Read one file; return (text, None) or ("", skip reason). Runs in worker processes."""
+    text, why = read_source(*args)
+    if why is not None:
+        return text, why
     return text, text_skip_reason(text)
 
 

@@ -1,10 +1,18 @@
-"""`phi1 data pack`: tokenize documents in parallel and write token shards + a manifest.
+"""`phi1 data pack`: tokenize documents and write token shards + a manifest.
 
-Documents come from JSONL files (`text`, optional `id`), plain text files and
-directories of `.py`/`.jsonl` files. They are read as a stream, grouped into
-chunks of about `chunk_bytes`, tokenized by worker processes, and appended to
-the current train or val shard as results come back in order. At most
-2 x workers chunks are in flight, so memory stays flat however large the input.
+Documents come from JSONL files (`text`, optional `id`; `.jsonl` or `.jsonl.gz`), plain text files,
+directories of `.py`, `.jsonl` and `.jsonl.gz` files, and stage directories written by `phi1 data run`
+(the `data/` shards their `manifest.json` lists, in that order). They are read as a stream, grouped into
+chunks of about `chunk_bytes`, tokenized, and appended to the current train or val shard as results
+come back in order.
+
+Tokenizing: by default one process encodes each chunk with the tokenizer library's own thread pool
+(`encode_batch_fast`: the ids of `encode`, without offsets), one Rust thread per core, while Python
+reads the next chunk and turns the last one's ids into an array. `workers=N` starts N processes
+instead, each with cores/N Rust threads, so busy threads never outnumber cores. At most two chunks
+(2 x workers with processes) are in flight, and a document longer than a chunk is encoded in pieces
+cut where the tokenizer splits anyway (`cut_points`, same ids), so memory stays flat however large the
+input or a single document is.
 
 Each document goes to val when a hash of its text falls below `val_fraction`:
 the split is a pure function of the content, stable across reruns, worker
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -31,12 +40,14 @@ import re
 import secrets
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from phi1.data.parallel import guarded_initializer
+from phi1.data.shardfiles import expand_record_inputs, open_record_lines
 from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, ShardWriter, dtype_for_vocab
 from phi1.errors import Phi1Error
 from phi1.utils.cliio import declare_io
@@ -45,6 +56,7 @@ from phi1.utils.progress import progress
 from phi1.utils.safety import OutputLock, claim_output_dir, describe_oserror, refuse_overlap, remove_own_files
 
 SPLITS = ("train", "val")
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def is_val(text: str, val_fraction: float) -> bool:
@@ -55,16 +67,39 @@ def is_val(text: str, val_fraction: float) -> bool:
     return h / 2.0**64 < val_fraction
 
 
+def _is_records(f: Path) -> bool:
+    return f.name.endswith(RECORD_SUFFIXES)
+
+
+def _stage_manifest(d: Path) -> bool:
+    """Whether `d` is a finished stage of `phi1 data run` (a manifest.json with a `shards` list)."""
+    try:
+        m = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and isinstance(m.get("shards"), list)
+
+
 def _input_files(inputs: list[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for inp in inputs:
         p = Path(inp)
         if not p.exists():
             raise Phi1Error(f"--input {p}: not found")
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".py", ".jsonl")))
-        else:
+        if not p.is_dir():
             files.append(p)
+        elif _stage_manifest(p):
+            shards = expand_record_inputs([p])  # the stage's kept shards, in its manifest's order
+            other = next((f for f in shards if not _is_records(f)), None)
+            if other is not None:
+                raise Phi1Error(f"--input {p}: its manifest lists {other.name}; pack reads .jsonl and .jsonl.gz shards")
+            files.extend(shards)
+        elif (p / "stage.json").is_file():
+            # Without the manifest a glob would also take rejected/ and half-written shards.
+            raise Phi1Error(f"--input {p}: a stage directory with no manifest.json (the stage has not finished); "
+                            "run it to the end first")
+        else:
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix == ".py" or _is_records(f))))
     return files
 
 
@@ -77,6 +112,7 @@ def iter_documents(files: list[Path], stats: dict, skip_bad_lines: bool = False)
     A JSONL line that is not UTF-8 or not JSON (or a text file that is not UTF-8) is fatal,
     naming file:line, unless `skip_bad_lines`: then it is counted (`bad_utf8`, `bad_json`)
     and skipped. Records without a string `text` are counted as `no_text` and skipped.
+    A `.jsonl.gz` file is read as a stream; its bytes (on disk) are counted when it ends.
     """
     from phi1.data.records import decode_line
 
@@ -87,31 +123,37 @@ def iter_documents(files: list[Path], stats: dict, skip_bad_lines: bool = False)
         stats["skipped"] += 1
 
     for f in files:
-        if f.suffix == ".jsonl":
-            with f.open("rb") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    n = len(line)
-                    if not line.strip():
-                        yield "", n
-                        continue
-                    decoded, why = decode_line(line)
-                    if decoded is None:
-                        bad("bad_utf8", f"{f}:{lineno}", why)
-                        yield "", n
-                        continue
-                    try:
-                        rec = json.loads(decoded)
-                    except json.JSONDecodeError as exc:
-                        bad("bad_json", f"{f}:{lineno}", f"malformed JSONL line ({exc.msg})")
-                        yield "", n
-                        continue
-                    text = rec.get("text") if isinstance(rec, dict) else None
-                    if not isinstance(text, str):
-                        stats["no_text"] += 1
-                        stats["skipped"] += 1
-                        yield "", n
-                        continue
-                    yield text, n
+        if _is_records(f):
+            gz = f.name.endswith(".gz")
+            for lineno, line in enumerate(open_record_lines(f), 1):
+                n = 0 if gz else len(line)
+                if not line.strip():
+                    yield "", n
+                    continue
+                decoded, why = decode_line(line)
+                del line
+                if decoded is None:
+                    bad("bad_utf8", f"{f}:{lineno}", why)
+                    yield "", n
+                    continue
+                try:
+                    rec = json.loads(decoded)
+                except json.JSONDecodeError as exc:
+                    bad("bad_json", f"{f}:{lineno}", f"malformed JSONL line ({exc.msg})")
+                    yield "", n
+                    continue
+                del decoded  # a 50 MB line is held once (as `text`), not three times
+                text = rec.get("text") if isinstance(rec, dict) else None
+                del rec
+                if not isinstance(text, str):
+                    stats["no_text"] += 1
+                    stats["skipped"] += 1
+                    yield "", n
+                    continue
+                yield text, n
+                del text
+            if gz:
+                yield "", f.stat().st_size
         else:
             raw = f.read_bytes()
             decoded, why = decode_line(raw, "offset")
@@ -119,50 +161,166 @@ def iter_documents(files: list[Path], stats: dict, skip_bad_lines: bool = False)
                 bad("bad_utf8", str(f), why)
                 yield "", len(raw)
                 continue
-            yield decoded, len(raw)
+            n = len(raw)
+            del raw
+            yield decoded, n
+            del decoded
 
 
-# ---- worker side -----------------------------------------------------------------------------
+# ---- cutting long documents ---------------------------------------------------------------------
+#
+# A document longer than a chunk is encoded in pieces, and the pieces' ids are exactly the whole
+# document's when no step of the tokenizer looks across a cut. That holds, by construction, for a
+# byte-level BPE with no normalizer and GPT-2's pre-tokenizer regex (ours, codegen's = phi-1's, GPT-2's)
+#     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# at two kinds of position b (both sides are ASCII, so Python's and Oniguruma's \s, \p{L} agree):
+#   1. "x\n|y": after a newline that follows a non-space character, before a non-space character. No
+#      alternative matches "\n" with a non-space character after it, and the "\n" is one token either
+#      way (`\s+` before "y" in the whole text, `\s+(?!\S)` at the end of a piece). Never after a longer
+#      whitespace run: in "x \n|y" or "\n\n|y" the whole text gives " " + "\n", a piece ending there
+#      gives " \n" (one pre-token), and the ids differ.
+#   2. "f|(": between an ASCII letter or digit and ASCII punctuation. No alternative matches both a
+#      letter/digit and punctuation, so a token ends at b either way.
+# The regex has no look-behind, so the text after b tokenizes from b as it does in the whole text.
+# Added tokens (the whitespace runs, <|endoftext|>) are matched before the regex: a cut never falls
+# inside an occurrence of one, and tokens flagged lstrip/rstrip/single_word (they look at their
+# neighbours) turn cutting off. A tokenizer with any other pipeline (a normalizer, Metaspace,
+# add_prefix_space, another split regex) is never cut: its documents are encoded whole, as before,
+# and memory then grows with the longest document. tests/test_pack_scale.py checks the rule on real
+# code against whole-document encoding.
+
+_NEWLINE_CUT = re.compile(r"(?<=[!-~]\n)(?=[!-~])")
+_ANY_CUT = re.compile(r"(?<=[!-~]\n)(?=[!-~])|(?<=[A-Za-z0-9])(?=[!-/:-@\[-`{-~])")
+_CUTTABLE_PRE = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+
+
+def cut_guard(tok) -> tuple[str, ...] | None:
+    """The added tokens a cut must not fall inside, or None when this tokenizer's documents are never cut."""
+    try:
+        spec = json.loads(tok.backend.to_str())
+    except (AttributeError, ValueError, TypeError):
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    if spec.get("normalizer") is not None or any(pre.get(k) != v for k, v in _CUTTABLE_PRE.items()):
+        return None
+    added = spec.get("added_tokens") or []
+    if any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") for a in added):
+        return None
+    # A cut has a printable ASCII character after it; a token without one (a whitespace run) cannot span it.
+    return tuple(a["content"] for a in added if re.search(r"[!-~]", a.get("content") or ""))
+
+
+def _spans_added(text: str, b: int, guard: tuple[str, ...]) -> bool:
+    for c in guard:
+        i = text.find(c, max(0, b - len(c) + 1), b + len(c) - 1)
+        if -1 < i < b:
+            return True
+    return False
+
+
+def cut_points(text: str, piece: int, guard: tuple[str, ...]) -> list[int]:
+    """Where to cut `text` into pieces of at least `piece` characters (the rule above).
+
+    Each cut is the first safe position at or after `piece` characters past the previous one, a
+    newline one if there is one within piece/4, so pieces are about `piece` long in code. A stretch
+    with no safe position (one long run of letters, say) stays in one piece.
+    """
+    cuts: list[int] = []
+    start, n = 0, len(text)
+    while n - start > piece:
+        pos = start + piece
+        m = _NEWLINE_CUT.search(text, pos, pos + piece // 4 + 2) or _ANY_CUT.search(text, pos)
+        while m is not None and _spans_added(text, m.start(), guard):
+            m = _ANY_CUT.search(text, m.start() + 1)
+        if m is None:
+            break
+        start = m.start()
+        cuts.append(start)
+    return cuts
+
+
+# ---- encoding -----------------------------------------------------------------------------------
+
+VAL, END = 1, 2  # piece flags: the piece's document goes to val; the piece ends its document (EOS after it)
 
 _TOK = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:  # runs after parallel.worker_guard in pool workers
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _init_worker(tokenizer_dir: str, threads: int | None = None) -> None:  # after parallel.worker_guard in workers
+    """Load the tokenizer; in a worker process, first cap the Rust thread pool at `threads`."""
     global _TOK
+    if threads is not None:  # read by rayon when the pool starts, at this process's first batch
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+        if threads == 1:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # encode in this thread, no pool hand-off
     from phi1.tokenizer import load_tokenizer
 
     _TOK = load_tokenizer(tokenizer_dir)
 
 
-def encode_chunk(texts: list[str], val_fraction: float, dtype: str) -> dict:
-    """Tokenize one chunk; each document is followed by EOS. Returns ids per split and counts."""
+def _encode_ids(tok, texts: list[str]) -> list[list[int]]:
+    """Ids per text, bit-identical to `tok.encode`; `encode_batch_fast` skips the offsets (~2x faster)."""
+    backend = tok.backend
+    fast = getattr(backend, "encode_batch_fast", None)  # tokenizers >= 0.20
+    if fast is None:
+        return tok.encode_batch(texts)
+    return [e.ids for e in fast(texts, add_special_tokens=False)]
+
+
+def encode_chunk(texts: list[str], flags: list[int], dtype: str) -> dict:
+    """Tokenize one chunk of pieces; EOS follows each document's last piece. Ids and documents per split."""
     tok = _TOK
     parts: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
-    for text, ids in zip(texts, tok.encode_batch(texts)):
-        ids.append(tok.eos_id)
-        parts["val" if is_val(text, val_fraction) else "train"].append(ids)
+    docs = dict.fromkeys(SPLITS, 0)
+    for ids, flag in zip(_encode_ids(tok, texts), flags):
+        s = SPLITS[flag & VAL]
+        if flag & END:
+            ids.append(tok.eos_id)
+            docs[s] += 1
+        parts[s].append(ids)
     out = {}
     for s in SPLITS:
-        flat = [i for ids in parts[s] for i in ids]
-        out[s] = (np.asarray(flat, dtype=dtype), len(parts[s]))
+        n = sum(map(len, parts[s]))
+        out[s] = (np.fromiter(itertools.chain.from_iterable(parts[s]), dtype=dtype, count=n), docs[s])
     return out
 
 
 # ---- driver -----------------------------------------------------------------------------------
 
 
-def _chunks(docs: Iterator[tuple[str, int]], chunk_bytes: int) -> Iterator[tuple[list[str], int]]:
-    texts, nbytes, size = [], 0, 0
+def _chunks(docs: Iterator[tuple[str, int]], chunk_bytes: int, val_fraction: float,
+            guard: tuple[str, ...] | None) -> Iterator[tuple[list[str], list[int], int]]:
+    """(piece texts, piece flags, input bytes) per chunk of about `chunk_bytes` characters.
+
+    The split of a document is decided on its whole text, before it is cut into pieces.
+    """
+    texts: list[str] = []
+    flags: list[int] = []
+    nbytes = size = 0
     for text, n in docs:
         nbytes += n
-        if text:
-            texts.append(text)
-            size += len(text)
-        if size >= chunk_bytes:
-            yield texts, nbytes
-            texts, nbytes, size = [], 0, 0
+        if not text:
+            continue
+        val = VAL if is_val(text, val_fraction) else 0
+        cuts = cut_points(text, chunk_bytes, guard) if guard is not None and len(text) > chunk_bytes else []
+        bounds = [0, *cuts, len(text)]
+        for k in range(len(bounds) - 1):
+            texts.append(text[bounds[k]:bounds[k + 1]] if cuts else text)
+            flags.append(val | (END if k == len(cuts) else 0))
+            size += bounds[k + 1] - bounds[k]
+            if size >= chunk_bytes:
+                yield texts, flags, nbytes
+                texts, flags, nbytes, size = [], [], 0, 0
+        del text
     if texts or nbytes:
-        yield texts, nbytes
+        yield texts, flags, nbytes
 
 
 class _SplitWriter:
@@ -273,13 +431,13 @@ def pack(tokenizer_dir: str | os.PathLike, inputs: list[str | os.PathLike], out_
         raise Phi1Error(f"--val-fraction {val_fraction}: must be in [0, 1)")
     if shard_tokens <= 0:
         raise Phi1Error(f"--shard-tokens {shard_tokens}: must be positive")
-    workers = workers if workers is not None else (os.cpu_count() or 1)
+    workers = 1 if workers is None else workers  # one process; the tokenizer's own threads use every core
     if workers < 1:
         raise Phi1Error(f"--workers {workers}: must be at least 1")
     tok = load_tokenizer(tokenizer_dir)
     files = _input_files(inputs)
     if not files:
-        raise Phi1Error(f"--input {' '.join(map(str, inputs))}: no .py or .jsonl files found")
+        raise Phi1Error(f"--input {' '.join(map(str, inputs))}: no .py, .jsonl or .jsonl.gz files found")
     out = Path(out_dir)
     refuse_overlap({"--input": [str(f) for f in files], "--tokenizer": str(tokenizer_dir)}, out_dirs={"--out": str(out)})
     if out.is_dir() and any(Path(os.path.realpath(f)).is_relative_to(os.path.realpath(out)) for f in files):
@@ -288,6 +446,27 @@ def pack(tokenizer_dir: str | os.PathLike, inputs: list[str | os.PathLike], out_
     with OutputLock(out, is_dir=True, what="pack directory"):
         return _pack_locked(tok, str(tokenizer_dir), inputs, files, out, workers, val_fraction, shard_tokens,
                             chunk_bytes, skip_bad_lines)
+
+
+def _encode_here(tok, chunks, consume, dtype: str) -> None:
+    """Encode in this process: two chunks in flight on two threads, so the Rust pool (which runs
+    without the GIL) always has a batch while Python reads the next chunk and converts the last."""
+    global _TOK
+    _TOK = tok
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(2, thread_name_prefix="phi1-pack") as ex:
+        try:
+            for texts, flags, nbytes in chunks:
+                pending.append((ex.submit(encode_chunk, texts, flags, dtype), nbytes))
+                if len(pending) >= 2:
+                    f, n = pending.popleft()
+                    consume(f.result(), n)
+            while pending:
+                f, n = pending.popleft()
+                consume(f.result(), n)
+        finally:
+            for f, _ in pending:
+                f.cancel()
 
 
 def _pack_locked(tok, tokenizer_dir: str, inputs, files: list[Path], out: Path, workers: int, val_fraction: float,
@@ -303,7 +482,7 @@ def _pack_locked(tok, tokenizer_dir: str, inputs, files: list[Path], out: Path, 
     writers = {s: _SplitWriter(out, s, dtype, shard_tokens, generation) for s in SPLITS}
     t0 = time.perf_counter()
     bar = progress(total=total_bytes, desc="pack", unit="B", unit_scale=True)
-    chunks = _chunks(iter_documents(files, stats, skip_bad_lines), chunk_bytes)
+    chunks = _chunks(iter_documents(files, stats, skip_bad_lines), chunk_bytes, val_fraction, cut_guard(tok))
 
     def consume(result: dict, nbytes: int) -> None:
         for s in SPLITS:
@@ -315,16 +494,15 @@ def _pack_locked(tok, tokenizer_dir: str, inputs, files: list[Path], out: Path, 
 
     try:
         if workers == 1:
-            _init_worker(tokenizer_dir)
-            for texts, nbytes in chunks:
-                consume(encode_chunk(texts, val_fraction, dtype.name), nbytes)
+            _encode_here(tok, chunks, consume, dtype.name)
         else:
             ctx = mp.get_context("spawn")  # fork after the Rust tokenizer ran can deadlock its threads
-            init, initargs = guarded_initializer(_init_worker, (tokenizer_dir,))
+            threads = max(1, _cores() // workers)  # workers x threads == cores: no oversubscription
+            init, initargs = guarded_initializer(_init_worker, (tokenizer_dir, threads))
             with ctx.Pool(workers, initializer=init, initargs=initargs) as pool:
                 pending: collections.deque = collections.deque()
-                for texts, nbytes in chunks:
-                    pending.append((pool.apply_async(encode_chunk, (texts, val_fraction, dtype.name)), nbytes))
+                for texts, flags, nbytes in chunks:
+                    pending.append((pool.apply_async(encode_chunk, (texts, flags, dtype.name)), nbytes))
                     if len(pending) >= 2 * workers:  # bounded in-flight work keeps memory flat
                         r, n = pending.popleft()
                         consume(r.get(), n)
@@ -370,13 +548,16 @@ def _pack_locked(tok, tokenizer_dir: str, inputs, files: list[Path], out: Path, 
 
 def register_data(sub) -> None:
     p = sub.add_parser("pack", help="tokenize documents into token shards for training",
-                       description="Tokenize JSONL `text` fields, text files and directories of .py files "
-                                   "into uint16/uint32 token shards with a manifest.")
+                       description="Tokenize JSONL `text` fields (.jsonl, .jsonl.gz, stage directories), "
+                                   "text files and directories of .py files into uint16/uint32 token shards "
+                                   "with a manifest.")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (or a model directory)")
-    p.add_argument("--input", nargs="+", required=True, help="JSONL files, text files, directories")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="JSONL (.jsonl, .jsonl.gz) and text files, directories of them, stage directories")
     p.add_argument("--out", required=True, help="output directory for shards + manifest.json")
     declare_io(p, inputs=("tokenizer", "input"), out_dirs=("out",), overwrite=True)
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default 1: one process whose tokenizer threads use all cores)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of documents held out for val")
     p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file")
     p.add_argument("--skip-bad-lines", action="store_true",

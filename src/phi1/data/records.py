@@ -106,7 +106,7 @@ def check_input_file(path: str | os.PathLike, what: str = "input") -> Path:
     """`path` as a Path when it is a readable file; else a Phi1Error saying what is wrong."""
     path = Path(path)
     if path.is_dir():
-        raise Phi1Error(f"{path}: is a directory; give a JSONL file")
+        raise Phi1Error(f"{path}: is a directory; give a JSONL file (or a stage directory where one is accepted)")
     if not path.is_file():
         raise Phi1Error(f"{path}: {what} file not found; run the previous stage first or check the path")
     return path
@@ -120,6 +120,21 @@ def decode_line(raw: bytes, where: str = "column") -> tuple[str | None, str | No
         bad = raw[exc.start : exc.start + 1].hex()
         pos = exc.start + 1 if where == "column" else exc.start
         return None, f"not valid UTF-8 (byte 0x{bad} at {where} {pos})"
+
+
+def parse_object_line(raw: bytes) -> tuple[dict | None, str, str | None]:
+    """(object, "", None) for a UTF-8 line holding a JSON object; else (None, count name, what is
+    wrong) with the count name `bad_utf8` or `bad_json`."""
+    line, why = decode_line(raw)
+    if line is None:
+        return None, "bad_utf8", why
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, "bad_json", f"malformed JSONL line ({exc.msg})"
+    if not isinstance(obj, dict):
+        return None, "bad_json", f"expected a JSON object, got {type(obj).__name__}"
+    return obj, "", None
 
 
 SKIP_HINT = "pass --skip-bad-lines (skip_bad_lines: true in a pipeline) to skip and count such lines"
@@ -140,43 +155,52 @@ def iter_records(
     replaced silently. Records whose `text` is missing or not a string are counted as
     `no_text` and skipped. Missing `id`/`meta` are filled in.
     """
-    path = check_input_file(path)
+    from phi1.data.shardfiles import expand_record_inputs
+
     rep = report or StageReport("read")
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            rep.bytes_in += len(raw)
-            line, why = decode_line(raw)
-            reason = "bad_utf8"
-            if line is not None:
-                reason = "bad_json"
-                try:
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict):
-                        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-                except (json.JSONDecodeError, ValueError) as exc:
-                    why = f"malformed JSONL line ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})"
-            if why is not None:
-                if not skip_bad_lines:
-                    raise Phi1Error(f"{path}:{lineno}: {why}; fix the line or {SKIP_HINT}") from None
-                rep.read += 1
-                rep.drop(reason)
-                if len(rep.bad_lines) < MAX_BAD_LINES_LISTED:
-                    rep.bad_lines.append({"line": lineno, "error": why})
-                continue
+    p = Path(path)
+    files = expand_record_inputs(p) if p.is_dir() else [check_input_file(p)]
+    for f in files:
+        yield from _iter_file_records(f, rep, skip_bad_lines, require_text)
+
+
+def _iter_file_records(path: Path, rep: "StageReport", skip_bad_lines: bool, require_text: bool) -> Iterator[dict]:
+    from phi1.data.shardfiles import open_record_lines
+
+    for lineno, raw in enumerate(open_record_lines(path), 1):
+        if not raw.strip():
+            continue
+        rep.bytes_in += len(raw)
+        line, why = decode_line(raw)
+        reason = "bad_utf8"
+        if line is not None:
+            reason = "bad_json"
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+            except (json.JSONDecodeError, ValueError) as exc:
+                why = f"malformed JSONL line ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})"
+        if why is not None:
+            if not skip_bad_lines:
+                raise Phi1Error(f"{path}:{lineno}: {why}; fix the line or {SKIP_HINT}") from None
             rep.read += 1
-            text = rec.get("text")
-            if require_text and not isinstance(text, str):
-                rep.drop("no_text")
-                if len(rep.bad_lines) < MAX_BAD_LINES_LISTED:
-                    rep.bad_lines.append({"line": lineno, "error": "record has no string 'text'"})
-                continue
-            if not isinstance(rec.get("meta"), dict):
-                rec["meta"] = {}
-            if "id" not in rec:
-                rec["id"] = f"{path.stem}:{lineno}"
-            yield rec
+            rep.drop(reason)
+            if len(rep.bad_lines) < MAX_BAD_LINES_LISTED:
+                rep.bad_lines.append({"line": lineno, "error": why})
+            continue
+        rep.read += 1
+        text = rec.get("text")
+        if require_text and not isinstance(text, str):
+            rep.drop("no_text")
+            if len(rep.bad_lines) < MAX_BAD_LINES_LISTED:
+                rep.bad_lines.append({"line": lineno, "error": "record has no string 'text'"})
+            continue
+        if not isinstance(rec.get("meta"), dict):
+            rec["meta"] = {}
+        if "id" not in rec:
+            rec["id"] = f"{path.stem}:{lineno}"
+        yield rec
 
 
 def _written_by_stage(output: Path, key: str = "output") -> bool:

@@ -126,7 +126,9 @@ def _mine(args) -> int:
 def _run(args) -> int:
     from phi1.data.pipeline import run_pipeline
 
-    res = run_pipeline(args.pipeline, workdir=args.workdir, force=args.force, until=args.until, quiet=args.quiet)
+    res = run_pipeline(args.pipeline, workdir=args.workdir, force=args.force, until=args.until, quiet=args.quiet,
+                       executor=args.executor, tasks=args.tasks, workers=args.workers, dry_run=args.dry_run,
+                       ray_address=args.ray_address, slurm_partition=args.slurm_partition)
     for r in res:
         print(f"{r['stage']}: {r['status']} -> {r['output']}")
     return 0
@@ -243,6 +245,13 @@ def register_data(sub) -> None:
     p.add_argument("--workdir", help="override the pipeline's workdir")
     p.add_argument("--force", action="store_true", help="rerun every stage")
     p.add_argument("--until", help="stop after this stage")
+    p.add_argument("--executor", choices=("local", "ray", "slurm", "datatrove"),
+                   help="where tasks run (default: the pipeline's executor, else local; datatrove = local)")
+    p.add_argument("--tasks", type=int, help="tasks per parallel block (default: the pipeline's, else --workers)")
+    p.add_argument("--workers", type=int, help="tasks running at once (default: the pipeline's, else one per CPU)")
+    p.add_argument("--ray-address", help="a running Ray cluster (default: the pipeline's ray.address, else auto)")
+    p.add_argument("--slurm-partition", help="the partition sbatch jobs go to (or the pipeline's slurm.partition)")
+    p.add_argument("--dry-run", action="store_true", help="slurm: write the job scripts, submit nothing")
     p.add_argument("--quiet", action="store_true")
     declare_io(p, inputs=("pipeline",), out_dirs=("workdir",))
     p.set_defaults(func=_run)

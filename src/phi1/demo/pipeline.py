@@ -20,15 +20,16 @@ from phi1.utils.safety import clean_stale_temps, temp_prefix
 
 
 class Layout:
-    """Where every stage of a run directory writes."""
+    """Where every stage of a run directory writes. The data stages are one `phi1 data run` pipeline
+    (`configs/data.yaml`) whose stage directories are `data/<stage>/` (shards + manifest.json)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        d = self.root / "data"
-        self.raw, self.dedup = d / "raw.jsonl", d / "dedup.jsonl"
-        self.annotated, self.classifier = d / "annotated.jsonl", d / "classifier" / "edu.pkl"
-        self.scored, self.filtered, self.clean = d / "scored.jsonl", d / "filtered.jsonl", d / "clean.jsonl"
-        self.exercises = d / "exercises.jsonl"
+        self.data = d = self.root / "data"
+        self.raw, self.dedup = d / "collect", d / "dedup"
+        self.annotated, self.classifier = d / "annotate", d / "train" / "classifier.joblib"
+        self.scored, self.filtered, self.clean = d / "score", d / "filter", d / "decontaminate"
+        self.exercises = d / "exercises"
         self.synth = d / "synth"
         self.tokenizer = self.root / "tokenizer"
         self.shards = self.root / "shards"
@@ -36,54 +37,65 @@ class Layout:
         self.runs = self.root / "runs"
         self.model = self.root / "model"
         self.eval = self.root / "eval"
+        self.data_pipeline = self.configs / "data.yaml"
 
     def run_dir(self, name: str) -> Path:
         return self.runs / name
 
 
-def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0) -> list[Stage]:
-    """The data half of the recipe: raw code to clean, decontaminated, scored documents + exercises."""
+# The demo's data stages: (demo stage name, pipeline stage name, what it does).
+DATA_STAGES = [
+    ("collect", "collect", "collect the corpus"),
+    ("dedup", "dedup", "deduplicate (exact + datatrove MinHash)"),
+    ("annotate", "annotate", "label educational value"),
+    ("classify-train", "train", "train the quality classifier (random forest)"),
+    ("classify-score", "score", "score every document"),
+    ("filter", "filter", "keep the most educational documents"),
+    ("decontaminate", "decontaminate", "decontaminate against benchmarks"),
+    ("mine-exercises", "exercises", "mine docstring exercises"),
+]
+
+
+def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0) -> dict:
+    """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml)."""
     c, d = cfg.corpus, cfg.data
-    collect = ["data", "collect", *c.paths, "--out", L.raw, "--max-bytes", c.max_bytes, "--quiet"]
-    if c.python_stdlib:
-        collect.append("--python-stdlib")
-    if c.site_packages:
-        collect.append("--site-packages")
-    for g in c.exclude:
-        collect += ["--exclude", g]
-    if c.limit_mb:
-        collect += ["--limit-mb", c.limit_mb]
-    if workers:
-        collect += ["--workers", workers]
-    annotate = ["data", "annotate", L.dedup, "--out", L.annotated, "--only-sampled", "--quiet"]
-    if d.annotate_sample:
-        annotate += ["--sample", d.annotate_sample]
+    annotate: dict = {"name": "annotate", "sample": d.annotate_sample}
     if d.annotate_endpoint:
-        annotate += ["--endpoint", d.annotate_endpoint, "--model", d.annotate_model or "default"]
-    decon = ["data", "decontaminate", L.filtered, "--out", L.clean, "--quiet",
-             "--rejected", L.clean.with_suffix(".rejected.jsonl")]
-    for b in d.benchmarks:
-        decon += ["--benchmark", b]
-    return [
-        Stage("collect", collect, "collect the corpus", [L.raw]),
-        Stage("dedup", ["data", "dedup", L.raw, "--out", L.dedup, "--threshold", d.dedup_threshold, "--quiet",
-                        "--rejected", L.dedup.with_suffix(".rejected.jsonl")],
-              "deduplicate (exact + MinHash LSH)", [L.dedup]),
-        Stage("annotate", annotate, "label educational value", [L.annotated]),
-        Stage("classify-train", ["data", "classify", "train", L.annotated, "--classifier", L.classifier,
-                                 "--encoder", d.encoder, "--threshold", d.label_threshold,
-                                 "--n-estimators", d.n_estimators],
-              "train the quality classifier (random forest)", [L.classifier]),
-        Stage("classify-score", ["data", "classify", "score", L.dedup, "--classifier", L.classifier,
-                                 "--out", L.scored, "--quiet"],
-              "score every document", [L.scored]),
-        Stage("filter", ["data", "filter", L.scored, "--out", L.filtered, "--top-fraction", d.filter_top_fraction,
-                         "--quiet", "--rejected", L.filtered.with_suffix(".rejected.jsonl")],
-              "keep the most educational documents", [L.filtered]),
-        Stage("decontaminate", decon, "decontaminate against benchmarks", [L.clean]),
-        Stage("mine-exercises", ["data", "mine-exercises", L.dedup, "--out", L.exercises, "--quiet"],
-              "mine docstring exercises", [L.exercises]),
-    ]
+        annotate.update(endpoint=d.annotate_endpoint, model=d.annotate_model or "default")
+    return {
+        "description": f"phi1 demo {cfg.name}: the data half of the recipe",
+        "workdir": str(L.data), "executor": "local", "workers": workers, "tasks": 0,
+        "stages": [
+            {"name": "collect", "sources": [str(p) for p in c.paths], "python_stdlib": c.python_stdlib,
+             "site_packages": c.site_packages, "exclude": list(c.exclude), "max_bytes": c.max_bytes,
+             "limit_bytes": int(c.limit_mb * 1e6)},
+            {"name": "dedup", "threshold": d.dedup_threshold},
+            annotate,
+            {"name": "train", "kind": "classify-train", "input": "annotate", "encoder": d.encoder,
+             "threshold": d.label_threshold, "n_estimators": d.n_estimators},
+            {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
+            {"name": "filter", "top_fraction": d.filter_top_fraction},
+            {"name": "decontaminate", "benchmarks": list(d.benchmarks)},
+            {"name": "exercises", "kind": "mine-exercises", "input": "dedup", "benchmarks": list(d.benchmarks)},
+        ],
+    }
+
+
+def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0) -> list[Stage]:
+    """The data half of the recipe: raw code to clean, decontaminated, scored documents + exercises,
+    each demo stage one `phi1 data run configs/data.yaml --until STAGE` (earlier pipeline stages are
+    skipped by their fingerprint, so each runs once)."""
+    text = ("# written by phi1 demo; the data half of the run. Rerun with: phi1 data run " + str(L.data_pipeline)
+            + "\n" + yaml.safe_dump(data_pipeline(cfg, L, workers), sort_keys=False))
+
+    def write() -> None:
+        L.data_pipeline.parent.mkdir(parents=True, exist_ok=True)
+        if not L.data_pipeline.exists() or L.data_pipeline.read_text() != text:
+            atomic_write_text(L.data_pipeline, text)
+
+    return [Stage(name, ["data", "run", L.data_pipeline, "--until", stage, "--quiet"], what,
+                  [L.data / stage / "manifest.json"], prepare=write)
+            for name, stage, what in DATA_STAGES]
 
 
 def synth_stages(cfg: DemoConfig, L: Layout, endpoint: str | None, model: str | None,

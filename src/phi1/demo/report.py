@@ -25,8 +25,22 @@ def _json(path: Path) -> dict | None:
         return None
 
 
-def _report_of(jsonl: Path) -> dict | None:
-    return _json(Path(str(jsonl) + ".report.json"))
+def _manifest(stage_dir: Path) -> dict | None:
+    """A data stage's manifest.json (written last by `phi1 data run`), or None if it has not finished."""
+    return _json(Path(stage_dir) / "manifest.json")
+
+
+def _records(stage_dir: Path) -> list[dict]:
+    from phi1.data.records import iter_records
+
+    return list(iter_records(stage_dir, skip_bad_lines=True)) if _manifest(stage_dir) else []
+
+
+def _rejected(stage_dir: Path) -> list[dict]:
+    from phi1.data.records import iter_records
+
+    d = Path(stage_dir) / "rejected"
+    return list(iter_records(d, skip_bad_lines=True)) if _manifest(stage_dir) and any(d.glob("*.jsonl*")) else []
 
 
 def _plt():
@@ -53,27 +67,26 @@ def funnel_rows(L: Layout) -> list[list]:
     bpt = bytes_per_token(L)
     rows = []
     for stage, attr in FUNNEL:
-        rep = _report_of(getattr(L, attr))
-        if not rep:
+        m = _manifest(getattr(L, attr))
+        if not m:
             continue
-        drops = ", ".join(f"{k}: {v}" for k, v in rep.get("dropped", {}).items()) or "-"
-        mb = rep.get("bytes_out", 0) / 1e6
-        toks = f"{rep.get('bytes_out', 0) / bpt / 1e6:.2f}M" if bpt else "-"
-        rows.append([stage, rep.get("read", 0), rep.get("kept", 0), drops, f"{mb:.2f}", toks,
-                     f"{rep.get('mb_per_s', 0):.2f}"])
+        dropped = m.get("dropped", {})
+        drops = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "-"
+        chars = m.get("text_chars", 0)
+        toks = f"{chars / bpt / 1e6:.2f}M" if bpt and chars else "-"
+        read = m.get("kept", 0) + sum(dropped.values()) if stage != "mine-exercises" else "-"
+        rows.append([stage, read, m.get("kept", 0), drops, f"{chars / 1e6:.2f}", toks, m.get("tasks", "-")])
     return rows
 
 
 def score_histogram(L: Layout, fig_dir: Path) -> tuple[Path | None, list[dict], list[dict], float | None]:
-    if not L.scored.exists():
-        return None, [], [], None
-    recs = [r for r in read_jsonl(L.scored, strict=False) if isinstance(r.get("meta", {}).get("edu_score"), (int, float))]
+    recs = [r for r in _records(L.scored) if isinstance(r.get("meta", {}).get("edu_score"), (int, float))]
     if not recs:
         return None, [], [], None
     scores = [r["meta"]["edu_score"] for r in recs]
     kept_ids = set()
-    if L.filtered.exists():
-        kept_ids = {r.get("id") for r in read_jsonl(L.filtered, strict=False)}
+    if _manifest(L.filtered):
+        kept_ids = {r.get("id") for r in _records(L.filtered)}
     cut = min((r["meta"]["edu_score"] for r in recs if r.get("id") in kept_ids), default=None)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -182,8 +195,11 @@ def build_report(run_dir: str | Path) -> Path:
     doc.h("Data funnel")
     rows = funnel_rows(L)
     if rows:
-        doc.table(["stage", "records in", "kept", "dropped (reason: count)", "MB out", "≈ tokens out", "MB/s"], rows)
-        doc.p("Token counts are estimated from each stage's bytes at the packed corpus's bytes per token.")
+        doc.table(["stage", "records in", "kept", "dropped (reason: count)", "M chars out", "≈ tokens out", "tasks"],
+                  rows)
+        doc.p("Every data stage is a datatrove pipeline (`phi1 data run " + str(L.data_pipeline) + "`); counts "
+              "come from each stage's manifest.json. Token counts are estimated at the packed corpus's "
+              "characters per token.")
     else:
         doc.p("No data-stage reports found.")
 
@@ -191,10 +207,11 @@ def build_report(run_dir: str | Path) -> Path:
     doc.h("Educational value")
     if hist:
         doc.image(hist, "classifier scores of every deduplicated document; the dashed line is the filter's cut")
-        ann = _report_of(L.annotated) or {}
-        if ann.get("details"):
-            doc.p("Annotation: " + json.dumps({k: v for k, v in ann["details"].items()
-                                                 if not isinstance(v, (list, dict))})[:600])
+        ann = _manifest(L.annotated) or {}
+        labels = {k.rsplit("/", 1)[1]: v for k, v in ann.get("counts", {}).items()
+                  if k.rsplit("/", 1)[1].startswith("label_")}
+        if labels:
+            doc.p("Annotation (records per label): " + json.dumps(dict(sorted(labels.items()))))
         for title, recs in (("Highest-scored (kept)", top), ("Lowest-scored (dropped)", bottom)):
             doc.h(title, 3)
             for r in recs:
@@ -205,14 +222,17 @@ def build_report(run_dir: str | Path) -> Path:
         doc.p("No scored records.")
 
     doc.h("Decontamination")
-    dec = _report_of(L.clean) or {}
-    hits = (dec.get("details") or {}).get("hits") or []
+    dec = _manifest(L.clean)
+    hits = []
+    for r in _rejected(L.clean):
+        for h in (r.get("meta", {}).get("contamination") or [])[:1]:
+            hits.append({"record": r.get("id"), **h})
     if hits:
         doc.table(["record", "benchmark task", "method", "score"],
-                  [[h.get("record") or h.get("id"), h.get("task_id") or h.get("task"), h.get("method"),
+                  [[h.get("record"), h.get("task_id") or h.get("task"), h.get("method"),
                     _fmt(h.get("score"), 3)] for h in hits[:50]])
         if len(hits) > 50:
-            doc.p(f"... and {len(hits) - 50} more (see {L.clean}.report.json).")
+            doc.p(f"... and {len(hits) - 50} more (see {L.clean / 'rejected'}).")
     else:
         doc.p("No benchmark overlap found." if dec else "No decontamination report.")
 

@@ -1,0 +1,885 @@
+"""phi1's data stages as datatrove pipeline steps, and the blocks each stage runs.
+
+Every stage kind has one config dataclass (the only place its defaults live) and one builder that
+turns it into blocks (see `phi1.data.engine`). The phi-specific logic is ours and lives in the
+modules it always lived in (`collect.text_skip_reason`, `edu_rules`, `classify`, `decontam`, `mine`);
+readers, writers, MinHash signatures and buckets, and the executors are datatrove's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupSignature
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.binaryio import read_tuples_from_file
+from datatrove.utils.hashing import HashConfig
+
+from phi1.data.engine import Block, RecordReader, RecordWriter, block_counts, shard_records
+from phi1.errors import ConfigError
+
+
+# ---- stage context --------------------------------------------------------------------------------
+
+@dataclass
+class StageContext:
+    """Where a stage reads and writes, and how many tasks its parallel blocks use."""
+
+    name: str
+    dir: Path
+    input: Path | None
+    tasks: int
+    skip_bad_lines: bool = False
+    write_rejected: bool = True
+    fingerprint: str = ""
+    kind: str = ""
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def work(self) -> Path:
+        return self.dir / "work"
+
+    def reader(self, source: Path | None = None) -> RecordReader:
+        return RecordReader(source or self.input, skip_bad_lines=self.skip_bad_lines)
+
+    def writer(self, folder: Path | None = None) -> RecordWriter:
+        w = RecordWriter(folder or self.data)
+        if folder is None:
+            renamed(w, OUTPUT_WRITER)  # its stats (records, doc_len) are the stage's output in the manifest
+        return w
+
+    def rejected_writer(self, tag: str = "") -> RecordWriter | None:
+        """Dropped records, `rejected/[TAG-]RANK.jsonl.gz` (a tag per block when several blocks drop)."""
+        if not self.write_rejected:
+            return None
+        return renamed(RecordWriter(self.dir / "rejected", prefix=tag), "phi1 rejected writer")
+
+
+OUTPUT_WRITER = "phi1 stage output"
+FIRST_PASS = "(first pass)"
+
+
+def first_pass(reader: RecordReader) -> RecordReader:
+    """A reader of a block that reads the stage's input before the block that keeps or drops: the
+    lines it skips are counted once, by the later reader, in the manifest."""
+    return renamed(reader, f"{reader.name} {FIRST_PASS}")
+
+
+def renamed(step, name: str):
+    """`step` under another name in its stats (datatrove names a step's stats when it is built)."""
+    from datatrove.utils.stats import Stats
+
+    step.name = name
+    step.stats = Stats(str(step))
+    return step
+
+
+class Commit(PipelineStep):
+    """The last block of every stage (one task): counts the shards and writes `manifest.json`."""
+
+    name = "commit"
+
+    def __init__(self, ctx: StageContext, extra: dict | None = None):
+        super().__init__()
+        self.ctx, self.extra = ctx, dict(extra or {})
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from phi1.utils.io import atomic_write_json
+
+        ctx = self.ctx
+        shards = []
+        for sub in ("data", "rejected"):
+            for f in sorted((ctx.dir / sub).glob("*.jsonl*")):
+                shards.append({"path": f"{sub}/{f.name}", "records": shard_records(f), "bytes": f.stat().st_size})
+        counts: dict[str, int] = {}
+        for block_dir in sorted((ctx.dir / "logs").glob("*")):
+            for k, v in block_counts(block_dir).items():
+                counts[f"{block_dir.name}/{k}"] = v
+        data_shards = [s for s in shards if s["path"].startswith("data/")]
+        reasons: dict[str, int] = {}
+        for key, n in counts.items():
+            tail = key.rsplit("/", 1)[-1]
+            if tail.startswith("dropped_"):
+                reasons[tail[len("dropped_"):]] = reasons.get(tail[len("dropped_"):], 0) + n
+            elif tail in ("bad_utf8", "bad_json", "no_text") and not key.split("/")[-2].endswith(FIRST_PASS):
+                reasons[tail] = reasons.get(tail, 0) + n
+        text_chars = sum(n for key, n in counts.items() if key.endswith(f"{OUTPUT_WRITER}/doc_len"))
+        extra = {}
+        for name in self.extra.get("files", []):
+            p = ctx.dir / name
+            if p.exists():
+                extra[name] = json.loads(p.read_text()) if p.suffix == ".json" else str(p)
+        atomic_write_json(ctx.dir / "manifest.json", {
+            "stage": ctx.name, "kind": ctx.kind, "fingerprint": ctx.fingerprint, "tasks": ctx.tasks,
+            "kept": sum(s["records"] for s in data_shards), "text_chars": text_chars,
+            "rejected": sum(s["records"] for s in shards if s["path"].startswith("rejected/")),
+            "dropped": dict(sorted(reasons.items())), "shards": data_shards,
+            "rejected_shards": [s for s in shards if s["path"].startswith("rejected/")],
+            "counts": counts, **extra})
+
+
+def commit_block(ctx: StageContext, **extra) -> Block:
+    return Block("commit", [Commit(ctx, extra)], tasks=1)
+
+
+def _one_block(ctx: StageContext, steps: list, name: str = "main") -> list[Block]:
+    return [Block(name, [ctx.reader(), *steps, ctx.writer()], tasks=ctx.tasks), commit_block(ctx)]
+
+
+# ---- dedup: datatrove's MinHash stages with code-token shingles -----------------------------------
+
+def normalized_hash(text: str) -> str:
+    """Hash of the text with line endings, trailing spaces/tabs and blank lines normalised.
+
+    Line-wise `rstrip(" \\t")` gives the same result as the `[ \\t]+$` regex at ~3x its speed."""
+    lines = [ln.rstrip(" \t") for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    norm = "\n".join(ln for ln in lines if ln.strip()).strip()
+    return hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def bands_for(threshold: float, max_hashes: int = 128, tolerance: float = 0.01) -> tuple[int, int]:
+    """The (bands b, rows r) for a Jaccard threshold: of the pairs with b*r <= max_hashes whose LSH 50%
+    point (1/b)^(1/r) is within `tolerance` of `threshold`, the one with the most hashes (the best
+    estimate when candidates are verified); if none is that near, the nearest."""
+    pairs = [(b, r) for r in range(1, max_hashes + 1) for b in range(1, max_hashes // r + 1)]
+    gap = {p: abs((1 / p[0]) ** (1 / p[1]) - threshold) for p in pairs}
+    near = [p for p in pairs if gap[p] <= tolerance]
+    if near:
+        return min(near, key=lambda p: (-p[0] * p[1], gap[p]))
+    return min(pairs, key=lambda p: (gap[p], -p[0] * p[1]))
+
+
+@dataclass
+class DedupStage:
+    """Near (and exact) duplicates by MinHash LSH. `num_buckets` bands of `hashes_per_bucket` rows: two
+    documents become candidates when all rows of one band agree, which happens with probability
+    1 - (1 - J^r)^b for Jaccard J; the 50% point is about (1/b)^(1/r) = 0.855 for b=9, r=14.
+    `threshold`, when given, picks the bands instead (`bands_for`: of the pairs with at most 128
+    hashes whose 50% point is within 0.01 of it, the one with the most hashes). Candidates are then
+    verified: dropped only when the fraction of all b*r hashes that agree reaches the threshold. Shingles are `shingle` consecutive code tokens (identifiers,
+    numbers, punctuation; layout ignored), so exact and whitespace-only copies always collide. Of each
+    cluster the record whose id sorts first is kept, whatever the task count."""
+
+    num_buckets: int = 9
+    hashes_per_bucket: int = 14
+    shingle: int = 5
+    seed: int = 1
+    threshold: float | None = None
+
+    def validate(self) -> None:
+        if self.threshold is not None:
+            t = self.threshold
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
+                raise ConfigError(f"dedup.threshold: {t!r} must be a number between 0 and 1 (e.g. 0.85)")
+            self.num_buckets, self.hashes_per_bucket = bands_for(float(t))
+        for k in ("num_buckets", "hashes_per_bucket", "shingle"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"dedup.{k}: {v!r} must be a whole number >= 1")
+
+    @property
+    def verify_threshold(self) -> float:
+        """Candidates are dropped only when their MinHash estimate of Jaccard (the fraction of all
+        b*r hashes that agree) reaches this: `threshold`, or the bands' 50% point."""
+        return float(self.threshold) if self.threshold is not None else self.band_threshold
+
+    @property
+    def band_threshold(self) -> float:
+        return round((1 / self.num_buckets) ** (1 / self.hashes_per_bucket), 3)
+
+    def minhash(self) -> MinhashConfig:
+        return MinhashConfig(n_grams=self.shingle, num_buckets=self.num_buckets,
+                             hashes_per_bucket=self.hashes_per_bucket, seed=self.seed,
+                             hash_config=HashConfig(precision=64))
+
+
+class CodeMinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signatures over code-token shingles (its word tokenizer needs spaCy and is
+    ~10x slower); also writes each document's id and exact hash to `ids/RANK.jsonl` for the clustering."""
+
+    name = "minhash signatures (code tokens)"
+
+    def __init__(self, output_folder: str, config: MinhashConfig, ids_folder: str):
+        # Not MinhashDedupSignature.__init__: it loads a spaCy word tokenizer these shingles do not use.
+        from datatrove.io import get_datafolder
+        from datatrove.utils.hashing import create_hash_func
+
+        PipelineStep.__init__(self)
+        self.output_folder = get_datafolder(output_folder)
+        self.config = config
+        self.num_hashes = config.num_buckets * config.hashes_per_bucket
+        self._parameters = None
+        self._hash_func = create_hash_func(config.hash_config)
+        self.skip_existing_sigs = False
+        self.ids_folder = Path(ids_folder)
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        from phi1.data.tokens import code_tokens, shingle_hashes, token_hashes
+
+        return shingle_hashes(token_hashes(code_tokens(text)), self.config.n_grams).astype(np.uint64).reshape(-1, 1)
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        sig = super().get_signature(shingles)
+        self._full.seek(self._doc_idx * self.num_hashes * 8)  # documents without shingles leave zeros
+        self._full.write(np.asarray(sig, dtype=np.uint64).tobytes())
+        return sig
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        self.ids_folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.ids_folder / f".{rank:05d}.jsonl.tmp"
+        tmp_sig = self.ids_folder / f".{rank:05d}.sig.tmp"
+        with tmp.open("w") as ids, tmp_sig.open("wb") as self._full:
+            def tee():
+                for i, doc in enumerate(data):
+                    self._doc_idx = i
+                    ids.write(json.dumps([doc.id, normalized_hash(doc.text)]) + "\n")
+                    yield doc
+
+            super().run(tee(), rank, world_size)  # not a generator: it writes the signature files
+        os.replace(tmp_sig, self.ids_folder / f"{rank:05d}.sig")  # every hash of every document, for verifying
+        os.replace(tmp, self.ids_folder / f"{rank:05d}.jsonl")
+
+
+class KeepFirstIdCluster(PipelineStep):
+    """Decides, from the candidate pairs of datatrove's bucket step, which documents to drop, keeping
+    the behaviour of a greedy single-machine dedup: documents are taken in id order, and one is dropped
+    when it is a candidate of a document already kept (`duplicate_of` names that document, a direct
+    match, not a cluster root). Candidates are the documents that share one band's hashes: datatrove
+    writes each band's matches as chains in its own `.dups` file, so the groups of a file are cliques.
+    Unlike clustering whole connected components, a chain A~B~C with A and C unlike each other keeps
+    C. The result depends on ids only, not on how records were spread over tasks. Writes `RANK.remove`
+    (datatrove's format: sorted uint32 doc indices) and `RANK.dupof.jsonl` (index, the id kept
+    instead, exact or near). Memory grows with the number of candidate pairs only."""
+
+    name = "minhash clusters (keep first id)"
+
+    def __init__(self, buckets_folder: str, ids_folder: str, output_folder: str, num_hashes: int,
+                 threshold: float):
+        super().__init__()
+        self.buckets_folder, self.ids_folder, self.output_folder = Path(buckets_folder), Path(ids_folder), Path(output_folder)
+        self.num_hashes, self.threshold = num_hashes, threshold
+
+    def _signatures(self, nodes_by_file: dict[int, set[int]]) -> dict[tuple[int, int], np.ndarray]:
+        size = self.num_hashes * 8
+        out = {}
+        for file_i, docs in nodes_by_file.items():
+            with (self.ids_folder / f"{file_i:05d}.sig").open("rb") as fh:
+                for d in sorted(docs):
+                    fh.seek(d * size)
+                    out[(file_i, d)] = np.frombuffer(fh.read(size), dtype=np.uint64)
+        return out
+
+    @staticmethod
+    def _band_groups(path: Path) -> list[list[tuple[int, int]]]:
+        parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def find(x):
+            root = x
+            while parent.get(root, root) != root:
+                root = parent[root]
+            while parent.get(x, x) != root:
+                parent[x], x = root, parent[x]
+            return root
+
+        with path.open("rb") as fh:
+            for f1, d1, f2, d2 in read_tuples_from_file(fh, "4I", lines_to_buffer=1000):
+                a, b = find((f1, d1)), find((f2, d2))
+                parent.setdefault(a, a)
+                parent.setdefault(b, b)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for node in parent:
+            groups.setdefault(find(node), []).append(node)
+        return list(groups.values())
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        groups_of: dict[tuple[int, int], list[int]] = {}
+        n_groups = 0
+        for f in sorted(self.buckets_folder.glob("*.dups")):
+            for members in self._band_groups(f):
+                for node in members:
+                    groups_of.setdefault(node, []).append(n_groups)
+                n_groups += 1
+        nodes_by_file: dict[int, set[int]] = {}
+        for node in groups_of:
+            nodes_by_file.setdefault(node[0], set()).add(node[1])
+        info: dict[tuple[int, int], tuple[str, str]] = {}
+        for file_i, docs in nodes_by_file.items():
+            with (self.ids_folder / f"{file_i:05d}.jsonl").open() as fh:
+                for doc_i, line in enumerate(fh):
+                    if doc_i in docs:
+                        doc_id, h = json.loads(line)
+                        info[(file_i, doc_i)] = (doc_id, h)
+        sigs = self._signatures(nodes_by_file)
+        kept_in: dict[int, list[tuple[int, int]]] = {}  # group -> the documents kept in it so far
+        removals: dict[int, list[tuple[int, str, str, float]]] = {}
+        for node in sorted(groups_of, key=lambda n: (info[n][0], n)):
+            best = None
+            for k in {k for g in groups_of[node] for k in kept_in.get(g, ())}:
+                exact = info[node][1] == info[k][1]
+                sim = 1.0 if exact else float(np.mean(sigs[node] == sigs[k]))  # MinHash estimate of Jaccard
+                if sim >= self.threshold and (best is None or (info[k][0], k) < (info[best[0]][0], best[0])):
+                    best = (k, sim, exact)
+            if best is None:
+                for g in groups_of[node]:
+                    kept_in.setdefault(g, []).append(node)
+                continue
+            k, sim, exact = best
+            kind = "exact_duplicate" if exact else "near_duplicate"
+            removals.setdefault(node[0], []).append((node[1], info[k][0], kind, round(sim, 3)))
+            self.stat_update(kind)
+            if not exact:
+                self.stat_update("candidates_verified")
+        clusters = len({k for ks in kept_in.values() for k in ks})
+        self.stat_update("kept_with_candidates", value=clusters)
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        for file_i, rows in removals.items():
+            rows.sort()
+            with (self.output_folder / f"{file_i:06d}.remove").open("wb") as fh:
+                fh.write(b"".join(struct.pack("<I", row[0]) for row in rows))
+            with (self.output_folder / f"{file_i:06d}.dupof.jsonl").open("w") as fh:
+                for row in rows:
+                    fh.write(json.dumps(list(row)) + "\n")
+        (self.output_folder / "done.json").write_text(json.dumps({"clusters": clusters}))
+
+
+class DuplicateFilter(PipelineStep):
+    """Drops the documents the clustering marked, naming the record kept instead (meta.duplicate_of)."""
+
+    name = "drop duplicates"
+
+    def __init__(self, remove_folder: str, exclusion_writer=None):
+        super().__init__()
+        self.remove_folder, self.exclusion_writer = Path(remove_folder), exclusion_writer
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        marks: dict[int, tuple[str, str]] = {}
+        f = self.remove_folder / f"{rank:06d}.dupof.jsonl"
+        if f.exists():
+            with f.open() as fh:
+                for line in fh:
+                    d, kept, kind, sim = json.loads(line)
+                    marks[d] = (kept, kind, sim)
+        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
+            for idx, doc in enumerate(data):
+                self.stat_update("total")
+                if idx in marks:
+                    kept, kind, sim = marks[idx]
+                    self.stat_update(f"dropped_{kind}")
+                    if writer:
+                        doc.metadata.update(filter_reason=kind, duplicate_of=kept)
+                        if kind == "near_duplicate":
+                            doc.metadata["similarity"] = sim
+                        writer.write(doc, rank)
+                    continue
+                self.stat_update("forwarded")
+                yield doc
+
+
+def dedup_blocks(source: Path, work: Path, out, rejected, tasks: int, cfg: DedupStage,
+                 skip_bad_lines: bool = False) -> list[Block]:
+    """The four MinHash blocks: signatures (tasks), buckets (one task per band), clusters (one task),
+    filter (tasks). `rejected` is a writer for the dropped records, or None."""
+    mh = cfg.minhash()
+    sigs, ids, buckets, remove = (str(work / n) for n in ("signatures", "ids", "buckets", "remove"))
+    return [
+        Block("signatures", [first_pass(RecordReader(source, skip_bad_lines)), CodeMinhashSignature(sigs, mh, ids)], tasks=tasks),
+        Block("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], tasks=mh.num_buckets),
+        Block("clusters", [KeepFirstIdCluster(buckets, ids, remove, mh.num_buckets * mh.hashes_per_bucket,
+                                              cfg.verify_threshold)], tasks=1),
+        Block("filter", [RecordReader(source, skip_bad_lines), DuplicateFilter(remove, rejected),
+                                 out if isinstance(out, RecordWriter) else RecordWriter(out)],
+              tasks=tasks),
+    ]
+
+
+def build_dedup(ctx: StageContext, cfg: DedupStage) -> list[Block]:
+    return [*dedup_blocks(ctx.input, ctx.work, ctx.writer(), ctx.rejected_writer("dedup"), ctx.tasks, cfg,
+                          ctx.skip_bad_lines), commit_block(ctx)]
+
+
+# ---- annotate: a fixed-seed sample, then labels ---------------------------------------------------
+
+def sample_key(seed: int, doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{doc_id}".encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "big")
+
+
+class SampleCandidates(PipelineStep):
+    """Keeps this task's `k` records with the smallest keys hash(seed, id) (a streaming bottom-k
+    reservoir: one heap of k, any input size). The global k smallest are among the union of every
+    task's k smallest, so the sample is the same whatever the task count."""
+
+    name = "sample (bottom-k)"
+
+    def __init__(self, k: int, seed: int, writer):
+        super().__init__()
+        self.k, self.seed, self.writer = k, seed, writer
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        heap: list[tuple[int, str, Document]] = []
+        for doc in data:
+            self.stat_update("seen")
+            key = sample_key(self.seed, doc.id)
+            item = (-key, doc.id, doc)
+            if len(heap) < self.k:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+        with self.writer as w:
+            for neg, _, doc in sorted(heap, reverse=True):
+                doc.metadata["sample_key"] = -neg
+                w.write(doc, rank)
+        if False:  # a generator step with no output
+            yield
+
+
+class SmallestKeys(PipelineStep):
+    """One task: the k records with the smallest `meta.sample_key`, in key order."""
+
+    name = "sample (merge)"
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        best = heapq.nsmallest(self.k, data, key=lambda d: (d.metadata["sample_key"], d.id))
+        for doc in best:
+            doc.metadata.pop("sample_key", None)
+            yield doc
+
+
+class EduLabels(PipelineStep):
+    """Educational-value labels 0-5: the LLM judge through an OpenAI-compatible endpoint (cached by
+    prompt version + model + text, so a rerun never pays twice), or the transparent rules offline."""
+
+    name = "edu labels"
+
+    def __init__(self, endpoint=None, model=None, api_key_env=None, concurrency=8, timeout=60.0, max_attempts=6,
+                 cache: str | None = None, batch: int = 256):
+        super().__init__()
+        self.opts = dict(endpoint=endpoint, model=model, api_key_env=api_key_env, concurrency=concurrency,
+                         timeout=timeout, max_attempts=max_attempts)
+        self.cache, self.batch = cache, batch
+
+    def _label(self, texts: list[str]) -> list[dict]:
+        from phi1.data.annotate import _llm_labels, _rule_label
+        from phi1.data.records import StageReport
+
+        if not self.opts["endpoint"]:
+            return [_rule_label(t) for t in texts]
+        o = self.opts
+        return _llm_labels(texts, o["endpoint"], o["model"], o["api_key_env"], o["concurrency"], o["timeout"],
+                           o["max_attempts"], Path(self.cache), StageReport("annotate"), True)
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        annotator = f"llm:{self.opts['model']}" if self.opts["endpoint"] else "rules"
+        batch: list[Document] = []
+
+        def flush():
+            for doc, lab in zip(batch, self._label([d.text for d in batch])):
+                if "score" in lab:
+                    doc.metadata.update(edu_label=lab["score"], edu_reason=lab["reason"], edu_annotator=annotator)
+                    if "features" in lab:
+                        doc.metadata["edu_features"] = lab["features"]
+                    self.stat_update(f"label_{int(lab['score'])}")
+                else:
+                    doc.metadata.update(edu_error=lab["error"], edu_annotator=annotator)
+                    self.stat_update("label_error")
+            out = list(batch)
+            batch.clear()
+            return out
+
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+
+@dataclass
+class AnnotateStage:
+    sample: int = 0  # records to label (0 = all)
+    seed: int = 0
+    endpoint: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_attempts: int = 6
+
+    def validate(self) -> None:
+        if self.endpoint and not self.model:
+            raise ConfigError("annotate.model: required with endpoint; give the name the server serves")
+        if not isinstance(self.sample, int) or self.sample < 0:
+            raise ConfigError(f"annotate.sample: {self.sample!r} must be a whole number >= 0")
+
+
+def build_annotate(ctx: StageContext, cfg: AnnotateStage) -> list[Block]:
+    labels = EduLabels(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout, cfg.max_attempts,
+                       cache=str(ctx.dir / "judge-cache.jsonl"))
+    if not cfg.sample:
+        return _one_block(ctx, [labels], "label")
+    cand = ctx.work / "sample"
+    return [
+        Block("sample", [ctx.reader(), SampleCandidates(cfg.sample, cfg.seed, RecordWriter(cand))], tasks=ctx.tasks),
+        Block("label", [RecordReader(cand), SmallestKeys(cfg.sample), labels, ctx.writer()], tasks=1),
+        commit_block(ctx),
+    ]
+
+
+# ---- classify: train on the sample (one task), score in parallel ----------------------------------
+
+@dataclass
+class ClassifyTrainStage:
+    encoder: str = "hashing"
+    task: str = "classification"
+    threshold: float = 3.0
+    label_field: str = "edu_label"
+    test_fraction: float = 0.2
+    n_estimators: int = 200
+    max_depth: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        from phi1.data.classify import TrainConfig
+
+        TrainConfig(self.encoder, self.task, self.threshold, self.test_fraction, self.n_estimators, self.max_depth,
+                    self.seed, 0).validate()
+
+
+class TrainClassifier(PipelineStep):
+    name = "train classifier"
+
+    def __init__(self, source: Path, out: Path, cfg: ClassifyTrainStage, skip_bad_lines: bool):
+        super().__init__()
+        self.source, self.out, self.cfg, self.skip_bad_lines = Path(source), Path(out), cfg, skip_bad_lines
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from phi1.data.classify import run_classify_train
+
+        c = self.cfg
+        meta = run_classify_train(self.source, self.out, encoder=c.encoder, task=c.task, threshold=c.threshold,
+                                  label_field=c.label_field, test_fraction=c.test_fraction,
+                                  n_estimators=c.n_estimators, max_depth=c.max_depth, seed=c.seed, workers=1,
+                                  skip_bad_lines=self.skip_bad_lines, quiet=True)
+        self.stat_update("labelled", value=meta["n_labelled"])
+
+
+def classifier_path(stage_dir: Path) -> Path:
+    return Path(stage_dir) / "classifier.joblib"
+
+
+def build_classify_train(ctx: StageContext, cfg: ClassifyTrainStage) -> list[Block]:
+    return [Block("train", [TrainClassifier(ctx.input, classifier_path(ctx.dir), cfg, ctx.skip_bad_lines)], tasks=1),
+            commit_block(ctx, files=["classifier.joblib.json"])]
+
+
+class EduScorer(PipelineStep):
+    """`meta.edu_score` in [0, 1] (P(educational), or predicted label / 5), encoding in batches."""
+
+    name = "edu score"
+
+    def __init__(self, classifier: str, encoder: str | None = None, batch_size: int = 512):
+        super().__init__()
+        self.classifier, self.encoder, self.batch_size = classifier, encoder, batch_size
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from phi1.data.classify import _predict, load_classifier
+
+        model, meta, enc = load_classifier(self.classifier, self.encoder)
+        if hasattr(model, "n_jobs"):
+            model.n_jobs = 1  # parallelism is the tasks
+        batch: list[Document] = []
+
+        def flush():
+            for doc, s in zip(batch, _predict(model, meta["task"], enc.encode([d.text for d in batch]))):
+                doc.metadata["edu_score"] = round(float(s), 4)
+                self.stat_update("scored")
+            out = list(batch)
+            batch.clear()
+            return out
+
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_size:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+
+@dataclass
+class ClassifyScoreStage:
+    classifier: str = ""  # a classifier file, or "@stage" naming a classify-train stage
+    encoder: str | None = None
+    batch_size: int = 512
+
+    def validate(self) -> None:
+        if not self.classifier:
+            raise ConfigError("classify-score.classifier: required; name the training stage, e.g. classifier: \"@train\"")
+
+
+def build_classify_score(ctx: StageContext, cfg: ClassifyScoreStage) -> list[Block]:
+    return _one_block(ctx, [EduScorer(cfg.classifier, cfg.encoder, cfg.batch_size)], "score")
+
+
+# ---- filter ---------------------------------------------------------------------------------------
+
+class ScoreFilter(BaseFilter):
+    """Keeps records with `meta.<field>` >= the cut-off (a number, or read from the cut-off block's file)."""
+
+    name = "score filter"
+
+    def __init__(self, field: str, cut: float | None = None, cut_file: str | None = None, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.field, self.cut, self.cut_file = field, cut, cut_file
+
+    def filter(self, doc: Document):
+        if self.cut is None:
+            self.cut = json.loads(Path(self.cut_file).read_text())["cutoff"]
+        s = doc.metadata.get(self.field)
+        if not isinstance(s, (int, float)) or isinstance(s, bool):
+            return False, f"no_{self.field}"
+        return True if s >= self.cut else (False, "below_cutoff")
+
+
+class DumpScores(PipelineStep):
+    name = "collect scores"
+
+    def __init__(self, field: str, folder: str):
+        super().__init__()
+        self.field, self.folder = field, Path(folder)
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        vals = [float(s) for doc in data if isinstance(s := doc.metadata.get(self.field), (int, float))]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{rank:05d}.npy.tmp"
+        with tmp.open("wb") as fh:
+            np.save(fh, np.asarray(vals, dtype=np.float64))
+        os.replace(tmp, self.folder / f"{rank:05d}.npy")
+        if False:
+            yield
+
+
+class Cutoff(PipelineStep):
+    """One task: the score that keeps the best `top_fraction` (numpy quantile, method "higher"; ties kept)."""
+
+    name = "score cut-off"
+
+    def __init__(self, folder: str, top_fraction: float, out: str):
+        super().__init__()
+        self.folder, self.top_fraction, self.out = Path(folder), top_fraction, Path(out)
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from phi1.utils.io import atomic_write_json
+
+        scores = np.concatenate([np.load(f) for f in sorted(self.folder.glob("*.npy"))] or [np.zeros(0)])
+        cut = float(np.quantile(scores, 1.0 - self.top_fraction, method="higher")) if len(scores) else float("inf")
+        atomic_write_json(self.out, {"cutoff": cut, "scored": int(len(scores)), "top_fraction": self.top_fraction})
+
+
+@dataclass
+class FilterStage:
+    min_score: float | None = None
+    top_fraction: float | None = None
+    field: str = "edu_score"
+
+    def validate(self) -> None:
+        if (self.min_score is None) == (self.top_fraction is None):
+            raise ConfigError("filter: give exactly one of min_score or top_fraction")
+        if self.top_fraction is not None and not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError(f"filter.top_fraction: {self.top_fraction} must be in (0, 1]")
+
+
+def build_filter(ctx: StageContext, cfg: FilterStage) -> list[Block]:
+    if cfg.min_score is not None:
+        return _one_block(ctx, [ScoreFilter(cfg.field, cut=cfg.min_score, exclusion_writer=ctx.rejected_writer())])
+    scores, cut = ctx.work / "scores", ctx.dir / "cutoff.json"
+    return [
+        Block("scores", [first_pass(ctx.reader()), DumpScores(cfg.field, str(scores))], tasks=ctx.tasks),
+        Block("cutoff", [Cutoff(str(scores), cfg.top_fraction, str(cut))], tasks=1),
+        Block("filter", [ctx.reader(), ScoreFilter(cfg.field, cut_file=str(cut), exclusion_writer=ctx.rejected_writer()),
+                         ctx.writer()], tasks=ctx.tasks),
+        commit_block(ctx, files=["cutoff.json"]),
+    ]
+
+
+# ---- decontaminate --------------------------------------------------------------------------------
+
+@dataclass
+class DecontaminateStage:
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
+    benchmark_files: list[str] = field(default_factory=list)
+    ngram: int = 13
+    ngram_threshold: float = 0.5
+    ast_threshold: float = 0.8
+    use_ast: bool = True
+    embedding: str | None = None
+    embedding_threshold: float = 0.85
+
+    def validate(self) -> None:
+        self.decontaminator_kwargs()  # types
+        for f in self.benchmark_files:
+            if not Path(f).is_file():
+                raise ConfigError(f"decontaminate.benchmark_files: {f}: benchmark file not found; "
+                                  "give the path of a HumanEval- or MBPP-format JSONL file")
+
+    def decontaminator_kwargs(self) -> dict:
+        return dict(benchmarks=list(self.benchmarks), benchmark_files=list(self.benchmark_files), ngram=self.ngram,
+                    ngram_threshold=self.ngram_threshold, ast_threshold=self.ast_threshold, use_ast=self.use_ast,
+                    embedding=self.embedding, embedding_threshold=self.embedding_threshold)
+
+
+class DecontaminationFilter(BaseFilter):
+    """Drops records that overlap a benchmark task (13-gram containment, syntax-tree similarity, and
+    optionally embedding + syntax); `meta.contamination` on a rejected record lists each hit."""
+
+    name = "decontaminate"
+
+    def __init__(self, kwargs: dict, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.kwargs, self._deco = kwargs, None
+
+    def filter(self, doc: Document):
+        from phi1.data.decontam import Decontaminator
+
+        if self._deco is None:
+            self._deco = Decontaminator(**self.kwargs)
+        hits = self._deco.check(doc.text)
+        if not hits:
+            return True
+        doc.metadata["contamination"] = [h.to_dict() for h in hits]
+        return False, "benchmark_overlap"
+
+
+def build_decontaminate(ctx: StageContext, cfg: DecontaminateStage) -> list[Block]:
+    return _one_block(ctx, [DecontaminationFilter(cfg.decontaminator_kwargs(), ctx.rejected_writer())])
+
+
+# ---- mine exercises -------------------------------------------------------------------------------
+
+@dataclass
+class MineStage:
+    decontaminate: bool = True
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
+    benchmark_files: list[str] = field(default_factory=list)
+    min_doc_chars: int = 20
+    min_body_lines: int = 2
+    max_body_lines: int = 60
+
+    def validate(self) -> None:
+        from phi1.data.mine import MineConfig
+
+        MineConfig(self.min_doc_chars, self.min_body_lines, self.max_body_lines).validate()
+
+
+class MineExercises(PipelineStep):
+    """Each self-contained, documented top-level function of a record becomes an exercise record:
+    `meta.prompt` (needed imports + signature + docstring), `meta.completion` (the body)."""
+
+    name = "mine exercises"
+
+    def __init__(self, cfg: MineStage):
+        super().__init__()
+        self.cfg = cfg
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from phi1.data.mine import MineConfig, extract_exercises
+
+        mc = MineConfig(self.cfg.min_doc_chars, self.cfg.min_body_lines, self.cfg.max_body_lines)
+        for doc in data:
+            self.stat_update("files")
+            exercises, why = extract_exercises(doc.text, mc)
+            for k, v in why.items():
+                self.stat_update(f"skipped_{k}", value=v)
+            for ex in exercises:
+                self.stat_update("exercises")
+                yield Document(text=ex["prompt"] + ex["completion"], id=f"{doc.id}::{ex['name']}",
+                               metadata={"prompt": ex["prompt"], "completion": ex["completion"], "function": ex["name"],
+                                         "source_id": doc.id, "source": doc.metadata.get("source"), "kind": "exercise"})
+
+
+def build_mine(ctx: StageContext, cfg: MineStage) -> list[Block]:
+    """Extract in parallel, then the same MinHash dedup and decontamination as the corpus."""
+    cand, unique = ctx.work / "candidates", ctx.work / "unique"
+    blocks = [Block("extract", [ctx.reader(), MineExercises(cfg), RecordWriter(cand)], tasks=ctx.tasks)]
+    for b in dedup_blocks(cand, ctx.work / "dedup", unique, ctx.rejected_writer("dedup"), ctx.tasks, DedupStage()):
+        b.name = f"dedup-{b.name}"
+        blocks.append(b)
+    if cfg.decontaminate:
+        kw = DecontaminateStage(list(cfg.benchmarks), list(cfg.benchmark_files)).decontaminator_kwargs()
+        blocks.append(Block("decontaminate", [RecordReader(unique),
+                                              DecontaminationFilter(kw, ctx.rejected_writer("decontaminate")),
+                                              ctx.writer()], tasks=ctx.tasks))
+    else:
+        blocks.append(Block("copy", [RecordReader(unique), ctx.writer()], tasks=ctx.tasks))
+    blocks.append(commit_block(ctx))
+    return blocks
+
+
+# ---- the table of stage kinds ---------------------------------------------------------------------
+
+from phi1.data.collect_steps import CollectStage, build_collect  # noqa: E402  (it imports the helpers above)
+
+KINDS: dict[str, tuple[type, Any]] = {
+    "collect": (CollectStage, build_collect),
+    "dedup": (DedupStage, build_dedup),
+    "annotate": (AnnotateStage, build_annotate),
+    "classify-train": (ClassifyTrainStage, build_classify_train),
+    "classify-score": (ClassifyScoreStage, build_classify_score),
+    "filter": (FilterStage, build_filter),
+    "decontaminate": (DecontaminateStage, build_decontaminate),
+    "mine-exercises": (MineStage, build_mine),
+}
+
+
+def stage_config(kind: str, options: dict, where: str):
+    """The kind's config dataclass from pipeline options, naming the field and type on error."""
+    cls, _ = KINDS[kind]
+    known = {f.name: f for f in fields(cls)}
+    for key, value in options.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: not an option of stage kind {kind!r}; allowed: {sorted(known)}")
+        _check_type(where, key, value, known[key])
+    cfg = cls(**options)
+    cfg.validate()
+    return cfg
+
+
+def _check_type(where: str, key: str, value, f) -> None:
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if isinstance(value, str) and value.startswith("@"):
+        return
+    ok = []
+    for part in (a.strip() for a in ann.split("|")):
+        base = part.split("[", 1)[0]
+        ok.append(base)
+    checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
+              "list": lambda v: isinstance(v, list), "dict": lambda v: isinstance(v, dict),
+              "None": lambda v: v is None}
+    if any(checks.get(b, lambda v: True)(value) for b in ok):
+        return
+    raise ConfigError(f"{where}: option {key}: expected {' or '.join(ok)}, got {type(value).__name__} {value!r}")
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg)
