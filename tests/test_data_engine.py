@@ -278,3 +278,23 @@ def test_skipped_lines_are_counted_once_per_stage(tmp_path):
         assert {k: m["dropped"].get(k) for k in ("bad_json", "bad_utf8", "no_text")} == \
             {"bad_json": 3, "bad_utf8": 3, "no_text": 3}, (stage, m["dropped"])
     assert len(_ids(wd / "dd")) == 30 and len(_ids(wd / "top")) == 15
+
+
+def test_chunked_signature_equals_datatrove_and_keeps_memory_small(tmp_path):
+    import io
+    import resource
+
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+    from phi1.data.steps import CodeMinhashSignature, DedupStage
+
+    step = CodeMinhashSignature(str(tmp_path / "s"), DedupStage().minhash(), str(tmp_path / "i"))
+    step._full, step._doc_idx = io.BytesIO(), 0
+    text = "".join((STDLIB / n).read_text() for n in ("difflib.py", "textwrap.py", "fractions.py", "statistics.py"))
+    shingles = step.get_shingles(text)
+    assert len(shingles) > 4 * CodeMinhashSignature.SHINGLE_CHUNK
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ours = step.get_signature(shingles)
+    grew_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert ours == MinhashDedupSignature.get_signature(step, shingles)  # datatrove's, in one piece
+    assert grew_kb < 50_000, grew_kb

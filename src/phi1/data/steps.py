@@ -232,8 +232,19 @@ class CodeMinhashSignature(MinhashDedupSignature):
 
         return shingle_hashes(token_hashes(code_tokens(text)), self.config.n_grams).astype(np.uint64).reshape(-1, 1)
 
+    SHINGLE_CHUNK = 4096  # datatrove hashes all shingles x b*r at once: ~2 KB per shingle of a big file
+
     def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
-        sig = super().get_signature(shingles)
+        """datatrove's signature, taken over chunks of shingles (the minimum of the chunks' minima is the
+        same), so a 1 MB file costs a few MB, not hundreds."""
+        if len(shingles) <= self.SHINGLE_CHUNK:
+            sig = super().get_signature(shingles)
+        else:
+            low = None
+            for i in range(0, len(shingles), self.SHINGLE_CHUNK):
+                part = np.asarray(super().get_signature(shingles[i:i + self.SHINGLE_CHUNK]), dtype=np.uint64)
+                low = part if low is None else np.minimum(low, part)
+            sig = low.tolist()
         self._full.seek(self._doc_idx * self.num_hashes * 8)  # documents without shingles leave zeros
         self._full.write(np.asarray(sig, dtype=np.uint64).tobytes())
         return sig
