@@ -146,26 +146,20 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None
         p = Path(inp)
         if not p.exists():
             raise Phi1Error(f"{p}: input not found")
-        if p.is_dir() and _is_record_dir(p):  # a stage directory (`phi1 data run`) or a folder of shards
-            from phi1.data.records import StageReport, iter_records
-
-            rep = StageReport("tokenizer")
-            for rec in iter_records(p, rep, skip_bad_lines=skip_bad_lines):
-                seen += len(rec["text"])
-                yield rec["text"]
-                if max_bytes is not None and seen >= max_bytes:
-                    return
-            for k, v in rep.dropped.items():
-                counts[k] = counts.get(k, 0) + v
-            continue
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        records = p.is_dir() and _is_record_dir(p)  # a stage directory (`phi1 data run`) or a folder of shards
+        files = [p] if records or not p.is_dir() else sorted(p.rglob("*.py"))
         for f in files:
-            if f.name.endswith(".jsonl.gz"):
+            if records or f.name.endswith(".jsonl.gz"):
                 from phi1.data.records import StageReport, iter_records
 
-                for rec in iter_records(f, StageReport("tokenizer"), skip_bad_lines=skip_bad_lines):
+                rep = StageReport("tokenizer")
+                for rec in iter_records(f, rep, skip_bad_lines=skip_bad_lines):
                     seen += len(rec["text"])
                     yield rec["text"]
+                    if max_bytes is not None and seen >= max_bytes:
+                        return
+                for k, v in rep.dropped.items():
+                    counts[k] = counts.get(k, 0) + v
             elif f.suffix == ".jsonl":
                 from phi1.utils.io import read_jsonl
 

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.procs import worker_guard
@@ -50,10 +50,6 @@ _DT_META = ("file_path", "filter_reason")
 
 
 # ---- records <-> datatrove Documents -------------------------------------------------------------
-
-def record_to_document(rec: dict) -> Document:
-    return Document(text=rec["text"], id=str(rec["id"]), metadata=dict(rec.get("meta") or {}))
-
 
 def document_to_record(doc: Document) -> dict:
     meta = {k: v for k, v in doc.metadata.items() if k not in _DT_META}
@@ -131,15 +127,6 @@ def _reader_layout(source: Path) -> tuple[Path, str, bool]:
     if not source.exists():
         return source, "*.jsonl*", False
     return source, "**/*.jsonl*", True
-
-
-def stage_shards(stage_dir: str | os.PathLike) -> list[Path]:
-    """The data shards a finished stage's manifest lists, in order."""
-    stage_dir = Path(stage_dir)
-    m = read_manifest(stage_dir)
-    if m is None:
-        raise Phi1Error(f"{stage_dir}: not a finished stage (no manifest.json); run the stage first")
-    return [stage_dir / s["path"] for s in m["shards"]]
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
@@ -405,11 +392,3 @@ def shard_records(path: Path) -> int:
     with opener(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    from phi1.utils.io import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
-Builder = Callable[..., list[Block]]

@@ -88,16 +88,12 @@ def _input_files(inputs: list[str | os.PathLike]) -> list[Path]:
             raise Phi1Error(f"--input {p}: not found")
         if not p.is_dir():
             files.append(p)
-        elif _stage_manifest(p):
-            shards = expand_record_inputs([p])  # the stage's kept shards, in its manifest's order
+        elif _stage_manifest(p) or (p / "stage.json").is_file():
+            shards = expand_record_inputs([p])  # the kept shards, in the manifest's order; unfinished: refused
             other = next((f for f in shards if not _is_records(f)), None)
             if other is not None:
                 raise Phi1Error(f"--input {p}: its manifest lists {other.name}; pack reads .jsonl and .jsonl.gz shards")
             files.extend(shards)
-        elif (p / "stage.json").is_file():
-            # Without the manifest a glob would also take rejected/ and half-written shards.
-            raise Phi1Error(f"--input {p}: a stage directory with no manifest.json (the stage has not finished); "
-                            "run it to the end first")
         else:
             files.extend(sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix == ".py" or _is_records(f))))
     return files

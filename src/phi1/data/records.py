@@ -133,7 +133,7 @@ def parse_object_line(raw: bytes) -> tuple[dict | None, str, str | None]:
     except json.JSONDecodeError as exc:
         return None, "bad_json", f"malformed JSONL line ({exc.msg})"
     if not isinstance(obj, dict):
-        return None, "bad_json", f"expected a JSON object, got {type(obj).__name__}"
+        return None, "bad_json", f"malformed JSONL line (expected a JSON object, got {type(obj).__name__})"
     return obj, "", None
 
 
@@ -171,16 +171,7 @@ def _iter_file_records(path: Path, rep: "StageReport", skip_bad_lines: bool, req
         if not raw.strip():
             continue
         rep.bytes_in += len(raw)
-        line, why = decode_line(raw)
-        reason = "bad_utf8"
-        if line is not None:
-            reason = "bad_json"
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            except (json.JSONDecodeError, ValueError) as exc:
-                why = f"malformed JSONL line ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})"
+        rec, reason, why = parse_object_line(raw)
         if why is not None:
             if not skip_bad_lines:
                 raise Phi1Error(f"{path}:{lineno}: {why}; fix the line or {SKIP_HINT}") from None

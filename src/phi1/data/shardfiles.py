@@ -33,6 +33,9 @@ def expand_record_inputs(paths) -> list[Path]:
         if listed is not None:
             out += listed
             continue
+        if (p / "stage.json").is_file():  # a glob would also take rejected/ and half-written shards
+            raise Phi1Error(f"{p}: a stage directory with no manifest.json (the stage has not finished); "
+                            "run it to the end first")
         found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(_SUFFIXES))
         if not found:
             raise Phi1Error(f"{p}: no .jsonl or .jsonl.gz files under it; give a JSONL file or a stage directory")

@@ -23,6 +23,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupSignature
 from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.batching import batched
 from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.hashing import HashConfig
 
@@ -501,9 +502,7 @@ class EduLabels(PipelineStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         annotator = f"llm:{self.opts['model']}" if self.opts["endpoint"] else "rules"
-        batch: list[Document] = []
-
-        def flush():
+        for batch in batched(data, self.batch):
             for doc, lab in zip(batch, self._label([d.text for d in batch])):
                 if "score" in lab:
                     doc.metadata.update(edu_label=lab["score"], edu_reason=lab["reason"], edu_annotator=annotator)
@@ -513,16 +512,7 @@ class EduLabels(PipelineStep):
                 else:
                     doc.metadata.update(edu_error=lab["error"], edu_annotator=annotator)
                     self.stat_update("label_error")
-            out = list(batch)
-            batch.clear()
-            return out
-
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch:
-                yield from flush()
-        if batch:
-            yield from flush()
+            yield from batch
 
 
 @dataclass
@@ -618,22 +608,11 @@ class EduScorer(PipelineStep):
         model, meta, enc = load_classifier(self.classifier, self.encoder)
         if hasattr(model, "n_jobs"):
             model.n_jobs = 1  # parallelism is the tasks
-        batch: list[Document] = []
-
-        def flush():
+        for batch in batched(data, self.batch_size):
             for doc, s in zip(batch, _predict(model, meta["task"], enc.encode([d.text for d in batch]))):
                 doc.metadata["edu_score"] = round(float(s), 4)
                 self.stat_update("scored")
-            out = list(batch)
-            batch.clear()
-            return out
-
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_size:
-                yield from flush()
-        if batch:
-            yield from flush()
+            yield from batch
 
 
 @dataclass
