@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     from phi1.data.classify import run_classify_score, run_classify_train
     from phi1.data.collect import run_collect
     from phi1.data.decontam import run_decontaminate
-    from phi1.data.dedup import baseline_dedup_ids, run_dedup
+    from phi1.data.dedup import run_dedup
+    from reference_dedup import baseline_dedup_ids
     from phi1.data.filter import run_filter
     from phi1.data.mine import run_mine
 
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         sub = work / "baseline_in.jsonl"
         sub.write_text("".join(json.dumps({"id": str(i), "text": t, "meta": {}}) + "\n" for i, t in enumerate(texts)))
         t0 = time.perf_counter()
-        rep = run_dedup(sub, work / "baseline_ours.jsonl", exact=False, workers=w, quiet=True)
+        run_dedup(sub, work / "baseline_ours.jsonl", workers=w, quiet=True)
         ours_s = time.perf_counter() - t0
         ours_kept = {r["id"] for r in map(json.loads, (work / "baseline_ours.jsonl").open())}
         t0 = time.perf_counter()

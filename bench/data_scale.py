@@ -15,9 +15,11 @@ RSS of the process tree (sum over the runner, datatrove's pool workers and manag
 every 0.1 s; PSS beside it, since forked workers share pages), CPU seconds (user+sys of the tree, from
 wait4's rusage) and MB/s of input text.
 
-Side by side in the same run: today's single-process dedup (`phi1.data.dedup.run_dedup`, one JSONL
-file, 2 workers, LSH index in the main process) on the concatenated collect shards of each size, its
-time against the pipeline's dedup stage, and the Jaccard of the two kept id sets. Then the ratios
+Side by side in the same run: phi1's first, single-process dedup (`bench/reference_dedup.py`, one
+JSONL file, 2 workers, LSH index in the main process) on the concatenated collect shards of each size,
+its time against the pipeline's dedup stage, and the Jaccard of the two kept id sets; then once more
+with the file sorted by id, so that both keep the same record of a group (the old one keeps the first
+in the file, the engine the smallest id). Then the ratios
 (peak RSS largest/smallest size, MB/s largest/smallest size, tasks 2 vs 1) and an estimate of the
 CPU-hours to filter 35B tokens (~120 GB) of Python on a Slurm cluster from the measured CPU-s per MB.
 
@@ -34,11 +36,9 @@ import gzip
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -274,19 +274,30 @@ def run_config(root: Path, size: float, tasks: int, sample: int, quiet: bool) ->
     return {"run_dir": run_dir, "rows": rows, "startup": startup, "outputs": out_info}
 
 
-OLD_DEDUP = ("import sys; from phi1.data.dedup import run_dedup; "
-             "run_dedup(sys.argv[1], sys.argv[2], rejected=sys.argv[3], workers=int(sys.argv[4]), quiet=True)")
+REFERENCE_DEDUP = Path(__file__).with_name("reference_dedup.py")
 
 
-def old_dedup(collect_dir: Path, work: Path, workers: int) -> dict:
-    """Today's single-process dedup on the collect shards concatenated into one JSONL file."""
+def old_dedup(collect_dir: Path, work: Path, workers: int, order: str = "file") -> dict:
+    """phi1's first, single-process dedup (`bench/reference_dedup.py`) on the collect shards written
+    into one JSONL file: in shard order (`file`), or sorted by id (`id`: the record it keeps of a
+    group is then the one the engine keeps, the smallest id)."""
     work.mkdir(parents=True, exist_ok=True)
-    src, out, rej = work / "collect.jsonl", work / "old-dedup.jsonl", work / "old-dedup.rejected.jsonl"
+    src, out, rej = work / "collect.jsonl", work / f"old-dedup-{order}.jsonl", work / f"old-dedup-{order}.rejected.jsonl"
+    lines = []
     with src.open("wb") as dst:
         for f in sorted((collect_dir / "data").glob("*.jsonl*")):
             with (gzip.open(f, "rb") if f.suffix == ".gz" else f.open("rb")) as fh:
-                shutil.copyfileobj(fh, dst)
-    m = measured([sys.executable, "-c", OLD_DEDUP, str(src), str(out), str(rej), str(workers)], work / "old-dedup.log")
+                if order == "file":
+                    shutil.copyfileobj(fh, dst)
+                else:
+                    lines += [ln for ln in fh if ln.strip()]
+        if order == "id":
+            loads = _loads()
+            lines.sort(key=lambda ln: loads(ln)["id"])
+            dst.writelines(lines)
+            del lines
+    m = measured([sys.executable, str(REFERENCE_DEDUP), str(src), str(out), str(rej), str(workers)],
+                 work / f"old-dedup-{order}.log")
     loads = _loads()
     with out.open("rb") as fh:
         kept = {loads(line)["id"] for line in fh if line.strip()}
@@ -359,7 +370,7 @@ def main(argv=None) -> int:
     ap.add_argument("--largest-tasks", default="",
                     help="task counts for the largest size only (default: the same as --tasks)")
     ap.add_argument("--sample", type=int, default=2000, help="annotation sample (records)")
-    ap.add_argument("--no-old-dedup", action="store_true", help="skip today's single-process dedup")
+    ap.add_argument("--no-old-dedup", action="store_true", help="skip the single-process reference dedup")
     ap.add_argument("--work", help="work directory (default: a temp dir, removed at the end)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "data_scale.json"),
                     help="where the JSON result goes")
@@ -404,7 +415,7 @@ def main(argv=None) -> int:
         first = ids_by_tasks[tlist[0]]
         kept_sets[size] = {f"tasks{t}": {st: (v[st] == first[st]) for st in v} for t, v in ids_by_tasks.items()}
         if not args.no_old_dedup:
-            log(f"  {size:g} MB today's single-process dedup (run_dedup, 2 workers) ...")
+            log(f"  {size:g} MB the single-process reference dedup (2 workers) ...")
             old = old_dedup(last_run["run_dir"] / "wd" / "collect", last_run["run_dir"] / "old", 2)
             new_rows = [r for r in rows if r["size_mb"] == size and r["stage"] == "dedup"]
             new_ids = ids_by_tasks[tlist[-1]]["dedup"]
@@ -418,9 +429,14 @@ def main(argv=None) -> int:
                                                       "peak_rss_mb": r["peak_rss_mb"]} for r in new_rows},
                        "kept_jaccard": jaccard(old["ids"], new_ids),
                        "only_old": len(old["ids"] - new_ids), "only_new": len(new_ids - old["ids"]), "difference": why}
+            by_id = old_dedup(last_run["run_dir"] / "wd" / "collect",
+                              last_run["run_dir"] / "old", 2, order="id")
+            cmp_row["same_keep_rule"] = {"old_kept": len(by_id["ids"]), "kept_jaccard": jaccard(by_id["ids"], new_ids),
+                                         "only_old": len(by_id["ids"] - new_ids), "only_new": len(new_ids - by_id["ids"])}
             dedup_cmp.append(cmp_row)
             log(f"    old {old['wall_s']:.1f} s, kept {len(old['ids'])}; new kept {len(new_ids)}; "
-                f"Jaccard {cmp_row['kept_jaccard']:.4f}")
+                f"Jaccard {cmp_row['kept_jaccard']:.4f}; input in id order (same keep rule): "
+                f"{cmp_row['same_keep_rule']['kept_jaccard']:.4f}")
         if not args.work:
             for t in tlist:
                 shutil.rmtree(root / f"{size:g}MB-t{t}", ignore_errors=True)
@@ -584,19 +600,21 @@ def render(rows, startups, kept_sets, dedup_cmp, sizes, task_counts, machine, av
              f"{'yes' if same else 'NO: ' + json.dumps({f'{k:g}': v for k, v in kept_sets.items()})}\n")
 
     if dedup_cmp:
-        L.append("Near-dedup: the pipeline's datatrove MinHash stage vs today's single-process "
-                 "`run_dedup` (2 workers, same corpus):\n")
+        L.append("Near-dedup: the pipeline's datatrove MinHash stage vs phi1's first, single-process dedup "
+                 "(`bench/reference_dedup.py`, 2 workers, same corpus). Last column: the same, with the reference "
+                 "given the corpus sorted by id, so both keep the same record of a group:\n")
         L.append("| size MB | MB in | old wall s | old CPU s | old RSS MB | " +
                  " | ".join(f"new t{t} wall s" for t in tasks_seen) + " | new/old wall (t2) | old kept | new kept | "
-                 "only old | only new | kept Jaccard |")
-        L.append("|---|---|---|---|---|" + "---|" * len(tasks_seen) + "---|---|---|---|---|---|")
+                 "only old | only new | kept Jaccard | Jaccard, same keep rule |")
+        L.append("|---|---|---|---|---|" + "---|" * len(tasks_seen) + "---|---|---|---|---|---|---|")
         for c in dedup_cmp:
             news = [c["new"].get(f"tasks{t}") for t in tasks_seen]
             n2 = c["new"].get("tasks2") or next(n for n in news if n)
             L.append(f"| {c['size_mb']:g} | {c['mb_in']:.1f} | {c['old_wall_s']:.1f} | {c['old_cpu_s']:.1f} | "
                      f"{c['old_peak_rss_mb']:.0f} | " + " | ".join(f"{n['wall_s']:.1f}" if n else "–" for n in news) +
                      f" | {n2['wall_s'] / c['old_wall_s']:.2f} | {c['old_kept']} | {c['new_kept']} | {c['only_old']} | "
-                     f"{c['only_new']} | {c['kept_jaccard']:.4f} {'(>= 0.97)' if c['kept_jaccard'] >= 0.97 else '(< 0.97!)'} |")
+                     f"{c['only_new']} | {c['kept_jaccard']:.4f} {'(>= 0.97)' if c['kept_jaccard'] >= 0.97 else '(< 0.97!)'} | "
+                     + (f"{c['same_keep_rule']['kept_jaccard']:.4f}" if c.get("same_keep_rule") else "–") + " |")
         L.append("")
         for c in dedup_cmp:
             d = c["difference"]

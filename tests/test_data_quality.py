@@ -37,10 +37,15 @@ def test_rule_annotator_scores_and_explains(tmp_path):
     assert rule_score("def broken(:\n")[0] == 0
     recs = stdlib_records() + [{"id": "table", "text": table, "meta": {}}]
     out = tmp_path / "ann.jsonl"
-    rep = run_annotate(write(tmp_path / "in.jsonl", recs), out, sample=4, seed=1, quiet=True)
+    inp = write(tmp_path / "in.jsonl", recs)
+    rep = run_annotate(inp, out, sample=4, seed=1, quiet=True, only_sampled=False)
     got = read(out)
     labelled = [r for r in got if "edu_label" in r["meta"]]
-    assert len(got) == len(recs) and len(labelled) == 4
+    assert [r["id"] for r in got] == [r["id"] for r in recs] and len(labelled) == 4
+    # The default writes only the sample: the same 4 records, whatever the task count.
+    only = read(run_annotate(inp, tmp_path / "only.jsonl", sample=4, seed=1, quiet=True, workers=1).output)
+    assert sorted(r["id"] for r in only) == sorted(r["id"] for r in labelled)
+    assert all(r["meta"]["edu_label"] == {x["id"]: x for x in labelled}[r["id"]]["meta"]["edu_label"] for r in only)
     assert all(r["meta"]["edu_annotator"] == "rules" and r["meta"]["edu_reason"] for r in labelled)
     assert rep.details["annotator"] == "rules" and sum(rep.details["label_histogram"].values()) == 4
 

@@ -263,3 +263,41 @@ def test_saved_dataset_without_datasets_names_the_install(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "needs the 'datasets' package" in lines[0] and "pip install datasets" in lines[0]
+
+
+def test_one_big_file_is_read_by_every_task_once_in_order(tmp_path):
+    """Fewer files than tasks: byte ranges, a line to the task its first byte falls in."""
+    import random
+
+    from phi1.data.engine import RecordReader
+    from phi1.errors import Phi1Error
+
+    rng = random.Random(5)
+    lines = []
+    for i in range(300):
+        if i % 37 == 5:
+            lines.append("")  # blank lines are skipped, and still counted for line numbers
+        rec = {"text": "x" * rng.randint(0, 400) + f" {i}"}
+        if i % 3:
+            rec["id"] = f"r{i}"
+        lines.append(json.dumps(rec))
+    f = tmp_path / "big.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    want = [(json.loads(line).get("id", f"big.jsonl:{n}"), json.loads(line)["text"])
+            for n, line in enumerate(lines, 1) if line]
+    for tasks in (1, 2, 3, 7, 64):
+        got = []
+        sizes = []
+        for rank in range(tasks):
+            docs = [(d.id, d.text) for d in RecordReader(f).run(None, rank, tasks)]
+            sizes.append(len(docs))
+            got += docs
+        assert got == want, tasks  # every record once, in input order, default ids from true line numbers
+        if tasks <= 7:
+            assert min(sizes) > 0, sizes  # every task got a share
+    # a bad line is named by its true line number whichever task meets it
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines[:200]) + "\nnot json\n" + "\n".join(lines[200:]) + "\n")
+    with pytest.raises(Phi1Error, match=r"bad.jsonl:201: malformed"):
+        for rank in range(4):
+            list(RecordReader(bad).run(None, rank, 4))

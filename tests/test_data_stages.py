@@ -61,7 +61,7 @@ def test_collect_dir_skips_bad_files_with_reasons(tmp_path):
     assert rep.dropped["oversized"] == 1 and rep.dropped["auto_generated"] == 1
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["kept"] == len(recs) and report["dropped"]["binary"] == 1
-    rejected = {r["id"]: r["meta"]["reject_reason"] for r in read(tmp_path / "rej.jsonl")}
+    rejected = {r["meta"]["path"]: r["meta"]["reject_reason"] for r in read(tmp_path / "rej.jsonl")}
     assert rejected["blob.py"] == "binary"
     assert all(set(r) == {"id", "text", "meta"} for r in recs)
     assert len({r["id"] for r in recs}) == len(recs)
@@ -78,12 +78,12 @@ def test_collect_jsonl_parquet_and_hf_error(tmp_path):
     pq.write_table(pa.table({"text": ["def f(): pass", "y = 3"], "repo": ["r1", "r2"]}), tmp_path / "t.parquet")
     with pytest.raises(Phi1Error, match=r"in.jsonl:2: malformed"):
         run_collect([jl], tmp_path / "o.jsonl", quiet=True)
-    rep = run_collect([jl, tmp_path / "t.parquet"], tmp_path / "o.jsonl", skip_bad_lines=True, quiet=True)
-    recs = read(tmp_path / "o.jsonl")
-    assert [r["text"] for r in recs] == ["print(1)", "x = 2", "def f(): pass", "y = 3"]
-    assert recs[2]["meta"]["repo"] == "r1" and recs[1]["meta"]["lang"] == "py"
-    assert rep.dropped["bad_json"] == 1 and rep.dropped["no_text"] == 1
-    assert rep.bad_lines[0]["line"] == 2
+    rep = run_collect([jl, tmp_path / "t.parquet"], tmp_path / "o.jsonl", skip_bad_lines=True, quiet=True,
+                      meta_columns=["repo"], workers=2)
+    recs = {r["text"]: r for r in read(tmp_path / "o.jsonl")}
+    assert sorted(recs) == sorted(["print(1)", "x = 2", "def f(): pass", "y = 3"])
+    assert recs["def f(): pass"]["meta"]["repo"] == "r1" and "lang" not in recs["x = 2"]["meta"]  # listed only
+    assert rep.dropped["bad_json"] == 1 and rep.dropped["no_text"] == 1 and rep.read == 6
     hf = tmp_path / "hfds"
     hf.mkdir()
     (hf / "dataset_info.json").write_text("{}")
@@ -123,8 +123,9 @@ def test_dedup_exact_and_near(tmp_path):
     originals = {r["meta"]["path"]: r for r in recs}
     tw, hq = originals["textwrap.py"]["text"], originals["heapq.py"]["text"]
     extra = [
-        {"id": "exact-copy", "text": tw.replace("\n", "\r\n") + "\n\n\n", "meta": {}},  # same after normalisation
-        {"id": "near-copy", "text": _near_copy(hq), "meta": {}},
+        {"id": "~exact-copy", "text": tw.replace("\n", "\r\n") + "\n\n\n", "meta": {}},  # same after normalisation
+        {"id": "~near-copy", "text": _near_copy(hq), "meta": {}},
+        {"id": "!first-id", "text": (STDLIB / "bisect.py").read_text() + "\n", "meta": {}},  # sorts before its original
     ]
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps(r) + "\n" for r in recs + extra))
@@ -132,32 +133,30 @@ def test_dedup_exact_and_near(tmp_path):
     rep = run_dedup(mixed, out, rejected=str(tmp_path / "rej.jsonl"), workers=2, threshold=0.8, quiet=True)
     kept_ids = {r["id"] for r in read(out)}
     rej = {r["id"]: r["meta"] for r in read(tmp_path / "rej.jsonl")}
-    assert rej["exact-copy"]["reject_reason"] == "exact_duplicate"
-    assert rej["exact-copy"]["duplicate_of"] == originals["textwrap.py"]["id"]
-    assert rej["near-copy"]["reject_reason"] == "near_duplicate"
-    assert rej["near-copy"]["duplicate_of"] == originals["heapq.py"]["id"]
-    assert rej["near-copy"]["similarity"] >= 0.8
+    assert rej["~exact-copy"]["reject_reason"] == "exact_duplicate"
+    assert rej["~exact-copy"]["duplicate_of"] == originals["textwrap.py"]["id"]
+    assert rej["~near-copy"]["reject_reason"] == "near_duplicate"
+    assert rej["~near-copy"]["duplicate_of"] == originals["heapq.py"]["id"]
+    assert rej["~near-copy"]["similarity"] >= 0.8 and rej["~near-copy"]["rejected_by"] == "dedup"
+    # Of a group the smallest id is kept, wherever it is in the file: the rule any task count gives.
+    assert "!first-id" in kept_ids and rej[originals["bisect.py"]["id"]]["duplicate_of"] == "!first-id"
+    # The output keeps the input's order (one input file: task r reads the r-th byte range).
+    assert [r["id"] for r in read(out)] == [r["id"] for r in recs + extra if r["id"] in kept_ids]
+    assert {e["id"] for e in rep.details["examples"]} == set(rej) and rep.details["bands"] * rep.details["rows"] <= 128
     assert originals["textwrap.py"]["id"] in kept_ids and originals["heapq.py"]["id"] in kept_ids
     # Ordinary distinct modules survive: only a handful (empty __init__ style shims) may collapse.
     assert len(kept_ids) >= len(recs) - 5
-    assert rep.kept + rep.n_dropped == len(recs) + 2
+    assert rep.kept + rep.n_dropped == len(recs) + 3 == rep.read
+    # The in-memory index (synthetic-data validation) decides as the stage does, records taken in id order.
+    from phi1.data.steps import MinhashIndex
+
+    idx = MinhashIndex(threshold=0.8)
+    dropped = {r["id"]: idx.add_text(r["id"], r["text"]) for r in sorted(recs + extra, key=lambda r: r["id"])}
+    assert {k for k, v in dropped.items() if v} == set(rej)
+    assert all(dropped[k][1] == rej[k]["duplicate_of"] for k in rej)
     # Serial (no worker processes) gives the same decisions.
     rep1 = run_dedup(mixed, tmp_path / "dedup1.jsonl", workers=1, threshold=0.8, quiet=True)
     assert {r["id"] for r in read(tmp_path / "dedup1.jsonl")} == kept_ids and rep1.kept == rep.kept
-
-
-def test_signature_matches_datasketch():
-    from datasketch import MinHash
-
-    from phi1.data.dedup import SignatureMaker
-
-    text = (STDLIB / "bisect.py").read_text()
-    maker = SignatureMaker(num_perm=64, seed=3, shingle=5)
-    ref = MinHash(num_perm=64, seed=3, hashfunc=lambda v: v, scheme="affine32")
-    ref.update_batch(np.unique(maker.shingles(text)).tolist())
-    assert np.array_equal(maker.signature(text), ref.hashvalues)
-    other = maker.minhash(maker.signature((STDLIB / "heapq.py").read_text()))
-    assert maker.minhash(maker.signature(text)).jaccard(other) < 0.3
 
 
 def test_bad_lines_and_missing_text(tmp_path):
@@ -165,7 +164,7 @@ def test_bad_lines_and_missing_text(tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "text": "a = 1"}\n[1, 2]\n{"id": "2"}\nnot json\n{"id": "3", "text": "b = 2"}\n')
-    with pytest.raises(Phi1Error, match=r"bad.jsonl:2: malformed JSONL line .*--skip-bad-lines"):
+    with pytest.raises(Phi1Error, match=r"bad.jsonl:[24]: malformed JSONL line .*--skip-bad-lines"):
         run_dedup(bad, tmp_path / "o.jsonl", quiet=True)
     assert not (tmp_path / "o.jsonl").exists()
     rep = run_dedup(bad, tmp_path / "o.jsonl", skip_bad_lines=True, workers=1, quiet=True)
@@ -174,7 +173,8 @@ def test_bad_lines_and_missing_text(tmp_path):
     assert [b["line"] for b in rep.bad_lines] == [2, 3, 4]
     # The CLI: one line on stderr, exit status 2, no traceback.
     res = phi1("data", "dedup", bad, "--out", tmp_path / "o2.jsonl")
-    assert res.returncode == 2 and "bad.jsonl:2" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "bad.jsonl:" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 def test_cli_collect_and_dedup_config_errors(tmp_path):
@@ -192,7 +192,7 @@ def test_cli_collect_and_dedup_config_errors(tmp_path):
 
 
 def test_interrupted_stage_leaves_previous_output_intact(tmp_path, monkeypatch):
-    from phi1.data import dedup as dedup_mod
+    from phi1.data import steps as dedup_mod
     from phi1.data.dedup import run_dedup
 
     inp = tmp_path / "in.jsonl"
@@ -215,12 +215,17 @@ def test_interrupted_stage_leaves_previous_output_intact(tmp_path, monkeypatch):
     assert out.read_text() == before  # the old output survives whole; no torn new one
     assert not (tmp_path / "rej.jsonl").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # The stage's work directory stays for a resume; the rerun finishes it and cleans it up.
+    assert (tmp_path / ".out.jsonl.stage" / "stage.json").exists()
+    monkeypatch.setattr(dedup_mod, "normalized_hash", real)
+    rep = run_dedup(inp, out, workers=1, rejected=str(tmp_path / "rej.jsonl"), quiet=True)
+    assert out.read_text() == before and rep.kept == 40 and not (tmp_path / ".out.jsonl.stage").exists()
 
 
-def test_duplicate_index_standalone():
-    from phi1.data.dedup import DuplicateIndex
+def test_minhash_index_standalone():
+    from phi1.data.steps import MinhashIndex
 
-    idx = DuplicateIndex(threshold=0.8)
+    idx = MinhashIndex(threshold=0.8)
     hq = (STDLIB / "heapq.py").read_text()
     assert idx.add_text("heapq", hq) is None
     assert idx.add_text("bisect", (STDLIB / "bisect.py").read_text()) is None

@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import sys
 from pathlib import Path
 
-from phi1.errors import ConfigError, Phi1Error
+from phi1.errors import Phi1Error
 from phi1.data.edu_rules import rule_score
-from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, check_stage_outputs, StageReport, content_hash, finish_report, iter_records
+from phi1.data.records import StageReport, content_hash, finish_report
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
 
@@ -96,12 +94,6 @@ def load_cache(path: Path) -> dict[str, dict]:
     return cache
 
 
-def _choose_sample(n_records: int, sample: int | None, seed: int) -> set[int] | None:
-    if sample is None or sample <= 0 or sample >= n_records:
-        return None
-    return set(random.Random(seed).sample(range(n_records), sample))
-
-
 def run_annotate(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -110,55 +102,53 @@ def run_annotate(
     model: str | None = None,
     api_key_env: str | None = None,
     sample: int | None = None,
-    seed: int = 0,
-    concurrency: int = 8,
-    timeout: float = 60.0,
-    max_attempts: int = 6,
+    seed: int | None = None,
+    concurrency: int | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
     cache: str | os.PathLike | None = None,
-    only_sampled: bool = False,
+    only_sampled: bool | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
 ) -> StageReport:
-    """Add `meta.edu_label` (0-5), `edu_reason`, `edu_annotator` to a sample of records (all when no sample)."""
-    if endpoint and not model:
-        raise ConfigError("annotate.model: required with --endpoint; pass --model NAME (the name the server serves)")
-    report = StageReport("annotate", input=str(input_path))
-    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
-    # The sample needs the record count first; annotation is run on samples, so holding them is fine.
-    records = list(iter_records(input_path, report, skip_bad_lines=skip_bad_lines))
-    chosen = _choose_sample(len(records), sample, seed)
-    picked = [i for i in range(len(records)) if chosen is None or i in chosen]
-    if endpoint:
-        labels = _llm_labels([records[i]["text"] for i in picked], endpoint, model, api_key_env, concurrency,
-                             timeout, max_attempts, Path(cache) if cache else Path(str(output_path) + ".cache.jsonl"),
-                             report, quiet)
-        annotator = f"llm:{model}"
-    else:
-        texts = (records[i]["text"] for i in picked)
-        labels = [lab for _, lab in progress(parallel_map(_rule_label, texts, workers=workers), total=len(picked),
-                                             desc="annotate (rules)", unit="rec")]
-        annotator = "rules"
-    report.details.update(annotator=annotator, sampled=len(picked), prompt_version=PROMPT_VERSION)
-    by_index = dict(zip(picked, labels))
+    """Add `meta.edu_label` (0-5), `edu_reason`, `edu_annotator` to a fixed-seed sample of records (all
+    when no sample), through the same blocks as an `annotate` stage of `phi1 data run`
+    (`phi1.data.steps.AnnotateStage`); the judge's cache defaults to `OUTPUT.cache.jsonl`."""
+    from phi1.data.pipeline import run_stage_file
+
+    if isinstance(endpoint, list):
+        endpoint = ",".join(endpoint)
+    opts = {k: v for k, v in dict(endpoint=endpoint, model=model, api_key_env=api_key_env, sample=sample, seed=seed,
+                                  concurrency=concurrency, timeout=timeout, max_attempts=max_attempts,
+                                  only_sampled=only_sampled).items() if v is not None}
+    opts["cache"] = str(cache) if cache else str(output_path) + ".cache.jsonl"
     hist: dict[str, int] = {}
-    with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
-        for i, rec in enumerate(records):
-            lab = by_index.get(i)
-            if lab is not None and "score" in lab:
-                rec["meta"].update(edu_label=lab["score"], edu_reason=lab["reason"], edu_annotator=annotator)
-                if "features" in lab:
-                    rec["meta"]["edu_features"] = lab["features"]
-                hist[str(int(lab["score"]))] = hist.get(str(int(lab["score"])), 0) + 1
-            elif lab is not None:
-                rec["meta"].update(edu_error=lab["error"], edu_annotator=annotator)
-            if only_sampled and (lab is None or "score" not in lab):
-                sink.reject(rec, "not_sampled" if lab is None else "judge_" + lab["kind"])
-                continue
-            sink.keep(rec)
-    report.details["label_histogram"] = dict(sorted(hist.items()))
+
+    def count(rec: dict) -> None:
+        lab = rec["meta"].get("edu_label")
+        if isinstance(lab, (int, float)):
+            hist[str(int(lab))] = hist.get(str(int(lab)), 0) + 1
+
+    report, m = run_stage_file("annotate", opts, input_path, output_path, rejected=rejected,
+                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
+                               on_keep=count)
+    annotator = f"llm:{model}" if endpoint else "rules"
+    report.details.update(annotator=annotator, sampled=sum(hist.values()), prompt_version=PROMPT_VERSION,
+                          label_histogram=dict(sorted(hist.items())))
+    if endpoint:
+        from phi1.data.steps import JUDGE_COUNTS
+
+        client: dict[str, int] = {}
+        for key, n in m["counts"].items():
+            tail = key.rsplit("/", 1)[-1]
+            if tail in JUDGE_COUNTS:
+                report.details[tail] = report.details.get(tail, 0) + n
+            elif tail.startswith("client_"):
+                client[tail[len("client_"):]] = client.get(tail[len("client_"):], 0) + n
+        report.details["client"] = client
     if not quiet and annotator == "rules":
         print("annotate: no --endpoint given, so the rule-based annotator labelled the records "
               "(meta.edu_annotator = 'rules')", file=sys.stderr)

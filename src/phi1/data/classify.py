@@ -19,7 +19,7 @@ import numpy as np
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.data.features import describe, make_encoder
-from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
+from phi1.data.records import StageReport, finish_report, iter_records
 from phi1.utils.io import atomic_write, atomic_write_json
 from phi1.utils.progress import progress
 
@@ -220,45 +220,27 @@ def run_classify_score(
     *,
     classifier: str | os.PathLike,
     encoder: str | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
 ) -> StageReport:
-    """Add `meta.edu_score` in [0, 1] to every record, encoding and predicting in batches."""
-    model, meta, enc = load_classifier(classifier, encoder)
-    if hasattr(model, "n_jobs"):
-        model.n_jobs = workers or -1  # trees predict in parallel worker threads
-    report = StageReport("classify-score", input=str(input_path))
-    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
+    """Add `meta.edu_score` in [0, 1] to every record, through the same blocks as a `classify-score`
+    stage of `phi1 data run` (`phi1.data.steps.ClassifyScoreStage`): `workers` tasks score in parallel."""
+    from phi1.data.pipeline import run_stage_file
+
+    _, meta, _ = load_classifier(classifier, encoder)  # a missing or mismatched classifier fails here, once
+    opts = {k: v for k, v in dict(classifier=str(classifier), encoder=encoder, batch_size=batch_size).items()
+            if v is not None}
+    scores: list[float] = []
+    report, _ = run_stage_file("classify-score", opts, input_path, output_path, rejected=rejected,
+                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
+                               on_keep=lambda rec: scores.append(rec["meta"]["edu_score"]))
     report.details.update(classifier=str(classifier), encoder=meta["encoder"]["spec"], task=meta["task"])
-    scores_all: list[float] = []
-    size = os.path.getsize(input_path) if os.path.exists(input_path) else None
-    bar = progress(total=size, desc="score", unit="B", unit_scale=True)
-    try:
-        with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
-            batch: list[dict] = []
-
-            def flush():
-                scores = _predict(model, meta["task"], enc.encode([r["text"] for r in batch]))
-                for rec, s in zip(batch, scores):
-                    rec["meta"]["edu_score"] = round(float(s), 4)
-                    scores_all.append(float(s))
-                    bar.update(len(rec["text"]))
-                    sink.keep(rec)
-                batch.clear()
-
-            for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
-                batch.append(rec)
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
-                flush()
-    finally:
-        bar.close()
-    if scores_all:
-        q = np.quantile(scores_all, [0.1, 0.5, 0.9])
-        report.details["score_quantiles"] = {"p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4), "p90": round(float(q[2]), 4)}
+    if scores:
+        q = np.quantile(scores, [0.1, 0.5, 0.9])
+        report.details["score_quantiles"] = {"p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4),
+                                             "p90": round(float(q[2]), 4)}
     return finish_report(report, quiet)

@@ -1,8 +1,8 @@
-"""`phi1 data collect`: turn directories, JSONL, Parquet and HF datasets into records.
-
-Directory files are read by parallel worker processes (decode + checks are the
-cost); binary, undecodable, oversized and auto-generated files are skipped and
-counted per reason.
+"""`phi1 data collect`: directories of code files, JSONL / .jsonl.gz, Parquet (The Stack's layout),
+saved `datasets` and the Hugging Face hub to records, through the same blocks as a `collect` stage of
+`phi1 data run` (`phi1.data.collect_steps.CollectStage`, where the defaults live). This module holds
+the file checks those steps apply: binary, undecodable, oversized, auto-generated and minified files
+are dropped and counted per reason.
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ import fnmatch
 import os
 import re
 import sysconfig
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
-from phi1.errors import ConfigError, Phi1Error
-from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
-from phi1.utils.progress import progress
+from phi1.data.records import StageReport, finish_report
 
 # Markers that tools put at the top of files they generate (protobuf, Cython,
 # Qt designer, lex/yacc tables, ...). Such files teach nothing about writing code.
@@ -28,24 +23,6 @@ _GENERATED_RE = re.compile(
 )
 _HEAD_BYTES = 2048
 _MAX_LINE_CHARS = 1000  # minified/data blobs have absurdly long lines
-
-
-@dataclass
-class CollectConfig:
-    include: list[str] = field(default_factory=lambda: ["*.py"])
-    exclude: list[str] = field(default_factory=list)
-    max_bytes: int = 1_000_000
-    min_bytes: int = 1
-    workers: int = 0  # 0 = os.cpu_count()
-    skip_bad_lines: bool = False
-
-    def validate(self) -> None:
-        if self.max_bytes <= 0:
-            raise ConfigError(f"collect.max_bytes: {self.max_bytes} must be a positive byte count")
-        if self.workers < 0:
-            raise ConfigError(f"collect.workers: {self.workers} must be >= 0 (0 means one per CPU)")
-        if not self.include:
-            raise ConfigError("collect.include: empty; give at least one glob such as '*.py'")
 
 
 def python_install_sources(stdlib: bool = True, site_packages: bool = True) -> list[str]:
@@ -66,7 +43,7 @@ def _match(rel: str, name: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel, g) or fnmatch.fnmatch("/" + rel, g) for g in globs)
 
 
-def _walk_dir(root: Path, cfg: CollectConfig, skip_dirs: set[str]) -> Iterator[tuple[str, str, int]]:
+def walk_dir(root, include: list[str], exclude: list[str], skip_dirs: set[str]) -> Iterator[tuple[str, str, int]]:
     """Yield (path, relpath, size) for matching files, sorted for reproducibility."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
@@ -76,7 +53,7 @@ def _walk_dir(root: Path, cfg: CollectConfig, skip_dirs: set[str]) -> Iterator[t
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
-            if not _match(rel, name, cfg.include) or _match(rel, name, cfg.exclude):
+            if not _match(rel, name, include) or _match(rel, name, exclude):
                 continue
             try:
                 st = os.stat(full)
@@ -106,14 +83,6 @@ def read_source(path: str, max_bytes: int, min_bytes: int = 0) -> tuple[str, str
         return "", "undecodable"
 
 
-def check_file(args: tuple[str, int, int]) -> tuple[str, str | None]:
-    """Read one file; return (text, None) or ("", skip reason). Runs in worker processes."""
-    text, why = read_source(*args)
-    if why is not None:
-        return text, why
-    return text, text_skip_reason(text)
-
-
 def text_skip_reason(text: str) -> str | None:
     """Why a text should be skipped (auto-generated, minified), or None."""
     if not text.strip():
@@ -125,49 +94,6 @@ def text_skip_reason(text: str) -> str | None:
     return None
 
 
-def _is_hf_dataset_dir(path: Path) -> bool:
-    return (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists()
-
-
-def _iter_hf_dataset(path: Path) -> Iterator[dict]:
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        raise Phi1Error(
-            f"{path}: looks like a Hugging Face dataset saved with save_to_disk, but the 'datasets' "
-            "package is not installed; run `pip install datasets` or export it to JSONL/Parquet"
-        ) from None
-    ds = datasets.load_from_disk(str(path))
-    splits = ds.values() if hasattr(ds, "keys") else [ds]
-    for split in splits:
-        yield from split
-
-
-def _iter_parquet(path: Path) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise Phi1Error(f"{path}: cannot read as Parquet ({exc}); check the file") from None
-    for batch in pf.iter_batches(batch_size=1024):
-        yield from batch.to_pylist()
-
-
-def _table_record(row: dict, source: str, index: int, text_field: str) -> dict | None:
-    text = row.get(text_field)
-    if not isinstance(text, str):
-        return None
-    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-    extra = {k: v for k, v in row.items() if k not in (text_field, "id", "meta") and _jsonable(v)}
-    rid = str(row["id"]) if row.get("id") is not None else f"{Path(source).name}:{index}"
-    return {"id": rid, "text": text, "meta": {**extra, **meta, "source": source}}
-
-
-def _jsonable(v) -> bool:
-    return isinstance(v, (str, int, float, bool, type(None), list, dict))
-
-
 def run_collect(
     sources: list[str],
     output: str | os.PathLike,
@@ -176,103 +102,43 @@ def run_collect(
     site_packages: bool = False,
     include: list[str] | None = None,
     exclude: list[str] | None = None,
-    max_bytes: int = 1_000_000,
+    max_bytes: int | None = None,
     workers: int = 0,
-    text_field: str = "text",
+    text_column: str | None = None,
+    meta_columns: list[str] | None = None,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
-    limit_bytes: int = 0,
+    limit_bytes: int | None = None,
     quiet: bool = False,
     overwrite: bool = False,
 ) -> StageReport:
-    """Collect records from `sources` (dirs, .jsonl, .parquet, HF dataset dirs) into `output`.
+    """Collect records from `sources` into the JSONL file `output`, in `workers` tasks.
 
-    `limit_bytes` > 0 stops after that many bytes of kept text (for benchmarks and demos).
-    """
-    cfg = CollectConfig(include=list(include or ["*.py"]), exclude=list(exclude or []),
-                        max_bytes=max_bytes, workers=workers, skip_bad_lines=skip_bad_lines)
-    cfg.validate()
+    `limit_bytes` > 0 takes only the first code files (sorted by path) up to that many bytes."""
+    from phi1.data.pipeline import run_stage_file
+
     sources = [str(s) for s in sources]
-    if python_stdlib or site_packages:
-        sources += python_install_sources(python_stdlib, site_packages)
-    if not sources:
-        raise Phi1Error("collect: no sources given; pass directories/files or --python-stdlib/--site-packages")
-    report = StageReport("collect", input=", ".join(sources))
-    check_stage_outputs(report.stage, sources, output, rejected, overwrite=overwrite)
-    report.details["sources"] = {}
-    n_workers = cfg.workers or os.cpu_count() or 1
-    # A source dir nested inside another (site-packages under stdlib) is walked once, as its own source.
-    dir_sources = {os.path.abspath(s) for s in sources if os.path.isdir(s)}
-    if python_stdlib:  # the interpreter's own site-packages is not the standard library
-        dir_sources.add(os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), "site-packages"))
-    with RecordSink(output, report, rejected, inputs=sources, overwrite=overwrite) as sink:
-        state = {"bytes": 0}
+    opts = {k: v for k, v in dict(sources=sources, python_stdlib=python_stdlib, site_packages=site_packages,
+                                  include=None if include is None else list(include),
+                                  exclude=None if exclude is None else list(exclude), max_bytes=max_bytes,
+                                  limit_bytes=limit_bytes or None, text_column=text_column,
+                                  meta_columns=None if meta_columns is None else list(meta_columns)).items()
+            if v is not None}
+    all_sources = sources + python_install_sources(python_stdlib, site_packages) if (python_stdlib or site_packages) \
+        else sources
+    per_source: dict[str, int] = {}
+    text_bytes = [0]
 
-        def emit(rec: dict) -> bool:
-            sink.keep(rec)
-            state["bytes"] += len(rec["text"].encode("utf-8"))
-            return bool(limit_bytes) and state["bytes"] >= limit_bytes
+    def count(rec: dict) -> None:
+        src = str(rec["meta"].get("source", ""))
+        per_source[src] = per_source.get(src, 0) + 1
+        text_bytes[0] += len(rec["text"].encode("utf-8", "surrogatepass"))
 
-        for src in sources:
-            before = report.kept
-            p = Path(src)
-            if not p.exists():
-                raise Phi1Error(f"{src}: source not found; give a directory, .jsonl, .parquet or a saved HF dataset")
-            if p.is_dir() and _is_hf_dataset_dir(p):
-                stop = _collect_table(_iter_hf_dataset(p), src, text_field, report, sink, emit)
-            elif p.is_dir():
-                skip = {d for d in dir_sources if d != os.path.abspath(src) and d.startswith(os.path.abspath(src) + os.sep)}
-                stop = _collect_dir(p, cfg, skip, n_workers, report, sink, emit, quiet)
-            elif p.suffix == ".parquet":
-                stop = _collect_table(_iter_parquet(p), src, text_field, report, sink, emit)
-            elif p.suffix in (".jsonl", ".json"):
-                sub = StageReport("read")
-                rows = iter_records(p, sub, skip_bad_lines=skip_bad_lines, require_text=False)
-                stop = _collect_table(rows, src, text_field, report, sink, emit)
-                report.dropped.update(sub.dropped)
-                report.bad_lines.extend({"file": src, **b} for b in sub.bad_lines)
-            else:
-                raise Phi1Error(f"{src}: unsupported source type; use a directory, .jsonl, .parquet or a saved HF dataset")
-            report.details["sources"][src] = report.kept - before
-            if stop:
-                report.details["stopped_at_limit_bytes"] = limit_bytes
-                break
+    report, _ = run_stage_file("collect", opts, None, output, rejected=rejected, skip_bad_lines=skip_bad_lines,
+                               quiet=quiet, overwrite=overwrite, workers=workers, inputs=all_sources,
+                               input_label=", ".join(all_sources), on_keep=count)
+    report.bytes_in = text_bytes[0]  # of the kept texts (sources are of any kind: their size means little)
+    report.details["sources"] = dict(sorted(per_source.items()))
+    if limit_bytes:
+        report.details["limit_bytes"] = limit_bytes
     return finish_report(report, quiet)
-
-
-def _collect_table(rows, source, text_field, report, sink, emit) -> bool:
-    for i, row in enumerate(rows):
-        report.read += 1
-        rec = _table_record(row, source, i, text_field)
-        if rec is None:
-            report.drop("no_text")
-            continue
-        report.bytes_in += len(rec["text"].encode("utf-8"))
-        if emit(rec):
-            return True
-    return False
-
-
-def _collect_dir(root: Path, cfg: CollectConfig, skip_dirs, n_workers, report, sink, emit, quiet) -> bool:
-    files = list(_walk_dir(root, cfg, skip_dirs))
-    total = sum(min(size, cfg.max_bytes + 1) for _, _, size in files)
-    args = [(path, cfg.max_bytes, cfg.min_bytes) for path, _, _ in files]
-    bar = progress(total=total, desc=f"collect {root.name}", unit="B", unit_scale=True)
-    # A few files are not worth starting processes for.
-    results = parallel_map(check_file, args, workers=n_workers if len(files) > 64 else 1, batch_size=32)
-    try:
-        for (path, rel, size), (_, (text, reason)) in zip(files, results):
-            report.read += 1
-            report.bytes_in += size
-            bar.update(min(size, cfg.max_bytes + 1))
-            if reason:
-                sink.reject({"id": rel, "text": text, "meta": {"path": path}}, reason)
-                continue
-            rec = {"id": f"{root.name}/{rel}", "text": text,
-                   "meta": {"source": str(root), "path": rel, "bytes": size}}
-            if emit(rec):
-                return True
-        return False
-    finally:
-        bar.close()
-        results.close()

@@ -119,7 +119,6 @@ class KeptCheck(PipelineStep):
     def run(self, data, rank: int = 0, world_size: int = 1):
         from phi1.data.engine import block_counts
 
-        _executor_error_logs(True)
         counts = block_counts(self.read_logs)
         checks = {k.rsplit("/", 1)[1]: v for k, v in counts.items()
                   if k.rsplit("/", 1)[0].endswith(CollectChecks.name)}  # datatrove prefixes the step type
@@ -140,30 +139,20 @@ class KeptCheck(PipelineStep):
         from loguru import logger
 
         logger.info(msg)  # to the task log; the console gets the error once, from phi1's CLI
-        _executor_error_logs(False)
         raise Phi1Error(msg)
-
-
-def _executor_error_logs(on: bool) -> None:
-    """datatrove's executor logs a task's exception on the console before re-raising it, and phi1's CLI
-    prints the same Phi1Error again; the kept check turns the first off for the error it raises."""
-    from loguru import logger
-
-    (logger.enable if on else logger.disable)("datatrove.executor")
 
 
 def _plan(ctx, cfg: CollectStage, sources: list[str]) -> dict:
     """List every source once (code files in `work/files.jsonl`, table files in `work/tables-*.txt`) and
     check it: a resumed run reads the same files in the same tasks. Raises before any task starts."""
     from phi1.data import readers as rd
-    from phi1.data.collect import CollectConfig, _walk_dir
+    from phi1.data.collect import walk_dir
 
     import sysconfig
 
     dirs = {os.path.abspath(s) for s in sources if os.path.isdir(s)}
     if cfg.python_stdlib:
         dirs.add(os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), "site-packages"))
-    walk_cfg = CollectConfig(include=list(cfg.include), exclude=list(cfg.exclude), max_bytes=cfg.max_bytes)
     ctx.work.mkdir(parents=True, exist_ok=True)
     list_file = ctx.work / "files.jsonl"
     entries: list[dict] = []
@@ -190,7 +179,7 @@ def _plan(ctx, cfg: CollectStage, sources: list[str]) -> dict:
                 else:
                     skip = {d for d in dirs if d != os.path.abspath(src) and d.startswith(os.path.abspath(src) + os.sep)}
                     matched = 0
-                    for path, rel, size in _walk_dir(p, walk_cfg, skip):
+                    for path, rel, size in walk_dir(p, list(cfg.include), list(cfg.exclude), skip):
                         matched += 1
                         if cfg.limit_bytes and total >= cfg.limit_bytes:
                             break
@@ -229,7 +218,6 @@ def build_collect(ctx, cfg: CollectStage) -> list[Block]:
     from phi1.data.readers import make_reader
     from phi1.data.steps import Commit
 
-    _executor_error_logs(True)
     sources = [str(s) for s in cfg.sources]
     if cfg.python_stdlib or cfg.site_packages:
         sources += python_install_sources(cfg.python_stdlib, cfg.site_packages)

@@ -25,10 +25,8 @@ import numpy as np
 
 from phi1.data.astnorm import function_source, iter_functions, normalized_tokens, parse_python
 from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
-from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
+from phi1.data.records import StageReport, finish_report
 from phi1.data.tokens import code_tokens, ngram_set
-from phi1.utils.progress import progress
 
 AST_GRAM = 6
 MIN_AST_GRAMS = 8  # trivially short functions (a bare `return x`) match everything
@@ -161,30 +159,18 @@ class Decontaminator:
         return sorted(best.values(), key=lambda h: -h.score)
 
 
-_WORKER: Decontaminator | None = None
-
-
-def _init_worker(kwargs: dict) -> None:
-    global _WORKER
-    _WORKER = Decontaminator(**kwargs)
-
-
-def _check(rec: dict) -> list[Hit]:
-    return _WORKER.check(rec["text"])
-
-
 def run_decontaminate(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
-    benchmarks: list[str] = ("humaneval",),
-    benchmark_files: list[str] = (),
-    ngram: int = 13,
-    ngram_threshold: float = 0.5,
-    ast_threshold: float = 0.8,
-    use_ast: bool = True,
+    benchmarks: list[str] | None = None,
+    benchmark_files: list[str] | None = None,
+    ngram: int | None = None,
+    ngram_threshold: float | None = None,
+    ast_threshold: float | None = None,
+    use_ast: bool | None = None,
     embedding: str | None = None,
-    embedding_threshold: float = 0.85,
+    embedding_threshold: float | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
@@ -192,31 +178,22 @@ def run_decontaminate(
     overwrite: bool = False,
 ) -> StageReport:
     """Drop records that overlap any benchmark task; the report lists every hit with task and score.
+    Runs the same blocks as a `decontaminate` stage of `phi1 data run`
+    (`phi1.data.steps.DecontaminateStage`), `workers` tasks each holding its own index."""
+    from phi1.data.pipeline import run_stage_file
+    from phi1.data.steps import DecontaminateStage
 
-    Checks run in `workers` processes (0 = one per CPU), each holding its own index.
-    """
-    kwargs = dict(benchmarks=list(benchmarks), benchmark_files=list(benchmark_files), ngram=ngram,
-                  ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast,
-                  embedding=embedding, embedding_threshold=embedding_threshold)
-    deco = Decontaminator(**kwargs)  # fails fast on a bad benchmark before any worker starts
-    report = StageReport("decontaminate", input=str(input_path))
-    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
-    report.details.update(tasks=len(deco.tasks), ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold)
-    hits_out: list[dict] = []
-    size = os.path.getsize(input_path) if os.path.exists(input_path) else None
-    bar = progress(total=size, desc="decontaminate", unit="B", unit_scale=True)
-    try:
-        with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
-            records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
-            for rec, hits in parallel_map(_check, records, workers=workers, initializer=_init_worker, initargs=(kwargs,)):
-                bar.update(len(rec["text"]))
-                if hits:
-                    hit_dicts = [h.to_dict() for h in hits]
-                    hits_out.append({"id": rec["id"], "hits": hit_dicts})
-                    sink.reject(rec, "benchmark_overlap", contamination=hit_dicts)
-                else:
-                    sink.keep(rec)
-    finally:
-        bar.close()
-    report.details["hits"] = hits_out
+    opts = {k: v for k, v in dict(benchmarks=None if benchmarks is None else list(benchmarks),
+                                  benchmark_files=None if benchmark_files is None else list(benchmark_files),
+                                  ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold,
+                                  use_ast=use_ast, embedding=embedding,
+                                  embedding_threshold=embedding_threshold).items() if v is not None}
+    deco = Decontaminator(**DecontaminateStage(**opts).decontaminator_kwargs())  # a bad benchmark fails here
+    hits: list[dict] = []
+    report, _ = run_stage_file("decontaminate", opts, input_path, output_path, rejected=rejected,
+                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
+                               on_reject=lambda rec: hits.append({"id": rec["id"],
+                                                                  "hits": rec["meta"].get("contamination", [])}))
+    report.details.update(tasks=len(deco.tasks), ngram=deco.ngram, ngram_threshold=deco.ngram_threshold,
+                          ast_threshold=deco.ast_threshold, hits=hits)
     return finish_report(report, quiet)

@@ -82,39 +82,109 @@ class RecordReader(JsonlReader):
     """Reads phi1 records from a stage directory (its `data/` shards), a shard folder, or one file.
 
     Lines are decoded strictly: a line that is not UTF-8 or not a JSON object fails the task with
-    `file:line`, or with `skip_bad_lines` is skipped and counted (`bad_utf8`, `bad_json`, `no_text`).
-    Shards are spread over tasks by datatrove (file i goes to task i mod tasks).
+    `file:line`, or with `skip_bad_lines` is skipped and counted (`bad_utf8`, `bad_json`, `no_text`);
+    the first skipped lines of each task are listed in `BAD_LINES_DIR/RANK.jsonl` when that is set.
+
+    With at least as many files as tasks, file i goes to task i mod tasks (datatrove's sharding).
+    With fewer, every uncompressed file is cut into `tasks` byte ranges (a line belongs to the range
+    its first byte is in) and piece i goes to task i mod tasks: one big JSONL file is read by every
+    task, and the shards of a one-file input, in task order, hold its records in input order.
     """
 
     name = "phi1 records reader"
+    BAD_LINES_LISTED = 20
 
-    def __init__(self, source: str | os.PathLike, skip_bad_lines: bool = False, limit: int = -1):
+    def __init__(self, source: str | os.PathLike, skip_bad_lines: bool = False,
+                 bad_lines_dir: str | os.PathLike | None = None):
         folder, glob, recursive = _reader_layout(Path(source))
-        super().__init__(str(folder), glob_pattern=glob, recursive=recursive, add_file_path=False, limit=limit,
+        super().__init__(str(folder), glob_pattern=glob, recursive=recursive, add_file_path=False,
                          compression="infer")
         self.skip_bad_lines = skip_bad_lines
+        self.bad_lines_dir = Path(bad_lines_dir) if bad_lines_dir else None
+        self._bad: list[dict] = []
+
+    def pieces(self, rank: int, world_size: int) -> list[tuple[str, int, int | None]]:
+        """This task's (file, first byte, end byte or None) pieces."""
+        files = self.data_folder.list_files(recursive=self.recursive, glob_pattern=self.glob_pattern)
+        if len(files) >= world_size:
+            return [(f, 0, None) for f in files[rank::world_size]]
+        all_pieces: list[tuple[str, int, int | None]] = []
+        for f in files:
+            if f.endswith((".jsonl", ".json")):
+                size = self.data_folder.size(f)
+                all_pieces += [(f, size * k // world_size, size * (k + 1) // world_size) for k in range(world_size)]
+            else:  # compressed: read whole, by one task
+                all_pieces.append((f, 0, None))
+        return all_pieces[rank::world_size]
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if data:
+            yield from data
+        self._bad = []
+        for filepath, lo, hi in self.pieces(rank, world_size):
+            self.stat_update("input_files")
+            for doc in self._read_piece(filepath, lo, hi):
+                self.update_doc_stats(doc)
+                yield doc
+        if self._bad and self.bad_lines_dir is not None:
+            from phi1.utils.io import atomic_write
+
+            self.bad_lines_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.bad_lines_dir / f"{rank:05d}.jsonl", "w") as fh:
+                fh.write("".join(json.dumps(b) + "\n" for b in self._bad))
 
     def read_file(self, filepath: str):
+        return self._read_piece(filepath, 0, None)
+
+    def _lines(self, filepath: str, lo: int, hi: int | None):
+        """(line number, raw line) of the lines that start in [lo, hi)."""
+        if hi is None:
+            with self.data_folder.open(filepath, "rb", compression=self.compression) as fh:
+                yield from enumerate(fh, 1)
+            return
+        with self.data_folder.open(filepath, "rb") as fh:
+            lineno, pos = 0, 0
+            if lo > 0:
+                while pos < lo - 1:  # lines before this range, for `file:line` and default ids
+                    block = fh.read(min(1 << 23, lo - 1 - pos))
+                    lineno += block.count(b"\n")
+                    pos += len(block)
+                if fh.read(1) != b"\n":  # inside a line that an earlier range reads
+                    pos += len(fh.readline()) + 1
+                    lineno += 1
+                else:
+                    pos += 1
+                    lineno += 1
+            while pos < hi:
+                raw = fh.readline()
+                if not raw:
+                    break
+                lineno += 1
+                pos += len(raw)
+                yield lineno, raw
+
+    def _read_piece(self, filepath: str, lo: int, hi: int | None):
         from phi1.data.records import SKIP_HINT, parse_object_line
 
-        with self.data_folder.open(filepath, "rb", compression=self.compression) as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                rec, kind, why = parse_object_line(raw)
-                if rec is not None and not isinstance(rec.get("text"), str):
-                    kind, why = "no_text", "record has no string 'text'"
-                if why is not None:
-                    if not self.skip_bad_lines:
-                        raise Phi1Error(f"{self.data_folder.resolve_paths(filepath)}:{lineno}: {why}; "
-                                        f"fix the line or {SKIP_HINT}")
-                    self.stat_update(kind)
-                    continue
-                meta = rec.get("meta")
-                doc = Document(text=rec["text"], id=str(rec.get("id", f"{Path(filepath).name}:{lineno}")),
-                               metadata=dict(meta) if isinstance(meta, dict) else {})
-                self.stat_update("read")
-                yield doc
+        for lineno, raw in self._lines(filepath, lo, hi):
+            if not raw.strip():
+                continue
+            rec, kind, why = parse_object_line(raw)
+            if rec is not None and not isinstance(rec.get("text"), str):
+                kind, why = "no_text", "record has no string 'text'"
+            if why is not None:
+                if not self.skip_bad_lines:
+                    raise Phi1Error(f"{self.data_folder.resolve_paths(filepath)}:{lineno}: {why}; "
+                                    f"fix the line or {SKIP_HINT}")
+                self.stat_update(kind)
+                if len(self._bad) < self.BAD_LINES_LISTED:
+                    self._bad.append({"file": self.data_folder.resolve_paths(filepath), "line": lineno, "error": why})
+                continue
+            meta = rec.get("meta")
+            doc = Document(text=rec["text"], id=str(rec.get("id", f"{Path(filepath).name}:{lineno}")),
+                           metadata=dict(meta) if isinstance(meta, dict) else {})
+            self.stat_update("read")
+            yield doc
 
 
 def _reader_layout(source: Path) -> tuple[Path, str, bool]:
@@ -198,6 +268,31 @@ def _console_format(record) -> str:
     return "datatrove {level}: {message}\n"
 
 
+def _console_filter(record) -> bool:
+    """Not the executor's report of a failed task: phi1 prints that error once, as its own line."""
+    return not (record["name"] or "").startswith("datatrove.executor") or record["level"].no < 40
+
+
+class _LogFile:
+    """A task's log file as a loguru sink that gives up quietly when the disk is full (the task's own
+    error, which names the cause, is what reaches the user)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, message: str) -> None:
+        try:
+            self.fh.write(message)
+        except OSError:
+            pass
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError:
+            pass
+
+
 def _quiet_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
     """datatrove's per-task logger, but only warnings reach the console; the full log goes to the file."""
     from loguru import logger
@@ -207,8 +302,8 @@ def _quiet_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
     logger.remove()
     logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
     logger.add(sys.stderr, level="WARNING" if local_rank == 0 else "ERROR", colorize=False,
-               format=_console_format)
-    logger.add(logfile, colorize=False, level="DEBUG")
+               format=_console_format, filter=_console_filter)
+    logger.add(_LogFile(logfile), colorize=False, level="DEBUG")
     logger.info(f"Launching pipeline for {rank=} at {get_timestamp()}")
     return logfile
 
@@ -218,8 +313,11 @@ def _close_task_logger(logfile) -> None:
 
     logger.complete()
     logger.remove()
-    logfile.close()
-    logger.add(sys.stderr, level="WARNING", colorize=False, format=_console_format)
+    try:
+        logfile.close()
+    except OSError:  # a full disk: the task's own error says so
+        pass
+    logger.add(sys.stderr, level="WARNING", colorize=False, format=_console_format, filter=_console_filter)
 
 
 def _install_quiet_logging() -> None:
@@ -232,7 +330,7 @@ def _install_quiet_logging() -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING", colorize=False, format=_console_format)
+    logger.add(sys.stderr, level="WARNING", colorize=False, format=_console_format, filter=_console_filter)
 
 
 _install_quiet_logging()

@@ -4,8 +4,8 @@ A top-level function qualifies when it has a docstring, takes no self/cls,
 and every free name in it is a builtin, one of its own arguments/locals, or a
 standard-library module imported in its file (those import lines are put in
 the prompt). prompt = imports + signature + docstring; completion = the body
-after the docstring. Pairs are deduplicated (normalised hash) and
-decontaminated against the benchmarks before they are written.
+after the docstring. Pairs are deduplicated (the dedup stage's MinHash blocks)
+and decontaminated against the benchmarks before they are written.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from phi1.errors import ConfigError
 from phi1.data.astnorm import parse_python
 from phi1.data.decontam import Decontaminator
-from phi1.data.dedup import normalized_hash
-from phi1.data.parallel import parallel_map
-from phi1.data.records import RecordSink, check_stage_outputs, StageReport, finish_report, iter_records
-from phi1.utils.progress import progress
+from phi1.data.records import StageReport, finish_report
 
 _BUILTINS = frozenset(dir(builtins))
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
@@ -135,69 +132,43 @@ def extract_exercises(text: str, cfg: MineConfig | None = None) -> tuple[list[di
     return out, skips
 
 
-_CFG: MineConfig | None = None
-
-
-def _init_worker(cfg: MineConfig) -> None:
-    global _CFG
-    _CFG = cfg
-
-
-def _extract(rec: dict):
-    return extract_exercises(rec["text"], _CFG)
-
-
 def run_mine(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
-    decontaminate: bool = True,
-    benchmarks: list[str] = ("humaneval",),
-    benchmark_files: list[str] = (),
-    min_doc_chars: int = 20,
-    min_body_lines: int = 2,
-    max_body_lines: int = 60,
+    decontaminate: bool | None = None,
+    benchmarks: list[str] | None = None,
+    benchmark_files: list[str] | None = None,
+    min_doc_chars: int | None = None,
+    min_body_lines: int | None = None,
+    max_body_lines: int | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
 ) -> StageReport:
-    """Write one exercise record per qualifying function (text = prompt + completion).
+    """Write one exercise record per qualifying function (text = prompt + completion), deduplicated and
+    decontaminated, through the same blocks as a `mine-exercises` stage of `phi1 data run`
+    (`phi1.data.steps.MineStage`); parsing runs in `workers` tasks."""
+    from phi1.data.pipeline import run_stage_file
+    from phi1.data.steps import MineStage
 
-    Parsing runs in `workers` processes (0 = one per CPU); dedup and decontamination of the
-    (small) exercises run here.
-    """
-    cfg = MineConfig(min_doc_chars, min_body_lines, max_body_lines)
-    cfg.validate()
-    deco = Decontaminator(list(benchmarks), list(benchmark_files)) if decontaminate else None
-    report = StageReport("mine-exercises", input=str(input_path))
-    check_stage_outputs(report.stage, input_path, output_path, rejected, overwrite=overwrite)
-    seen: set[str] = set()
-    skips: dict[str, int] = {}
-    n_files = 0
-    with RecordSink(output_path, report, rejected, overwrite=overwrite) as sink:
-        records = iter_records(input_path, report, skip_bad_lines=skip_bad_lines)
-        mined = parallel_map(_extract, records, workers=workers, initializer=_init_worker, initargs=(cfg,))
-        for rec, (exercises, why) in progress(mined, desc="mine", unit="doc"):
-            n_files += 1
-            for k, v in why.items():
-                skips[k] = skips.get(k, 0) + v
-            for ex in exercises:
-                text = ex["prompt"] + ex["completion"]
-                out = {"id": f"{rec['id']}::{ex['name']}", "text": text,
-                       "meta": {"prompt": ex["prompt"], "completion": ex["completion"], "function": ex["name"],
-                                "source_id": rec["id"], "source": rec["meta"].get("source"), "kind": "exercise"}}
-                h = normalized_hash(text)
-                if h in seen:
-                    sink.reject(out, "duplicate")
-                    continue
-                seen.add(h)
-                hits = deco.check(text) if deco else []
-                if hits:
-                    sink.reject(out, "benchmark_overlap", contamination=[x.to_dict() for x in hits])
-                    continue
-                sink.keep(out)
+    opts = {k: v for k, v in dict(decontaminate=decontaminate,
+                                  benchmarks=None if benchmarks is None else list(benchmarks),
+                                  benchmark_files=None if benchmark_files is None else list(benchmark_files),
+                                  min_doc_chars=min_doc_chars, min_body_lines=min_body_lines,
+                                  max_body_lines=max_body_lines).items() if v is not None}
+    cfg = MineStage(**opts)
+    if cfg.decontaminate:
+        Decontaminator(list(cfg.benchmarks), list(cfg.benchmark_files))  # a bad benchmark fails here, once
+    report, m = run_stage_file("mine-exercises", opts, input_path, output_path, rejected=rejected,
+                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers)
     # `read` counts source files; kept/dropped count exercises; functions skipped by the rules are in details.
-    report.details.update(files=n_files, skipped_functions=dict(sorted(skips.items())))
+    skips: dict[str, int] = {}
+    for key, n in m["counts"].items():
+        tail = key.rsplit("/", 1)[-1]
+        if key.startswith("extract/") and tail.startswith("skipped_"):
+            skips[tail[len("skipped_"):]] = skips.get(tail[len("skipped_"):], 0) + n
+    report.details.update(files=report.read, skipped_functions=dict(sorted(skips.items())))
     return finish_report(report, quiet)

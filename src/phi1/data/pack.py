@@ -46,7 +46,7 @@ from typing import Iterator
 
 import numpy as np
 
-from phi1.data.parallel import guarded_initializer
+from phi1.utils.procs import guarded_initializer
 from phi1.data.shardfiles import expand_record_inputs, open_record_lines
 from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, ShardWriter, dtype_for_vocab
 from phi1.errors import Phi1Error
@@ -249,7 +249,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _init_worker(tokenizer_dir: str, threads: int | None = None) -> None:  # after parallel.worker_guard in workers
+def _init_worker(tokenizer_dir: str, threads: int | None = None) -> None:  # after procs.worker_guard in workers
     """Load the tokenizer; in a worker process, first cap the Rust thread pool at `threads`."""
     global _TOK
     if threads is not None:  # read by rayon when the pool starts, at this process's first batch

@@ -258,3 +258,87 @@ def _stamp(path: Path) -> str:
                                                    for p in files).encode()).hexdigest()[:16]
     st = path.stat()
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# ---- one stage, file in, file out: the single-stage commands --------------------------------------
+
+def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejected=None,
+                   skip_bad_lines: bool = False, quiet: bool = False, overwrite: bool = False, workers: int = 0,
+                   inputs=None, input_label: str | None = None, on_keep=None, on_reject=None):
+    """Run one stage kind on this machine through the same blocks as `phi1 data run`, with `workers`
+    tasks, and write its kept records to the JSONL file `output_path` (input order for a one-file
+    input), the dropped ones to `rejected`, and `OUTPUT.report.json`. Returns (report, manifest).
+
+    The stage works in `.OUTPUT.stage/` beside the output, which holds its shards until they are
+    copied: killed, the same command resumes there (finished tasks are kept); changed options or
+    input start it afresh. `on_keep(rec)` / `on_reject(rec)` see each record as it is copied."""
+    from phi1.data.engine import ExecConfig, read_manifest, run_blocks
+    from phi1.data.records import RecordSink, StageReport, check_input_file
+    from phi1.data.shardfiles import expand_record_inputs
+    from phi1.data.steps import KINDS, StageContext, config_dict, stage_config
+    from phi1.utils.procs import resolve_workers
+
+    cfg = stage_config(kind, dict(options), kind)
+    inp = Path(input_path) if input_path is not None else None
+    if inp is not None:
+        files = expand_record_inputs([inp]) if inp.is_dir() else [check_input_file(inp)]
+        bytes_in = sum(f.stat().st_size for f in files)
+    else:
+        bytes_in = 0
+    n = resolve_workers(workers)
+    report = StageReport(kind, input=input_label or str(input_path))
+    out = Path(output_path)
+    with RecordSink(out, report, rejected, inputs=inputs, overwrite=overwrite) as sink:
+        sdir = out.parent / f".{out.name}.stage"
+        fp = hashlib.sha256(json.dumps([kind, config_dict(cfg), _stamp(inp) if inp is not None else None, n,
+                                        skip_bad_lines], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        m = read_manifest(sdir)
+        done = m is not None and m.get("fingerprint") == fp
+        if not done:
+            _claim_stage_dir(sdir, StageSpec(kind, kind, None, {}), fp, n, force=False)
+        ctx = StageContext(kind, sdir, inp, n, skip_bad_lines, True, fp, kind)
+        try:
+            blocks = KINDS[kind][1](ctx, cfg)
+            if not done:
+                run_blocks(blocks, sdir / "logs", ExecConfig("local", tasks=n, workers=n, quiet=quiet), kind)
+        except Phi1Error:  # bad input or options: nothing worth resuming
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+        m = read_manifest(sdir)
+        if m is None or m.get("fingerprint") != fp:
+            raise Phi1Error(f"{kind}: finished without its manifest; see {sdir / 'logs'}")
+        _copy_shards(sdir, m, sink, kind, on_keep, on_reject)
+        report.dropped.update(m["dropped"])
+        report.bad_lines = list(m.get("bad_lines", []))
+        report.read = _records_read(m, blocks[0].name)
+        report.bytes_in = bytes_in
+    shutil.rmtree(sdir, ignore_errors=True)
+    return report, m
+
+
+def _copy_shards(sdir: Path, m: dict, sink, kind: str, on_keep, on_reject) -> None:
+    import gzip
+
+    for key, keep in (("shards", True), ("rejected_shards", False)):
+        for shard in m[key]:
+            p = sdir / shard["path"]
+            with (gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else p.open(encoding="utf-8")) as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    rec = json.loads(line)
+                    if keep:
+                        if on_keep:
+                            on_keep(rec)
+                        sink.keep(rec)
+                    else:
+                        rec["meta"] = {**rec.get("meta", {}), "rejected_by": kind}
+                        if on_reject:
+                            on_reject(rec)
+                        sink.write_rejected(rec)
+
+
+def _records_read(m: dict, first_block: str) -> int:
+    """Records (and lines skipped) the stage read from its input: the counts of its first block's readers."""
+    return sum(v for k, v in m.get("counts", {}).items()
+               if k.startswith(first_block + "/") and k.endswith(("/read", "/bad_utf8", "/bad_json", "/no_text")))

@@ -330,6 +330,14 @@ class RecordSink:
             except OSError as exc:
                 raise self._failed(exc, self.rejected) from None
 
+    def write_rejected(self, rec: dict) -> None:
+        """A record a pipeline step already dropped (its meta names the reason; the caller counts it)."""
+        if self._rej is not None:
+            try:
+                self._rej.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            except OSError as exc:
+                raise self._failed(exc, self.rejected) from None
+
     def close(self, ok: bool = True) -> None:
         """Commit (ok) or discard both files; a failure to commit discards what is left and raises."""
         error: BaseException | None = None

@@ -1,6 +1,8 @@
 """CLI for the data stages: `phi1 data collect|dedup|annotate|classify|filter|decontaminate|mine-exercises|run`.
 
-Each subcommand parses flags and calls one `run_*` library function.
+Each subcommand parses flags and calls one `run_*` library function. The single-stage commands run
+the same datatrove blocks as `phi1 data run` (`phi1.data.pipeline.run_stage_file`), `--workers`
+tasks on this machine; a flag left out takes the stage config's default (`phi1.data.steps`).
 """
 
 from __future__ import annotations
@@ -44,15 +46,16 @@ def _collect(args) -> int:
 
     run_collect(args.sources, args.out, python_stdlib=args.python_stdlib, site_packages=args.site_packages,
                 include=args.include, exclude=args.exclude, max_bytes=args.max_bytes, workers=args.workers,
-                text_field=args.text_field, limit_bytes=int(args.limit_mb * 1e6), **_io(args))
+                text_column=args.text_column, meta_columns=args.meta_column,
+                limit_bytes=int(args.limit_mb * 1e6), **_io(args))
     return 0
 
 
 def _dedup(args) -> int:
     from phi1.data.dedup import run_dedup
 
-    run_dedup(args.input, args.out, exact=not args.no_exact, near=not args.no_near, threshold=args.threshold,
-              num_perm=args.num_perm, shingle=args.shingle, workers=args.workers, **_io(args))
+    run_dedup(args.input, args.out, threshold=args.threshold, max_hashes=args.max_hashes, shingle=args.shingle,
+              workers=args.workers, **_io(args))
     return 0
 
 
@@ -96,7 +99,8 @@ def _score(args) -> int:
 def _filter(args) -> int:
     from phi1.data.filter import run_filter
 
-    run_filter(args.input, args.out, min_score=args.min_score, top_fraction=args.top_fraction, field=args.field, **_io(args))
+    run_filter(args.input, args.out, min_score=args.min_score, top_fraction=args.top_fraction, field=args.field,
+               workers=args.workers, **_io(args))
     return 0
 
 
@@ -105,7 +109,7 @@ def _decontaminate(args) -> int:
 
     rep = run_decontaminate(args.input, args.out, benchmarks=_benchmarks(args), benchmark_files=args.benchmark_file,
                             ngram=args.ngram, ngram_threshold=args.ngram_threshold, ast_threshold=args.ast_threshold,
-                            use_ast=not args.no_ast, embedding=args.embedding,
+                            use_ast=args.use_ast, embedding=args.embedding,
                             embedding_threshold=args.embedding_threshold, workers=args.workers, **_io(args))
     if not args.quiet:
         for h in rep.details["hits"][:20]:
@@ -117,7 +121,7 @@ def _decontaminate(args) -> int:
 def _mine(args) -> int:
     from phi1.data.mine import run_mine
 
-    run_mine(args.input, args.out, decontaminate=not args.no_decontaminate, benchmarks=_benchmarks(args),
+    run_mine(args.input, args.out, decontaminate=args.decontaminate, benchmarks=_benchmarks(args),
              benchmark_files=args.benchmark_file, min_doc_chars=args.min_doc_chars,
              max_body_lines=args.max_body_lines, workers=args.workers, **_io(args))
     return 0
@@ -136,30 +140,31 @@ def _run(args) -> int:
 
 def register_data(sub) -> None:
     p = sub.add_parser("collect", help="gather source files / JSONL / Parquet / HF datasets into records")
-    p.add_argument("sources", nargs="*", help="directories (recursive), .jsonl, .parquet, or saved HF dataset dirs")
+    p.add_argument("sources", nargs="*", help="directories (recursive), .jsonl(.gz), .parquet, globs of them, "
+                   "saved datasets dirs, or hf:NAME[:CONFIG] (streamed from the hub)")
     p.add_argument("--out", required=True)
     p.add_argument("--python-stdlib", action="store_true", help="add the running Python's standard library")
     p.add_argument("--site-packages", action="store_true", help="add the running Python's installed packages")
     p.add_argument("--include", action="append", help="filename glob to include (default *.py); repeatable")
     p.add_argument("--exclude", action="append", help="filename/relative-path glob to exclude; repeatable")
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="skip larger files (default 1 MB)")
-    p.add_argument("--workers", type=int, default=0, help="reader processes (0 = one per CPU)")
-    p.add_argument("--text-field", default="text", help="column holding the text in JSONL/Parquet/HF sources")
-    p.add_argument("--limit-mb", type=float, default=0.0, help="stop after this many MB of kept text (0 = all)")
+    p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
+    p.add_argument("--text-column", help="column holding the text in table sources (default: content if present, else text)")
+    p.add_argument("--meta-column", action="append", help="table column to keep in meta (e.g. max_stars_repo_name); repeatable")
+    p.add_argument("--limit-mb", type=float, default=0.0, help="only the first code files (by path) up to this many MB (0 = all)")
     p.add_argument("--rejected")
     p.add_argument("--skip-bad-lines", action="store_true")
     p.add_argument("--quiet", action="store_true")
     declare_io(p, inputs=("sources",), outputs=("out", "rejected"), derived={"out": (".report.json",)}, overwrite=True)
     p.set_defaults(func=_collect)
 
-    p = sub.add_parser("dedup", help="drop exact and near duplicates (MinHash + LSH)")
+    p = sub.add_parser("dedup", help="drop exact and near duplicates (MinHash + LSH, as a dedup stage)")
     _common(p)
-    p.add_argument("--no-exact", action="store_true")
-    p.add_argument("--no-near", action="store_true")
-    p.add_argument("--threshold", type=float, default=0.85, help="Jaccard threshold for near duplicates")
-    p.add_argument("--num-perm", type=int, default=128)
-    p.add_argument("--shingle", type=int, default=5, help="code tokens per shingle")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threshold", type=float, help="Jaccard threshold for near duplicates (default: 9 bands of 14 "
+                   "hashes, about 0.855)")
+    p.add_argument("--max-hashes", type=int, help="with --threshold: at most this many hashes per record (default 128)")
+    p.add_argument("--shingle", type=int, help="code tokens per shingle (default 5)")
+    p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_dedup)
 
     p = sub.add_parser("annotate", help="educational-value labels 0-5 (LLM judge, or rules offline)")
@@ -167,16 +172,20 @@ def register_data(sub) -> None:
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (comma-separated for several); omit for the rule-based annotator")
     p.add_argument("--model", help="model name on the endpoint")
     p.add_argument("--api-key-env", help="environment variable holding the API key")
-    p.add_argument("--sample", type=int, default=0, help="annotate a random sample of N records (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--max-attempts", type=int, default=6)
+    p.add_argument("--sample", type=int, help="annotate a fixed-seed sample of N records (default: all)")
+    p.add_argument("--seed", type=int, help="the sample's seed (default 0)")
+    p.add_argument("--concurrency", type=int, help="judge requests at once (default 8)")
+    p.add_argument("--timeout", type=float, help="seconds per judge request (default 60)")
+    p.add_argument("--max-attempts", type=int, help="tries per judge request (default 6)")
     p.add_argument("--cache", help="judge cache file (default OUT.cache.jsonl)")
     declare_io(p, inputs=("input",), outputs=("out", "rejected", "cache"),
                derived={"out": (".report.json", ".cache.jsonl")})
-    p.add_argument("--only-sampled", action="store_true", help="write only the annotated records")
-    p.add_argument("--workers", type=int, default=0, help="processes for the rule-based annotator (0 = one per CPU)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--only-sampled", dest="only_sampled", action="store_const", const=True,
+                   help="with --sample, write only the labelled records (the default)")
+    g.add_argument("--keep-unsampled", dest="only_sampled", action="store_const", const=False,
+                   help="with --sample, write every record, the sampled ones labelled")
+    p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_annotate)
 
     from phi1.data.features import ENCODER_HELP
@@ -206,8 +215,8 @@ def register_data(sub) -> None:
     _common(s)
     s.add_argument("--classifier", required=True)
     s.add_argument("--encoder", help="override (must match the training encoder's fingerprint)")
-    s.add_argument("--batch-size", type=int, default=512)
-    s.add_argument("--workers", type=int, default=0)
+    s.add_argument("--batch-size", type=int, help="records encoded at once (default 512)")
+    s.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     s.set_defaults(func=_score)
 
     p = sub.add_parser("filter", help="keep the records with the best meta.edu_score")
@@ -215,29 +224,30 @@ def register_data(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--min-score", type=float)
     g.add_argument("--top-fraction", type=float)
-    p.add_argument("--field", default="edu_score")
+    p.add_argument("--field", help="the meta field to rank by (default edu_score)")
+    p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_filter)
 
     p = sub.add_parser("decontaminate", help="remove records overlapping benchmark problems (n-gram + AST)")
     _common(p)
     _bench(p)
-    p.add_argument("--ngram", type=int, default=13)
-    p.add_argument("--ngram-threshold", type=float, default=0.5, help="fraction of a task's n-grams that flags a record")
-    p.add_argument("--ast-threshold", type=float, default=0.8, help="normalised-AST similarity that flags a function")
-    p.add_argument("--no-ast", action="store_true", help="n-gram check only")
+    p.add_argument("--ngram", type=int, help="tokens per n-gram (default 13)")
+    p.add_argument("--ngram-threshold", type=float, help="fraction of a task's n-grams that flags a record (default 0.5)")
+    p.add_argument("--ast-threshold", type=float, help="normalised-AST similarity that flags a function (default 0.8)")
+    p.add_argument("--no-ast", action="store_const", const=False, dest="use_ast", help="n-gram check only")
     p.add_argument("--embedding", help="also flag functions whose embedding (this encoder: minilm, st:DIR, lm:DIR) "
                    "is close to a benchmark function's and whose syntax overlaps it (slower; off by default)")
-    p.add_argument("--embedding-threshold", type=float, default=0.85, help="cosine similarity for --embedding")
-    p.add_argument("--workers", type=int, default=0, help="checking processes (0 = one per CPU)")
+    p.add_argument("--embedding-threshold", type=float, help="cosine similarity for --embedding (default 0.85)")
+    p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_decontaminate)
 
     p = sub.add_parser("mine-exercises", help="extract documented self-contained functions as prompt/completion pairs")
     _common(p)
     _bench(p)
-    p.add_argument("--no-decontaminate", action="store_true")
-    p.add_argument("--min-doc-chars", type=int, default=20)
-    p.add_argument("--max-body-lines", type=int, default=60)
-    p.add_argument("--workers", type=int, default=0, help="parsing processes (0 = one per CPU)")
+    p.add_argument("--no-decontaminate", action="store_const", const=False, dest="decontaminate")
+    p.add_argument("--min-doc-chars", type=int, help="shortest docstring kept (default 20)")
+    p.add_argument("--max-body-lines", type=int, help="longest body kept (default 60)")
+    p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_mine)
 
     p = sub.add_parser("run", help="run a data pipeline YAML, resuming finished stages")

@@ -55,7 +55,12 @@ class StageContext:
         return self.dir / "work"
 
     def reader(self, source: Path | None = None) -> RecordReader:
-        return RecordReader(source or self.input, skip_bad_lines=self.skip_bad_lines)
+        return RecordReader(source or self.input, skip_bad_lines=self.skip_bad_lines, bad_lines_dir=self.bad_lines)
+
+    @property
+    def bad_lines(self) -> Path:
+        """Where the readers of the stage's input list the lines they skipped (see `Commit`)."""
+        return self.work / "bad_lines"
 
     def writer(self, folder: Path | None = None) -> RecordWriter:
         w = RecordWriter(folder or self.data)
@@ -76,7 +81,8 @@ FIRST_PASS = "(first pass)"
 
 def first_pass(reader: RecordReader) -> RecordReader:
     """A reader of a block that reads the stage's input before the block that keeps or drops: the
-    lines it skips are counted once, by the later reader, in the manifest."""
+    lines it skips are counted and listed once, by the later reader, in the manifest."""
+    reader.bad_lines_dir = None
     return renamed(reader, f"{reader.name} {FIRST_PASS}")
 
 
@@ -119,6 +125,9 @@ class Commit(PipelineStep):
             elif tail in ("bad_utf8", "bad_json", "no_text") and not key.split("/")[-2].endswith(FIRST_PASS):
                 reasons[tail] = reasons.get(tail, 0) + n
         text_chars = sum(n for key, n in counts.items() if key.endswith(f"{OUTPUT_WRITER}/doc_len"))
+        bad_lines: list = []
+        for f in sorted(ctx.bad_lines.glob("*.jsonl")):
+            bad_lines += [json.loads(line) for line in f.read_text().splitlines()]
         extra = {}
         for name in self.extra.get("files", []):
             p = ctx.dir / name
@@ -130,7 +139,7 @@ class Commit(PipelineStep):
             "rejected": sum(s["records"] for s in shards if s["path"].startswith("rejected/")),
             "dropped": dict(sorted(reasons.items())), "shards": data_shards,
             "rejected_shards": [s for s in shards if s["path"].startswith("rejected/")],
-            "counts": counts, **extra})
+            "bad_lines": sorted(bad_lines, key=lambda b: (b["file"], b["line"]))[:RecordReader.BAD_LINES_LISTED], "counts": counts, **extra})
 
 
 def commit_block(ctx: StageContext, **extra) -> Block:
@@ -180,13 +189,16 @@ class DedupStage:
     shingle: int = 5
     seed: int = 1
     threshold: float | None = None
+    max_hashes: int = 128  # with `threshold`: at most this many hashes per document (bands x rows)
 
     def validate(self) -> None:
+        if isinstance(self.max_hashes, bool) or not isinstance(self.max_hashes, int) or not 1 <= self.max_hashes <= 1024:
+            raise ConfigError(f"dedup.max_hashes: {self.max_hashes!r} must be a whole number from 1 to 1024")
         if self.threshold is not None:
             t = self.threshold
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
                 raise ConfigError(f"dedup.threshold: {t!r} must be a number between 0 and 1 (e.g. 0.85)")
-            self.num_buckets, self.hashes_per_bucket = bands_for(float(t))
+            self.num_buckets, self.hashes_per_bucket = bands_for(float(t), self.max_hashes)
         for k in ("num_buckets", "hashes_per_bucket", "shingle"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -214,19 +226,20 @@ class CodeMinhashSignature(MinhashDedupSignature):
 
     name = "minhash signatures (code tokens)"
 
-    def __init__(self, output_folder: str, config: MinhashConfig, ids_folder: str):
+    def __init__(self, output_folder: str | None, config: MinhashConfig, ids_folder: str | None):
         # Not MinhashDedupSignature.__init__: it loads a spaCy word tokenizer these shingles do not use.
+        # Without folders it only computes signatures (`text_signature`, as `MinhashIndex` does).
         from datatrove.io import get_datafolder
         from datatrove.utils.hashing import create_hash_func
 
         PipelineStep.__init__(self)
-        self.output_folder = get_datafolder(output_folder)
+        self.output_folder = get_datafolder(output_folder) if output_folder else None
         self.config = config
         self.num_hashes = config.num_buckets * config.hashes_per_bucket
         self._parameters = None
         self._hash_func = create_hash_func(config.hash_config)
         self.skip_existing_sigs = False
-        self.ids_folder = Path(ids_folder)
+        self.ids_folder = Path(ids_folder) if ids_folder else None
 
     def get_shingles(self, text: str) -> np.ndarray:
         from phi1.data.tokens import code_tokens, shingle_hashes, token_hashes
@@ -235,20 +248,25 @@ class CodeMinhashSignature(MinhashDedupSignature):
 
     SHINGLE_CHUNK = 4096  # datatrove hashes all shingles x b*r at once: ~2 KB per shingle of a big file
 
+    def flat_signature(self, shingles: np.ndarray) -> np.ndarray:
+        """datatrove's signature (all b*r hashes, band after band), taken over chunks of shingles (the
+        minimum of the chunks' minima is the same), so a 1 MB file costs a few MB, not hundreds."""
+        low = None
+        for i in range(0, max(len(shingles), 1), self.SHINGLE_CHUNK):
+            part = np.asarray(super().get_signature(shingles[i:i + self.SHINGLE_CHUNK]), dtype=np.uint64).reshape(-1)
+            low = part if low is None else np.minimum(low, part)
+        return low
+
+    def text_signature(self, text: str) -> np.ndarray | None:
+        """The signature of one text (None when it has no shingle)."""
+        shingles = self.get_shingles(text)
+        return self.flat_signature(shingles) if shingles.size else None
+
     def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
-        """datatrove's signature, taken over chunks of shingles (the minimum of the chunks' minima is the
-        same), so a 1 MB file costs a few MB, not hundreds."""
-        if len(shingles) <= self.SHINGLE_CHUNK:
-            sig = super().get_signature(shingles)
-        else:
-            low = None
-            for i in range(0, len(shingles), self.SHINGLE_CHUNK):
-                part = np.asarray(super().get_signature(shingles[i:i + self.SHINGLE_CHUNK]), dtype=np.uint64)
-                low = part if low is None else np.minimum(low, part)
-            sig = low.tolist()
+        sig = self.flat_signature(shingles)
         self._full.seek(self._doc_idx * self.num_hashes * 8)  # documents without shingles leave zeros
-        self._full.write(np.asarray(sig, dtype=np.uint64).tobytes())
-        return sig
+        self._full.write(sig.tobytes())
+        return sig.reshape(self.config.num_buckets, -1).tolist()
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         self.ids_folder.mkdir(parents=True, exist_ok=True)
@@ -403,8 +421,46 @@ class DuplicateFilter(PipelineStep):
                 yield doc
 
 
+class MinhashIndex:
+    """The dedup stage's decisions for records held in memory (generated data being validated): the
+    same code-token signatures, bands and verification, and the first record added is kept. `add_text`
+    returns (reason, duplicate_of, similarity) for a duplicate, else None after remembering the text."""
+
+    def __init__(self, threshold: float = 0.85, shingle: int = 5, seed: int = 1):
+        self.cfg = DedupStage(shingle=shingle, seed=seed, threshold=threshold)
+        self.cfg.validate()
+        self.maker = CodeMinhashSignature(None, self.cfg.minhash(), None)
+        self._exact: dict[str, str] = {}
+        self._bands: dict[tuple[int, bytes], list[str]] = {}
+        self._sigs: dict[str, np.ndarray] = {}
+
+    def add_text(self, key: str, text: str) -> tuple[str, str, float] | None:
+        h = normalized_hash(text)
+        if h in self._exact:
+            return "exact_duplicate", self._exact[h], 1.0
+        self._exact[h] = key
+        sig = self.maker.text_signature(text)
+        if sig is None:
+            return None
+        r = self.cfg.hashes_per_bucket
+        bands = [(b, sig[b * r:(b + 1) * r].tobytes()) for b in range(self.cfg.num_buckets)]
+        best = None
+        for cand in sorted({c for band in bands for c in self._bands.get(band, ())}):
+            sim = float(np.mean(self._sigs[cand] == sig))
+            if sim >= self.cfg.verify_threshold and (best is None or sim > best[1]):
+                best = (cand, sim)
+        if best is not None:
+            return "near_duplicate", best[0], round(best[1], 3)
+        if key in self._sigs:  # ids should be unique; keep the index consistent when they are not
+            key = f"{key}#{len(self._sigs)}"
+        for band in bands:
+            self._bands.setdefault(band, []).append(key)
+        self._sigs[key] = sig
+        return None
+
+
 def dedup_blocks(source: Path, work: Path, out, rejected, tasks: int, cfg: DedupStage,
-                 skip_bad_lines: bool = False) -> list[Block]:
+                 skip_bad_lines: bool = False, bad_lines: Path | None = None) -> list[Block]:
     """The four MinHash blocks: signatures (tasks), buckets (one task per band), clusters (one task),
     filter (tasks). `rejected` is a writer for the dropped records, or None."""
     mh = cfg.minhash()
@@ -414,7 +470,7 @@ def dedup_blocks(source: Path, work: Path, out, rejected, tasks: int, cfg: Dedup
         Block("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], tasks=mh.num_buckets),
         Block("clusters", [KeepFirstIdCluster(buckets, ids, remove, mh.num_buckets * mh.hashes_per_bucket,
                                               cfg.verify_threshold)], tasks=1),
-        Block("filter", [RecordReader(source, skip_bad_lines), DuplicateFilter(remove, rejected),
+        Block("filter", [RecordReader(source, skip_bad_lines, bad_lines), DuplicateFilter(remove, rejected),
                                  out if isinstance(out, RecordWriter) else RecordWriter(out)],
               tasks=tasks),
     ]
@@ -422,7 +478,7 @@ def dedup_blocks(source: Path, work: Path, out, rejected, tasks: int, cfg: Dedup
 
 def build_dedup(ctx: StageContext, cfg: DedupStage) -> list[Block]:
     return [*dedup_blocks(ctx.input, ctx.work, ctx.writer(), ctx.rejected_writer("dedup"), ctx.tasks, cfg,
-                          ctx.skip_bad_lines), commit_block(ctx)]
+                          ctx.skip_bad_lines, ctx.bad_lines), commit_block(ctx)]
 
 
 # ---- annotate: a fixed-seed sample, then labels ---------------------------------------------------
@@ -477,6 +533,9 @@ class SmallestKeys(PipelineStep):
             yield doc
 
 
+JUDGE_COUNTS = ("cache_hits", "judge_failed", "judge_unparsable")  # EduLabels' judge counters
+
+
 class EduLabels(PipelineStep):
     """Educational-value labels 0-5: the LLM judge through an OpenAI-compatible endpoint (cached by
     prompt version + model + text, so a rerun never pays twice), or the transparent rules offline."""
@@ -497,8 +556,15 @@ class EduLabels(PipelineStep):
         if not self.opts["endpoint"]:
             return [_rule_label(t) for t in texts]
         o = self.opts
-        return _llm_labels(texts, o["endpoint"], o["model"], o["api_key_env"], o["concurrency"], o["timeout"],
-                           o["max_attempts"], Path(self.cache), StageReport("annotate"), True)
+        rep = StageReport("annotate")
+        labels = _llm_labels(texts, o["endpoint"], o["model"], o["api_key_env"], o["concurrency"], o["timeout"],
+                             o["max_attempts"], Path(self.cache), rep, True)
+        for key in JUDGE_COUNTS:
+            self.stat_update(key, value=int(rep.details.get(key, 0)))
+        for key, v in rep.details.get("client", {}).items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                self.stat_update(f"client_{key}", value=v)
+        return labels
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         annotator = f"llm:{self.opts['model']}" if self.opts["endpoint"] else "rules"
@@ -519,31 +585,57 @@ class EduLabels(PipelineStep):
 class AnnotateStage:
     sample: int = 0  # records to label (0 = all)
     seed: int = 0
+    only_sampled: bool = True  # with a sample: write only it (False: every record, the sample labelled)
     endpoint: str | None = None
     model: str | None = None
     api_key_env: str | None = None
     concurrency: int = 8
     timeout: float = 60.0
     max_attempts: int = 6
+    cache: str | None = None  # the judge's cache file (default: judge-cache.jsonl in the stage directory)
 
     def validate(self) -> None:
         if self.endpoint and not self.model:
             raise ConfigError("annotate.model: required with endpoint; give the name the server serves")
-        if not isinstance(self.sample, int) or self.sample < 0:
+        if isinstance(self.sample, bool) or not isinstance(self.sample, int) or self.sample < 0:
             raise ConfigError(f"annotate.sample: {self.sample!r} must be a whole number >= 0")
+
+
+class JoinLabels(PipelineStep):
+    """Every record, with the labels of the sampled ones (read from the label block's shard, by id)."""
+
+    name = "join labels"
+
+    def __init__(self, labelled: Path):
+        super().__init__()
+        self.labelled = Path(labelled)
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        labels: dict[str, dict] = {}
+        for doc in RecordReader(self.labelled).run(None, 0, 1):
+            labels[doc.id] = {k: v for k, v in doc.metadata.items() if k.startswith("edu_")}
+        for doc in data:
+            lab = labels.get(doc.id)
+            if lab is not None:
+                doc.metadata.update(lab)
+                self.stat_update("labelled")
+            yield doc
 
 
 def build_annotate(ctx: StageContext, cfg: AnnotateStage) -> list[Block]:
     labels = EduLabels(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout, cfg.max_attempts,
-                       cache=str(ctx.dir / "judge-cache.jsonl"))
+                       cache=cfg.cache or str(ctx.dir / "judge-cache.jsonl"))
     if not cfg.sample:
         return _one_block(ctx, [labels], "label")
-    cand = ctx.work / "sample"
-    return [
-        Block("sample", [ctx.reader(), SampleCandidates(cfg.sample, cfg.seed, RecordWriter(cand))], tasks=ctx.tasks),
-        Block("label", [RecordReader(cand), SmallestKeys(cfg.sample), labels, ctx.writer()], tasks=1),
-        commit_block(ctx),
-    ]
+    cand, labelled = ctx.work / "sample", ctx.work / "labelled"
+    sample = Block("sample", [first_pass(ctx.reader()) if not cfg.only_sampled else ctx.reader(),
+                              SampleCandidates(cfg.sample, cfg.seed, RecordWriter(cand))], tasks=ctx.tasks)
+    if cfg.only_sampled:
+        return [sample, Block("label", [RecordReader(cand), SmallestKeys(cfg.sample), labels, ctx.writer()], tasks=1),
+                commit_block(ctx)]
+    return [sample, Block("label", [RecordReader(cand), SmallestKeys(cfg.sample), labels, RecordWriter(labelled)],
+                          tasks=1),
+            Block("join", [ctx.reader(), JoinLabels(labelled), ctx.writer()], tasks=ctx.tasks), commit_block(ctx)]
 
 
 # ---- classify: train on the sample (one task), score in parallel ----------------------------------

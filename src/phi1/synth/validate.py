@@ -6,8 +6,8 @@ Order of the filters (each rejection is counted and kept with its reason in
      the eval sandbox (`phi1.eval.sandbox`: separate processes, limits, no network);
   2. decontamination against HumanEval (code kinds): `phi1.data.decontam.Decontaminator`,
      13-gram overlap plus AST similarity, as phi-1 did;
-  3. exact and near-duplicate removal with the data pipeline's `DuplicateIndex` (MinHash
-     signatures in a datasketch LSH index); the first record of a cluster is kept.
+  3. exact and near-duplicate removal with the data pipeline's `MinhashIndex` (the dedup stage's MinHash
+     signatures, bands and verification, in memory); the first record of a cluster is kept.
 Then a diversity report (JSON + PNG) over what was kept. A record whose id repeats an earlier
 line's (two generation jobs of an older phi1 wrote one file at once) is rejected first.
 
@@ -211,9 +211,9 @@ def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]]) -> Non
 
 def _near_dedup(records: list[dict], reasons_of: dict[int, list[str]], threshold: float) -> tuple[int, int]:
     """Mark exact and near duplicates among the records still kept; return (checked, duplicates)."""
-    from phi1.data.dedup import DuplicateIndex
+    from phi1.data.steps import MinhashIndex
 
-    index = DuplicateIndex(threshold=threshold)
+    index = MinhashIndex(threshold=threshold)
     checked = dups = 0
     for i, rec in enumerate(records):
         if reasons_of[i]:
