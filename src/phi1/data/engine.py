@@ -149,12 +149,10 @@ class RecordReader(JsonlReader):
                     block = fh.read(min(1 << 23, lo - 1 - pos))
                     lineno += block.count(b"\n")
                     pos += len(block)
-                if fh.read(1) != b"\n":  # inside a line that an earlier range reads
-                    pos += len(fh.readline()) + 1
-                    lineno += 1
-                else:
-                    pos += 1
-                    lineno += 1
+                pos += 1
+                if fh.read(1) != b"\n":  # inside a line that an earlier range reads: skip its rest
+                    pos += len(fh.readline())
+                lineno += 1
             while pos < hi:
                 raw = fh.readline()
                 if not raw:

@@ -317,25 +317,23 @@ def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejecte
 
 
 def _copy_shards(sdir: Path, m: dict, sink, kind: str, on_keep, on_reject) -> None:
-    import gzip
+    from phi1.data.shardfiles import open_record_lines
 
     for key, keep in (("shards", True), ("rejected_shards", False)):
         for shard in m[key]:
-            p = sdir / shard["path"]
-            with (gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else p.open(encoding="utf-8")) as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    rec = json.loads(line)
-                    if keep:
-                        if on_keep:
-                            on_keep(rec)
-                        sink.keep(rec)
-                    else:
-                        rec["meta"] = {**rec.get("meta", {}), "rejected_by": kind}
-                        if on_reject:
-                            on_reject(rec)
-                        sink.write_rejected(rec)
+            for line in open_record_lines(sdir / shard["path"]):
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if keep:
+                    if on_keep:
+                        on_keep(rec)
+                    sink.keep(rec)
+                else:
+                    rec["meta"] = {**rec.get("meta", {}), "rejected_by": kind}
+                    if on_reject:
+                        on_reject(rec)
+                    sink.write_rejected(rec)
 
 
 def _records_read(m: dict, first_block: str) -> int:
