@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     stage("collect", run_collect, None, [], docs, python_stdlib=True, site_packages=True,
           limit_bytes=int(args.limit_mb * 1e6), workers=w, quiet=True)
     stage("dedup", run_dedup, docs, docs, dd, workers=w, quiet=True)
-    stage("annotate(rules)", run_annotate, dd, dd, ann, sample=2000, workers=w, quiet=True)
+    stage("annotate(rules)", run_annotate, dd, dd, ann, sample=2000, annotator="rules", workers=w, quiet=True)
     clf = work / "clf.joblib"
     t0 = time.perf_counter()
     meta = run_classify_train(ann, clf, n_estimators=100, workers=w, quiet=True)

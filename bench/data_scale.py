@@ -229,7 +229,7 @@ def write_pipeline(path: Path, workdir: Path, limit_mb: float, sample: int) -> N
         {"name": "collect", "python_stdlib": True, "site_packages": True, "max_bytes": 1_000_000,
          "limit_bytes": int(limit_mb * 1e6)},
         {"name": "dedup"},
-        {"name": "annotate", "sample": sample},
+        {"name": "annotate", "sample": sample, "annotator": "rules"},
         {"name": "train", "kind": "classify-train", "input": "annotate", "encoder": "hashing", "n_estimators": 100},
         {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
         {"name": "filter", "top_fraction": 0.5},

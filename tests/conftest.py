@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("PHI1_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Embedding caches of the tests go to a fresh folder, never to the user's ~/.cache/phi1.
+os.environ.setdefault("PHI1_CACHE_DIR", tempfile.mkdtemp(prefix="phi1-test-cache-"))
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

@@ -62,7 +62,7 @@ def _planted_corpus(root: Path) -> dict[str, set[str]]:
 
 
 QUALITY = [  # the sample, the classifier trained on it, scores, the top half: all must not depend on tasks
-    {"name": "sampled", "kind": "annotate", "input": "decontaminate", "sample": 30},
+    {"name": "sampled", "kind": "annotate", "input": "decontaminate", "sample": 30, "annotator": "rules"},
     {"name": "annotate", "input": "decontaminate"},  # all of them, in per-task shards (as in the demo)
     {"name": "train", "kind": "classify-train", "input": "annotate", "n_estimators": 20, "threshold": 5.0},
     {"name": "score", "kind": "classify-score", "input": "decontaminate", "classifier": "@train"},

@@ -38,12 +38,13 @@ def test_rule_annotator_scores_and_explains(tmp_path):
     recs = stdlib_records() + [{"id": "table", "text": table, "meta": {}}]
     out = tmp_path / "ann.jsonl"
     inp = write(tmp_path / "in.jsonl", recs)
-    rep = run_annotate(inp, out, sample=4, seed=1, quiet=True, only_sampled=False)
+    rep = run_annotate(inp, out, sample=4, seed=1, annotator="rules", quiet=True, only_sampled=False)
     got = read(out)
     labelled = [r for r in got if "edu_label" in r["meta"]]
     assert [r["id"] for r in got] == [r["id"] for r in recs] and len(labelled) == 4
     # The default writes only the sample: the same 4 records, whatever the task count.
-    only = read(run_annotate(inp, tmp_path / "only.jsonl", sample=4, seed=1, quiet=True, workers=1).output)
+    only = read(run_annotate(inp, tmp_path / "only.jsonl", sample=4, seed=1, annotator="rules", quiet=True,
+                              workers=1).output)
     assert sorted(r["id"] for r in only) == sorted(r["id"] for r in labelled)
     assert all(r["meta"]["edu_label"] == {x["id"]: x for x in labelled}[r["id"]]["meta"]["edu_label"] for r in only)
     assert all(r["meta"]["edu_annotator"] == "rules" and r["meta"]["edu_reason"] for r in labelled)
@@ -52,7 +53,7 @@ def test_rule_annotator_scores_and_explains(tmp_path):
 
 def judge(body) -> str:
     code = prompt_of_body(body)
-    if "NONSENSE_PLEASE" in code:
+    if "NONSENSE_PLEASE" in json.dumps(body.get("messages")):  # asked again, it still talks nonsense
         return "I am a teapot and refuse to rate code."
     if '"""' in code:  # documented code (every stdlib module here opens with a docstring)
         return 'Here you go: {"score": 4, "reason": "defines functions"}'
@@ -70,12 +71,13 @@ def test_llm_judge_over_http_with_retries_cache_and_nonsense(tmp_path):
     out, cache = tmp_path / "ann.jsonl", tmp_path / "cache.jsonl"
     with FakeOpenAI(faults=["500", "429", "malformed"], responder=judge, retry_after=0.01) as srv:
         rep = run_annotate(inp, out, endpoint=srv.url, model="judge", cache=cache, concurrency=4, quiet=True)
-        assert len(srv.requests) == len(recs) + 3  # three faults, each retried once
+        assert len(srv.requests) == len(recs) + 4  # three faults, each retried once, and the nonsense asked again
         got = {r["id"]: r["meta"] for r in read(out)}
         assert got["heapq.py"]["edu_label"] == 4 and got["heapq.py"]["edu_annotator"] == "llm:judge"
         assert got["data"]["edu_label"] == 1
         assert "edu_label" not in got["weird"] and "unparsable" in got["weird"]["edu_error"]
-        assert rep.details["judge_unparsable"] == 1 and rep.details["client"]["retries"] == 3
+        assert rep.details["judge_unparsable"] == 1 and rep.details["judge_retried"] == 1
+        assert rep.details["client"]["retries"] == 3
         first = len(srv.requests)
         # Rerun: everything comes from the cache, the server sees nothing new.
         rep2 = run_annotate(inp, tmp_path / "ann2.jsonl", endpoint=srv.url, model="judge", cache=cache, quiet=True)
@@ -172,22 +174,6 @@ def test_incompatible_encoder_fails_clearly(tmp_path):
         run_classify_score(train, tmp_path / "o.jsonl", classifier=tmp_path / "none.joblib", quiet=True)
     with pytest.raises(Phi1Error, match="only 0 records carry meta.edu_label"):
         run_classify_train(write(tmp_path / "u.jsonl", stdlib_records()), model, quiet=True)
-
-
-def test_lm_encoder_features(tmp_path, tiny_model_dir):
-    from phi1.data.classify import run_classify_score, run_classify_train
-    from phi1.data.features import make_encoder
-
-    enc = make_encoder(f"lm:{tiny_model_dir}")
-    X = enc.encode(["def f(x):\n    return x + 1\n", "A = 1", ""])
-    assert X.shape[0] == 3 and X.shape[1] == enc.model.config.hidden_size
-    assert abs(X[0] - X[1]).sum() > 0
-    train = write(tmp_path / "train.jsonl", synthetic_labelled(40))
-    model = tmp_path / "clf.joblib"
-    meta = run_classify_train(train, model, encoder=f"lm:{tiny_model_dir}", n_estimators=20, workers=1, quiet=True)
-    assert meta["encoder"]["spec"].startswith("lm:") and meta["held_out"]["n"] == 8
-    with pytest.raises(Phi1Error, match="score with the same encoder"):
-        run_classify_score(train, tmp_path / "o.jsonl", classifier=model, encoder="hashing", quiet=True)
 
 
 def test_minilm_encoder_offline(tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from phi1.errors import Phi1Error

@@ -16,11 +16,12 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from phi1.errors import Phi1Error
+from phi1.errors import ConfigError, Phi1Error
 from phi1.data.edu_rules import rule_score
-from phi1.data.records import StageReport, content_hash, finish_report
+from phi1.data.records import StageReport, content_hash, finish_report, given
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
 
@@ -45,40 +46,86 @@ Code:
 {code}
 ```"""
 
+SCALES = (5, 10)
+_LEVELS_10 = """0 = no educational value (auto-generated, data tables, configuration, boilerplate, broken code)
+2 = very little (mostly setup, imports or glue code with no clear concepts)
+4 = some value but hard to learn from (depends heavily on outside context, undocumented)
+6 = useful: clear code showing a few concepts, but not self-contained or not well explained
+8 = good: self-contained, readable, documented code that teaches algorithms or concepts
+10 = excellent: like a textbook example - clear, well explained, instructive, self-contained
+(odd scores fall between the levels around them)"""
+RETRY_MESSAGE = ("I could not find a score in your answer. Reply with only the JSON object "
+                 '{{"score": <integer 0-{scale}>, "reason": "<one sentence>"}}.')
+
+_THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _JSON_RE = re.compile(r"\{[^{}]*\}", re.DOTALL)
-_SCORE_RE = re.compile(r"(?:score|rating|value)\W{0,6}([0-5](?:\.\d+)?)\b", re.IGNORECASE)
-_LONE_RE = re.compile(r"^\W*([0-5])(?:\s*/\s*5)?\W*$", re.MULTILINE)
+_NUM = r"(\d{1,2}(?:\.\d+)?)"
+_OUT_OF_RE = re.compile(_NUM + r"\s*(?:/|out\s+of|of)\s*(5|10)\b", re.IGNORECASE)
+_SCORE_RE = re.compile(r"(?:score|rating|value|grade)\W{0,12}" + _NUM + r"(?!\.?\d)", re.IGNORECASE)
+_LONE_RE = re.compile(r"^\W*" + _NUM + r"\W*$", re.MULTILINE)
 
 
-def judge_messages(text: str) -> list[dict]:
+def judge_prompt(scale: int = 5) -> str:
+    """The judge's prompt on a 0-5 (the paper's) or a 0-10 scale; `{code}` stands for the code."""
+    if scale == 5:
+        return JUDGE_PROMPT
+    head, tail = JUDGE_PROMPT.split("0 = no educational value", 1)
+    tail = tail.split("Answer with", 1)[1]
+    return (head.replace("from 0 to 5", "from 0 to 10") + _LEVELS_10 + "\n\nAnswer with"
+            + tail.replace("<integer 0-5>", "<integer 0-10>"))
+
+
+def judge_messages(text: str, scale: int = 5) -> list[dict]:
     """The chat messages sent to the judge for one record."""
     code = text if len(text) <= MAX_CHARS else text[:MAX_CHARS] + "\n# ... (truncated)"
-    return [{"role": "user", "content": JUDGE_PROMPT.replace("{code}", code)}]
+    return [{"role": "user", "content": judge_prompt(scale).replace("{code}", code)}]
 
 
-def parse_judgement(answer: str) -> tuple[float, str] | None:
-    """(score, reason) from a judge's answer: JSON first, then 'score: N', then a lone digit; None if nonsense."""
-    for m in _JSON_RE.finditer(answer or ""):
+def response_schema(scale: int = 5) -> dict:
+    """The OpenAI `response_format` asking for {"score": int, "reason": str} (vLLM, SGLang, OpenAI accept it)."""
+    return {"type": "json_schema", "json_schema": {"name": "edu_score", "strict": True, "schema": {
+        "type": "object", "additionalProperties": False, "required": ["score", "reason"],
+        "properties": {"score": {"type": "integer", "minimum": 0, "maximum": scale}, "reason": {"type": "string"}}}}}
+
+
+def parse_judgement(answer: str, scale: int = 5) -> tuple[float, str] | None:
+    """(score on the paper's 0-5 scale, reason) from a judge's answer, or None when there is none.
+
+    Reasoning (`<think>...</think>`) is dropped first. Then, first match wins: a JSON object with a
+    "score"; "N/5", "N/10", "N out of 5|10"; "score: N" (also rating, grade); a lone number on a line.
+    An explicit denominator sets the scale; a bare number is read on the scale the prompt asked for
+    (`scale`), so a 0-10 answer is halved. A number outside the scale is no score."""
+    text = _THINK_RE.sub("", answer or "")
+
+    def on(value: float, denom: int) -> float | None:
+        return value * 5.0 / denom if 0 <= value <= denom else None
+
+    for m in _JSON_RE.finditer(text):
         try:
             obj = json.loads(m.group(0))
         except json.JSONDecodeError:
             continue
         if isinstance(obj, dict) and "score" in obj:
             try:
-                score = float(obj["score"])
+                score = on(float(obj["score"]), scale)
             except (TypeError, ValueError):
                 continue
-            if 0 <= score <= 5:
+            if score is not None:
                 return score, str(obj.get("reason", "")).strip()
-    m = _SCORE_RE.search(answer or "") or _LONE_RE.search(answer or "")
-    if m:
-        score = float(m.group(1))
-        return score, (answer or "").strip()[:300]
+    reason = text.strip()[:300]
+    m = _OUT_OF_RE.search(text)
+    if m and (score := on(float(m.group(1)), int(m.group(2)))) is not None:
+        return score, reason
+    for rx in (_SCORE_RE, _LONE_RE):
+        m = rx.search(text)
+        if m and (score := on(float(m.group(1)), scale)) is not None:
+            return score, reason
     return None
 
 
-def cache_key(text: str, model: str) -> str:
-    return content_hash(f"{PROMPT_VERSION}\x00{model}\x00{text}")
+def cache_key(text: str, model: str, scale: int = 5) -> str:
+    version = PROMPT_VERSION if scale == 5 else f"{PROMPT_VERSION}-scale{scale}"
+    return content_hash(f"{version}\x00{model}\x00{text}")
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -94,37 +141,73 @@ def load_cache(path: Path) -> dict[str, dict]:
     return cache
 
 
-def run_annotate(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    endpoint: str | list[str] | None = None,
-    model: str | None = None,
-    api_key_env: str | None = None,
-    sample: int | None = None,
-    seed: int | None = None,
-    concurrency: int | None = None,
-    timeout: float | None = None,
-    max_attempts: int | None = None,
-    cache: str | os.PathLike | None = None,
-    only_sampled: bool | None = None,
-    workers: int = 0,
-    skip_bad_lines: bool = False,
-    rejected: str | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-) -> StageReport:
+@dataclass
+class AnnotateStage:
+    """`phi1 data annotate` and the `annotate` stage: the only place their defaults live."""
+
+    sample: int = 0  # records to label (0 = all)
+    seed: int = 0
+    only_sampled: bool = True  # with a sample: write only it (False: every record, the sample labelled)
+    annotator: str | None = None  # llm | rules; None: llm with an endpoint, rules for sample 0 without one
+    endpoint: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the judge's API key
+    scale: int = 5  # the judge scores 0-5 (the paper's), or 0-10 (halved into the label)
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int = 512  # the judge's answer; reasoning models need thousands
+    sampling: dict = field(default_factory=dict)  # more request fields, e.g. {seed: 0, reasoning_effort: low}
+    response_format: str = "auto"  # auto: ask for a JSON schema while the server accepts it | json_schema | none
+    price_in_per_1m: float = 0.0  # USD per million prompt tokens, for the report's cost
+    price_out_per_1m: float = 0.0
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_attempts: int = 6
+    cache: str | None = None  # the judge's cache file (default: judge-cache.jsonl in the stage directory)
+
+    def validate(self) -> None:
+        if isinstance(self.sample, bool) or not isinstance(self.sample, int) or self.sample < 0:
+            raise ConfigError(f"annotate.sample: {self.sample!r} must be a whole number >= 0")
+        if self.annotator not in (None, "llm", "rules"):
+            raise ConfigError(f"annotate.annotator: {self.annotator!r} must be llm or rules")
+        if self.annotator == "rules" and self.endpoint:
+            raise ConfigError("annotate: annotator rules and an endpoint; drop one (rules label offline, "
+                              "the endpoint's judge labels with an LLM)")
+        if not self.endpoint and (self.annotator == "llm" or (self.annotator is None and self.sample > 0)):
+            raise ConfigError(
+                f"annotate: sample {self.sample} to label but no endpoint for the LLM judge; give endpoint and model "
+                "(CLI: --endpoint URL --model NAME; phi1 demo: --endpoint), or set annotator: rules "
+                "(CLI: --annotator rules) to label with the offline rules")
+        if self.endpoint and not self.model:
+            raise ConfigError("annotate.model: required with endpoint; give the name the server serves")
+        if self.scale not in SCALES:
+            raise ConfigError(f"annotate.scale: {self.scale!r} must be 5 or 10")
+        if self.response_format not in ("auto", "json_schema", "none"):
+            raise ConfigError(f"annotate.response_format: {self.response_format!r} must be auto, json_schema or none")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ConfigError(f"annotate.max_tokens: {self.max_tokens!r} must be a whole number >= 1")
+        if self.endpoint and self.api_key_env and not os.environ.get(self.api_key_env):
+            raise ConfigError(f"annotate.api_key_env: environment variable {self.api_key_env} is not set; export it "
+                              "with the judge's key, or set api_key_env to null for a server without one "
+                              "(demo recipes: data.annotate_api_key_env)")
+
+
+def run_annotate(input_path: str | os.PathLike, output_path: str | os.PathLike, *, workers: int = 0,
+                 skip_bad_lines: bool = False, rejected: str | None = None, quiet: bool = False,
+                 overwrite: bool = False, **options) -> StageReport:
     """Add `meta.edu_label` (0-5), `edu_reason`, `edu_annotator` to a fixed-seed sample of records (all
-    when no sample), through the same blocks as an `annotate` stage of `phi1 data run`
-    (`phi1.data.steps.AnnotateStage`); the judge's cache defaults to `OUTPUT.cache.jsonl`."""
+    when no sample), through the same blocks as an `annotate` stage of `phi1 data run`. `options` are
+    `AnnotateStage` fields (None keeps the default); the judge's cache defaults to `OUTPUT.cache.jsonl`.
+    The report gives the label histogram, the judge's counts (cache hits, retried, unparsable, failed),
+    the tokens in and out, and with prices the cost and the cost per 1,000 labels."""
     from phi1.data.pipeline import run_stage_file
 
-    if isinstance(endpoint, list):
-        endpoint = ",".join(endpoint)
-    opts = {k: v for k, v in dict(endpoint=endpoint, model=model, api_key_env=api_key_env, sample=sample, seed=seed,
-                                  concurrency=concurrency, timeout=timeout, max_attempts=max_attempts,
-                                  only_sampled=only_sampled).items() if v is not None}
-    opts["cache"] = str(cache) if cache else str(output_path) + ".cache.jsonl"
+    opts = given(**options)
+    if isinstance(opts.get("endpoint"), list):
+        opts["endpoint"] = ",".join(opts["endpoint"])
+    opts["cache"] = str(opts["cache"]) if opts.get("cache") else str(output_path) + ".cache.jsonl"
+    cfg = AnnotateStage(**opts)
+    cfg.validate()
     hist: dict[str, int] = {}
 
     def count(rec: dict) -> None:
@@ -135,24 +218,38 @@ def run_annotate(
     report, m = run_stage_file("annotate", opts, input_path, output_path, rejected=rejected,
                                skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
                                on_keep=count)
-    annotator = f"llm:{model}" if endpoint else "rules"
+    annotator = f"llm:{cfg.model}" if cfg.endpoint else "rules"
     report.details.update(annotator=annotator, sampled=sum(hist.values()), prompt_version=PROMPT_VERSION,
-                          label_histogram=dict(sorted(hist.items())))
-    if endpoint:
-        from phi1.data.steps import JUDGE_COUNTS
-
-        client: dict[str, int] = {}
-        for key, n in m["counts"].items():
-            tail = key.rsplit("/", 1)[-1]
-            if tail in JUDGE_COUNTS:
-                report.details[tail] = report.details.get(tail, 0) + n
-            elif tail.startswith("client_"):
-                client[tail[len("client_"):]] = client.get(tail[len("client_"):], 0) + n
-        report.details["client"] = client
+                          scale=cfg.scale, label_histogram=dict(sorted(hist.items())))
+    if cfg.endpoint:
+        report.details.update(judge_details(m["counts"], cfg))
     if not quiet and annotator == "rules":
-        print("annotate: no --endpoint given, so the rule-based annotator labelled the records "
-              "(meta.edu_annotator = 'rules')", file=sys.stderr)
+        print("annotate: the rule-based annotator labelled the records (meta.edu_annotator = 'rules')", file=sys.stderr)
     return finish_report(report, quiet)
+
+
+def judge_details(counts: dict, cfg: AnnotateStage) -> dict:
+    """The judge's counts, tokens and cost from a stage manifest's counters."""
+    from phi1.data.steps import JUDGE_COUNTS
+
+    out: dict = {k: 0 for k in JUDGE_COUNTS}
+    client: dict[str, int] = {}
+    for key, n in counts.items():
+        tail = key.rsplit("/", 1)[-1]
+        if tail in JUDGE_COUNTS:
+            out[tail] += n
+        elif tail.startswith("client_"):
+            client[tail[len("client_"):]] = client.get(tail[len("client_"):], 0) + n
+    out["client"] = client
+    tin, tout = client.get("prompt_tokens", 0), client.get("completion_tokens", 0)
+    out.update(tokens_in=tin, tokens_out=tout)
+    labels = sum(n for k, n in counts.items() if k.rsplit("/", 1)[-1].startswith("label_")
+                 and k.rsplit("/", 1)[-1] != "label_error")
+    paid = max(labels - out["cache_hits"], 0)
+    if cfg.price_in_per_1m or cfg.price_out_per_1m:
+        cost = tin / 1e6 * cfg.price_in_per_1m + tout / 1e6 * cfg.price_out_per_1m
+        out.update(cost_usd=round(cost, 6), cost_per_1000_labels=round(cost / paid * 1000, 6) if paid else None)
+    return out
 
 
 def _rule_label(text: str) -> dict:
@@ -160,26 +257,75 @@ def _rule_label(text: str) -> dict:
     return {"score": score, "reason": "; ".join(reasons), "features": feats}
 
 
-def _llm_labels(texts, endpoint, model, api_key_env, concurrency, timeout, max_attempts, cache_path, report, quiet):
+class _Judge:
+    """One annotation run's conversation with the judge: the JSON-schema request while the server takes
+    it, one retry of an answer with no score, and the counts."""
+
+    def __init__(self, client, cfg):
+        self.client, self.cfg = client, cfg
+        self.schema = cfg.response_format in ("auto", "json_schema")
+        self.counts = {"judge_retried": 0, "schema_refused": 0}
+
+    def _sampling(self) -> dict:
+        c = self.cfg
+        out = {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens, **dict(c.sampling or {})}
+        if self.schema:
+            out["response_format"] = response_schema(c.scale)
+        return out
+
+    async def ask(self, messages: list[dict]):
+        sampling = self._sampling()
+        res = await self.client.chat(messages, **sampling)
+        if not res.ok and "response_format" in sampling and self.cfg.response_format == "auto" \
+                and (res.error or "").startswith(("http_400", "http_422")):
+            # The server refuses response_format (or json_schema): ask as plain chat from now on
+            # (requests sent before the first refusal came back are asked again the same way).
+            if self.schema:
+                self.schema = False
+                self.counts["schema_refused"] += 1
+            res = await self.client.chat(messages, **self._sampling())
+        return res
+
+    async def judge(self, text: str) -> tuple[object, dict | None]:
+        """(result, row) for one record; row None when the request failed (it is asked again next run)."""
+        messages = judge_messages(text, self.cfg.scale)
+        res = await self.ask(messages)
+        if not res.ok:
+            return res, None
+        answers = [res.text]
+        parsed = parse_judgement(res.text, self.cfg.scale)
+        if parsed is None:  # one retry, with the answer shown back and the format asked for again
+            self.counts["judge_retried"] += 1
+            again = await self.ask(messages + [{"role": "assistant", "content": res.text},
+                                               {"role": "user", "content": RETRY_MESSAGE.format(scale=self.cfg.scale)}])
+            if again.ok:
+                answers.append(again.text)
+                parsed = parse_judgement(again.text, self.cfg.scale)
+        return res, {"answer": answers[-1], "answers": answers, "score": parsed[0] if parsed else None,
+                     "reason": parsed[1] if parsed else ""}
+
+
+def _llm_labels(texts, cfg, cache_path, report, quiet):
+    """Labels for `texts` from the judge in `cfg` (an `AnnotateStage`), through the cache at `cache_path`."""
     from phi1.synth.client import LLMClient
 
     cache = load_cache(cache_path)
-    keys = [cache_key(t, model) for t in texts]
+    keys = [cache_key(t, cfg.model, cfg.scale) for t in texts]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cache}.items(), key=lambda kv: kv[1])
     report.details["cache_hits"] = len(texts) - len(todo)
-    client = LLMClient(endpoint, model, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
-                       max_attempts=max_attempts)
+    client = LLMClient(cfg.endpoint, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                       timeout=cfg.timeout, max_attempts=cfg.max_attempts,
+                       price_per_1k_prompt=cfg.price_in_per_1m / 1000, price_per_1k_completion=cfg.price_out_per_1m / 1000)
+    judge = _Judge(client, cfg)
     failures: list[str] = []
 
     async def one(key, idx, sink, bar):
-        res = await client.chat(judge_messages(texts[idx]), temperature=0.0, max_tokens=200)
+        res, row = await judge.judge(texts[idx])
         bar.update(1)
-        if not res.ok:
+        if row is None:
             failures.append(res.error or "unknown error")
             return
-        parsed = parse_judgement(res.text)
-        row = {"key": key, "answer": res.text, "score": parsed[0] if parsed else None,
-               "reason": parsed[1] if parsed else "", "model": model}
+        row = {"key": key, **row, "model": cfg.model}
         cache[key] = row
         sink.write(row)  # cached the moment it arrives: an interruption loses nothing paid for
 
@@ -195,9 +341,10 @@ def _llm_labels(texts, endpoint, model, api_key_env, concurrency, timeout, max_a
     if todo:
         asyncio.run(all_())
     report.details["client"] = client.stats.as_dict()
+    report.details.update(judge.counts)
     if todo and len(failures) == len(todo):
         raise Phi1Error(
-            f"annotate: endpoint {endpoint} failed for all {len(todo)} requests ({failures[0]}); "
+            f"annotate: endpoint {cfg.endpoint} failed for all {len(todo)} requests ({failures[0]}); "
             f"{len(cache)} cached judgements kept in {cache_path}; check the URL/server and rerun"
         )
     labels = []

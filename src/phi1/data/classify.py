@@ -18,32 +18,56 @@ import joblib
 import numpy as np
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.data.features import describe, make_encoder
-from phi1.data.records import StageReport, finish_report, iter_records
+from phi1.data.features import EncoderOptions, EncoderRun, describe, embed, make_encoder
+from phi1.data.records import StageReport, finish_report, iter_records, given
 from phi1.utils.io import atomic_write, atomic_write_json
-from phi1.utils.progress import progress
 
 FORMAT = "phi1-quality-classifier-v1"
+HEADS = ("forest", "linear")
+TASKS = ("classification", "regression")
 
 
 @dataclass
-class TrainConfig:
-    encoder: str = "hashing"
-    task: str = "classification"   # or "regression"
+class ClassifyTrainStage(EncoderOptions):
+    """`phi1 data classify train` and the `classify-train` stage: the only place their defaults live."""
+
+    encoder: str = "hashing"       # see features.ENCODER_HELP; the phi-1 recipes use hf:Salesforce/codegen-350M-mono
+    head: str = "forest"           # forest (the paper's random forest) | linear (FineWeb-Edu's linear head)
+    task: str = "classification"   # classification (label >= threshold) | regression (the label itself)
     threshold: float = 3.0         # a label >= threshold counts as educational
+    label_field: str = "edu_label"
     test_fraction: float = 0.2
-    n_estimators: int = 200
-    max_depth: int | None = None
+    n_estimators: int = 200        # forest: trees
+    max_depth: int | None = None   # forest: tree depth (None = grow fully)
+    alpha: float = 1.0             # linear: L2 penalty (ridge regression; 1/C for logistic regression)
     seed: int = 0
-    workers: int = 0
 
     def validate(self) -> None:
-        if self.task not in ("classification", "regression"):
+        EncoderOptions.validate(self)
+        if self.head not in HEADS:
+            raise ConfigError(f"classify.head: {self.head!r} must be one of {', '.join(HEADS)}")
+        if self.task not in TASKS:
             raise ConfigError(f"classify.task: {self.task!r} must be 'classification' or 'regression'")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"classify.test_fraction: {self.test_fraction} must be in (0, 1)")
         if self.n_estimators < 1:
             raise ConfigError(f"classify.n_estimators: {self.n_estimators} must be >= 1")
+        if not self.alpha > 0:
+            raise ConfigError(f"classify.alpha: {self.alpha} must be > 0")
+
+
+@dataclass
+class ClassifyScoreStage(EncoderRun):
+    """`phi1 data classify score` and the `classify-score` stage. Pooling and length come from the
+    classifier's sidecar: scoring computes the same embeddings the head was trained on."""
+
+    classifier: str = ""  # a classifier file, or "@stage" naming a classify-train stage
+    encoder: str | None = None
+
+    def validate(self) -> None:
+        EncoderRun.validate(self)
+        if not self.classifier:
+            raise ConfigError("classify-score.classifier: required; name the training stage, e.g. classifier: \"@train\"")
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -51,7 +75,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 
 def _labelled(input_path, label_field: str, skip_bad_lines: bool, report: StageReport):
-    """The labelled texts in id order, so that the split and the forest do not depend on the order the
+    """The labelled texts in id order, so that the split and the head do not depend on the order the
     records were written in (a stage directory's shards differ with the task count)."""
     rows = []
     for rec in iter_records(input_path, report, skip_bad_lines=skip_bad_lines):
@@ -67,17 +91,43 @@ def _labelled(input_path, label_field: str, skip_bad_lines: bool, report: StageR
 
 
 def _metrics(task: str, threshold: float, y_true: np.ndarray, pred: np.ndarray) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
+    """Accuracy, precision, recall and F1 of "educational" (label >= threshold) at the head's cut, the
+    2x2 confusion matrix, and for regression heads MAE, R^2 and the 6x6 matrix of rounded labels
+    (as the FineWeb-Edu classifier card reports)."""
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, mean_absolute_error,
+                                 precision_score, r2_score, recall_score)
 
     yb = (y_true >= threshold).astype(int)
     pb = (pred >= (0.5 if task == "classification" else threshold / 5.0)).astype(int)
     majority = max(yb.mean(), 1 - yb.mean()) if len(yb) else 0.0
     out = {"n": int(len(yb)), "accuracy": round(float(accuracy_score(yb, pb)), 4),
-           "f1": round(float(f1_score(yb, pb, zero_division=0)), 4), "majority_baseline": round(float(majority), 4)}
+           "precision": round(float(precision_score(yb, pb, zero_division=0)), 4),
+           "recall": round(float(recall_score(yb, pb, zero_division=0)), 4),
+           "f1": round(float(f1_score(yb, pb, zero_division=0)), 4), "majority_baseline": round(float(majority), 4),
+           "threshold": threshold,
+           "confusion": confusion_matrix(yb, pb, labels=[0, 1]).tolist()}
     if task == "regression":
         out["mae"] = round(float(mean_absolute_error(y_true, pred * 5.0)), 4)
         out["r2"] = round(float(r2_score(y_true, pred * 5.0)), 4) if len(y_true) > 1 else 0.0
+        lab = np.clip(np.rint(y_true), 0, 5).astype(int)
+        got = np.clip(np.rint(pred * 5.0), 0, 5).astype(int)
+        out["confusion_labels"] = confusion_matrix(lab, got, labels=list(range(6))).tolist()
     return out
+
+
+def format_confusion(m: dict) -> str:
+    """The confusion matrices of `_metrics`, as text (rows: true, columns: predicted)."""
+    tn, fp = m["confusion"][0]
+    fn, tp = m["confusion"][1]
+    lines = [f"educational = label >= {m['threshold']:g}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+             f"F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f} (majority {m['majority_baseline']:.3f}), n {m['n']}",
+             "                 predicted no   predicted yes",
+             f"  true no        {tn:>12}   {fp:>13}",
+             f"  true yes       {fn:>12}   {tp:>13}"]
+    if "confusion_labels" in m:
+        lines += ["labels (rows true 0-5, columns predicted 0-5):"]
+        lines += ["  " + str(i) + "  " + " ".join(f"{v:>6}" for v in row) for i, row in enumerate(m["confusion_labels"])]
+    return "\n".join(lines)
 
 
 def _predict(model, task: str, X) -> np.ndarray:
@@ -89,58 +139,74 @@ def _predict(model, task: str, X) -> np.ndarray:
     return np.clip(model.predict(X) / 5.0, 0.0, 1.0)
 
 
-def run_classify_train(
-    input_path: str | os.PathLike,
-    model_path: str | os.PathLike,
-    *,
-    encoder: str = "hashing",
-    task: str = "classification",
-    threshold: float = 3.0,
-    label_field: str = "edu_label",
-    test_fraction: float = 0.2,
-    n_estimators: int = 200,
-    max_depth: int | None = None,
-    seed: int = 0,
-    workers: int = 0,
-    skip_bad_lines: bool = False,
-    quiet: bool = False,
-) -> dict:
-    """Train on records with `meta.<label_field>`; save `<model>` (joblib) + `<model>.json`; return held-out metrics."""
-    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+def make_head(cfg: ClassifyTrainStage, sparse: bool, workers: int = 0):
+    """The paper's random forest, or a FineWeb-Edu-style linear head (standardised features, then ridge
+    regression on the label, or logistic regression on label >= threshold)."""
+    if cfg.head == "forest":
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        if cfg.task == "classification":
+            return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, random_state=cfg.seed,
+                                          n_jobs=workers or -1, class_weight="balanced")
+        return RandomForestRegressor(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, random_state=cfg.seed,
+                                     n_jobs=workers or -1)
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scale = StandardScaler(with_mean=not sparse)
+    if cfg.task == "classification":
+        return make_pipeline(scale, LogisticRegression(C=1.0 / cfg.alpha, max_iter=2000, class_weight="balanced",
+                                                       random_state=cfg.seed))
+    return make_pipeline(scale, Ridge(alpha=cfg.alpha))
+
+
+def run_classify_train(input_path: str | os.PathLike, model_path: str | os.PathLike, *,
+                       cfg: ClassifyTrainStage | None = None, workers: int = 0, skip_bad_lines: bool = False,
+                       quiet: bool = False, **options) -> dict:
+    """Train on records with `meta.<label_field>`; save `<model>` (joblib) + `<model>.json`; return the
+    sidecar (held-out metrics, the encoder, how many documents were embedded, cached and cut).
+    `options` are `ClassifyTrainStage` fields; one left as None keeps its default."""
+    import scipy.sparse as sp
     from sklearn.model_selection import train_test_split
 
-    cfg = TrainConfig(encoder, task, threshold, test_fraction, n_estimators, max_depth, seed, workers)
+    cfg = cfg or ClassifyTrainStage(**given(**options))
     cfg.validate()
     t0 = time.perf_counter()
     report = StageReport("classify-train", input=str(input_path))
-    texts, labels = _labelled(input_path, label_field, skip_bad_lines, report)
-    enc = make_encoder(encoder)
-    X = _encode(enc, texts, quiet)
-    y = (labels >= threshold).astype(int) if task == "classification" else labels
-    strat = y if task == "classification" and min(np.bincount(y, minlength=2)) >= 2 else None
-    idx_tr, idx_te = train_test_split(np.arange(len(texts)), test_size=test_fraction, random_state=seed, stratify=strat)
-    Model = RandomForestClassifier if task == "classification" else RandomForestRegressor
-    kw = {"class_weight": "balanced"} if task == "classification" else {}
-    model = Model(n_estimators=n_estimators, max_depth=max_depth, random_state=seed, n_jobs=workers or -1, **kw)
+    texts, labels = _labelled(input_path, cfg.label_field, skip_bad_lines, report)
+    enc = make_encoder(cfg.encoder, cfg)
+    X, emb = embed(enc, texts, cfg.embed_cache, desc="embed (train)")
+    emb.update(truncated=enc.truncated, forward_passes=enc.forward_passes)
+    y = (labels >= cfg.threshold).astype(int) if cfg.task == "classification" else labels
+    strat = y if cfg.task == "classification" and min(np.bincount(y, minlength=2)) >= 2 else None
+    idx_tr, idx_te = train_test_split(np.arange(len(texts)), test_size=cfg.test_fraction, random_state=cfg.seed,
+                                      stratify=strat)
+    model = make_head(cfg, sp.issparse(X), workers)
     model.fit(X[idx_tr], y[idx_tr])
-    held_out = _metrics(task, threshold, labels[idx_te], _predict(model, task, X[idx_te]))
-    # The saved model is refit on all labelled data: the held-out numbers describe the recipe, not a lucky split.
+    held_out = _metrics(cfg.task, cfg.threshold, labels[idx_te], _predict(model, cfg.task, X[idx_te]))
+    # The saved head is refit on all labelled data: the held-out numbers describe the recipe, not a lucky split.
     model.fit(X, y)
-    meta = {"format": FORMAT, "encoder": describe(enc), "task": task, "threshold": threshold, "label_field": label_field,
-            "n_labelled": len(texts), "held_out": held_out, "n_estimators": n_estimators, "seed": seed,
+    meta = {"format": FORMAT, "encoder": describe(enc), "head": cfg.head, "task": cfg.task, "threshold": cfg.threshold,
+            "label_field": cfg.label_field, "n_labelled": len(texts), "held_out": held_out,
+            "n_estimators": cfg.n_estimators, "alpha": cfg.alpha, "seed": cfg.seed, "embeddings": emb,
             "sklearn": __import__("sklearn").__version__, "seconds": round(time.perf_counter() - t0, 2)}
     with atomic_write(model_path, "wb") as fh:
         joblib.dump(model, fh)
     atomic_write_json(sidecar_path(model_path), meta)
     if not quiet:
-        print(f"classify train: {len(texts)} labelled, held-out accuracy {held_out['accuracy']:.3f} "
-              f"(majority {held_out['majority_baseline']:.3f}), F1 {held_out['f1']:.3f}; saved {model_path}",
-              file=sys.stderr)
+        print(f"classify train ({cfg.head}, {cfg.task}): {len(texts)} labelled, {emb['encoded']} embedded, "
+              f"{emb['cached']} from the cache, {emb['truncated']} cut at {enc.options().get('max_tokens', '-')} tokens; "
+              f"held-out precision {held_out['precision']:.3f} recall {held_out['recall']:.3f} F1 {held_out['f1']:.3f}; "
+              f"saved {model_path}", file=sys.stderr)
     return meta
 
 
-def load_classifier(model_path: str | os.PathLike, encoder: str | None = None):
-    """(model, sidecar, encoder) — refusing an encoder whose fingerprint differs from the training one."""
+def load_classifier(model_path: str | os.PathLike, encoder: str | None = None, run: EncoderRun | None = None,
+                    embed_cache: str | None = None):
+    """(model, sidecar, encoder) — refusing an encoder whose fingerprint differs from the training one.
+    The encoder computes what it did in training (the sidecar's pooling and length) on `run`'s device,
+    dtype and batch size."""
     side = sidecar_path(model_path)
     if not Path(model_path).exists() or not side.exists():
         raise Phi1Error(f"{model_path}: classifier or its sidecar {side.name} not found; run `phi1 data classify train` first")
@@ -152,10 +218,10 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None):
             or not isinstance(meta.get("task"), str) or "label_field" not in meta:
         raise Phi1Error(f"{side}: incomplete classifier sidecar (no encoder/task/label_field); "
                         "retrain it with `phi1 data classify train`")
-    if encoder and encoder != trained["spec"]:
-        enc = make_encoder(encoder)
-    else:
-        enc = make_encoder(trained["spec"])
+    saved = trained.get("options") if isinstance(trained.get("options"), dict) else {}
+    opts = EncoderOptions(**(run or EncoderRun()).run_fields(), embed_cache=embed_cache,
+                          **{k: saved[k] for k in ("pooling", "max_tokens") if k in saved})
+    enc = make_encoder(encoder or trained["spec"], opts)
     fp = enc.fingerprint()
     if fp != trained["fingerprint"]:
         raise Phi1Error(
@@ -193,52 +259,41 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def run_classify_eval(input_path, model_path, *, encoder: str | None = None, skip_bad_lines: bool = False,
-                      quiet: bool = False) -> dict:
-    """Accuracy/F1 of a saved classifier against `meta.<label_field>` in `input_path`."""
-    model, meta, enc = load_classifier(model_path, encoder)
+def run_classify_eval(input_path, model_path, *, encoder: str | None = None, run: EncoderRun | None = None,
+                      embed_cache: str | None = None, skip_bad_lines: bool = False, quiet: bool = False) -> dict:
+    """Precision, recall, F1 and the confusion matrix of a saved classifier against `meta.<label_field>`
+    in `input_path` (embeddings from the cache where the training run left them)."""
+    model, meta, enc = load_classifier(model_path, encoder, run, embed_cache)
     report = StageReport("classify-eval", input=str(input_path))
     texts, labels = _labelled(input_path, meta["label_field"], skip_bad_lines, report)
-    m = _metrics(meta["task"], meta["threshold"], labels, _predict(model, meta["task"], _encode(enc, texts, quiet)))
+    X, emb = embed(enc, texts, embed_cache, desc="embed (eval)")
+    m = _metrics(meta["task"], meta["threshold"], labels, _predict(model, meta["task"], X))
+    m["embeddings"] = {**emb, "truncated": enc.truncated, "forward_passes": enc.forward_passes}
     if not quiet:
-        print(f"classify eval: {m}", file=sys.stderr)
+        print(f"classify eval ({meta.get('head', 'forest')}, {meta['task']}) of {model_path} on {input_path}:\n"
+              + format_confusion(m), file=sys.stderr)
     return m
 
 
-def _encode(enc, texts: list[str], quiet: bool, batch: int = 256):
-    import scipy.sparse as sp
-
-    parts = [enc.encode(texts[s : s + batch]) for s in progress(range(0, len(texts), batch), desc="encode", unit="batch")]
-    if not parts:
-        return enc.encode([])
-    return sp.vstack(parts).tocsr() if sp.issparse(parts[0]) else np.concatenate(parts)
-
-
-def run_classify_score(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    classifier: str | os.PathLike,
-    encoder: str | None = None,
-    batch_size: int | None = None,
-    workers: int = 0,
-    skip_bad_lines: bool = False,
-    rejected: str | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-) -> StageReport:
+def run_classify_score(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                       classifier: str | os.PathLike, workers: int = 0, skip_bad_lines: bool = False,
+                       rejected: str | None = None, quiet: bool = False, overwrite: bool = False,
+                       **options) -> StageReport:
     """Add `meta.edu_score` in [0, 1] to every record, through the same blocks as a `classify-score`
-    stage of `phi1 data run` (`phi1.data.steps.ClassifyScoreStage`): `workers` tasks score in parallel."""
+    stage of `phi1 data run` (`ClassifyScoreStage`; `options` are its fields, None keeps a default):
+    `workers` tasks score in parallel."""
     from phi1.data.pipeline import run_stage_file
 
-    _, meta, _ = load_classifier(classifier, encoder)  # a missing or mismatched classifier fails here, once
-    opts = {k: v for k, v in dict(classifier=str(classifier), encoder=encoder, batch_size=batch_size).items()
-            if v is not None}
+    opts = given(**options)
+    cfg = ClassifyScoreStage(classifier=str(classifier), **opts)
+    cfg.validate()
+    _, meta, _ = load_classifier(classifier, cfg.encoder, cfg)  # a missing or mismatched classifier fails here, once
     scores: list[float] = []
-    report, _ = run_stage_file("classify-score", opts, input_path, output_path, rejected=rejected,
-                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
-                               on_keep=lambda rec: scores.append(rec["meta"]["edu_score"]))
-    report.details.update(classifier=str(classifier), encoder=meta["encoder"]["spec"], task=meta["task"])
+    report, m = run_stage_file("classify-score", {"classifier": str(classifier), **opts}, input_path, output_path,
+                               rejected=rejected, skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite,
+                               workers=workers, on_keep=lambda rec: scores.append(rec["meta"]["edu_score"]))
+    report.details.update(classifier=str(classifier), encoder=meta["encoder"]["spec"], head=meta.get("head", "forest"),
+                          task=meta["task"], truncated=sum(n for k, n in m["counts"].items() if k.endswith("/truncated")))
     if scores:
         q = np.quantile(scores, [0.1, 0.5, 0.9])
         report.details["score_quantiles"] = {"p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4),

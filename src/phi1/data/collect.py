@@ -13,7 +13,7 @@ import re
 import sysconfig
 from typing import Iterator
 
-from phi1.data.records import StageReport, finish_report
+from phi1.data.records import StageReport, finish_report, given
 
 # Markers that tools put at the top of files they generate (protobuf, Cython,
 # Qt designer, lex/yacc tables, ...). Such files teach nothing about writing code.
@@ -118,12 +118,10 @@ def run_collect(
     from phi1.data.pipeline import run_stage_file
 
     sources = [str(s) for s in sources]
-    opts = {k: v for k, v in dict(sources=sources, python_stdlib=python_stdlib, site_packages=site_packages,
-                                  include=None if include is None else list(include),
-                                  exclude=None if exclude is None else list(exclude), max_bytes=max_bytes,
-                                  limit_bytes=limit_bytes or None, text_column=text_column,
-                                  meta_columns=None if meta_columns is None else list(meta_columns)).items()
-            if v is not None}
+    opts = given(sources=sources, python_stdlib=python_stdlib, site_packages=site_packages,
+                 include=None if include is None else list(include), exclude=None if exclude is None else list(exclude),
+                 max_bytes=max_bytes, limit_bytes=limit_bytes or None, text_column=text_column,
+                 meta_columns=None if meta_columns is None else list(meta_columns))
     all_sources = sources + python_install_sources(python_stdlib, site_packages) if (python_stdlib or site_packages) \
         else sources
     per_source: dict[str, int] = {}

@@ -25,7 +25,7 @@ import numpy as np
 
 from phi1.data.astnorm import function_source, iter_functions, normalized_tokens, parse_python
 from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
-from phi1.data.records import StageReport, finish_report
+from phi1.data.records import StageReport, finish_report, given
 from phi1.data.tokens import code_tokens, ngram_set
 
 AST_GRAM = 6
@@ -183,11 +183,10 @@ def run_decontaminate(
     from phi1.data.pipeline import run_stage_file
     from phi1.data.steps import DecontaminateStage
 
-    opts = {k: v for k, v in dict(benchmarks=None if benchmarks is None else list(benchmarks),
-                                  benchmark_files=None if benchmark_files is None else list(benchmark_files),
-                                  ngram=ngram, ngram_threshold=ngram_threshold, ast_threshold=ast_threshold,
-                                  use_ast=use_ast, embedding=embedding,
-                                  embedding_threshold=embedding_threshold).items() if v is not None}
+    opts = given(benchmarks=None if benchmarks is None else list(benchmarks),
+                 benchmark_files=None if benchmark_files is None else list(benchmark_files), ngram=ngram,
+                 ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast, embedding=embedding,
+                 embedding_threshold=embedding_threshold)
     deco = Decontaminator(**DecontaminateStage(**opts).decontaminator_kwargs())  # a bad benchmark fails here
     hits: list[dict] = []
     report, _ = run_stage_file("decontaminate", opts, input_path, output_path, rejected=rejected,

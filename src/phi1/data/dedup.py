@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from phi1.data.records import StageReport, finish_report
+from phi1.data.records import StageReport, finish_report, given
 
 
 def run_dedup(
@@ -28,8 +28,7 @@ def run_dedup(
     from phi1.data.pipeline import run_stage_file
     from phi1.data.steps import DedupStage
 
-    opts = {k: v for k, v in dict(threshold=threshold, max_hashes=max_hashes, shingle=shingle, seed=seed).items()
-            if v is not None}
+    opts = given(threshold=threshold, max_hashes=max_hashes, shingle=shingle, seed=seed)
     examples: list[dict] = []
 
     def note(rec: dict) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from phi1.errors import ConfigError
 from phi1.data.astnorm import parse_python
 from phi1.data.decontam import Decontaminator
-from phi1.data.records import StageReport, finish_report
+from phi1.data.records import StageReport, finish_report, given
 
 _BUILTINS = frozenset(dir(builtins))
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
@@ -154,11 +154,9 @@ def run_mine(
     from phi1.data.pipeline import run_stage_file
     from phi1.data.steps import MineStage
 
-    opts = {k: v for k, v in dict(decontaminate=decontaminate,
-                                  benchmarks=None if benchmarks is None else list(benchmarks),
-                                  benchmark_files=None if benchmark_files is None else list(benchmark_files),
-                                  min_doc_chars=min_doc_chars, min_body_lines=min_body_lines,
-                                  max_body_lines=max_body_lines).items() if v is not None}
+    opts = given(decontaminate=decontaminate, benchmarks=None if benchmarks is None else list(benchmarks),
+                 benchmark_files=None if benchmark_files is None else list(benchmark_files),
+                 min_doc_chars=min_doc_chars, min_body_lines=min_body_lines, max_body_lines=max_body_lines)
     cfg = MineStage(**opts)
     if cfg.decontaminate:
         Decontaminator(list(cfg.benchmarks), list(cfg.benchmark_files))  # a bad benchmark fails here, once

@@ -29,6 +29,12 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def given(**options) -> dict:
+    """The options that were given: a stage function's keyword left as None keeps the stage config's
+    default (the config dataclass is the only place defaults live)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def make_record(text: str, id: str | None = None, **meta: Any) -> dict:
     """A record with `id` (content hash prefix when not given), `text` and `meta`."""
     return {"id": id or content_hash(text)[:16], "text": text, "meta": dict(meta)}

@@ -21,7 +21,7 @@ def _common(p, out_required: bool = True) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     outputs = ("out", "rejected") if out_required else ("rejected",)
-    declare_io(p, inputs=("input", "benchmark_file", "classifier"),
+    declare_io(p, inputs=("input", "benchmark_file", "classifier", "tokenizer"),
                outputs=outputs, derived={"out": (".report.json",)} if out_required else None, overwrite=True)
 
 
@@ -63,44 +63,70 @@ def _annotate(args) -> int:
     from phi1.data.annotate import run_annotate
 
     run_annotate(args.input, args.out, endpoint=args.endpoint, model=args.model, api_key_env=args.api_key_env,
-                 sample=args.sample, seed=args.seed, concurrency=args.concurrency, timeout=args.timeout,
-                 max_attempts=args.max_attempts, cache=args.cache, only_sampled=args.only_sampled,
-                 workers=args.workers, **_io(args))
+                 annotator=args.annotator, sample=args.sample, seed=args.seed, scale=args.scale,
+                 temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                 response_format=args.response_format, price_in_per_1m=args.price_in, price_out_per_1m=args.price_out,
+                 concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts, cache=args.cache,
+                 only_sampled=args.only_sampled, workers=args.workers, **_io(args))
     return 0
+
+
+def _encoder_run(args) -> dict:
+    return {k: getattr(args, k, None) for k in ("device", "dtype", "batch_size")}
 
 
 def _train(args) -> int:
     from phi1.data.classify import run_classify_train
 
-    meta = run_classify_train(args.input, args.classifier, encoder=args.encoder, task=args.task, threshold=args.threshold,
-                              label_field=args.label_field, test_fraction=args.test_fraction,
-                              n_estimators=args.n_estimators, seed=args.seed, workers=args.workers,
-                              skip_bad_lines=args.skip_bad_lines, quiet=args.quiet)
+    meta = run_classify_train(args.input, args.classifier, encoder=args.encoder, head=args.head, task=args.task,
+                              threshold=args.threshold, label_field=args.label_field,
+                              test_fraction=args.test_fraction, n_estimators=args.n_estimators,
+                              max_depth=args.max_depth, alpha=args.alpha, seed=args.seed, pooling=args.pooling,
+                              max_tokens=args.max_tokens, embed_cache=args.embed_cache, **_encoder_run(args),
+                              workers=args.workers, skip_bad_lines=args.skip_bad_lines, quiet=args.quiet)
     print(json.dumps(meta["held_out"]))
     return 0
 
 
 def _eval(args) -> int:
     from phi1.data.classify import run_classify_eval
+    from phi1.data.features import EncoderRun
 
-    print(json.dumps(run_classify_eval(args.input, args.classifier, encoder=args.encoder,
-                                       skip_bad_lines=args.skip_bad_lines, quiet=args.quiet)))
+    run = EncoderRun(**{k: v for k, v in _encoder_run(args).items() if v is not None})
+    run.validate()
+    print(json.dumps(run_classify_eval(args.input, args.classifier, encoder=args.encoder, run=run,
+                                       embed_cache=args.embed_cache, skip_bad_lines=args.skip_bad_lines,
+                                       quiet=args.quiet)))
     return 0
 
 
 def _score(args) -> int:
     from phi1.data.classify import run_classify_score
 
-    run_classify_score(args.input, args.out, classifier=args.classifier, encoder=args.encoder,
-                       batch_size=args.batch_size, workers=args.workers, **_io(args))
+    run_classify_score(args.input, args.out, classifier=args.classifier, encoder=args.encoder, **_encoder_run(args),
+                       workers=args.workers, **_io(args))
     return 0
+
+
+def _tokens(text: str) -> int:
+    """A token count as an integer or in float notation (6e9), for --keep-tokens."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (e.g. 6000000000 or 6e9)") from None
+    if value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of tokens >= 1")
+    return int(value)
 
 
 def _filter(args) -> int:
     from phi1.data.filter import run_filter
 
-    run_filter(args.input, args.out, min_score=args.min_score, top_fraction=args.top_fraction, field=args.field,
-               workers=args.workers, **_io(args))
+    run_filter(args.input, args.out, min_score=args.min_score, top_fraction=args.top_fraction,
+               keep_tokens=args.keep_tokens, tokenizer=args.tokenizer, bytes_per_token=args.bytes_per_token,
+               field=args.field, workers=args.workers, **_io(args))
     return 0
 
 
@@ -138,6 +164,19 @@ def _run(args) -> int:
     return 0
 
 
+def _encoder_flags(p, train: bool) -> None:
+    """The neural encoders' flags (hf:, st:, minilm); left out, each keeps its `EncoderOptions` default."""
+    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
+    p.add_argument("--batch-size", type=int, help="documents per forward pass (default 32)")
+    if train:
+        p.add_argument("--pooling", choices=["mean", "last"], help="mean over tokens (default) | last token")
+        p.add_argument("--max-tokens", type=int, help="tokens per document, cut beyond (default 2048, at most the "
+                       "model's positions; the report counts the cuts)")
+        p.add_argument("--embed-cache", help="embedding cache folder (default $PHI1_CACHE_DIR/embeddings or "
+                       "~/.cache/phi1/embeddings); off = no cache")
+
+
 def register_data(sub) -> None:
     p = sub.add_parser("collect", help="gather source files / JSONL / Parquet / HF datasets into records")
     p.add_argument("sources", nargs="*", help="directories (recursive), .jsonl(.gz), .parquet, globs of them, "
@@ -169,11 +208,21 @@ def register_data(sub) -> None:
 
     p = sub.add_parser("annotate", help="educational-value labels 0-5 (LLM judge, or rules offline)")
     _common(p)
-    p.add_argument("--endpoint", help="OpenAI-compatible base URL (comma-separated for several); omit for the rule-based annotator")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL of the LLM judge (comma-separated for several)")
     p.add_argument("--model", help="model name on the endpoint")
     p.add_argument("--api-key-env", help="environment variable holding the API key")
+    p.add_argument("--annotator", choices=["llm", "rules"], help="rules: the offline rule-based labels (needed with "
+                   "--sample and no --endpoint); default: llm with an endpoint")
     p.add_argument("--sample", type=int, help="annotate a fixed-seed sample of N records (default: all)")
     p.add_argument("--seed", type=int, help="the sample's seed (default 0)")
+    p.add_argument("--scale", type=int, choices=[5, 10], help="the judge scores 0-5 (default, the paper's) or 0-10")
+    p.add_argument("--temperature", type=float, help="judge sampling temperature (default 0)")
+    p.add_argument("--top-p", type=float, help="judge nucleus sampling (default: the server's)")
+    p.add_argument("--max-tokens", type=int, help="the judge's answer length (default 512; reasoning models need more)")
+    p.add_argument("--response-format", choices=["auto", "json_schema", "none"],
+                   help="auto (default): ask for a JSON schema while the server accepts it")
+    p.add_argument("--price-in", type=float, help="USD per million prompt tokens (the report gives the cost)")
+    p.add_argument("--price-out", type=float, help="USD per million completion tokens")
     p.add_argument("--concurrency", type=int, help="judge requests at once (default 8)")
     p.add_argument("--timeout", type=float, help="seconds per judge request (default 60)")
     p.add_argument("--max-attempts", type=int, help="tries per judge request (default 6)")
@@ -197,33 +246,46 @@ def register_data(sub) -> None:
     _common(t, out_required=False)
     t.add_argument("--classifier", required=True, help="where to save the classifier (a .json sidecar goes beside it)")
     declare_io(t, inputs=("input",), outputs=("classifier", "rejected"), derived={"classifier": (".json",)})
-    t.add_argument("--encoder", default="hashing", help=ENCODER_HELP)
-    t.add_argument("--task", choices=["classification", "regression"], default="classification")
-    t.add_argument("--threshold", type=float, default=3.0, help="labels >= this count as educational")
-    t.add_argument("--label-field", default="edu_label")
-    t.add_argument("--test-fraction", type=float, default=0.2)
-    t.add_argument("--n-estimators", type=int, default=200)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=0)
+    t.add_argument("--encoder", help=ENCODER_HELP + " (default hashing)")
+    t.add_argument("--head", choices=["forest", "linear"], help="forest: the paper's random forest (default); "
+                   "linear: a FineWeb-Edu-style linear head on the frozen embeddings")
+    t.add_argument("--task", choices=["classification", "regression"], help="classification of label >= threshold "
+                   "(default) | regression on the label")
+    t.add_argument("--threshold", type=float, help="labels >= this count as educational (default 3)")
+    t.add_argument("--label-field", help="the meta field holding the label (default edu_label)")
+    t.add_argument("--test-fraction", type=float, help="held out for the reported metrics (default 0.2)")
+    t.add_argument("--n-estimators", type=int, help="forest: trees (default 200)")
+    t.add_argument("--max-depth", type=int, help="forest: tree depth (default: unlimited)")
+    t.add_argument("--alpha", type=float, help="linear: L2 penalty (default 1.0)")
+    t.add_argument("--seed", type=int, help="split and forest seed (default 0)")
+    t.add_argument("--workers", type=int, default=0, help="forest: CPU threads (0 = all)")
+    _encoder_flags(t, train=True)
     t.set_defaults(func=_train)
-    e = csub.add_parser("eval", help="accuracy/F1 of a saved classifier on labelled records")
+    e = csub.add_parser("eval", help="precision/recall/F1 and the confusion matrix of a saved classifier")
     _common(e, out_required=False)
     e.add_argument("--classifier", required=True)
     e.add_argument("--encoder", help="override (must match the training encoder's fingerprint)")
+    _encoder_flags(e, train=False)
+    e.add_argument("--embed-cache", help="embedding cache folder (default: the training default); off = none")
     e.set_defaults(func=_eval)
     s = csub.add_parser("score", help="add meta.edu_score to every record")
     _common(s)
     s.add_argument("--classifier", required=True)
     s.add_argument("--encoder", help="override (must match the training encoder's fingerprint)")
-    s.add_argument("--batch-size", type=int, help="records encoded at once (default 512)")
+    _encoder_flags(s, train=False)
     s.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     s.set_defaults(func=_score)
 
     p = sub.add_parser("filter", help="keep the records with the best meta.edu_score")
     _common(p)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--min-score", type=float)
-    g.add_argument("--top-fraction", type=float)
+    g.add_argument("--min-score", type=float, help="keep records scored at least this")
+    g.add_argument("--top-fraction", type=float, help="keep the best fraction of the records (ties kept)")
+    g.add_argument("--keep-tokens", type=_tokens, help="keep the best records up to this many tokens (e.g. 6e9, "
+                   "the paper's 6B); the report gives the resulting score cut-off")
+    p.add_argument("--tokenizer", help="with --keep-tokens: count tokens with this tokenizer directory (default: "
+                   "estimate UTF-8 bytes / --bytes-per-token)")
+    p.add_argument("--bytes-per-token", type=float, help="with --keep-tokens and no --tokenizer (default 3.5)")
     p.add_argument("--field", help="the meta field to rank by (default edu_score)")
     p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_filter)
@@ -235,7 +297,7 @@ def register_data(sub) -> None:
     p.add_argument("--ngram-threshold", type=float, help="fraction of a task's n-grams that flags a record (default 0.5)")
     p.add_argument("--ast-threshold", type=float, help="normalised-AST similarity that flags a function (default 0.8)")
     p.add_argument("--no-ast", action="store_const", const=False, dest="use_ast", help="n-gram check only")
-    p.add_argument("--embedding", help="also flag functions whose embedding (this encoder: minilm, st:DIR, lm:DIR) "
+    p.add_argument("--embedding", help="also flag functions whose embedding (this encoder: minilm, st:DIR, hf:DIR) "
                    "is close to a benchmark function's and whose syntax overlaps it (slower; off by default)")
     p.add_argument("--embedding-threshold", type=float, help="cosine similarity for --embedding (default 0.85)")
     p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")

@@ -533,7 +533,7 @@ class SmallestKeys(PipelineStep):
             yield doc
 
 
-JUDGE_COUNTS = ("cache_hits", "judge_failed", "judge_unparsable")  # EduLabels' judge counters
+JUDGE_COUNTS = ("cache_hits", "judge_failed", "judge_unparsable", "judge_retried", "schema_refused")  # EduLabels'
 
 
 class EduLabels(PipelineStep):
@@ -542,23 +542,18 @@ class EduLabels(PipelineStep):
 
     name = "edu labels"
 
-    def __init__(self, endpoint=None, model=None, api_key_env=None, concurrency=8, timeout=60.0, max_attempts=6,
-                 cache: str | None = None, batch: int = 256):
+    def __init__(self, cfg: AnnotateStage, cache: str, batch: int = 256):
         super().__init__()
-        self.opts = dict(endpoint=endpoint, model=model, api_key_env=api_key_env, concurrency=concurrency,
-                         timeout=timeout, max_attempts=max_attempts)
-        self.cache, self.batch = cache, batch
+        self.cfg, self.cache, self.batch = cfg, cache, batch
 
     def _label(self, texts: list[str]) -> list[dict]:
         from phi1.data.annotate import _llm_labels, _rule_label
         from phi1.data.records import StageReport
 
-        if not self.opts["endpoint"]:
+        if not self.cfg.endpoint:
             return [_rule_label(t) for t in texts]
-        o = self.opts
         rep = StageReport("annotate")
-        labels = _llm_labels(texts, o["endpoint"], o["model"], o["api_key_env"], o["concurrency"], o["timeout"],
-                             o["max_attempts"], Path(self.cache), rep, True)
+        labels = _llm_labels(texts, self.cfg, Path(self.cache), rep, True)
         for key in JUDGE_COUNTS:
             self.stat_update(key, value=int(rep.details.get(key, 0)))
         for key, v in rep.details.get("client", {}).items():
@@ -567,7 +562,7 @@ class EduLabels(PipelineStep):
         return labels
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        annotator = f"llm:{self.opts['model']}" if self.opts["endpoint"] else "rules"
+        annotator = f"llm:{self.cfg.model}" if self.cfg.endpoint else "rules"
         for batch in batched(data, self.batch):
             for doc, lab in zip(batch, self._label([d.text for d in batch])):
                 if "score" in lab:
@@ -579,26 +574,6 @@ class EduLabels(PipelineStep):
                     doc.metadata.update(edu_error=lab["error"], edu_annotator=annotator)
                     self.stat_update("label_error")
             yield from batch
-
-
-@dataclass
-class AnnotateStage:
-    sample: int = 0  # records to label (0 = all)
-    seed: int = 0
-    only_sampled: bool = True  # with a sample: write only it (False: every record, the sample labelled)
-    endpoint: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = 8
-    timeout: float = 60.0
-    max_attempts: int = 6
-    cache: str | None = None  # the judge's cache file (default: judge-cache.jsonl in the stage directory)
-
-    def validate(self) -> None:
-        if self.endpoint and not self.model:
-            raise ConfigError("annotate.model: required with endpoint; give the name the server serves")
-        if isinstance(self.sample, bool) or not isinstance(self.sample, int) or self.sample < 0:
-            raise ConfigError(f"annotate.sample: {self.sample!r} must be a whole number >= 0")
 
 
 class JoinLabels(PipelineStep):
@@ -623,8 +598,7 @@ class JoinLabels(PipelineStep):
 
 
 def build_annotate(ctx: StageContext, cfg: AnnotateStage) -> list[Block]:
-    labels = EduLabels(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout, cfg.max_attempts,
-                       cache=cfg.cache or str(ctx.dir / "judge-cache.jsonl"))
+    labels = EduLabels(cfg, cache=cfg.cache or str(ctx.dir / "judge-cache.jsonl"))
     if not cfg.sample:
         return _one_block(ctx, [labels], "label")
     cand, labelled = ctx.work / "sample", ctx.work / "labelled"
@@ -640,24 +614,6 @@ def build_annotate(ctx: StageContext, cfg: AnnotateStage) -> list[Block]:
 
 # ---- classify: train on the sample (one task), score in parallel ----------------------------------
 
-@dataclass
-class ClassifyTrainStage:
-    encoder: str = "hashing"
-    task: str = "classification"
-    threshold: float = 3.0
-    label_field: str = "edu_label"
-    test_fraction: float = 0.2
-    n_estimators: int = 200
-    max_depth: int | None = None
-    seed: int = 0
-
-    def validate(self) -> None:
-        from phi1.data.classify import TrainConfig
-
-        TrainConfig(self.encoder, self.task, self.threshold, self.test_fraction, self.n_estimators, self.max_depth,
-                    self.seed, 0).validate()
-
-
 class TrainClassifier(PipelineStep):
     name = "train classifier"
 
@@ -668,12 +624,11 @@ class TrainClassifier(PipelineStep):
     def run(self, data, rank: int = 0, world_size: int = 1):
         from phi1.data.classify import run_classify_train
 
-        c = self.cfg
-        meta = run_classify_train(self.source, self.out, encoder=c.encoder, task=c.task, threshold=c.threshold,
-                                  label_field=c.label_field, test_fraction=c.test_fraction,
-                                  n_estimators=c.n_estimators, max_depth=c.max_depth, seed=c.seed, workers=1,
-                                  skip_bad_lines=self.skip_bad_lines, quiet=True)
+        meta = run_classify_train(self.source, self.out, cfg=self.cfg, workers=1, skip_bad_lines=self.skip_bad_lines,
+                                  quiet=True)
         self.stat_update("labelled", value=meta["n_labelled"])
+        for key in ("encoded", "cached", "truncated", "forward_passes"):
+            self.stat_update(key, value=int(meta["embeddings"].get(key, 0)))
 
 
 def classifier_path(stage_dir: Path) -> Path:
@@ -685,118 +640,190 @@ def build_classify_train(ctx: StageContext, cfg: ClassifyTrainStage) -> list[Blo
             commit_block(ctx, files=["classifier.joblib.json"])]
 
 
+def one_thread_per_task() -> None:
+    """torch on one thread in a task: the parallelism is the tasks, and a forked worker whose parent had
+    used torch's OpenMP pool hangs in its first parallel op otherwise."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 class EduScorer(PipelineStep):
-    """`meta.edu_score` in [0, 1] (P(educational), or predicted label / 5), encoding in batches."""
+    """`meta.edu_score` in [0, 1] (P(educational), or predicted label / 5), encoding in chunks."""
 
     name = "edu score"
 
-    def __init__(self, classifier: str, encoder: str | None = None, batch_size: int = 512):
+    def __init__(self, cfg: ClassifyScoreStage):
         super().__init__()
-        self.classifier, self.encoder, self.batch_size = classifier, encoder, batch_size
+        self.cfg = cfg
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         from phi1.data.classify import _predict, load_classifier
 
-        model, meta, enc = load_classifier(self.classifier, self.encoder)
+        if world_size > 1:
+            one_thread_per_task()
+        model, meta, enc = load_classifier(self.cfg.classifier, self.cfg.encoder, self.cfg)
         if hasattr(model, "n_jobs"):
             model.n_jobs = 1  # parallelism is the tasks
-        for batch in batched(data, self.batch_size):
+        for batch in batched(data, max(512, self.cfg.batch_size)):
+            cut = enc.truncated
             for doc, s in zip(batch, _predict(model, meta["task"], enc.encode([d.text for d in batch]))):
                 doc.metadata["edu_score"] = round(float(s), 4)
                 self.stat_update("scored")
+            if enc.truncated > cut:
+                self.stat_update("truncated", value=enc.truncated - cut)
             yield from batch
 
 
-@dataclass
-class ClassifyScoreStage:
-    classifier: str = ""  # a classifier file, or "@stage" naming a classify-train stage
-    encoder: str | None = None
-    batch_size: int = 512
-
-    def validate(self) -> None:
-        if not self.classifier:
-            raise ConfigError("classify-score.classifier: required; name the training stage, e.g. classifier: \"@train\"")
-
-
 def build_classify_score(ctx: StageContext, cfg: ClassifyScoreStage) -> list[Block]:
-    return _one_block(ctx, [EduScorer(cfg.classifier, cfg.encoder, cfg.batch_size)], "score")
+    return _one_block(ctx, [EduScorer(cfg)], "score")
 
 
 # ---- filter ---------------------------------------------------------------------------------------
 
+def tie_key(doc_id: str) -> int:
+    """A record's place among equal scores (a hash of its id): a budget cut falls between two records,
+    the same ones whatever the task count."""
+    return int.from_bytes(hashlib.blake2b(str(doc_id).encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "big") >> 1  # 63 bits: exact in int64 and in JSON
+
+
+class TokenCounter:
+    """Tokens of a text: with a tokenizer directory's tokenizer, or estimated as UTF-8 bytes / bytes_per_token."""
+
+    def __init__(self, tokenizer: str | None, bytes_per_token: float):
+        self.tokenizer, self.bytes_per_token, self._tok = tokenizer, bytes_per_token, None
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        if self.tokenizer is None:
+            return [int(np.ceil(len(t.encode("utf-8", "surrogatepass")) / self.bytes_per_token)) for t in texts]
+        if self._tok is None:
+            from phi1.tokenizer import load_tokenizer
+
+            self._tok = load_tokenizer(self.tokenizer)
+        return [len(x) for x in self._tok.encode_batch(texts)]
+
+
 class ScoreFilter(BaseFilter):
-    """Keeps records with `meta.<field>` >= the cut-off (a number, or read from the cut-off block's file)."""
+    """Keeps records with `meta.<field>` >= the cut-off (a number, or read from the cut-off block's file);
+    with a token budget, a record at exactly the cut-off score is kept when its tie key is <= the file's."""
 
     name = "score filter"
 
     def __init__(self, field: str, cut: float | None = None, cut_file: str | None = None, exclusion_writer=None):
         super().__init__(exclusion_writer)
-        self.field, self.cut, self.cut_file = field, cut, cut_file
+        self.field, self.cut, self.cut_file, self.tie = field, cut, cut_file, None
 
     def filter(self, doc: Document):
         if self.cut is None:
-            self.cut = json.loads(Path(self.cut_file).read_text())["cutoff"]
+            c = json.loads(Path(self.cut_file).read_text())
+            self.cut, self.tie = c["cutoff"], c.get("tie")
         s = doc.metadata.get(self.field)
         if not isinstance(s, (int, float)) or isinstance(s, bool):
             return False, f"no_{self.field}"
-        return True if s >= self.cut else (False, "below_cutoff")
+        if s > self.cut or (s == self.cut and (self.tie is None or tie_key(doc.id) <= self.tie)):
+            return True
+        return False, "below_cutoff" if s < self.cut or self.tie is None else "over_budget"
 
 
 class DumpScores(PipelineStep):
+    """Each task's scores (and with a budget, token counts and tie keys) to one .npz file."""
+
     name = "collect scores"
 
-    def __init__(self, field: str, folder: str):
+    def __init__(self, field: str, folder: str, counter: TokenCounter | None = None):
         super().__init__()
-        self.field, self.folder = field, Path(folder)
+        self.field, self.folder, self.counter = field, Path(folder), counter
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        vals = [float(s) for doc in data if isinstance(s := doc.metadata.get(self.field), (int, float))]
+        vals, toks, ties = [], [], []
+        for batch in batched(data, 512):
+            scored = [d for d in batch if isinstance(d.metadata.get(self.field), (int, float))
+                      and not isinstance(d.metadata.get(self.field), bool)]
+            vals += [float(d.metadata[self.field]) for d in scored]
+            if self.counter is not None:
+                toks += self.counter([d.text for d in scored])
+                ties += [tie_key(d.id) for d in scored]
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{rank:05d}.npy.tmp"
+        tmp = self.folder / f".{rank:05d}.npz.tmp"
         with tmp.open("wb") as fh:
-            np.save(fh, np.asarray(vals, dtype=np.float64))
-        os.replace(tmp, self.folder / f"{rank:05d}.npy")
+            np.savez(fh, scores=np.asarray(vals, dtype=np.float64), tokens=np.asarray(toks, dtype=np.int64),
+                     ties=np.asarray(ties, dtype=np.int64))
+        os.replace(tmp, self.folder / f"{rank:05d}.npz")
         if False:
             yield
 
 
 class Cutoff(PipelineStep):
-    """One task: the score that keeps the best `top_fraction` (numpy quantile, method "higher"; ties kept)."""
+    """One task: the score that keeps the best `top_fraction` (numpy quantile, method "higher"; ties
+    kept), or the best records whose tokens add up to at most `keep_tokens` (best score first, ties in
+    tie-key order: the kept tokens are within one record of the budget)."""
 
     name = "score cut-off"
 
-    def __init__(self, folder: str, top_fraction: float, out: str):
+    def __init__(self, folder: str, out: str, top_fraction: float | None = None, keep_tokens: int | None = None):
         super().__init__()
-        self.folder, self.top_fraction, self.out = Path(folder), top_fraction, Path(out)
+        self.folder, self.top_fraction, self.keep_tokens, self.out = Path(folder), top_fraction, keep_tokens, Path(out)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         from phi1.utils.io import atomic_write_json
 
-        scores = np.concatenate([np.load(f) for f in sorted(self.folder.glob("*.npy"))] or [np.zeros(0)])
-        cut = float(np.quantile(scores, 1.0 - self.top_fraction, method="higher")) if len(scores) else float("inf")
-        atomic_write_json(self.out, {"cutoff": cut, "scored": int(len(scores)), "top_fraction": self.top_fraction})
+        parts = [np.load(f) for f in sorted(self.folder.glob("*.npz"))]
+        scores = np.concatenate([p["scores"] for p in parts] or [np.zeros(0)])
+        if self.keep_tokens is None:
+            cut = float(np.quantile(scores, 1.0 - self.top_fraction, method="higher")) if len(scores) else float("inf")
+            atomic_write_json(self.out, {"cutoff": cut, "scored": int(len(scores)), "top_fraction": self.top_fraction})
+            return
+        tokens = np.concatenate([p["tokens"] for p in parts] or [np.zeros(0, np.int64)])
+        ties = np.concatenate([p["ties"] for p in parts] or [np.zeros(0, np.int64)])
+        order = np.lexsort((ties, -scores))  # best score first; equal scores by tie key
+        kept = int(np.searchsorted(np.cumsum(tokens[order]), self.keep_tokens, side="right"))
+        out = {"scored": int(len(scores)), "keep_tokens": self.keep_tokens, "tokens_scored": int(tokens.sum()),
+               "kept": kept, "kept_tokens": int(tokens[order[:kept]].sum())}
+        if kept == 0:
+            out.update(cutoff=float("inf"), tie=None)
+        else:
+            last = order[kept - 1]
+            out.update(cutoff=float(scores[last]), tie=int(ties[last]))
+        atomic_write_json(self.out, out)
+        if False:
+            yield
 
 
 @dataclass
 class FilterStage:
     min_score: float | None = None
     top_fraction: float | None = None
+    keep_tokens: int | None = None  # keep the best records up to this many tokens (the paper kept ~6B)
+    tokenizer: str | None = None    # with keep_tokens: count with this tokenizer directory ...
+    bytes_per_token: float = 3.5    # ... or estimate tokens as UTF-8 bytes / this (codegen's tokenizer on Python)
     field: str = "edu_score"
 
     def validate(self) -> None:
-        if (self.min_score is None) == (self.top_fraction is None):
-            raise ConfigError("filter: give exactly one of min_score or top_fraction")
+        given = [k for k in ("min_score", "top_fraction", "keep_tokens") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError("filter: give exactly one of min_score, top_fraction or keep_tokens"
+                              + (f" (got {', '.join(given)})" if given else ""))
         if self.top_fraction is not None and not 0.0 < self.top_fraction <= 1.0:
             raise ConfigError(f"filter.top_fraction: {self.top_fraction} must be in (0, 1]")
+        if self.keep_tokens is not None and (isinstance(self.keep_tokens, bool) or self.keep_tokens < 1):
+            raise ConfigError(f"filter.keep_tokens: {self.keep_tokens} must be a whole number >= 1")
+        if not self.bytes_per_token > 0:
+            raise ConfigError(f"filter.bytes_per_token: {self.bytes_per_token} must be > 0")
+        if self.tokenizer is not None and not Path(self.tokenizer).is_dir():
+            raise ConfigError(f"filter.tokenizer: {self.tokenizer}: not a directory; give a tokenizer directory "
+                              "(tokenizer.json, or vocab.json + merges.txt)")
 
 
 def build_filter(ctx: StageContext, cfg: FilterStage) -> list[Block]:
     if cfg.min_score is not None:
         return _one_block(ctx, [ScoreFilter(cfg.field, cut=cfg.min_score, exclusion_writer=ctx.rejected_writer())])
     scores, cut = ctx.work / "scores", ctx.dir / "cutoff.json"
+    counter = TokenCounter(cfg.tokenizer, cfg.bytes_per_token) if cfg.keep_tokens is not None else None
     return [
-        Block("scores", [first_pass(ctx.reader()), DumpScores(cfg.field, str(scores))], tasks=ctx.tasks),
-        Block("cutoff", [Cutoff(str(scores), cfg.top_fraction, str(cut))], tasks=1),
+        Block("scores", [first_pass(ctx.reader()), DumpScores(cfg.field, str(scores), counter)], tasks=ctx.tasks),
+        Block("cutoff", [Cutoff(str(scores), str(cut), cfg.top_fraction, cfg.keep_tokens)], tasks=1),
         Block("filter", [ctx.reader(), ScoreFilter(cfg.field, cut_file=str(cut), exclusion_writer=ctx.rejected_writer()),
                          ctx.writer()], tasks=ctx.tasks),
         commit_block(ctx, files=["cutoff.json"]),
@@ -838,6 +865,11 @@ class DecontaminationFilter(BaseFilter):
     def __init__(self, kwargs: dict, exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.kwargs, self._deco = kwargs, None
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        if world_size > 1 and self.kwargs.get("embedding"):
+            one_thread_per_task()
+        yield from super().run(data, rank, world_size)
 
     def filter(self, doc: Document):
         from phi1.data.decontam import Decontaminator
@@ -919,6 +951,8 @@ def build_mine(ctx: StageContext, cfg: MineStage) -> list[Block]:
 # ---- the table of stage kinds ---------------------------------------------------------------------
 
 from phi1.data.collect_steps import CollectStage, build_collect  # noqa: E402  (it imports the helpers above)
+from phi1.data.classify import ClassifyScoreStage, ClassifyTrainStage  # noqa: E402
+from phi1.data.annotate import AnnotateStage  # noqa: E402
 
 KINDS: dict[str, tuple[type, Any]] = {
     "collect": (CollectStage, build_collect),

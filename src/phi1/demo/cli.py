@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("--scale", choices=sorted(SCALES), default="tiny",
                    help="tiny: CPU, ~15 min; small: phi-1-small on one GPU with real token budgets")
     p.add_argument("--recipe", default=None, help="a demo recipe YAML instead of --scale (e.g. recipes/phi-1.yaml)")
-    p.add_argument("--endpoint", default=None, help="OpenAI-compatible LLM endpoint for synthetic data")
+    p.add_argument("--endpoint", default=None, help="OpenAI-compatible LLM endpoint: the annotation judge (unless the recipe sets data.annotate_endpoint "
+                   "or annotator: rules) and synthetic data")
     p.add_argument("--model", default=None, help="model name at --endpoint")
     p.add_argument("--api-key-env", default=None, help="environment variable holding the endpoint's API key")
     declare_io(p, inputs=("recipe",), out_dirs=("out",))

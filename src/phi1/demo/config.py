@@ -27,12 +27,17 @@ class CorpusSection:
 class DataSection:
     dedup_threshold: float = 0.85
     annotate_sample: int = 0
-    annotate_endpoint: str | None = None
+    annotator: str | None = None  # llm | rules; None: the judge when an endpoint is given, else rules for sample 0
+    annotate_endpoint: str | None = None  # None: `phi1 demo --endpoint`, when given
     annotate_model: str | None = None
+    annotate_api_key_env: str | None = None  # the environment variable holding the judge's key
+    annotate_max_tokens: int = 512
     encoder: str = "hashing"
+    classifier_head: str = "forest"
     n_estimators: int = 100
     label_threshold: float = 3.0
     filter_top_fraction: float = 0.5
+    filter_keep_tokens: int | None = None  # instead of filter_top_fraction: the best records up to this many tokens
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
     val_fraction: float = 0.02
 

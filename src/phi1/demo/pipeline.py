@@ -56,12 +56,20 @@ DATA_STAGES = [
 ]
 
 
-def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0) -> dict:
-    """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml)."""
+def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | None = None, model: str | None = None,
+                  api_key_env: str | None = None) -> dict:
+    """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml).
+    The judge is the recipe's `annotate_endpoint`, else the demo's `--endpoint` (its `--model` and
+    `--api-key-env` too), unless the recipe says `annotator: rules`."""
     c, d = cfg.corpus, cfg.data
     annotate: dict = {"name": "annotate", "sample": d.annotate_sample}
-    if d.annotate_endpoint:
-        annotate.update(endpoint=d.annotate_endpoint, model=d.annotate_model or "default")
+    if d.annotator:
+        annotate["annotator"] = d.annotator
+    judge = d.annotate_endpoint or (endpoint if d.annotator != "rules" else None)
+    if judge:
+        annotate.update(endpoint=judge, model=d.annotate_model or model or "default",
+                        api_key_env=api_key_env or d.annotate_api_key_env, max_tokens=d.annotate_max_tokens)
+    keep = {"keep_tokens": d.filter_keep_tokens} if d.filter_keep_tokens else {"top_fraction": d.filter_top_fraction}
     return {
         "description": f"phi1 demo {cfg.name}: the data half of the recipe",
         "workdir": str(L.data), "executor": "local", "workers": workers, "tasks": 0,
@@ -72,21 +80,22 @@ def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0) -> dict:
             {"name": "dedup", "threshold": d.dedup_threshold},
             annotate,
             {"name": "train", "kind": "classify-train", "input": "annotate", "encoder": d.encoder,
-             "threshold": d.label_threshold, "n_estimators": d.n_estimators},
+             "head": d.classifier_head, "threshold": d.label_threshold, "n_estimators": d.n_estimators},
             {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
-            {"name": "filter", "top_fraction": d.filter_top_fraction},
+            {"name": "filter", **keep},
             {"name": "decontaminate", "benchmarks": list(d.benchmarks)},
             {"name": "exercises", "kind": "mine-exercises", "input": "dedup", "benchmarks": list(d.benchmarks)},
         ],
     }
 
 
-def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0) -> list[Stage]:
+def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | None = None, model: str | None = None,
+                api_key_env: str | None = None) -> list[Stage]:
     """The data half of the recipe: raw code to clean, decontaminated, scored documents + exercises,
     each demo stage one `phi1 data run configs/data.yaml --until STAGE` (earlier pipeline stages are
     skipped by their fingerprint, so each runs once)."""
     text = ("# written by phi1 demo; the data half of the run. Rerun with: phi1 data run " + str(L.data_pipeline)
-            + "\n" + yaml.safe_dump(data_pipeline(cfg, L, workers), sort_keys=False))
+            + "\n" + yaml.safe_dump(data_pipeline(cfg, L, workers, endpoint, model, api_key_env), sort_keys=False))
 
     def write() -> None:
         L.data_pipeline.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +267,7 @@ def _run_demo(cfg: DemoConfig, run_dir: Path, *, device: str, endpoint: str | No
               api_key_env: str | None, log) -> Path:
     L = Layout(run_dir)
     runner = StageRunner(L.root, log=log)
-    stages = data_stages(cfg, L)
+    stages = data_stages(cfg, L, endpoint=endpoint, model=model, api_key_env=api_key_env)
     stages += synth_stages(cfg, L, endpoint, model, api_key_env)
     pre_inputs, ft_inputs = [L.clean], [L.exercises]
     if endpoint and cfg.synth.textbooks:
