@@ -109,7 +109,8 @@ def test_validate_exercises_executes_decontaminates_and_dedups(exercise_run):
     assert rejected["3"][0].startswith("syntax")
     assert rejected["4"][0].startswith("contaminated: overlaps HumanEval/0")
     assert rejected["5"] == ["exact duplicate: of exercises-0-0000000"]
-    assert rejected["6"][0].startswith("near-duplicate: of exercises-0-0000000")
+    # 6 differs from 0 only in an assert: the training texts are the same
+    assert rejected["6"] == ["exact duplicate: of exercises-0-0000000"]
     assert rejected["7"] == ["truncated: finish_reason=length"]
     assert all(r["meta"]["validation"]["execution"] == "passed" for r in kept)
     assert report["counts"] == {"input": 9, "kept": 2, "rejected": 7}
@@ -126,8 +127,8 @@ def test_validate_writes_report_json_and_png(exercise_run):
     assert set(on_disk["distinct_n"]) == {"distinct_1", "distinct_2", "distinct_3", "distinct_4"}
     assert on_disk["constraints"]["function_name"]["distinct"] == 2
     assert sum(on_disk["length_tokens"]["histogram"]["counts"]) == 2
-    assert on_disk["rejection_reasons"] == {k: 1 for k in ("execution assertion", "execution timeout", "syntax",
-                                            "contaminated", "exact duplicate", "near-duplicate", "truncated")}
+    assert on_disk["rejection_reasons"] == {**{k: 1 for k in ("execution assertion", "execution timeout", "syntax",
+                                                              "contaminated", "truncated")}, "exact duplicate": 2}
     png = rep_path.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -193,3 +194,83 @@ def test_validate_stories_and_bad_input(tmp_path):
 
     with pytest.raises(Phi1Error, match="same file"):
         validate_file(ValidateConfig("stories", str(inp), str(inp)))
+
+
+def test_exercises_are_packed_in_the_papers_format(tmp_path, tokenizer_dir):
+    """A fake LLM answers with fenced code, asserts, a print and a main block: the packed text has none
+    of them, only the function (signature, docstring, solution), and the tests ran before."""
+    from phi1.data.loader import open_split
+    from phi1.data.pack import pack
+    from phi1.synth.checks import split_exercise
+    from phi1.tokenizer import load_tokenizer
+
+    def noisy(body):
+        plain = exercise_responder(body)
+        name = re.search(r"def (\w+)\(", plain).group(1)
+        return plain.replace("\n```", f"\nprint({name}(3))\n\nif __name__ == '__main__':\n    print('ok')\n```")
+
+    gen, out = tmp_path / "ex.jsonl", tmp_path / "valid.jsonl"
+    with FakeOpenAI(responder=noisy) as srv:
+        assert run_job(JobConfig("exercises", srv.url, "fake-model", 12, str(gen), seed=1, concurrency=4)).complete
+    assert all("```" in r["text"] and "assert " in r["text"] for r in read_jsonl(gen))
+    validate_file(ValidateConfig("exercises", str(gen), str(out), timeout=2.0))
+    kept = list(read_jsonl(out))
+    assert kept
+    for r in kept:
+        m = r["meta"]
+        name = m["constraints"]["function_name"]
+        assert r["text"].startswith(f"def {name}(") and "```" not in r["text"] and "assert" not in r["text"]
+        assert "print(" not in r["text"] and "__main__" not in r["text"]
+        assert m["tests"].startswith(f"assert {name}(") and "__main__" in m["tests"]
+        assert m["prompt"] + m["completion"] == r["text"] and m["prompt"].rstrip().endswith('"""')
+        assert m["validation"]["execution"] == "passed" and "```" in m["generated_text"]
+    pack(tokenizer_dir, [out], tmp_path / "shards", workers=1)
+    tok = load_tokenizer(tokenizer_dir)
+    packed = tok.decode([int(t) for a in open_split(tmp_path / "shards", "train").arrays for t in a])
+    assert "def " in packed and "assert" not in packed and "```" not in packed and "__main__" not in packed
+    # A module docstring and comments between statements are dropped; a decorator stays with its def.
+    s = split_exercise('"""Module."""\nimport math\n\n@cache\ndef f(x):\n    """Doc."""\n    return x\n\nf(2)\n', "f")
+    assert s["text"] == 'import math\n\n\n@cache\ndef f(x):\n    """Doc."""\n    return x\n' and s["tests"] == "f(2)\n"
+
+
+MBPP_5 = ("def count_ways(n):\n\tA = [0] * (n + 1)\n\tB = [0] * (n + 1)\n\tA[0] = 1\n\tA[1] = 0\n\tB[0] = 0\n"
+          "\tB[1] = 1\n\tfor i in range(2, n+1):\n\t\tA[i] = A[i - 2] + 2 * B[i - 1]\n\t\tB[i] = A[i - 1] + B[i - 2]\n"
+          "\treturn A[n]\n")
+
+
+def test_a_planted_mbpp_solution_in_a_textbook_is_removed_and_reported(tmp_path):
+    """MBPP (in its own file format) is decontaminated against like HumanEval; an edited copy that shares
+    too few 13-grams for the containment check is caught by the sequence ratio."""
+    from phi1.data.benchmarks import BenchmarkTask
+    from phi1.data.decontam import Decontaminator
+
+    mbpp = tmp_path / "mbpp.jsonl"
+    write_jsonl(mbpp, [{"task_id": 5, "text": "Write a function to find the number of ways to fill it with 2 x 1 "
+                        "dominoes for the given 3 x n board.", "code": MBPP_5, "test_list": ["assert count_ways(2) == 3"]},
+                       {"task_id": 2, "text": "Write a function to find the shared elements from the given two lists.",
+                        "code": "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & "
+                        "set(test_tup2))\n  return (res) \n", "test_list": []}])
+    edited = MBPP_5.replace("\tfor i in range(2, n+1):\n\t\tA[i] = A[i - 2] + 2 * B[i - 1]\n\t\tB[i] = A[i - 1] + "
+                            "B[i - 2]\n", "\tfor k in range(2, n + 1):\n\t\tA[k], B[k] = A[k - 2] + 2 * B[k - 1], "
+                            "A[k - 1] + B[k - 2]\n")
+    task = BenchmarkTask("mbpp/5", "", MBPP_5)
+    assert Decontaminator([], tasks=[task], use_ast=False, ratio_threshold=None).check(edited) == []
+    hit = Decontaminator([], tasks=[task], use_ast=False).check(edited)
+    assert [(h.task_id, h.method) for h in hit] == [("mbpp/5", "sequence")] and hit[0].score > 0.8
+    prose = ("A board of 3 by n cells can be tiled with dominoes in many ways, and counting them is a classic "
+             "exercise in recurrences: each new column depends on the two before it. ")
+    clean = f"{prose}\n```python\ndef tiles(n):\n    ways = [1, 0]\n    for _ in range(n):\n        ways.append(ways[-2] * 3)\n    return ways[n]\n```\n{prose}"
+    planted = f"{prose}\n```python\n{edited}```\n{prose}"
+    recs = [{"id": "textbooks-0-0", "text": clean, "meta": {}}, {"id": "textbooks-0-1", "text": planted, "meta": {}}]
+    write_jsonl(tmp_path / "tb.jsonl", recs)
+    out = tmp_path / "tb.valid.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "phi1", "synth", "validate", "--kind", "textbooks", "--input",
+                           str(tmp_path / "tb.jsonl"), "--out", str(out), "--benchmark", "humaneval",
+                           "--benchmark-file", str(mbpp)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["id"] for r in read_jsonl(out)] == ["textbooks-0-0"]
+    bad = list(read_jsonl(str(out) + ".rejected.jsonl"))
+    assert bad[0]["meta"]["validation"]["reasons"][0].startswith("contaminated: overlaps mbpp/5 (sequence)")
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
+    assert report["decontamination"]["hits_per_task"] == {"mbpp/5": 1}
+    assert report["decontamination"]["benchmark_files"] == [str(mbpp)]

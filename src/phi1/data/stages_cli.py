@@ -136,7 +136,8 @@ def _decontaminate(args) -> int:
     rep = run_decontaminate(args.input, args.out, benchmarks=_benchmarks(args), benchmark_files=args.benchmark_file,
                             ngram=args.ngram, ngram_threshold=args.ngram_threshold, ast_threshold=args.ast_threshold,
                             use_ast=args.use_ast, embedding=args.embedding,
-                            embedding_threshold=args.embedding_threshold, workers=args.workers, **_io(args))
+                            embedding_threshold=args.embedding_threshold, ratio_threshold=args.ratio_threshold,
+                            workers=args.workers, **_io(args))
     if not args.quiet:
         for h in rep.details["hits"][:20]:
             best = h["hits"][0]
@@ -300,6 +301,8 @@ def register_data(sub) -> None:
     p.add_argument("--embedding", help="also flag functions whose embedding (this encoder: minilm, st:DIR, hf:DIR) "
                    "is close to a benchmark function's and whose syntax overlaps it (slower; off by default)")
     p.add_argument("--embedding-threshold", type=float, help="cosine similarity for --embedding (default 0.85)")
+    p.add_argument("--ratio-threshold", type=float, help="difflib ratio on the window aligned on a shared n-gram "
+                   "that confirms a partial copy (default 0.5)")
     p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_decontaminate)
 

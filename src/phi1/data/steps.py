@@ -842,6 +842,7 @@ class DecontaminateStage:
     use_ast: bool = True
     embedding: str | None = None
     embedding_threshold: float = 0.85
+    ratio_threshold: float | None = 0.5  # difflib ratio that confirms a partial n-gram match (None: off)
 
     def validate(self) -> None:
         self.decontaminator_kwargs()  # types
@@ -853,7 +854,8 @@ class DecontaminateStage:
     def decontaminator_kwargs(self) -> dict:
         return dict(benchmarks=list(self.benchmarks), benchmark_files=list(self.benchmark_files), ngram=self.ngram,
                     ngram_threshold=self.ngram_threshold, ast_threshold=self.ast_threshold, use_ast=self.use_ast,
-                    embedding=self.embedding, embedding_threshold=self.embedding_threshold)
+                    embedding=self.embedding, embedding_threshold=self.embedding_threshold,
+                    ratio_threshold=self.ratio_threshold)
 
 
 class DecontaminationFilter(BaseFilter):

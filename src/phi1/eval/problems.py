@@ -10,9 +10,10 @@ from pathlib import Path
 from phi1.errors import Phi1Error
 
 MBPP_URL = "https://github.com/google-research/google-research/tree/master/mbpp"
-# Standard stop sequences: the Codex paper's set for HumanEval, the bigcode harness's for MBPP
-# (no "\ndef" there: MBPP solutions often need helper functions).
-HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+# Stop sequences: the Codex paper's set for HumanEval plus what models trained on other data emit after
+# a solution (their own asserts, a closing fence); "\nif" already covers "\nif __name__". MBPP: the
+# bigcode harness's set (no "\ndef" there: MBPP solutions often need helper functions).
+HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert", "\n```"]
 MBPP_STOP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
 MBPP_SPLITS = {"test": (11, 510), "validation": (511, 600), "train": (601, 974), "prompt": (1, 10), "all": (0, 10**9)}
 BENCHMARKS = ("humaneval", "mbpp")

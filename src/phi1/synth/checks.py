@@ -25,6 +25,61 @@ def exercise_code(text: str) -> str:
     return "\n\n".join(blocks) if blocks else text
 
 
+def _is_test(stmt: ast.stmt, defined: set[str]) -> bool:
+    """A top-level statement that exercises the solution rather than being part of it: an assert (or a
+    block holding one), an `if __name__ == ...` block, a bare expression (print(f(3)), f(3)), or an
+    assignment that calls a function the exercise defines."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
+        return False
+    if isinstance(stmt, ast.If) and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(stmt.test)):
+        return True
+    if isinstance(stmt, ast.Expr):
+        return True
+    if any(isinstance(n, ast.Assert) for n in ast.walk(stmt)):
+        return True
+    calls = {n.func.id for n in ast.walk(stmt) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return bool(calls & defined)
+
+
+def split_exercise(code: str, function_name: str | None = None) -> dict | None:
+    """The paper's CodeExercises format from a generated program: `text`, the training text (imports,
+    helpers and the function: signature, docstring, solution; no fences, no asserts, no prints), and
+    `tests`, the rest of the program (asserts, a main block), kept apart so that validation runs them and
+    packing never sees them. With the function found: `prompt` (the text through its docstring) and
+    `completion` (the rest), as mined exercises have. None when the code does not parse."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    lines = code.splitlines()
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    solution, tests = [], []
+    for stmt in tree.body:
+        start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+        segment = "\n".join(lines[start - 1 : stmt.end_lineno]).rstrip()
+        if _is_test(stmt, defined):
+            # a module docstring or a lone string is neither solution nor test
+            if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+                tests.append(segment)
+        else:
+            solution.append((stmt, segment))
+    parts = []
+    for k, (stmt, segment) in enumerate(solution):
+        if k:
+            both_imports = all(isinstance(x, (ast.Import, ast.ImportFrom)) for x in (solution[k - 1][0], stmt))
+            parts.append("\n" if both_imports else "\n\n\n")
+        parts.append(segment)
+    text = "".join(parts) + "\n" if parts else ""
+    out = {"text": text, "tests": "\n".join(tests) + "\n" if tests else ""}
+    fn = next((n for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and (function_name is None or n.name == function_name)), None) if text else None
+    if fn is not None and fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant):
+        cut = fn.body[0].end_lineno
+        tl = text.splitlines(keepends=True)
+        out.update(prompt="".join(tl[:cut]), completion="".join(tl[cut:]))
+    return out
+
+
 def check_exercise(text: str, constraints: dict) -> tuple[list[str], dict]:
     """Parse the exercise: the named function with a docstring and a body, plus module-level asserts."""
     code = exercise_code(text)
@@ -33,6 +88,10 @@ def check_exercise(text: str, constraints: dict) -> tuple[list[str], dict]:
         tree = ast.parse(code)
     except SyntaxError as exc:
         return [f"syntax: {exc.msg} (line {exc.lineno})"], info
+    split = split_exercise(code, constraints.get("function_name"))
+    if split is not None:
+        # What validation runs: the training text, then its tests (what the model learns must pass them).
+        info.update(split=split, code=split["text"] + "\n\n" + split["tests"])
     funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     want = constraints.get("function_name")
     fn = next((f for f in funcs if f.name == want), None) if want else (funcs[0] if funcs else None)

@@ -54,7 +54,10 @@ def _validate(args) -> int:
     rep = validate_file(ValidateConfig(kind=args.kind, input=args.input, out=args.out, report=args.report,
                                        execute=not args.no_execute, timeout=args.exec_timeout, workers=args.workers,
                                        dedup_threshold=args.dedup_threshold, decontaminate=not args.no_decontam,
-                                       keep_truncated=args.keep_truncated, min_words=args.min_words))
+                                       keep_truncated=args.keep_truncated, min_words=args.min_words,
+                                       benchmarks=args.benchmark if args.benchmark is not None else
+                                       ([] if args.benchmark_file else ["humaneval"]),
+                                       benchmark_files=args.benchmark_file))
     print(json.dumps(rep["counts"]))
     return 0
 
@@ -87,9 +90,13 @@ def register(subparsers) -> None:
     v.add_argument("--exec-timeout", type=float, default=5.0, help="seconds per exercise execution")
     v.add_argument("--dedup-threshold", type=float, default=0.85, help="MinHash Jaccard above which texts are near-duplicates")
     v.add_argument("--workers", type=int, default=2, help="sandbox processes for executing exercises")
-    v.add_argument("--no-decontam", action="store_true", help="skip the HumanEval decontamination (13-gram + AST)")
+    v.add_argument("--no-decontam", action="store_true", help="skip the decontamination (13-gram, sequence ratio, AST)")
+    v.add_argument("--benchmark", action="append", default=None,
+                   help="built-in benchmark to protect (humaneval, the default); repeatable")
+    v.add_argument("--benchmark-file", action="append", default=[],
+                   help="benchmark JSONL to protect too (HumanEval or MBPP format, e.g. mbpp.jsonl); repeatable")
     v.add_argument("--keep-truncated", action="store_true", help="keep records cut off by max_tokens")
     v.add_argument("--min-words", type=int, default=40, help="shortest story / textbook prose kept, in words")
-    declare_io(v, inputs=("input",), outputs=("out", "report"), derived={"out": (".rejected.jsonl", ".report.json")})
+    declare_io(v, inputs=("input", "benchmark_file"), outputs=("out", "report"), derived={"out": (".rejected.jsonl", ".report.json")})
     v.set_defaults(func=_validate)
     parser.set_defaults(func=needs_subcommand(parser))

@@ -3,9 +3,12 @@
 Order of the filters (each rejection is counted and kept with its reason in
 `<out>.rejected.jsonl`; nothing vanishes):
   1. per-kind checks (`checks.py`); exercises are then executed, asserts and all, in
-     the eval sandbox (`phi1.eval.sandbox`: separate processes, limits, no network);
-  2. decontamination against HumanEval (code kinds): `phi1.data.decontam.Decontaminator`,
-     13-gram overlap plus AST similarity, as phi-1 did;
+     the eval sandbox (`phi1.eval.sandbox`: separate processes, limits, no network), and a passing
+     one is rewritten in the paper's format: `text` = plain Python (signature, docstring, solution),
+     the asserts and main block in `meta.tests` (the raw answer in `meta.generated_text`);
+  2. decontamination (code kinds) against every configured benchmark (HumanEval by default, MBPP
+     or your own through benchmark files): `phi1.data.decontam.Decontaminator`, 13-gram overlap,
+     the sequence-ratio confirmation and AST similarity, with the hits per task in the report;
   3. exact and near-duplicate removal with the data pipeline's `MinhashIndex` (the dedup stage's MinHash
      signatures, bands and verification, in memory); the first record of a cluster is kept.
 Then a diversity report (JSON + PNG) over what was kept. A record whose id repeats an earlier
@@ -23,7 +26,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
@@ -48,6 +51,8 @@ class ValidateConfig:
     workers: int = 2  # sandbox processes
     dedup_threshold: float = 0.85
     decontaminate: bool = True
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])  # built in: humaneval
+    benchmark_files: list[str] = field(default_factory=list)  # HumanEval- or MBPP-format JSONL files
     keep_truncated: bool = False  # records cut by max_tokens are rejected unless set
     min_words: int = 40  # stories and textbook prose
 
@@ -139,10 +144,14 @@ def _validate_locked(cfg: ValidateConfig) -> dict:
         reasons_of[i] = reasons
     if cfg.kind == "exercises" and cfg.execute:
         _execute(records, reasons_of, cfg)
-    for rec in records:  # the program text is only needed for execution
+    for i, rec in enumerate(records):  # the program text is only needed for execution
         rec["meta"]["validation"].pop("code", None)
+        split = rec["meta"]["validation"].pop("split", None)
+        if split is not None and not reasons_of[i]:
+            _exercise_format(rec, split)
+    contamination = {}
     if cfg.decontaminate and cfg.kind in ("exercises", "textbooks"):
-        _decontaminate(records, reasons_of)
+        contamination = _decontaminate(records, reasons_of, cfg)
     n_checked, n_dups = _near_dedup(records, reasons_of, cfg.dedup_threshold)
     kept, rejected, reasons = [], [], Counter()
     for i, rec in enumerate(records):
@@ -155,12 +164,28 @@ def _validate_locked(cfg: ValidateConfig) -> dict:
     paths = cfg.paths()
     counts = {"input": len(records), "kept": len(kept), "rejected": len(rejected)}
     extra = {"input": str(cfg.input), "executed": cfg.kind == "exercises" and cfg.execute,
-             "adherence": _adherence(cfg.kind, records)}
+             "adherence": _adherence(cfg.kind, records),
+             "decontamination": {"benchmarks": list(cfg.benchmarks), "benchmark_files": list(cfg.benchmark_files),
+                                 "hits_per_task": contamination}}
     report = build_report(cfg.kind, kept, counts, reasons, n_dups / n_checked if n_checked else 0.0, extra=extra)
     _write_all([(paths["out"], kept), (paths["rejected"], rejected), (paths["png"], plot_report_png(report)),
                 (paths["report"], (json.dumps(report, indent=2) + "\n").encode("utf-8"))])
     log.info("validate %s: kept %d of %d (%s)", cfg.kind, len(kept), len(records), dict(reasons))
     return report
+
+
+def _exercise_format(rec: dict, split: dict) -> None:
+    """The paper's CodeExercises record: `text` is plain Python (signature, docstring, solution; no
+    fences, no asserts), the tests go to `meta.tests` (run here, never packed), and `meta.prompt` /
+    `meta.completion` split the text at the docstring as mined exercises do."""
+    meta = rec["meta"]
+    meta["generated_text"] = rec.get("text", "")
+    rec["text"] = split["text"]
+    meta["tests"] = split["tests"]
+    for key in ("prompt", "completion"):
+        if key in split:
+            meta[key] = split[key]
+    meta["kind"] = "exercise"
 
 
 def _adherence(kind: str, records: list[dict]) -> dict:
@@ -196,17 +221,22 @@ def _execute(records: list[dict], reasons_of: dict[int, list[str]], cfg: Validat
         bar.close()
 
 
-def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]]) -> None:
-    from phi1.data.decontam import Decontaminator
+def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]], cfg: ValidateConfig) -> dict[str, int]:
+    """The data pipeline's decontaminator (n-grams, sequence ratio, syntax) against every configured
+    benchmark; returns the hits per benchmark task."""
+    from phi1.data.decontam import Decontaminator, hits_per_task
 
-    deco = Decontaminator(["humaneval"])
+    deco = Decontaminator(list(cfg.benchmarks), list(cfg.benchmark_files))
+    found = []
     for i, rec in enumerate(records):
         if reasons_of[i]:  # already rejected: spare the most expensive check
             continue
         hits = deco.check(rec.get("text") or "")
         if hits:
+            found += hits
             rec["meta"]["validation"]["contamination"] = [h.to_dict() for h in hits[:3]]
             reasons_of[i].append(f"contaminated: overlaps {hits[0].task_id} ({hits[0].method})")
+    return hits_per_task(found)
 
 
 def _near_dedup(records: list[dict], reasons_of: dict[int, list[str]], threshold: float) -> tuple[int, int]:
