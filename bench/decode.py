@@ -7,11 +7,16 @@ achieved weight-read bandwidth (bytes of weights x decode steps/s).
     python bench/decode.py                                   # CPU, tiny preset made in a temp dir
     python bench/decode.py --preset phi-1 --device cuda --dtype bf16 --compile
     python bench/decode.py --model path/to/model_dir --device cuda --dtype bf16
+    python bench/decode.py --backend llama.cpp    # CPU, batch 1: phi1 eager / compiled / int8 vs llama.cpp f16, q4_0
+
+`--backend llama.cpp` exports the model to GGUF (phi1 export gguf) and decodes the same prompt in
+llama.cpp through llama-cpp-python (pip install -e '.[llamacpp]'), with as many threads as torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import sysconfig
@@ -23,13 +28,13 @@ import torch
 
 
 def make_model_dir(preset: str, root: Path) -> Path:
-    from phi1.model.config import PhiConfig
     from phi1.model.create import init_model_dir
+    from phi1.model.family import config_from_preset
     from phi1.tokenizer import train_tokenizer
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     train_tokenizer([stdlib / "json", stdlib / "email"], vocab_size=2048, out_dir=root / "tok")
-    vocab = PhiConfig.from_preset(preset).vocab_size  # keep the preset's LM-head size: it is read every step
+    vocab = max(config_from_preset(preset).vocab_size, 2048)  # keep the preset's LM-head size: it is read every step
     return init_model_dir(preset, root / "tok", root / preset, seed=0, vocab_size=vocab)
 
 
@@ -77,6 +82,70 @@ def time_hf(hf, prompts, new, pad_id):
     return dt, out[:, x.shape[1]:].tolist()
 
 
+def time_steps(model, prompt, new, mode):
+    """phi1 at batch 1: "eager", "compiled" (the fixed-shape decode step through torch.compile; on CPU
+    inductor's C++ code, since the CUDA-graph step is CUDA only) or "int8"/"int4" (--quantize)."""
+    from phi1.infer.decode import DecodeStep, _step_full_cache
+
+    if mode == "compiled" and getattr(model, "_phi1_decode_step", None) is None:
+        step = DecodeStep(model, mode="full")  # compiled once; later runs (and repeats) reuse its graph
+        step._fn = torch.compile(_step_full_cache, fullgraph=True, dynamic=False)
+        model._phi1_decode_step = step
+    return time_ours(model, [prompt], new, False)
+
+
+def time_llama_cpp(path, prompt, new, threads):
+    from phi1.export import llamacpp
+
+    llm = llamacpp.open_gguf(path, n_ctx=len(prompt) + new + 8, logits_all=False, n_threads=threads)
+    try:
+        llamacpp.greedy(llm, prompt, 8)  # warm up
+        t = time.perf_counter()
+        ids = llamacpp.greedy(llm, prompt, new)
+        return time.perf_counter() - t, ids
+    finally:
+        llm.close()
+
+
+def bench_llama_cpp(args, model_dir, tmp: Path) -> int:
+    """tokens/s at batch 1 on CPU: phi1 eager, compiled, int8 and llama.cpp f16, q4_0 (same model, same prompt)."""
+    from phi1.export.gguf_export import export_gguf
+    from phi1.model import load_for_inference
+
+    model, tok = load_for_inference(model_dir, "cpu", "float32")
+    prompt = prompt_ids(tok, args.prompt_len, 1)[0]
+    threads = torch.get_num_threads()
+    files = {t: export_gguf(model_dir, tmp / f"model-{t}.gguf", t).path for t in ("f16", "q4_0")}
+    print(f"# {model_dir.name}: {model.num_parameters() / 1e6:.1f}M params, CPU {platform.processor() or platform.machine()}"
+          f", {os.cpu_count()} cores, threads {threads}, torch {torch.__version__}")
+    print(f"# greedy, batch 1, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored; "
+          f"best of {args.repeats}")
+    loaded: dict = {"eager": model}
+
+    def phi1(kind):  # each kind its own model, loaded when its row runs (one compiled graph, reused by repeats)
+        if kind not in loaded:
+            loaded[kind] = load_for_inference(model_dir, "cpu", "float32",
+                                              quantize=kind if kind.startswith("int") else None)[0]
+        return time_steps(loaded[kind], prompt, args.new_tokens, "compiled" if kind == "compiled" else "eager")
+
+    runs = [("phi1 eager fp32", lambda: phi1("eager")), ("phi1 compiled fp32", lambda: phi1("compiled")),
+            ("phi1 eager --quantize int8", lambda: phi1("int8")), ("phi1 eager --quantize int4", lambda: phi1("int4"))]
+    for t, f in files.items():
+        runs.append((f"llama.cpp {t} ({f.stat().st_size / 2**20:.1f} MiB)",
+                     lambda f=f: time_llama_cpp(f, prompt, args.new_tokens, threads)))
+    print(f"{'backend':<34} {'tok/s':>8} {'greedy = phi1 fp32 eager (first 32)':>36}")
+    ref = None
+    for name, fn in runs:
+        best, ids = float("inf"), None
+        for _ in range(args.repeats):
+            dt, out = fn()
+            best, ids = min(best, dt), (out[0] if isinstance(out[0], list) else out)
+        ref = ids if ref is None else ref
+        print(f"{name:<34} {args.new_tokens / best:>8.1f} {'yes' if ids[:32] == ref[:32] else 'no':>36}")
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="an existing model directory (default: make one from --preset)")
@@ -88,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--backend", default="hf", choices=["hf", "llama.cpp"],
+                    help="what phi1 is compared with: transformers (default) or llama.cpp (CPU, batch 1)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side, interleaved; the best counts")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU: torch threads (1 is steadier on a machine shared with other jobs)")
@@ -104,6 +175,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else make_model_dir(args.preset, Path(tmp))
+        if args.backend == "llama.cpp":
+            return bench_llama_cpp(args, model_dir, Path(tmp))
         dev, dt = resolve_device_dtype(args.device, args.dtype)
         model, tok = load_for_inference(model_dir, args.device, args.dtype)
         hf = None

@@ -1,4 +1,4 @@
-"""Training-step throughput: phi1's PhiForCausalLM vs transformers' PhiForCausalLM, side by side.
+"""Training-step throughput: phi1's model vs transformers' (Phi or Phi3ForCausalLM), side by side.
 
 Both models get the same weights, batch, precision, optimizer (AdamW, decay on
 matrices only, fused on CUDA), gradient clipping and compile setting; their
@@ -7,6 +7,7 @@ both alike. Prints tokens/s, MFU (GPU only: against the per-GPU peak table in
 phi1.train.metrics), peak memory, and the ratio ours/theirs.
 
     python bench/train_throughput.py                       # CPU, tiny preset, fp32
+    python bench/train_throughput.py --preset tiny3        # the same for the phi-3 family
     python bench/train_throughput.py --preset phi-1-small --seq-len 2048 --batch 8 \\
         --device cuda --dtype bf16 --compile               # one GPU
 """
@@ -22,9 +23,8 @@ import time
 
 import torch
 
-from phi1.model.config import PhiConfig
+from phi1.model.family import build_model, config_from_preset
 from phi1.model.hf import save_model_dir
-from phi1.model.phi import PhiForCausalLM
 from phi1.train.metrics import peak_flops
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,9 +82,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    cfg = PhiConfig.from_preset(args.preset)
+    cfg = config_from_preset(args.preset)
+    if getattr(cfg, "pad_token_id", None) is not None and cfg.pad_token_id >= cfg.vocab_size:
+        cfg = cfg.replace(pad_token_id=None)
     torch.manual_seed(0)
-    ours = PhiForCausalLM(cfg)
+    ours = build_model(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(ours, tmp)
         theirs = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")

@@ -93,12 +93,11 @@ def test_streaming_completion(server, client, local):
 
 
 def test_chat_streaming_and_not(server, client, local):
-    from phi1.infer.protocol import CHAT_STOP, ChatMessage, render_chat
-
     msgs = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "Add two numbers."}]
-    prompt = render_chat([ChatMessage(**m) for m in msgs])
-    assert prompt == "### System:\nYou write Python.\n\n### User:\nAdd two numbers.\n\n### Assistant:\n"
-    ref = alone(local, prompt, 30, stop=[CHAT_STOP])
+    # The model directory carries phi-3's template (every model phi1 saves has one).
+    prompt = local[1].chat().render(msgs, add_generation_prompt=True)
+    assert prompt == "<|system|>\nYou write Python.<|end|>\n<|user|>\nAdd two numbers.<|end|>\n<|assistant|>\n"
+    ref = alone(local, prompt, 30, stop=["<|end|>"])
     r = client.chat.completions.create(model=server["model"], messages=msgs, max_tokens=30, temperature=0)
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"

@@ -15,8 +15,8 @@ from phi1.train.config import TrainConfig, load_config
 from phi1.train.schedule import lr_at
 
 RECIPES = Path(phi1.__file__).parent / "recipes"
-TRAIN_RECIPES = ["phi-1-pretrain", "phi-1-small-pretrain", "phi-1-finetune", "tiny-pretrain", "tiny-finetune",
-                 "test-micro"]
+TRAIN_RECIPES = ["phi-1-pretrain", "phi-1-small-pretrain", "phi-1-finetune", "phi-1.5", "tiny-pretrain",
+                 "tiny-finetune", "test-micro", "phi-3-mini-sft", "phi-3-mini-dpo"]
 
 
 def leaf_fields(cls):
@@ -87,3 +87,27 @@ def test_schedule_values_match_the_formula():
     assert lr_at(10, **dict(kw, kind="constant", warmup_steps=0)) == 1e-3
     assert [round(lr_at(s, lr=1e-4, warmup_steps=50, max_steps=6000) / 1e-4, 6) for s in (0, 49, 50, 6000)] == \
            [0.02, 1.0, 1.0, 0.0]
+
+
+def test_exponent_numbers_parse_as_numbers(tmp_path):
+    """YAML 1.1 reads `2e-4` as a string; recipes, --set and demo recipes read it as a float."""
+    from phi1.demo.config import load_demo_config
+    from phi1.utils.config import load_yaml
+
+    assert load_yaml("a: 2e-4\nb: 1E5\nc: 10\nd: -3e+2\ne: e5\nf: 2e") == \
+        {"a": 2e-4, "b": 1e5, "c": 10, "d": -300.0, "e": "e5", "f": "2e"}
+    text = (RECIPES / "test-micro.yaml").read_text().replace("lr: 3.0e-3", "lr: 3e-3").replace("eps: 1.0e-7", "eps: 1e-7")
+    assert "lr: 3e-3" in text and "eps: 1e-7" in text
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    cfg = load_config(recipe, ["optimizer.lr=2e-4", "schedule.min_lr=1E-5", "train.max_tokens=2e6",
+                               "optimizer.betas=[9e-1, 0.98]"])
+    assert cfg.optimizer.lr == 2e-4 and isinstance(cfg.optimizer.lr, float) and cfg.optimizer.eps == 1e-7
+    assert cfg.schedule.min_lr == 1e-5 and cfg.train.max_tokens == 2_000_000 and isinstance(cfg.train.max_tokens, int)
+    assert cfg.optimizer.betas == [0.9, 0.98]
+    assert load_config(data={**yaml.safe_load(text), "optimizer": {"lr": "2e-4"}}).optimizer.lr == 2e-4  # JSON-ish
+    with pytest.raises(ConfigError, match=r"config\.optimizer\.lr: expected a number, got str 'fast'"):
+        load_config(recipe, ["optimizer.lr=fast"])
+    demo = tmp_path / "demo.yaml"
+    demo.write_text("name: d\npretrain: {recipe: tiny-pretrain.yaml, set: {optimizer.lr: 2e-4}}\n")
+    assert load_demo_config(demo).pretrain.set == {"optimizer.lr": 2e-4}

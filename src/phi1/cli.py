@@ -26,7 +26,9 @@ COMMAND_MODULES = (
     "phi1.eval.cli",       # eval execute/humaneval/mbpp/loss/judge
     "phi1.infer.cli",      # serve
     "phi1.synth.cli",      # synth textbooks/exercises/stories/validate
+    "phi1.inspect.cli",    # inspect attention/neurons, compare
     "phi1.demo.cli",       # demo, ablate, report
+    "phi1.export.cli",     # export gguf
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,6 +37,19 @@ class PhiTokenizer:
             raise Phi1Error(f"{source or 'tokenizer'}: has no {eos_token!r} token; phi1 needs it as EOS/separator")
         self.eos_id = eos_id
         self.source = source
+        self.bos_token = ""          # the template's `bos_token` (tokenizer_config.json's, when it has one)
+        self.chat_template: str | None = None  # Jinja source; phi1.chat renders it
+
+    def chat(self, default: str | None = None):
+        """This tokenizer's ChatTemplate (`default`, a template's source, when it carries none)."""
+        from phi1.chat import ChatTemplate
+
+        source = self.chat_template or default
+        if source is None:
+            raise Phi1Error(f"{self.source or 'tokenizer'}: has no chat template; give one with --chat-template "
+                            "(a name such as phi-3, or a .jinja file)")
+        return ChatTemplate(source, bos_token=self.bos_token, eos_token=self.eos_token,
+                            where=f"{self.source or 'tokenizer'}: chat template")
 
     @property
     def backend(self):
@@ -64,8 +78,9 @@ class PhiTokenizer:
         """A hash of the full tokenizer definition (vocab, merges, added tokens)."""
         return hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()[:16]
 
-    def save(self, out_dir: str | os.PathLike) -> None:
-        """Write tokenizer.json + tokenizer_config.json + special_tokens_map.json (AutoTokenizer-loadable)."""
+    def save(self, out_dir: str | os.PathLike, default_chat_template: str | None = None) -> None:
+        """Write tokenizer.json + tokenizer_config.json + special_tokens_map.json (AutoTokenizer-loadable);
+        the chat template is this tokenizer's, else `default_chat_template`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(out / "tokenizer.json"))
@@ -79,28 +94,69 @@ class PhiTokenizer:
             "add_prefix_space": False,
             "clean_up_tokenization_spaces": False,
         }
+        if (self.chat_template or default_chat_template) is not None:
+            cfg["chat_template"] = self.chat_template or default_chat_template
         (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         special = {k: self.eos_token for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
         (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
+PAPER_TOKENIZER = "Salesforce/codegen-350M-mono"  # the tokenizer phi-1 used (section 2 of the paper)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_tokenizer(ref: str | os.PathLike, where: str = "tokenizer", cache_dir: str | None = None) -> Path:
+    """A tokenizer directory: `ref` itself when it is one, else (for a hub name such as
+    Salesforce/codegen-350M-mono) its snapshot in the Hugging Face cache. Never downloads: a name
+    that is not cached is one error saying how to fetch it."""
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    name = str(ref)
+    if not _HUB_ID.match(name) or Path(name).parent.is_dir():  # `runs/tok` with runs/ here: a local path
+        raise Phi1Error(f"{where} = {name!r}: tokenizer directory not found")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = cache_dir or constants.HF_HUB_CACHE
+    for f in ("tokenizer.json", "vocab.json"):
+        hit = try_to_load_from_cache(name, f, cache_dir=cache)
+        if isinstance(hit, str) and (f == "tokenizer.json" or (Path(hit).parent / "merges.txt").is_file()):
+            return Path(hit).parent
+    raise Phi1Error(f"{where} = {name!r}: not a local directory and not in the Hugging Face cache ({cache}); "
+                    f"phi1 does not download it. On a machine with network run `hf download {name} --include "
+                    f"'*.json' '*.txt'` (the tokenizer files, no weights; it fills that cache, which you can copy to "
+                    f"an offline machine), or add --local-dir DIR to that command and give DIR instead")
+
+
 def load_tokenizer(path: str | os.PathLike) -> PhiTokenizer:
-    """Load tokenizer.json, or vocab.json + merges.txt (+ added_tokens.json), from a directory."""
+    """Load tokenizer.json, or vocab.json + merges.txt (+ added_tokens.json), from a directory (or a
+    hub name found in the Hugging Face cache, see `resolve_tokenizer`).
+
+    With vocab.json + merges.txt (GPT-2's and codegen's layout) the EOS token is a special token, as
+    transformers makes it, and added_tokens.json's tokens keep their ids. A Llama/SentencePiece-style
+    tokenizer.json (phi-3's) loads the same way. The directory's chat template comes along."""
+    from phi1.chat import read_chat_template
+
+    path = resolve_tokenizer(path)
+    tok = _load_backend(path)
+    tok.chat_template = read_chat_template(path)
+    return tok
+
+
+def _load_backend(path: Path) -> PhiTokenizer:
     from tokenizers import AddedToken, Tokenizer
     from tokenizers.decoders import ByteLevel as ByteLevelDecoder
     from tokenizers.models import BPE
     from tokenizers.pre_tokenizers import ByteLevel
 
-    path = Path(path)
-    if not path.is_dir():
-        raise Phi1Error(f"{path}: tokenizer directory not found")
-    eos = EOS_TOKEN
+    eos, bos = EOS_TOKEN, ""
     cfg_file = path / "tokenizer_config.json"
     if cfg_file.exists():
         try:
             cfg = json.loads(cfg_file.read_text())
-            e = cfg.get("eos_token")
+            e, b = cfg.get("eos_token"), cfg.get("bos_token")
             eos = (e.get("content") if isinstance(e, dict) else e) or EOS_TOKEN
+            bos = (b.get("content") if isinstance(b, dict) else b) or ""
         except json.JSONDecodeError as exc:
             raise Phi1Error(f"{cfg_file}: malformed JSON ({exc.msg})") from None
     tj = path / "tokenizer.json"
@@ -109,7 +165,9 @@ def load_tokenizer(path: str | os.PathLike) -> PhiTokenizer:
             tok = Tokenizer.from_file(str(tj))
         except Exception as exc:
             raise Phi1Error(f"{tj}: cannot parse tokenizer ({exc})") from None
-        return PhiTokenizer(tok, eos, source=str(path))
+        out = PhiTokenizer(tok, eos, source=str(path))
+        out.bos_token = bos
+        return out
     vocab, merges = path / "vocab.json", path / "merges.txt"
     if vocab.exists() and merges.exists():
         tok = Tokenizer(BPE.from_file(str(vocab), str(merges)))
@@ -117,10 +175,21 @@ def load_tokenizer(path: str | os.PathLike) -> PhiTokenizer:
         tok.decoder = ByteLevelDecoder()
         added = path / "added_tokens.json"
         if added.exists():
-            extra = json.loads(added.read_text())
-            for content, _id in sorted(extra.items(), key=lambda kv: kv[1]):
-                tok.add_tokens([AddedToken(content, normalized=False)])
-        return PhiTokenizer(tok, eos, source=str(path))
+            try:
+                extra = json.loads(added.read_text())
+            except json.JSONDecodeError as exc:
+                raise Phi1Error(f"{added}: malformed JSON ({exc.msg})") from None
+            for content, want in sorted(extra.items(), key=lambda kv: kv[1]):
+                if tok.token_to_id(content) is None:
+                    tok.add_tokens([AddedToken(content, normalized=False)])
+                if tok.token_to_id(content) != want:
+                    raise Phi1Error(f"{added}: token {content!r} has id {want} but would get "
+                                    f"{tok.token_to_id(content)}; added token ids must follow vocab.json's")
+        if tok.token_to_id(eos) is not None:
+            tok.add_special_tokens([AddedToken(eos, special=True, normalized=False)])  # keeps its id
+        out = PhiTokenizer(tok, eos, source=str(path))
+        out.bos_token = bos
+        return out
     raise Phi1Error(f"{path}: no tokenizer found (expected tokenizer.json, or vocab.json + merges.txt)")
 
 

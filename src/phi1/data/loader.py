@@ -7,9 +7,14 @@ on iterator state, so a run resumed from a checkpoint at step s reads exactly
 the batches an uninterrupted run would, and every rank can compute its own
 slice of the global batch without talking to the others.
 
-A weighted mix of sources picks the source of sample g with a generator seeded
-by (seed, g); within a source the same (seed, g) addressing is used, so each
-source is walked in a shuffled order and sampled with probability `weight`.
+A weighted mix of sources is read by epochs too. The global samples are cut into
+blocks of MIX_BLOCK; every block holds exactly n_i = round(MIX_BLOCK * weight_i)
+samples of source i (largest remainders), in an order shuffled by (seed, block).
+Sample g is then the k-th sample of its source, k = block * n_i + its rank among
+that source's positions in the block, and k addresses the source's own shuffled
+epochs as above. So a window of a source is seen again only after every window
+of that source has been seen (the repetitions of any two windows of one source
+differ by at most one), and the mix is still a pure function of (seed, g).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 
 from phi1.data.shards import ShardSet, open_split
 from phi1.errors import Phi1Error
+
+MIX_BLOCK = 4096  # samples per interleaving block: weights are realised to 1/4096, exactly per block
 
 
 class TokenStream:
@@ -41,7 +48,9 @@ class TokenStream:
         if p is None:
             rng = np.random.default_rng([self.seed, epoch, 0x5EED])
             p = rng.permutation(self.num_windows)
-            self._perm_cache = {epoch: p}  # one epoch at a time: a step never spans more than two
+            # Two epochs at a time: a step's indices rise, so it never spans more than two.
+            self._perm_cache = {e: q for e, q in self._perm_cache.items() if e == epoch - 1}
+            self._perm_cache[epoch] = p
         return p
 
     def window(self, w: int) -> np.ndarray:
@@ -57,10 +66,23 @@ class TokenStream:
             i += 1
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def shuffled(self, g: int) -> np.ndarray:
-        """The window of global sample g (shuffled epochs)."""
-        epoch, k = divmod(g, self.num_windows)
-        return self.window(int(self._perm(epoch)[k]))
+    def shuffled(self, k: int) -> np.ndarray:
+        """The k-th window read from this stream (shuffled epochs: epoch k // num_windows)."""
+        epoch, i = divmod(k, self.num_windows)
+        return self.window(int(self._perm(epoch)[i]))
+
+
+def block_counts(weights: list[float], split: str = "train") -> np.ndarray:
+    """Samples per MIX_BLOCK of each source: the weights' shares, rounded by largest remainder."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * MIX_BLOCK
+    n = np.floor(exact).astype(np.int64)
+    n[np.argsort(-(exact - n), kind="stable")[: MIX_BLOCK - int(n.sum())]] += 1
+    if len(w) > 1 and n.min() == 0:
+        i = int(np.argmin(n))
+        raise Phi1Error(f"config.data.{split}[{i}].weight = {weights[i]}: less than 1/{MIX_BLOCK} of the mix "
+                        "(the mix is realised in blocks of that many samples); raise it or drop the source")
+    return n
 
 
 @dataclass
@@ -85,10 +107,10 @@ class WindowSampler:
                     f"seq_len + 1 = {seq_len + 1}; pack more data or lower data.seq_len"
                 )
             self.streams.append(stream)
-        w = np.array([s.weight for s in sources], dtype=np.float64)
-        self.cum = np.cumsum(w / w.sum())
+        self.per_block = block_counts([s.weight for s in sources], split)
         self.seed = seed
         self.seq_len = seq_len
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def fingerprints(self) -> list[tuple[str, str | None]]:
@@ -98,14 +120,33 @@ class WindowSampler:
     def num_windows(self) -> int:
         return sum(s.num_windows for s in self.streams)
 
-    def _source_of(self, g: int) -> int:
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source of each position, rank of the position among its source's) for block b."""
+        blk = self._blocks.get(b)
+        if blk is None:
+            order = np.repeat(np.arange(len(self.streams)), self.per_block)
+            order = np.random.default_rng([self.seed, b, 0x31C]).permutation(order)
+            rank = np.empty(MIX_BLOCK, dtype=np.int64)
+            for s in range(len(self.streams)):
+                at = np.flatnonzero(order == s)
+                rank[at] = np.arange(len(at))
+            blk = (order, rank)
+            self._blocks = {k: v for k, v in self._blocks.items() if k == b - 1}  # a step spans few blocks
+            self._blocks[b] = blk
+        return blk
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """(source, k) of global sample g: it is the k-th sample read from that source."""
         if len(self.streams) == 1:
-            return 0
-        u = np.random.default_rng([self.seed, g, 0x31C]).random()
-        return min(int(np.searchsorted(self.cum, u, side="right")), len(self.streams) - 1)
+            return 0, g
+        b, pos = divmod(g, MIX_BLOCK)
+        order, rank = self._block(b)
+        s = int(order[pos])
+        return s, b * int(self.per_block[s]) + int(rank[pos])
 
     def sample(self, g: int) -> np.ndarray:
-        return self.streams[self._source_of(g)].shuffled(g)
+        s, k = self.locate(g)
+        return self.streams[s].shuffled(k)
 
     def batch(self, indices, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (B, T) int64, for the given global sample indices."""

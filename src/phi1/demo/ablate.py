@@ -14,6 +14,7 @@ from phi1.demo.config import DemoConfig
 from phi1.demo.pipeline import Layout, checkpoint_model_dir, data_stages, eval_stages, write_train_config
 from phi1.demo.runner import Stage, StageRunner, own_run_dir
 from phi1.errors import ConfigError
+from phi1.tokenizer import resolve_tokenizer
 from phi1.utils.io import atomic_write_json, atomic_write_text
 
 ARM_DATA = ("unfiltered", "filtered", "filtered+synthetic")
@@ -37,7 +38,7 @@ def _run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str, log) -> Path:
     L = Layout(run_dir)
     runner = StageRunner(L.root, log=log)
     stages = data_stages(cfg, L)
-    tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else L.tokenizer
+    tokenizer = resolve_tokenizer(cfg.tokenizer.path, "tokenizer.path") if cfg.tokenizer.path else L.tokenizer
     if not cfg.tokenizer.path:
         # One tokenizer for every arm, trained on the unfiltered corpus so no arm is favoured.
         stages.append(Stage("tokenizer", ["tokenizer", "train", "--input", L.dedup, "--vocab-size",

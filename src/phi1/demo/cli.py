@@ -23,10 +23,18 @@ def register(sub) -> None:
     declare_io(p, inputs=("recipe",), out_dirs=("out",))
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("ablate", help="train on unfiltered vs filtered data at equal tokens and compare")
-    p.add_argument("--config", default="ablation-tiny.yaml", help="ablation YAML (default recipes/ablation-tiny.yaml)")
+    p = sub.add_parser("ablate", help="train on unfiltered vs filtered data at equal tokens and compare; "
+                       "or, with --prune-thresholds, the paper's pruning study")
+    p.add_argument("--config", default=None, help="ablation YAML (default recipes/ablation-tiny.yaml; with "
+                   "--prune-thresholds recipes/demo-tiny.yaml, whose prune section sets the study)")
     p.add_argument("--out", default="phi1-ablation")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--prune-thresholds", default=None, metavar="T1,T2,...",
+                   help="the pruning study (paper §5): remove exercises similar to HumanEval at each threshold, "
+                        "finetune one arm per threshold from one base, compare pass@1 on similar vs non-similar "
+                        "problems, e.g. 0.95,0.9,0.85,0.8")
+    p.add_argument("--prune-metric", choices=("ast", "embedding"), default=None,
+                   help="similarity for the pruning study (default: the recipe's prune.metric, ast)")
     declare_io(p, inputs=("config",), out_dirs=("out",))
     p.set_defaults(func=_ablate)
 
@@ -52,10 +60,21 @@ def _demo(args) -> int:
 
 
 def _ablate(args) -> int:
-    from phi1.demo.ablate import run_ablation
     from phi1.demo.config import load_demo_config
 
-    out = run_ablation(load_demo_config(args.config), Path(args.out), device=args.device)
+    if args.prune_thresholds is not None or args.prune_metric is not None:
+        from phi1.demo.prune import parse_thresholds, run_prune_study
+
+        cfg = load_demo_config(args.config or "demo-tiny.yaml")
+        if args.prune_metric:
+            cfg.prune.metric = args.prune_metric
+        taus = parse_thresholds(args.prune_thresholds) if args.prune_thresholds is not None else None
+        out = run_prune_study(cfg, Path(args.out), taus, device=args.device)
+        print(f"pruning study: {out} (and {out.with_suffix('.html')}, {out.parent / 'prune.json'})")
+        return 0
+    from phi1.demo.ablate import run_ablation
+
+    out = run_ablation(load_demo_config(args.config or "ablation-tiny.yaml"), Path(args.out), device=args.device)
     print(f"comparison: {out} (and {out.with_suffix('.html')}, {out.parent / 'ablation.json'})")
     return 0
 

@@ -76,6 +76,17 @@ class ArmSection:
 
 
 @dataclass
+class PruneSection:
+    """The pruning study (`phi1 ablate --prune-thresholds`): see phi1.demo.prune."""
+
+    thresholds: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8])
+    metric: str = "ast"  # ast (match rate of normalised AST nodes) | embedding (cosine, with `encoder`)
+    encoder: str = "hashing"  # the embedding measure's encoder, e.g. hf:Salesforce/codegen-350M-mono
+    exercises: list[str] = field(default_factory=list)  # JSONL files / stage dirs; [] = the run's mined exercises
+    base: str | None = None  # the model every arm is finetuned from; None = pretrain one as the demo does
+
+
+@dataclass
 class DemoConfig:
     name: str = "demo"
     corpus: CorpusSection = field(default_factory=CorpusSection)
@@ -87,6 +98,7 @@ class DemoConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     synth: SynthSection = field(default_factory=SynthSection)
     arms: list[ArmSection] = field(default_factory=list)  # ablation only
+    prune: PruneSection = field(default_factory=PruneSection)  # the pruning study only
 
 
 def load_demo_config(path: str | Path) -> DemoConfig:

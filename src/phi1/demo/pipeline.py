@@ -14,6 +14,7 @@ import yaml
 from phi1.demo.config import DemoConfig, resolve_recipe
 from phi1.demo.runner import Stage, StageRunner, own_run_dir
 from phi1.errors import Phi1Error
+from phi1.tokenizer import resolve_tokenizer
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text
 from phi1.utils.safety import clean_stale_temps, temp_prefix
@@ -126,20 +127,33 @@ def synth_stages(cfg: DemoConfig, L: Layout, endpoint: str | None, model: str | 
     return out
 
 
+def stage_recipe(cfg_stage, sets: dict | None = None, extra: dict | None = None) -> dict:
+    """A stage's training recipe with, in this order, the demo's paths (`sets`), the demo recipe's
+    `set:` and `extra` (the device) applied."""
+    from phi1.train.config import set_fields
+
+    base = read_yaml_mapping(resolve_recipe(cfg_stage.recipe), "training recipe")
+    return set_fields(base, {**(sets or {}), **cfg_stage.set, **(extra or {})})
+
+
+def check_eval_data(cfg_stage, what: str) -> None:
+    """A stage whose checkpoint selection reads a file (MBPP, held-out exercises) fails at the start of
+    the demo, not hours later when that stage begins, if the file is not there."""
+    args = ((stage_recipe(cfg_stage).get("eval") or {}).get("callback_args") or {})
+    data = args.get("data")
+    if isinstance(data, str) and not Path(data).exists():
+        raise Phi1Error(f"{what}: eval.callback_args.data = {data!r}: file not found; the best checkpoint is chosen "
+                        f"on it ({args.get('benchmark', 'humaneval')}); provide it, or choose by validation loss: "
+                        f"{{eval.callback: null, eval.best_metric: val_loss, eval.best_mode: min}} in the demo "
+                        f"recipe's {what}.set")
+
+
 def write_train_config(cfg_stage, L: Layout, name: str, *, init: str, tokenizer: Path, shards: Path,
                        extra: dict | None = None) -> Path:
     """A complete training config for this run, written where the report's command points."""
-    base = read_yaml_mapping(resolve_recipe(cfg_stage.recipe), "training recipe")
     sets = {"run.name": name, "run.out_dir": str(L.runs), "model.init": init, "model.tokenizer": str(tokenizer),
             "data.train": [{"path": str(shards), "weight": 1.0}]}
-    sets.update(cfg_stage.set)
-    sets.update(extra or {})
-    for key, value in sets.items():
-        node = base
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    base = stage_recipe(cfg_stage, sets, extra)
     path = L.configs / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, f"# written by phi1 for run {L.root}; rerun with: phi1 train {path}\n"
@@ -147,8 +161,28 @@ def write_train_config(cfg_stage, L: Layout, name: str, *, init: str, tokenizer:
     return path
 
 
+def base_step(run_dir: Path) -> int | None:
+    """The step of a pretraining run's base checkpoint (phi-1-base: step 24000 of 36000): the highest
+    of its config's `checkpoint.keep_steps` that the run has; None when it keeps no such step."""
+    from phi1.train.checkpoint import checkpoints_dir, list_steps
+
+    try:
+        keep = (read_yaml_mapping(Path(run_dir) / "config.yaml", "training config").get("checkpoint") or {})
+    except Phi1Error:
+        return None
+    have = set(list_steps(checkpoints_dir(run_dir)))
+    kept = [s for s in keep.get("keep_steps") or [] if s in have]
+    return max(kept) if kept else None
+
+
+def finetune_init(run_dir: Path) -> str:
+    """model.init of the finetune: the pretraining run's base checkpoint as RUN@STEP, else its latest."""
+    step = base_step(run_dir)
+    return f"{run_dir}@{step}" if step is not None else str(checkpoint_model_dir(run_dir, "latest"))
+
+
 def checkpoint_model_dir(run_dir: Path, which: str = "best") -> Path:
-    """The HF model directory of a training run's best (or latest) checkpoint."""
+    """The HF model directory of a training run's best, base (see `base_step`) or latest checkpoint."""
     from phi1.train.checkpoint import checkpoints_dir, latest_checkpoint, read_best
 
     root = checkpoints_dir(run_dir)
@@ -156,6 +190,8 @@ def checkpoint_model_dir(run_dir: Path, which: str = "best") -> Path:
         best = read_best(root)
         if best is not None and (root / f"step-{best['step']}" / "model").exists():
             return root / f"step-{best['step']}" / "model"
+    if which == "base" and base_step(run_dir) is not None:
+        return root / f"step-{base_step(run_dir)}" / "model"
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise Phi1Error(f"{run_dir}: no checkpoint found; did training finish?")
@@ -205,13 +241,14 @@ def training_stages(cfg: DemoConfig, L: Layout, *, pretrain_inputs: list[Path], 
                     device: str) -> list[Stage]:
     tok_inputs = [str(p) for p in pretrain_inputs]
     stages = []
-    if cfg.tokenizer.path:
-        tokenizer = Path(cfg.tokenizer.path)
+    if cfg.tokenizer.path:  # a directory, or a hub name in the HF cache (the paper's: codegen-350M-mono)
+        tokenizer = resolve_tokenizer(cfg.tokenizer.path, "tokenizer.path")
     else:
         tokenizer = L.tokenizer
         stages.append(Stage("tokenizer", ["tokenizer", "train", "--input", *tok_inputs, "--vocab-size",
                                           cfg.tokenizer.vocab_size, "--out", tokenizer],
                             "train the tokenizer", [tokenizer / "tokenizer.json"]))
+    check_eval_data(cfg.finetune, "finetune")
     pre_shards, ft_shards = L.shards / "pretrain", L.shards / "finetune"
     stages.append(Stage("pack-pretrain", ["data", "pack", "--tokenizer", tokenizer, "--input", *pretrain_inputs,
                                           "--out", pre_shards, "--val-fraction", cfg.data.val_fraction],
@@ -227,8 +264,7 @@ def training_stages(cfg: DemoConfig, L: Layout, *, pretrain_inputs: list[Path], 
                                            shards=pre_shards, extra=dev)))
     stages.append(Stage(
         "finetune", ["train", ft_cfg], "finetune on the exercises", [],
-        prepare=lambda: write_train_config(cfg.finetune, L, "finetune",
-                                           init=str(checkpoint_model_dir(L.run_dir("pretrain"), "latest")),
+        prepare=lambda: write_train_config(cfg.finetune, L, "finetune", init=finetune_init(L.run_dir("pretrain")),
                                            tokenizer=tokenizer, shards=ft_shards, extra=dev)))
     stages.append(Stage("export", [], "export the best finetuned checkpoint", [L.model / "config.json"],
                         fn=lambda: export_model(checkpoint_model_dir(L.run_dir("finetune"), "best"), L.model),

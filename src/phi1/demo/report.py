@@ -12,6 +12,7 @@ from pathlib import Path
 from phi1.demo.doc import Doc
 from phi1.demo.pipeline import Layout
 from phi1.errors import Phi1Error
+from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text, read_jsonl
 
 FUNNEL = [("collect", "raw"), ("dedup", "dedup"), ("classify-score", "scored"), ("filter", "filtered"),
@@ -164,6 +165,40 @@ def _snippet(text: str, lines: int = 14) -> str:
     return "\n".join(out) + ("\n..." if len(text.splitlines()) > lines else "")
 
 
+def checkpoint_choices(L: Layout) -> list[str]:
+    """Which checkpoints the stages used, in words: the finetune's base and what chose the best step."""
+    out = []
+    ft = L.configs / "finetune.yaml"
+    if ft.exists():
+        try:
+            init = (read_yaml_mapping(ft, "training config").get("model") or {}).get("init")
+        except Phi1Error:
+            init = None
+        if init:
+            out.append(f"The finetune started from {init}.")
+    best = _json(L.run_dir("finetune") / "checkpoints" / "best.json")
+    if best:
+        where = best.get("selected_on") or "an unrecorded split (best.json from before phi1 recorded it)"
+        v = best.get("value")
+        value = f"{v:.4g}" if isinstance(v, (int, float)) else _fmt(v)
+        out.append(f"The exported model is the finetune's best checkpoint: step {best.get('step')} by "
+                   f"{best.get('metric')} = {value} on {where}.")
+    return out
+
+
+def inside_model(doc: Doc, L: Layout, fig_dir: Path, records: int = 40) -> None:
+    """The final model's attention grid and one layer's neurons (phi1.inspect), on a small corpus slice."""
+    from itertools import islice
+
+    from phi1.data.records import iter_records
+    from phi1.inspect.quicklook import report_blocks
+
+    src = L.clean if _manifest(L.clean) else None
+    texts = [r.get("text", "") for r in islice(iter_records(src, skip_bad_lines=True), records)] if src else []
+    for kind, *args in report_blocks(L.model, texts, fig_dir):
+        getattr(doc, kind)(*args)
+
+
 def build_report(run_dir: str | Path) -> Path:
     L = Layout(Path(run_dir))
     if not L.root.is_dir():
@@ -244,12 +279,18 @@ def build_report(run_dir: str | Path) -> Path:
                 _fmt(v["tokens_per_s"], 0), _fmt(v["mfu"], 3) if v["mfu"] is not None else "- (CPU)"]
                for k, v in train_sum.items()])
 
+    for line in checkpoint_choices(L):
+        doc.p(line)
+
     doc.h("Evaluation")
     doc.table(["benchmark", "metric", "value"], [
         ["HumanEval", "pass@1 (greedy)", _fmt(ev["pass@1"])],
         ["HumanEval", "solution loss", _fmt(ev["solution_loss"])],
         *[["HumanEval", f"failures: {k}", v] for k, v in ev["kinds"].items()],
     ])
+
+    doc.h("Inside the model")
+    inside_model(doc, L, fig_dir)
 
     doc.h("Wall time per stage")
     doc.table(["stage", "seconds"], [[s.get("name"), _fmt(float(s.get("seconds", 0)), 1)] for s in stages])

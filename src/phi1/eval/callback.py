@@ -9,7 +9,7 @@ import time
 from phi1.eval.benchmark import GenerationConfig, generate_samples, select_problems
 from phi1.eval.execute import execute_samples
 from phi1.eval.loss import solution_loss
-from phi1.eval.problems import load_problems
+from phi1.eval.problems import describe_problems, load_problems
 from phi1.eval.sandbox import Sandbox, SandboxConfig
 
 
@@ -23,9 +23,16 @@ class EvalCallback:
 
     def __init__(self, benchmark: str = "humaneval", max_problems: int | None = None,
                  max_new_tokens: int = 384, workers: int | None = None, batch_size: int = 16,
-                 data: str | os.PathLike | None = None, timeout: float = 3.0, loss_batch_size: int = 8):
+                 data: str | os.PathLike | None = None, timeout: float = 3.0, loss_batch_size: int = 8,
+                 split: str = "validation", val_fraction: float | None = None):
+        """`benchmark`: humaneval (HumanEval, or a problems file in its format as `data`), mbpp (the
+        `split` of the mbpp.jsonl in `data`; validation by default, so the test split stays unseen) or
+        exercises (a JSONL of exercises with tests in `data`; `val_fraction`: only pack's val split)."""
         self.benchmark = benchmark
-        self.problems = select_problems(load_problems(benchmark, data), max_problems)
+        self.problems = select_problems(load_problems(benchmark, data, split=split, val_fraction=val_fraction),
+                                        max_problems)
+        # What chose the checkpoint, in words: the trainer writes it into best.json, the report shows it.
+        self.selection = describe_problems(benchmark, data, split, val_fraction, len(self.problems))
         self.gen = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size).validate()
         self.sandbox_config = SandboxConfig(workers=workers or os.cpu_count() or 1, timeout=timeout).validate()

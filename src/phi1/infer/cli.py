@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true", help="CUDA: compile the decode step into a CUDA graph")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only group-wise quantization of the linear layers (less memory; see docs/export.md)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     declare_io(p, inputs=("model",))
     p.set_defaults(func=_serve)
@@ -32,5 +34,6 @@ def _serve(args) -> int:
     serve(ServeConfig(model_dir=args.model, host=args.host, port=args.port, api_key_env=args.api_key_env,
                       max_batch_size=args.max_batch_size, max_tokens_limit=args.max_tokens_limit,
                       max_n=args.max_n, max_body_mb=args.max_body_mb, device=args.device, dtype=args.dtype,
-                      compile=args.compile, log_level=args.log_level))
+                      compile=args.compile, log_level=args.log_level,
+                      quantize=args.quantize))
     return 0

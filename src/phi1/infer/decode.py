@@ -121,3 +121,18 @@ class DecodeStep:
         if self.mode == "full":
             return _step_full_cache(self.model, tokens, pos)
         return self.model(tokens[:, None], input_pos=pos[:, None], kv_len=kv_len)[:, -1]
+
+
+def longrope_switch(model) -> int | None:
+    """The position whose token makes a LongRoPE model switch to its long factors (None: no switch).
+
+    At that token transformers recomputes the whole sequence with the long factors (the cached
+    keys were rotated with the short ones); `refill_row` does the same for one cache row.
+    """
+    cfg = model.config
+    return cfg.original_max_position_embeddings if getattr(cfg, "longrope", False) else None
+
+
+def refill_row(model, row: int, ids: list[int]) -> torch.Tensor:
+    """Recompute cache row `row` from all of its tokens `ids`; the last token's logits (V,)."""
+    return prefill(model, [ids], pad=0, start_row=row)[0]

@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from phi1.infer.decode import DecodeStep, prefill
+from phi1.infer.decode import DecodeStep, longrope_switch, prefill, refill_row
 from phi1.infer.sampling import sample_next
 from phi1.infer.textstream import TextStream
 
@@ -152,6 +152,7 @@ class Engine:
         self.pad = self.eos_id if self.eos_id is not None else 0
         model.setup_caches(max_batch, self.ctx)
         self.step_fn = DecodeStep(model, compile=compile, mode=step_mode)
+        self.switch = longrope_switch(model)  # LongRoPE: the position at which a row is recomputed
         self.metrics = EngineMetrics()
         self.slots: list[Sequence | None] = [None] * max_batch
         # Per-slot device state: the token to feed next and the position it goes to.
@@ -338,6 +339,16 @@ class Engine:
         # Never step a row past its token budget (or the context): end the interval early instead.
         remaining = min(s.params.max_new_tokens - s.stream.n_tokens for s in live)
         n_steps = max(1, min(self.sync_every, remaining))
+        refill = []
+        if self.switch is not None:
+            # A row reaching the long range is recomputed (as generate() and transformers do): end the interval
+            # before its crossing step, so the host holds all its tokens when the next interval starts with it.
+            for s in live:
+                p = len(s.prompt_ids) + s.stream.n_tokens
+                if p < self.switch:
+                    n_steps = min(n_steps, self.switch - p)
+                elif p == self.switch:
+                    refill.append(s)
         kv_base = max(len(s.prompt_ids) + s.stream.n_tokens for s in live)
         # Copies: the loop rebinds these, and `emitted` must not alias the state written back below.
         nxt, pos, live_rows = self.next_tok[:B].clone(), self.pos[:B].clone(), self.live[:B].clone()
@@ -346,6 +357,10 @@ class Engine:
         for i in range(n_steps):
             emitted.append(nxt)
             logits = self.step_fn(nxt, pos, kv_base + i + 1)
+            if i == 0 and refill:
+                first = nxt.tolist()
+                for s in refill:
+                    logits[s.slot] = refill_row(self.model, s.slot, s.prompt_ids + s.stream.ids + [first[s.slot]])
             pos = pos + live_rows  # free rows stay at position 0
             nxt = self._sample(logits, seqs, rows)
         self.next_tok[:B] = nxt

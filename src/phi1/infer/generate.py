@@ -16,7 +16,7 @@ import os
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.infer.decode import DecodeStep, prefill
+from phi1.infer.decode import DecodeStep, longrope_switch, prefill, refill_row
 from phi1.infer.sampling import sample_next
 from phi1.infer.textstream import ids_for_prefix, truncate_at_stop
 
@@ -105,6 +105,7 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(params.seed))
     step_fn = decode_step_for(model, compile)
+    switch = longrope_switch(model)
 
     # Prefill: one pass over the (right-padded) prompts; logits only at each row's last token.
     logits = prefill(model, prompts, pad)                                     # (B, V)
@@ -141,6 +142,9 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
         # Decode one token for every row at its own position.
         kv_len = T0 + step + 1
         logits = step_fn(nxt, cur, kv_len)                                   # (B, V)
+        if switch is not None:  # a LongRoPE row reaching its long range is recomputed, as transformers does
+            for i in (cur == switch).nonzero().flatten().tolist():
+                logits[i] = refill_row(model, i, prompts[i] + out[i, : step + 1].tolist())
         cur = cur + 1
         nxt = sample_next(logits, temperature, top_k, top_p, gen, any_sampling=sampling)
     results = []

@@ -10,12 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# A base model has no chat format of its own; this plain one is what /v1/chat/completions renders.
-# Each message becomes "### Role:\n<content>\n\n" and the prompt ends with "### Assistant:\n";
-# generation stops at the next "\n### " so the model does not write the user's next turn.
-CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-CHAT_STOP = "\n### "
-
 # Ranges checked at the HTTP edge, so nothing out of range reaches the engine (see docs/infer.md).
 INT32_MAX = 2**31 - 1
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, as OpenAI documents; choice j uses seed + j
@@ -165,10 +159,9 @@ def _show(v) -> str:
     return type(v).__name__
 
 
-def render_chat(messages: list[ChatMessage]) -> str:
-    """The documented plain chat template for a base model (see CHAT_ROLES)."""
-    parts = [f"### {CHAT_ROLES[m.role]}:\n{m.content}\n\n" for m in messages]
-    return "".join(parts) + "### Assistant:\n"
+def chat_messages(messages: list[ChatMessage]) -> list[dict]:
+    """The request's messages as the dicts a chat template reads (`role`, `content`, and `name` if given)."""
+    return [m.model_dump(exclude_none=True) for m in messages]
 
 
 def new_id(prefix: str) -> str:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from fastapi import Request  # at module level: FastAPI resolves handler annotations from module globals
 
 from phi1.errors import Phi1Error
-from phi1.infer.protocol import (CHAT_STOP, APIError, ChatRequest, CompletionRequest, new_id, now,
-                                 parse_request, render_chat, sse, usage)
+from phi1.infer.protocol import (APIError, ChatRequest, CompletionRequest, chat_messages, new_id, now,
+                                 parse_request, sse, usage)
 
 if TYPE_CHECKING:  # torch comes with the engine: imported when the model loads, after the port is bound
     from phi1.infer.engine import Engine, SeqParams, Sequence
@@ -51,6 +51,7 @@ class ServeConfig:
     dtype: str = "auto"
     compile: bool = False
     log_level: str = "info"
+    quantize: str | None = None         # int8 / int4 weight-only (phi1.infer.quantize)
 
     def validate(self) -> None:
         if not Path(self.model_dir, "config.json").exists():
@@ -65,6 +66,8 @@ class ServeConfig:
             raise Phi1Error(f"--max-n {self.max_n}: must be at least 1")
         if not 0 < self.max_body_mb <= 4096:
             raise Phi1Error(f"--max-body-mb {self.max_body_mb}: must be above 0 and at most 4096")
+        if self.quantize not in (None, "int8", "int4"):
+            raise Phi1Error(f"--quantize {self.quantize}: choose int8 or int4")
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -118,6 +121,12 @@ class _Server:
         per_token = max_token_bytes(tokenizer)
         self.max_prompt_chars = (self.ctx - 1) * per_token if per_token else None
         self.rejected = 0
+        from phi1.chat import PHI3_TEMPLATE
+
+        # The model directory's chat template (phi-3's for a directory without one); a reply ends at
+        # the template's end-of-turn marker (phi-3: <|end|>) or EOS.
+        self.chat = tokenizer.chat(default=PHI3_TEMPLATE)
+        self.chat_stop = self.chat.end_marker()
 
     def check_auth(self, request) -> None:
         if self.api_key is None:
@@ -142,7 +151,12 @@ class _Server:
         req = parse_request(raw, ChatRequest if chat else CompletionRequest)
         self.check_model(req.model)
         if chat:
-            prompts = [render_chat(req.messages)]
+            from phi1.chat import TemplateError
+
+            try:
+                prompts = [self.chat.render(chat_messages(req.messages), add_generation_prompt=True)]
+            except TemplateError as exc:
+                raise APIError(400, f"messages: {exc}", "messages") from None
         else:
             if req.echo:
                 raise APIError(400, "echo: echo=true is not supported by this server; leave it out", "echo",
@@ -158,7 +172,7 @@ class _Server:
         if max_tokens > self.max_tokens_limit:
             raise APIError(400, f"max_tokens: {max_tokens} is above this server's limit of "
                                 f"{self.max_tokens_limit}", "max_tokens")
-        stop = req.stop_list() + ([CHAT_STOP] if chat else [])
+        stop = req.stop_list() + ([self.chat_stop] if chat and self.chat_stop else [])
         field = "messages" if chat else "prompt"
         for text in prompts:
             if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
@@ -420,7 +434,7 @@ def serve(cfg: ServeConfig) -> None:
         from phi1.model.create import check_tokenizer_fits
 
         check_tokenizer_fits(cfg.model_dir)
-        model, tok = load_for_inference(cfg.model_dir, cfg.device, cfg.dtype)
+        model, tok = load_for_inference(cfg.model_dir, cfg.device, cfg.dtype, quantize=cfg.quantize)
         engine = Engine(model, tok, max_batch=cfg.max_batch_size, compile=cfg.compile).start()
         model_id = Path(cfg.model_dir).resolve().name
         app = create_app(engine, tok, model_id, cfg, api_key)

@@ -12,10 +12,15 @@ def register(sub) -> None:
     m = sub.add_parser("model", help="create and inspect model directories")
     msub = m.add_subparsers(dest="model_command", metavar="COMMAND")
     p = msub.add_parser("init", help="write a randomly initialised HF-format model directory")
-    p.add_argument("--preset", required=True, help="phi-1, phi-1-small, phi-1.5, phi-2, tiny, micro")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory (its vocab sets the model's, padded to 64)")
+    p.add_argument("--preset", required=True, help="phi-1, phi-1-small, phi-1.5, phi-2, tiny, micro; phi-3-mini, "
+                   "phi-3-mini-128k, phi-3-medium, phi-4-mini, tiny3")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or a hub name in the HF cache (the model's vocab: the preset's 51200 for "
+                        "phi-1/phi-1-small/phi-1.5/phi-2, else the tokenizer's size padded to 64)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat-template", default=None,
+                   help="the chat template the model carries: a name (phi-3) or a .jinja file (default: the "
+                        "tokenizer's own, else phi-3's)")
     declare_io(p, inputs=("tokenizer",), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_init)
     p = msub.add_parser("info", help="shape, parameter count, dtype and tokenizer of a model directory")
@@ -51,6 +56,10 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only group-wise quantization of the linear layers (less memory; see docs/export.md)")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message through the model's chat template; stop at its end marker")
     declare_io(p, inputs=("model", "prompt"))
     p.set_defaults(func=_generate)
 
@@ -58,26 +67,33 @@ def register(sub) -> None:
 def _init(args) -> int:
     from phi1.model.create import init_model_dir, model_info
 
-    out = init_model_dir(args.preset, args.tokenizer, args.out, seed=args.seed, overwrite=args.overwrite)
+    out = init_model_dir(args.preset, args.tokenizer, args.out, seed=args.seed, overwrite=args.overwrite,
+                         chat_template=args.chat_template)
     info = model_info(out)
     print(f"wrote {out} ({info['preset'] or 'custom'}, {info['parameters'] / 1e6:.2f}M parameters)")
     return 0
 
 
 def _info(args) -> int:
+    from phi1.infer.quantize import memory_table
     from phi1.model.create import model_info
 
     info = model_info(args.model_dir)
+    info["weight_memory_bytes"] = memory_table(args.model_dir)  # fp32, bf16, --quantize int8 / int4
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['path']}")
+    print(f"  family      {info['family']}")
     print(f"  preset      {info['preset'] or 'custom'}")
     print(f"  shape       {info['layers']} layers x d={info['hidden_size']}, MLP {info['intermediate_size']}, "
           f"{info['heads']} heads of {info['head_dim']} (rotary {info['rotary_dim']}), context {info['context']}")
     print(f"  parameters  {info['parameters']:,} ({info['non_embedding_parameters']:,} without the embedding)")
     print(f"  vocab       {info['vocab_size']}")
     print(f"  dtype       {info['dtype']}")
+    mem = {k: f"{v / 2**20:.2f} MiB" for k, v in info["weight_memory_bytes"].items()}
+    print(f"  memory      weights {mem['fp32']} fp32, {mem['bf16']} bf16; --quantize int8 {mem['int8']}, "
+          f"int4 {mem['int4']}")
     t = info["tokenizer"]
     print(f"  tokenizer   {t.get('size')} tokens, eos {t.get('eos')!r}" if "error" not in t else f"  tokenizer   {t['error']}")
     return 0
@@ -111,9 +127,16 @@ def _generate(args) -> int:
             raise Phi1Error(f"--prompt {prompt}: file not found")
         prompt = f.read_text()
     check_tokenizer_fits(args.model)
-    model, tok = load_for_inference(args.model, args.device, args.dtype)
+    model, tok = load_for_inference(args.model, args.device, args.dtype, quantize=args.quantize)
+    stop = list(args.stop)
+    if args.chat:
+        from phi1.chat import PHI3_TEMPLATE
+
+        template = tok.chat(default=PHI3_TEMPLATE)
+        prompt = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        stop += [template.end_marker()] if template.end_marker() else []
     [c] = generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_p=args.top_p, top_k=args.top_k, stop=args.stop, seed=args.seed, batch_size=1)
+                   top_p=args.top_p, top_k=args.top_k, stop=stop, seed=args.seed, batch_size=1)
     if args.echo:
         sys.stdout.write(prompt)
     sys.stdout.write(c.text + "\n")

@@ -10,9 +10,9 @@ import torch
 
 from phi1.errors import Phi1Error
 from phi1.model.config import PhiConfig
+from phi1.model.family import build_model, config_from_preset, family_of, preset_vocab_size
 from phi1.model.hf import check_weights, read_config, save_model_dir
-from phi1.model.phi import PhiForCausalLM
-from phi1.tokenizer import load_tokenizer, padded_vocab_size
+from phi1.tokenizer import load_tokenizer, resolve_tokenizer
 from phi1.utils.safety import OutputLock, claim_output_dir
 
 
@@ -20,25 +20,31 @@ INIT_OWNER = "model init"
 
 
 def init_model_dir(preset: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   seed: int = 0, overwrite: bool = False, **overrides) -> Path:
-    """A randomly initialised model directory whose vocabulary fits the tokenizer (padded to 64).
+                   seed: int = 0, overwrite: bool = False, chat_template: str | None = None,
+                   **overrides) -> Path:
+    """A randomly initialised model directory whose vocabulary fits the tokenizer: the preset's
+    vocab_size for the released shapes (phi-1: 51200), else the tokenizer's size padded to 64.
 
     `out_dir` must be new, empty, or one an earlier `model init` wrote (its `.phi1-output.json`
     says so); anything else, a trained model included, is refused unless `overwrite`. Even then
     only the model's own files are replaced: nothing else in the directory is deleted.
+    `chat_template` (a name such as phi-3, or a .jinja file) replaces the tokenizer's own template.
     """
-    tok = load_tokenizer(tokenizer_dir)
-    cfg = PhiConfig.from_preset(preset, **overrides)
-    vocab = padded_vocab_size(len(tok))
+    tok = load_tokenizer(resolve_tokenizer(tokenizer_dir, "--tokenizer"))
+    if chat_template is not None:
+        from phi1.chat import ChatTemplate, template_source
+
+        tok.chat_template = ChatTemplate(template_source(chat_template), where=f"--chat-template {chat_template}").source
+    cfg = config_from_preset(preset, **overrides)
     if "vocab_size" not in overrides:
-        cfg = cfg.replace(vocab_size=vocab)
+        cfg = cfg.replace(vocab_size=preset_vocab_size(preset, len(tok), "--tokenizer"))
     elif cfg.vocab_size < len(tok):
         raise Phi1Error(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
     cfg = cfg.replace(bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
     out = claim_output_dir(out_dir, INIT_OWNER, overwrite=overwrite)
     with OutputLock(out, is_dir=True, what="model directory"):
         torch.manual_seed(seed)
-        model = PhiForCausalLM(cfg)
+        model = build_model(cfg)
         return save_model_dir(model, out, tokenizer=tok)
 
 
@@ -58,12 +64,12 @@ def model_info(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir)
     cfg = read_config(path)
     check_weights(path)  # header and size only: a truncated model.safetensors fails here
-    from phi1.model.config import PRESETS
+    from phi1.model.family import ALL_PRESETS
 
     preset = None
-    for name, p in PRESETS.items():
-        probe = PhiConfig.from_preset(name)
-        if all(getattr(cfg, k) == getattr(probe, k) for k in
+    for name in ALL_PRESETS:
+        probe = config_from_preset(name)
+        if family_of(probe) == family_of(cfg) and all(getattr(cfg, k) == getattr(probe, k) for k in
                ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "partial_rotary_factor")):
             preset = name
@@ -77,6 +83,7 @@ def model_info(model_dir: str | os.PathLike) -> dict:
         tok_info = {"error": str(exc)}
     return {
         "path": str(path),
+        "family": family_of(cfg),
         "preset": preset,
         "layers": cfg.num_hidden_layers,
         "hidden_size": cfg.hidden_size,

@@ -9,7 +9,9 @@ with no custom code. Loading accepts:
   one or sharded safetensors files (with an index) or `.bin` files;
 - the first phi-1 release's `mixformer-sequential` layout
   (`layers.0.wte`, `layers.N.mixer.Wqkv`, ..., final `layers.L+1.ln/linear`);
-- the `phi-msft` layout (`transformer.embd.wte`, `transformer.h.N.*`, `lm_head.ln/linear`).
+- the `phi-msft` layout (`transformer.embd.wte`, `transformer.h.N.*`, `lm_head.ln/linear`);
+- transformers' `Phi3ForCausalLM` (model_type `phi3`; names and config.json in `phi1.model.hf3`),
+  which phi-3 models are also saved as.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def config_from_hf(d: dict[str, Any], source: str = "config.json") -> PhiConfig:
     """Read a PhiConfig from any of the phi config.json dialects."""
     mt = d.get("model_type")
     try:
+        if mt == "phi3":
+            from phi1.model.hf3 import config_from_hf3
+
+            return config_from_hf3(d)
         if mt == "phi":
             rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
             if not isinstance(rope, dict):
@@ -138,7 +144,7 @@ def config_from_hf(d: dict[str, Any], source: str = "config.json") -> PhiConfig:
     except Phi1Error as exc:
         raise Phi1Error(f"{source}: {exc}") from None
     raise Phi1Error(
-        f"{source}: model_type {mt!r} is not a phi model; expected 'phi', 'phi-msft' or 'mixformer-sequential'"
+        f"{source}: model_type {mt!r} is not a phi model; expected 'phi', 'phi3', 'phi-msft' or 'mixformer-sequential'"
     )
 
 
@@ -402,15 +408,22 @@ def read_config(path: str | os.PathLike) -> PhiConfig:
 
 def load_model_dir(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = torch.float32,
                    **config_overrides) -> PhiForCausalLM:
-    """Load a model directory in any supported layout; shapes are checked against config.json."""
+    """Load a model directory in any supported layout (either family); shapes are checked against config.json."""
+    from phi1.model.family import family_of, model_class
+
     path = Path(path)
     cfg = read_config(path)
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
     raw = _read_weights(path)
-    sd = convert_state_dict(raw, cfg, source=str(path))
+    if family_of(cfg) == "phi3":
+        from phi1.model.hf3 import from_hf3_state_dict
+
+        sd = from_hf3_state_dict(raw)
+    else:
+        sd = convert_state_dict(raw, cfg, source=str(path))
     with torch.device("meta"):
-        model = PhiForCausalLM(cfg)
+        model = model_class(cfg)(cfg)
     expected = model.state_dict()
     if cfg.tie_word_embeddings and "lm_head.weight" not in sd and "embed.weight" in sd:
         sd["lm_head.weight"] = sd["embed.weight"]
@@ -480,7 +493,13 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    hf_sd = to_hf_state_dict(sd, cfg)
+    phi3 = getattr(cfg, "family", "phi") == "phi3"
+    if phi3:
+        from phi1.model.hf3 import config_to_hf3, to_hf3_state_dict
+
+        hf_sd = to_hf3_state_dict(sd)
+    else:
+        hf_sd = to_hf_state_dict(sd, cfg)
     dtype = dtype or next(model.parameters()).dtype
     hf_sd = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in hf_sd.items()}
     fresh = not out_dir.exists()
@@ -500,14 +519,17 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
             if err is None:
                 raise
             raise err from None
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2) + "\n")
+        hf_cfg = config_to_hf3(cfg, dtype) if phi3 else config_to_hf(cfg, dtype)
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         eos = cfg.eos_token_id
         gen = {"bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else eos,
                "eos_token_id": eos, "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else eos,
                "transformers_version": TRANSFORMERS_VERSION_WRITTEN}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer is not None:
-            tokenizer.save(tmp)
+            from phi1.chat import PHI3_TEMPLATE
+
+            tokenizer.save(tmp, default_chat_template=PHI3_TEMPLATE)  # every model we save can chat
         _fsync_dir_files(tmp)
         if fresh:
             os.replace(tmp, out_dir)

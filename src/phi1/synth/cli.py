@@ -36,6 +36,7 @@ def _job(kind: str, args) -> int:
         api=args.api, price_per_1k_prompt=args.price_per_1k_prompt,
         price_per_1k_completion=args.price_per_1k_completion,
         max_consecutive_failures=args.max_consecutive_failures,
+        batch=args.batch, batch_size=args.batch_size, poll_interval=args.poll_interval,
     )
     rep = run_job(cfg)
     print(json.dumps(report_dict(rep)))
@@ -44,6 +45,27 @@ def _job(kind: str, args) -> int:
         see = f", see {rep.failures_file}" if rep.failures_file else ""
         print(f"phi1: {why}{rep.missing} of {rep.requested} records missing ({rep.failed} failed{see}); "
               "rerun the same command to finish", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _topics(args) -> int:
+    from phi1.synth.topics import TopicsConfig, build_topic_tree, report_dict
+
+    rep = build_topic_tree(TopicsConfig(
+        endpoint=args.endpoint, model=args.model, seeds=args.seeds, target=args.target, out=args.out,
+        branching=args.branching, depth=args.depth, temperature=args.temperature, max_tokens=args.max_tokens,
+        concurrency=args.concurrency, api_key_env=args.api_key_env, timeout=args.timeout,
+        max_attempts=args.max_attempts, base_delay=args.base_delay, routing=args.routing,
+        price_per_1k_prompt=args.price_per_1k_prompt, price_per_1k_completion=args.price_per_1k_completion))
+    print(json.dumps(report_dict(rep)))
+    if rep.error:
+        print(f"phi1: {rep.error}; the expansions so far are kept in {args.out}.ledger.jsonl: rerun the same "
+              "command to continue", file=sys.stderr)
+        return 1
+    if not rep.reached_target:
+        print(f"phi1: the tree has {rep.leaves} leaves, short of --target {rep.target}: every node down to --depth "
+              f"{args.depth} is expanded; raise --depth or --branching (with another --out)", file=sys.stderr)
         return 1
     return 0
 
@@ -57,7 +79,9 @@ def _validate(args) -> int:
                                        keep_truncated=args.keep_truncated, min_words=args.min_words,
                                        benchmarks=args.benchmark if args.benchmark is not None else
                                        ([] if args.benchmark_file else ["humaneval"]),
-                                       benchmark_files=args.benchmark_file))
+                                       benchmark_files=args.benchmark_file, encoder=args.encoder,
+                                       cluster_sample=args.cluster_sample, cluster_threshold=args.cluster_threshold,
+                                       topics_file=args.topics_file))
     print(json.dumps(rep["counts"]))
     return 0
 
@@ -79,8 +103,28 @@ def register(subparsers) -> None:
         p.add_argument("--api", choices=("chat", "completions"), default=None, help="override the spec's API")
         p.add_argument("--max-consecutive-failures", type=int, default=50,
                        help="stop the run after this many failed requests in a row (0 = never)")
+        p.add_argument("--batch", action="store_true",
+                       help="use the OpenAI Batch API (half price, answers within 24 h): upload, submit, poll, collect; "
+                            "rerun the same command after any interruption to resume the same batches")
+        p.add_argument("--batch-size", type=int, default=50_000,
+                       help="--batch: most requests per batch file (default and API limit 50000; files stay under 200 MB)")
+        p.add_argument("--poll-interval", type=float, default=30.0, help="--batch: seconds between polls (default 30)")
         declare_io(p, inputs=("spec",), outputs=("out",), derived={"out": (".job.json", ".failures.jsonl")})
         p.set_defaults(func=lambda args, kind=kind: _job(kind, args))
+    t = sub.add_parser("topics", help="grow a topic tree of N leaves from seed subjects through the LLM (resumable)",
+                       description="Build a topic tree once (subject -> subtopics -> leaves, breadth first) for "
+                                   "textbook specs' topics_file.")
+    _add_client_args(t)
+    t.add_argument("--seeds", required=True,
+                   help="seed subjects: a .txt (one a line), .json or .yaml list file, or a comma list 'Python,SQL'")
+    t.add_argument("--target", type=int, required=True, help="number of leaves the tree should have (e.g. 20000)")
+    t.add_argument("--out", required=True, help="tree JSON (OUT.ledger.jsonl and OUT.job.json beside it)")
+    t.add_argument("--branching", type=int, default=10, help="subtopics asked for per node, and most kept (default 10)")
+    t.add_argument("--depth", type=int, default=4, help="most levels below the seed subjects (default 4)")
+    t.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the expansions")
+    t.add_argument("--max-tokens", type=int, default=600, help="longest answer per expansion")
+    declare_io(t, inputs=("seeds",), outputs=("out",), derived={"out": (".job.json", ".ledger.jsonl")})
+    t.set_defaults(func=_topics)
     v = sub.add_parser("validate", help="check, deduplicate and decontaminate generated records; diversity report")
     v.add_argument("--kind", choices=KINDS, required=True)
     v.add_argument("--input", required=True, help="JSONL written by `phi1 synth KIND`")
@@ -97,6 +141,14 @@ def register(subparsers) -> None:
                    help="benchmark JSONL to protect too (HumanEval or MBPP format, e.g. mbpp.jsonl); repeatable")
     v.add_argument("--keep-truncated", action="store_true", help="keep records cut off by max_tokens")
     v.add_argument("--min-words", type=int, default=40, help="shortest story / textbook prose kept, in words")
-    declare_io(v, inputs=("input", "benchmark_file"), outputs=("out", "report"), derived={"out": (".rejected.jsonl", ".report.json")})
+    v.add_argument("--encoder", default="hashing",
+                   help="embeddings for the report's cluster count: hashing (default, no model) | minilm | st:DIR | hf:NAME")
+    v.add_argument("--cluster-sample", type=int, default=2000,
+                   help="kept texts (a seeded sample) clustered for the report; 0 = skip (default 2000)")
+    v.add_argument("--cluster-threshold", type=float, default=0.7,
+                   help="cosine distance under which texts join one cluster (average linkage; default 0.7)")
+    v.add_argument("--topics-file", default=None,
+                   help="topic tree whose leaf coverage is reported (default: the records' spec's topics_file)")
+    declare_io(v, inputs=("input", "benchmark_file", "topics_file"), outputs=("out", "report"), derived={"out": (".rejected.jsonl", ".report.json")})
     v.set_defaults(func=_validate)
     parser.set_defaults(func=needs_subcommand(parser))

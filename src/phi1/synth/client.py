@@ -266,6 +266,18 @@ class LLMClient:
             text = text.replace(self._secret, "***")
         return text
 
+    def scrub(self, text: str) -> str:
+        """`text` with the API key replaced by *** (for errors from other calls made with this key)."""
+        return self._scrub(text)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header (empty without a key), for other API calls (the Batch API)."""
+        return {"Authorization": self._headers["Authorization"]} if "Authorization" in self._headers else {}
+
+    def tally(self, res: LLMResult) -> LLMResult:
+        """Count a result obtained outside `chat`/`complete` (a Batch API line) in `stats`."""
+        return self._finish(res)
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         # "Equal jitter": half fixed, half random, so concurrent retries spread out but never go to zero.
         cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
@@ -349,18 +361,26 @@ class LLMClient:
             obj = resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _RetryableError("malformed", f"malformed JSON from {url}: {resp.text[:120]!r}") from None
-        choices = obj.get("choices") if isinstance(obj, dict) else None
-        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-            raise _RetryableError("empty_choices", f"no choices in the answer from {url}")
-        choice = choices[0]
-        if chat:
-            msg = choice.get("message") or {}
-            text = msg.get("content") if isinstance(msg, dict) else None
-        else:
-            text = choice.get("text")
-        if not isinstance(text, str) or (not text and not self.allow_empty):
-            raise _RetryableError("empty_text", f"empty completion text from {url}")
-        usage = obj.get("usage") or {}
-        usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if isinstance(usage.get(k), int)}
-        return text, usage, choice.get("finish_reason")
+        return read_completion(obj, chat, url, self.allow_empty)
+
+
+def read_completion(obj, chat: bool, where: str, allow_empty: bool = False) -> tuple[str, dict, str | None]:
+    """(text, usage, finish_reason) of a parsed completion answer (also a Batch API output line's body).
+
+    Raises `_RetryableError` ("empty_choices", "empty_text") for an answer with nothing usable in it.
+    """
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise _RetryableError("empty_choices", f"no choices in the answer from {where}")
+    choice = choices[0]
+    if chat:
+        msg = choice.get("message") or {}
+        text = msg.get("content") if isinstance(msg, dict) else None
+    else:
+        text = choice.get("text")
+    if not isinstance(text, str) or (not text and not allow_empty):
+        raise _RetryableError("empty_text", f"empty completion text from {where}")
+    usage = obj.get("usage") or {}
+    usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if isinstance(usage.get(k), int)}
+    return text, usage, choice.get("finish_reason")
 

@@ -3,7 +3,8 @@
 Collapse is the known failure of synthetic data (the model says the same thing
 thousands of times); these numbers make it visible: distinct-n ratios (distinct
 n-grams / all n-grams, over the whole set), how evenly the sampled constraints
-were spread, and the near-duplicate rate.
+were spread, the near-duplicate rate, how much of the topic tree the kept records
+cover, and how many clusters their embeddings form (one big cluster = collapse).
 """
 
 from __future__ import annotations
@@ -66,6 +67,67 @@ def constraint_distributions(kind: str, metas: list[dict], top: int = 15) -> dic
     return out
 
 
+def topic_coverage(metas: list[dict], tree=None) -> dict:
+    """Distinct leaves, root topics and seed documents the records used; with the spec's tree
+    (`sources.TopicTree`), the fraction of its leaves and root topics covered."""
+    leaves: Counter = Counter()
+    docs: set = set()
+    for m in metas:
+        c = m.get("constraints") or {}
+        if isinstance(c.get("leaf_path"), list):
+            leaves[tuple(map(str, c["leaf_path"]))] += 1
+        elif "topic" in c and "subtopic" in c:  # inline topics: (topic, subtopic) is the leaf
+            leaves[(str(c["topic"]), str(c["subtopic"]))] += 1
+        if "document_id" in c:
+            docs.add(str(c["document_id"]))
+    out = {"distinct_leaves": len(leaves), "distinct_topics": len({p[0] for p in leaves}),
+           "max_records_per_leaf": max(leaves.values(), default=0), "distinct_documents": len(docs)}
+    if tree is not None:
+        known = set(tree.leaves)
+        roots = {p[0] for p in known}
+        out.update(tree=tree.path, tree_leaves=len(known), tree_topics=len(roots),
+                   leaf_coverage=round(len(known & set(leaves)) / len(known), 4),
+                   topic_coverage=round(len(roots & {p[0] for p in leaves}) / len(roots), 4),
+                   leaves_not_in_tree=len(set(leaves) - known))
+    return out
+
+
+def embedding_clusters(texts: list[str], encoder: str = "hashing", sample: int = 2000, threshold: float = 0.7,
+                       seed: int = 0) -> dict:
+    """Agglomerative clusters (average linkage, cosine distance below `threshold`) of the embedded texts,
+    on a seeded sample of at most `sample`: the count and the largest cluster's share.
+
+    Sparse n-gram features (the `hashing` encoder) are IDF-weighted over the sample first: every Python
+    text shares `def`, `(` and `return`, and without IDF those alone put diverse code in one cluster."""
+    import numpy as np
+
+    from phi1.data.features import embed, make_encoder
+
+    picked = texts if len(texts) <= sample else random.Random(seed).sample(texts, sample)
+    out = {"encoder": encoder, "sample": len(picked), "threshold": threshold, "clusters": 0, "largest_share": 0.0,
+           "sizes": []}
+    if not picked:
+        return out
+    if len(picked) == 1:
+        return {**out, "clusters": 1, "largest_share": 1.0, "sizes": [1]}
+    from sklearn.cluster import AgglomerativeClustering
+
+    mat, _ = embed(make_encoder(encoder), picked, desc="embed for clusters")
+    if hasattr(mat, "toarray"):
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        mat = TfidfTransformer().fit_transform(mat).toarray()
+    mat = np.asarray(mat, dtype=np.float64)
+    norms = np.linalg.norm(mat, axis=1, keepdims=True)
+    mat = mat / np.where(norms == 0, 1.0, norms)
+    dist = np.clip(1.0 - mat @ mat.T, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    labels = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
+                                     distance_threshold=threshold).fit(dist).labels_
+    sizes = sorted(Counter(labels.tolist()).values(), reverse=True)
+    return {**out, "clusters": len(sizes), "largest_share": round(sizes[0] / len(picked), 4), "sizes": sizes[:50]}
+
+
 def build_report(kind: str, kept: list[dict], counts: dict, reasons: Counter, near_dup_rate: float,
                  extra: dict | None = None) -> dict:
     texts = [r.get("text", "") for r in kept]
@@ -101,7 +163,8 @@ def _histogram(values: list[int], bins: int = 30) -> dict:
 
 
 def plot_report(report: dict, path: str | Path) -> None:
-    """Four panels: distinct-n, length histogram, rejection reasons, the first constraint's top values."""
+    """Six panels: distinct-n, length histogram, rejection reasons, the first constraint's top values,
+    embedding cluster sizes, topic coverage."""
     from phi1.utils.io import atomic_write
 
     png = plot_report_png(report)
@@ -118,7 +181,7 @@ def plot_report_png(report: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
     dn = report["distinct_n"]
     axes[0, 0].bar(list(dn), list(dn.values()), color="tab:blue")
     axes[0, 0].set_ylim(0, 1)
@@ -137,9 +200,44 @@ def plot_report_png(report: dict) -> bytes:
         labels = [str(k)[:28] for k, _ in d["top"]]
         axes[1, 1].barh(labels[::-1], [v for _, v in d["top"]][::-1], color="tab:purple")
         axes[1, 1].set_title(f"{name}: {d['distinct']} distinct, evenness {d['evenness']:.2f}")
+    _plot_clusters(axes[0, 2], report.get("embedding_clusters"))
+    _plot_coverage(axes[1, 2], report.get("topic_coverage"))
     fig.suptitle(f"phi1 synth validate: {report['kind']}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _plot_clusters(ax, cl: dict | None) -> None:
+    if not cl or not cl.get("sizes"):
+        ax.set_title("embedding clusters: (not computed)")
+        return
+    sizes = cl["sizes"][:30]
+    ax.bar(range(1, len(sizes) + 1), [s / cl["sample"] for s in sizes], color="tab:orange")
+    ax.set_xlabel("cluster (largest first)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("share of the sample")
+    ax.set_title(f"embedding clusters: {cl['clusters']} of {cl['sample']} texts, largest {cl['largest_share']:.0%}")
+
+
+def _plot_coverage(ax, cov: dict | None) -> None:
+    if not cov:
+        ax.set_title("topic coverage: (none)")
+        return
+    if "leaf_coverage" in cov:  # the tree is known: fractions of it, so 20,000 leaves and 9 topics share an axis
+        labels = [f"leaves\n{cov['distinct_leaves']}/{cov['tree_leaves']}",
+                  f"topics\n{cov['distinct_topics']}/{cov['tree_topics']}"]
+        ax.bar(labels, [cov["leaf_coverage"], cov["topic_coverage"]], color="tab:cyan")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction of the tree used")
+        ax.set_title(f"topic coverage: {cov['leaf_coverage']:.0%} of the tree's leaves")
+        return
+    counts = {"leaves": cov["distinct_leaves"], "topics": cov["distinct_topics"],
+              "documents": cov["distinct_documents"]}
+    counts = {k: v for k, v in counts.items() if v}
+    if counts:
+        ax.bar(list(counts), list(counts.values()), color="tab:cyan")
+        ax.set_yscale("log")
+    ax.set_title("distinct leaves / topics / seed documents used")

@@ -18,6 +18,11 @@ ledger that already holds repeated indices (two jobs of an older phi1 at once) i
 by unique index; the repeats are reported, and `phi1 synth validate` keeps the first.
 A write that fails (full or read-only disk) stops the job with one error line; the
 record being written is cut back off, so the ledger never keeps a torn line.
+
+`batch=True` sends the pending records through the OpenAI Batch API instead
+(`phi1.synth.batch`); both paths build records and failures with `settle`, so the ledger
+is the same. A spec with `response_format` sends it in every request and takes the
+record's text from the JSON answer's `text_field`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.synth.client import LLMClient
+from phi1.synth.client import LLMClient, LLMResult
 from phi1.synth.prompts import iter_prompts
-from phi1.synth.spec import Spec, load_spec
+from phi1.synth.spec import Spec, load_spec, read_structured
 from phi1.utils.io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
 from phi1.utils.progress import progress
 from phi1.utils.safety import OutputLock, clean_stale_temps, oserror_line
@@ -62,10 +67,19 @@ class JobConfig:
     # Stop the run after this many failed requests in a row (0 = never): a dead endpoint
     # should not burn through the whole job writing failures.
     max_consecutive_failures: int = 50
+    # OpenAI Batch mode (`phi1.synth.batch`): the pending records go out as batch files of at
+    # most `batch_size` requests, polled every `poll_interval` seconds.
+    batch: bool = False
+    batch_size: int = 50_000
+    poll_interval: float = 30.0
 
     def validate(self) -> None:
         if self.count < 1:
             raise ConfigError(f"count: {self.count} must be >= 1")
+        if not 1 <= self.batch_size <= 50_000:
+            raise ConfigError(f"batch_size: {self.batch_size} must be 1-50000 (the Batch API's most requests per batch)")
+        if not self.poll_interval > 0:
+            raise ConfigError(f"poll_interval: {self.poll_interval} must be > 0 seconds")
         if self.max_consecutive_failures < 0:
             raise ConfigError(f"max_consecutive_failures: {self.max_consecutive_failures} must be >= 0 (0 = never stop)")
         if self.api not in (None, "chat", "completions"):
@@ -166,6 +180,34 @@ def _pending(prompts, done: dict[int, str], out: Path):
                             "changed since; write to another --out")
 
 
+def settle(cfg: JobConfig, spec: Spec, api: str, sampling: dict, i: int, bp, h: str, res: LLMResult,
+           **extra) -> tuple[dict | None, dict | None]:
+    """(ledger record, None) for a usable answer to record `i`, else (None, failures row).
+
+    Both the request and the batch path write through here, so their records agree; `extra`
+    (e.g. `batch_id`) goes into the record's meta or the failures row. With a structured spec
+    the text is the JSON answer's `text_field` and the whole object is `meta.structured`; an
+    answer that is not such JSON is a failure, asked again by the next run.
+    """
+    text, structured, error = res.text, None, res.error
+    if res.ok and spec.response_format:
+        try:
+            text, structured = read_structured(res.text, spec.text_field)
+        except ValueError as exc:
+            error = f"structured: {exc}"
+    if not res.ok or error:
+        return None, {"index": i, "prompt_sha256": h, "error": error, "attempts": res.attempts,
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    meta = {"kind": cfg.kind, "index": i, "seed": cfg.seed, "prompt_sha256": h,
+            "constraints": bp.constraints, "model": cfg.model, "api": api, "sampling": sampling,
+            "spec": spec.source, "spec_sha256": spec.sha256,
+            "prompt": bp.messages if api == "chat" else bp.prompt, "usage": res.usage,
+            "finish_reason": res.finish_reason, "attempts": res.attempts, **extra}
+    if structured is not None:
+        meta["structured"] = structured
+    return {"id": f"{cfg.kind}-{cfg.seed}-{i:07d}", "text": text, "meta": meta}, None
+
+
 def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
     """Generate `cfg.count` records into `cfg.out`, resuming whatever a previous run finished.
 
@@ -205,8 +247,16 @@ def _run_locked(cfg: JobConfig, spec: Spec, out: Path, client: LLMClient | None)
     manifest["pinned"] = pinned
     _write_json(manifest_path, manifest)
     t0 = time.monotonic()
-    generated, failed, stopped, fatal = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out,
-                                                              failures_path, already))
+    from phi1.synth.batch import open_batches, run_batches
+
+    if cfg.batch:
+        generated, failed, stopped, fatal = run_batches(cfg, spec, client, api, sampling, out, manifest, done)
+    elif open_batches(manifest):
+        raise Phi1Error(f"{manifest_path}: batches of this job are still open ({', '.join(open_batches(manifest))}); "
+                        "rerun the same command with --batch to collect them first")
+    else:
+        generated, failed, stopped, fatal = asyncio.run(_generate(cfg, spec, client, api, sampling, todo, out,
+                                                                  failures_path, already))
     if fatal is not None:
         try:
             if failures_path.exists() and failures_path.stat().st_size == 0:
@@ -223,7 +273,8 @@ def _run_locked(cfg: JobConfig, spec: Spec, out: Path, client: LLMClient | None)
         raise Phi1Error(oserror_line(OSError(exc.errno, exc.strerror, exc.filename or str(failures_path)))) from None
     manifest["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - elapsed)),
                              "elapsed_s": round(elapsed, 3), "generated": generated, "failed": failed,
-                             "count": cfg.count, "stopped": stopped, "stats": stats})
+                             "count": cfg.count, "stopped": stopped, "stats": stats,
+                             "mode": "batch" if cfg.batch else "requests"})
     _write_json(manifest_path, manifest)
     return JobReport(cfg.count, already, generated, failed, str(out),
                      str(failures_path) if failed else None, elapsed, stats, stopped,
@@ -258,28 +309,23 @@ async def _generate(cfg, spec: Spec, client: LLMClient, api: str, sampling: dict
             if stopped:
                 return  # the item just taken is not lost: it is not in the output, so the next run sends it
             if api == "chat":
-                res = await client.chat(bp.messages, **sampling)
+                res = await client.chat(bp.messages, **sampling, **spec.request_extra())
             else:
-                res = await client.complete(bp.prompt, **sampling)
-            meta = {"kind": cfg.kind, "index": i, "seed": cfg.seed, "prompt_sha256": h,
-                    "constraints": bp.constraints, "model": cfg.model, "api": api, "sampling": sampling,
-                    "spec": spec.source, "spec_sha256": spec.sha256}
-            if res.ok:
-                meta.update(prompt=bp.messages if api == "chat" else bp.prompt, usage=res.usage,
-                            finish_reason=res.finish_reason, attempts=res.attempts)
-                writer.write({"id": f"{cfg.kind}-{cfg.seed}-{i:07d}", "text": res.text, "meta": meta})
+                res = await client.complete(bp.prompt, **sampling, **spec.request_extra())
+            rec, fail = settle(cfg, spec, api, sampling, i, bp, h, res)
+            if rec is not None:
+                writer.write(rec)
                 counts["ok"] += 1
                 counts["streak"] = 0
             else:
-                failures.write({"index": i, "prompt_sha256": h, "error": res.error, "attempts": res.attempts,
-                                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                failures.write(fail)
                 counts["failed"] += 1
                 counts["streak"] += 1
                 if counts["failed"] <= 10 or counts["failed"] % 100 == 0:
-                    log.warning("record %d failed after %d attempts: %s", i, res.attempts, res.error)
+                    log.warning("record %d failed after %d attempts: %s", i, res.attempts, fail["error"])
                 limit = cfg.max_consecutive_failures
                 if limit and counts["streak"] >= limit and not stopped:
-                    stopped.append(f"{counts['streak']} requests failed in a row (last: {res.error})")
+                    stopped.append(f"{counts['streak']} requests failed in a row (last: {fail['error']})")
                     log.error("stopping: %s; check the endpoint, then rerun the same command", stopped[0])
             now = time.monotonic()
             if now - last_sync[0] > 1.0:

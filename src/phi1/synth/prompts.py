@@ -62,8 +62,15 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def build_textbook(spec: Spec, rng: random.Random) -> BuiltPrompt:
-    """Topic → subtopic → concepts, plus audience, style and seed words (phi-1 / Cosmopedia style)."""
+def build_textbook(spec: Spec, rng: random.Random, seed: int = 0, index: int = 0) -> BuiltPrompt:
+    """Topic → subtopic → concepts, plus audience, style and seed words (phi-1 / Cosmopedia style).
+
+    With `topics_file` or `seed_documents` the subject is record `index`'s leaf or document, dealt
+    out by quota (`sources.dealt`); the inline `topics` are drawn from `rng` alone.
+    """
+    source = spec.textbook_source
+    if source is not None and source.name != "topics":
+        return _build_sourced_textbook(spec, rng, seed, index)
     topics = spec.pools["topics"]
     if not isinstance(topics, dict):
         raise ConfigError(f"{spec.source}: topics must map topic -> {{subtopic: [concepts]}}")
@@ -81,6 +88,31 @@ def build_textbook(spec: Spec, rng: random.Random) -> BuiltPrompt:
     c = {"topic": topic, "subtopic": subtopic, "concepts": concepts, "audience": audience,
          "style": style, "seed_words": words}
     return _render(spec, {**c, "concepts": _join(concepts), "seed_words": ", ".join(words)}, c)
+
+
+def _build_sourced_textbook(spec: Spec, rng: random.Random, seed: int, index: int) -> BuiltPrompt:
+    """A tree leaf (its path: root topic, the leaf's parent as the section, the leaf as the concept) or a
+    seed document, plus audience, style and seed words."""
+    from phi1.synth.sources import dealt
+
+    source = spec.textbook_source
+    wlo, whi = range_of(spec, "seed_words_per_prompt", (2, 4))
+    words = pick_k(rng, spec.pools["seed_words"], rng.randint(wlo, whi))
+    audience = pick(rng, spec.pools["audiences"])
+    style = pick(rng, spec.pools["styles"])
+    common = {"audience": audience, "style": style, "seed_words": words}
+    fields = {**common, "seed_words": ", ".join(words)}
+    if source.name == "seed_documents":
+        docs = source.documents
+        k = dealt(len(docs.ids), seed, index, "document")
+        return _render(spec, {**fields, "document": docs.texts[k]}, {"document_id": docs.ids[k], **common})
+    leaves = source.tree.leaves
+    path = leaves[dealt(len(leaves), seed, index, "leaf")]
+    section = path[-2] if len(path) >= 3 else path[-1]
+    c = {"topic": path[0], "subtopic": section, "concepts": [path[-1]], "leaf": path[-1], "leaf_path": list(path),
+         **common}
+    return _render(spec, {**fields, "topic": path[0], "subtopic": section, "concepts": path[-1], "leaf": path[-1],
+                          "path": " > ".join(path)}, c)
 
 
 def _singular(key: str) -> str:
@@ -103,7 +135,7 @@ def function_name(spec: Spec, rng: random.Random) -> str:
         raise ConfigError(f"{spec.source}: name_parts.patterns: {pattern!r} uses {exc} which has no list") from None
 
 
-def build_exercise(spec: Spec, rng: random.Random) -> BuiltPrompt:
+def build_exercise(spec: Spec, rng: random.Random, seed: int = 0, index: int = 0) -> BuiltPrompt:
     """A function name, difficulty, concepts and topic; the model writes signature, docstring, solution, asserts."""
     name = function_name(spec, rng)
     difficulty = pick(rng, spec.pools["difficulties"])
@@ -117,7 +149,7 @@ def build_exercise(spec: Spec, rng: random.Random) -> BuiltPrompt:
     return _render(spec, {**c, "concepts": _join(concepts)}, c)
 
 
-def build_story(spec: Spec, rng: random.Random) -> BuiltPrompt:
+def build_story(spec: Spec, rng: random.Random, seed: int = 0, index: int = 0) -> BuiltPrompt:
     """TinyStories: one noun, verb and adjective from the simple vocabulary plus a random feature subset."""
     vocab = spec.pools["vocabulary"]
     for key in ("nouns", "verbs", "adjectives"):
@@ -137,7 +169,8 @@ def build_story(spec: Spec, rng: random.Random) -> BuiltPrompt:
     return _render(spec, {**c, "features": text}, c)
 
 
-BUILDERS: dict[str, Callable[[Spec, random.Random], BuiltPrompt]] = {
+# (spec, the record's RNG, seed, index): only sourced textbooks use seed and index (their quotas).
+BUILDERS: dict[str, Callable[[Spec, random.Random, int, int], BuiltPrompt]] = {
     "textbooks": build_textbook,
     "exercises": build_exercise,
     "stories": build_story,
@@ -155,7 +188,7 @@ def iter_prompts(spec: Spec, seed: int, count: int, max_salt: int = 50):
     seen: set[bytes] = set()  # 16-byte digests: ~60 MB per million prompts
     for i in range(count):
         for salt in range(max_salt):
-            bp = build(spec, record_rng(seed, i, salt))
+            bp = build(spec, record_rng(seed, i, salt), seed, i)
             h = bp.sha256()
             key = bytes.fromhex(h[:32])
             if key not in seen:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.synth.checks import check_exercise, check_story, check_textbook
-from phi1.synth.diversity import build_report, plot_report_png
+from phi1.synth.diversity import build_report, embedding_clusters, plot_report_png, topic_coverage
 from phi1.synth.spec import KINDS
 from phi1.utils.io import atomic_write, read_jsonl
 from phi1.utils.progress import progress
@@ -55,6 +55,12 @@ class ValidateConfig:
     benchmark_files: list[str] = field(default_factory=list)  # HumanEval- or MBPP-format JSONL files
     keep_truncated: bool = False  # records cut by max_tokens are rejected unless set
     min_words: int = 40  # stories and textbook prose
+    # Diversity report: embedding clusters of a seeded sample of the kept texts (sample 0 = skip), and
+    # the topic tree whose coverage is reported (default: the tree of the records' spec, if unchanged).
+    encoder: str = "hashing"  # phi1.data.features.make_encoder spec
+    cluster_sample: int = 2000
+    cluster_threshold: float = 0.7  # cosine distance under which average-linkage merges clusters
+    topics_file: str | None = None
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -63,6 +69,18 @@ class ValidateConfig:
             raise ConfigError(f"dedup_threshold: {self.dedup_threshold} must be in (0, 1]")
         if self.timeout <= 0:
             raise ConfigError(f"timeout: {self.timeout} must be > 0 seconds")
+        from phi1.data.features import ENCODER_HELP
+
+        if not (self.encoder in ("hashing", "minilm") or str(self.encoder).startswith(("st:", "hf:", "lm:"))):
+            raise ConfigError(f"--encoder: {self.encoder!r} is not one of: {ENCODER_HELP}")
+        if not 0 < self.cluster_threshold < 2:
+            raise ConfigError(f"--cluster-threshold: {self.cluster_threshold} must be a cosine distance in (0, 2)")
+        if self.cluster_sample < 0:
+            raise ConfigError(f"--cluster-sample: {self.cluster_sample} must be >= 0 (0 = no clustering)")
+        if self.topics_file:
+            from phi1.synth.sources import load_tree
+
+            load_tree(self.topics_file)  # a bad tree fails now, not after the checks
         refuse_overlap({"--input": self.input}, self.outputs())
         if not Path(self.input).is_file():  # before the output is locked (which creates its lock file)
             what = "is a directory; give a JSONL file" if Path(self.input).is_dir() else "file not found"
@@ -167,11 +185,26 @@ def _validate_locked(cfg: ValidateConfig) -> dict:
              "adherence": _adherence(cfg.kind, records),
              "decontamination": {"benchmarks": list(cfg.benchmarks), "benchmark_files": list(cfg.benchmark_files),
                                  "hits_per_task": contamination}}
+    extra.update(_diversity_extra(cfg, kept))
     report = build_report(cfg.kind, kept, counts, reasons, n_dups / n_checked if n_checked else 0.0, extra=extra)
     _write_all([(paths["out"], kept), (paths["rejected"], rejected), (paths["png"], plot_report_png(report)),
                 (paths["report"], (json.dumps(report, indent=2) + "\n").encode("utf-8"))])
     log.info("validate %s: kept %d of %d (%s)", cfg.kind, len(kept), len(records), dict(reasons))
     return report
+
+
+def _diversity_extra(cfg: ValidateConfig, kept: list[dict]) -> dict:
+    """Topic coverage (against the tree when it is known) and the embedding-cluster count of the kept records."""
+    from phi1.synth.sources import load_tree, tree_of_records
+
+    metas = [r.get("meta") or {} for r in kept]
+    tree = load_tree(cfg.topics_file) if cfg.topics_file else (tree_of_records(metas) if cfg.kind == "textbooks"
+                                                                else None)
+    out = {"topic_coverage": topic_coverage(metas, tree)}
+    if cfg.cluster_sample:
+        out["embedding_clusters"] = embedding_clusters([r.get("text") or "" for r in kept], cfg.encoder,
+                                                       cfg.cluster_sample, cfg.cluster_threshold)
+    return out
 
 
 def _exercise_format(rec: dict, split: dict) -> None:

@@ -5,7 +5,7 @@
       step-N/trainer.pt      optimizer, grad scaler, RNG states of torch/numpy/python
       step-N/state.json      step, tokens, next sample index, metrics, config
       latest                 "step-N", replaced atomically after step-N is complete
-      best.json              {"step", "metric", "value"}; that step is never pruned
+      best.json              {"step", "metric", "value", "selected_on"}; that step is never pruned
 
 A checkpoint is assembled in `.step-N.phi1-PID-*.tmp` and renamed into place, so a crash
 or a full disk mid-save leaves the previous checkpoints and `latest` untouched; the temp
@@ -28,7 +28,7 @@ import torch
 
 from phi1.errors import Phi1Error
 from phi1.model.hf import save_model_dir
-from phi1.model.phi import PhiForCausalLM
+from phi1.model.family import build_model
 from phi1.train.distributed import World, barrier, broadcast_object, unwrap
 from phi1.utils.io import atomic_write_json, atomic_write_text
 from phi1.utils.safety import clean_stale_temps, temp_prefix
@@ -159,7 +159,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenize
             os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a checkpoint gets the usual mode
             cfg = unwrap(model).config
             with torch.device("meta"):
-                shell = PhiForCausalLM(cfg)
+                shell = build_model(cfg)
             shell.load_state_dict(msd, assign=True)
             save_model_dir(shell, tmp / "model", tokenizer=tokenizer)
             trainer = {"optimizer": osd, "scaler": scaler.state_dict() if scaler is not None else None,
@@ -221,9 +221,14 @@ def read_best(root: Path) -> dict | None:
         return None
 
 
-def write_best(run_dir: Path, step: int, metric: str, value: float, world: World) -> None:
+def write_best(run_dir: Path, step: int, metric: str, value: float, world: World,
+               selected_on: str | None = None) -> None:
+    """best.json: the best step by `metric`, and (when known) the data that metric was measured on."""
     if world.is_main:
-        atomic_write_json(checkpoints_dir(run_dir) / "best.json", {"step": step, "metric": metric, "value": value})
+        rec = {"step": step, "metric": metric, "value": value}
+        if selected_on:
+            rec["selected_on"] = selected_on
+        atomic_write_json(checkpoints_dir(run_dir) / "best.json", rec)
 
 
 def prune(root: Path, keep_last_k: int, keep_steps=()) -> list[int]:
@@ -256,6 +261,27 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
             return cand
     steps = list_steps(root)
     return root / f"step-{steps[-1]}" if steps else None
+
+
+_REF_RE = re.compile(r"^(?P<run>.+)@(?P<step>\d+)$")
+
+
+def checkpoint_ref(ref: str, where: str = "config.model.init") -> Path | None:
+    """The model directory a `RUN@STEP` reference names (RUN/checkpoints/step-STEP/model), or None
+    when `ref` is not of that form (a preset or a directory). A missing checkpoint is one error
+    naming the steps RUN does have."""
+    m = _REF_RE.match(ref)
+    if m is None or Path(ref).is_dir():
+        return None
+    run, step = Path(m.group("run")), int(m.group("step"))
+    model = checkpoints_dir(run) / f"step-{step}" / "model"
+    if not (model / "config.json").is_file():
+        have = list_steps(checkpoints_dir(run))
+        why = (f"it has checkpoints at steps {', '.join(map(str, have))}" if have
+               else f"{run} holds no checkpoints" if run.is_dir() else f"run directory {run} not found")
+        raise Phi1Error(f"{where} = {ref!r}: no checkpoint {model}; {why} (keep a step with checkpoint.keep_steps "
+                        "and name it RUN@STEP)")
+    return model
 
 
 def load_state(ckpt: Path) -> tuple[dict, dict]:

@@ -13,10 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from phi1.errors import ConfigError
-from phi1.utils.config import build, read_yaml_mapping
+from phi1.utils.config import build, load_yaml, read_yaml_mapping
 
 
 @dataclass
@@ -48,6 +46,7 @@ class DataSection:
     train: list[SourceSection] = field(default_factory=list)
     val: list[SourceSection] = field(default_factory=list)  # empty: the train dirs' val split
     seq_len: int = 2048
+    format: str = "tokens"  # tokens (shard dirs) | chat (messages; loss on assistant tokens) | preference (dpo)
 
 
 @dataclass
@@ -77,6 +76,16 @@ class TrainSection:
     compile: bool = False
     activation_checkpointing: bool = False
     log_interval: int = 10
+    kind: str = "lm"  # lm (next-token loss: pretraining, SFT) | dpo (preference pairs; see the dpo section)
+
+
+@dataclass
+class DpoSection:
+    beta: float = 0.1  # strength of the pull towards the reference (IPO: its tau)
+    loss: str = "sigmoid"  # sigmoid (DPO; with label_smoothing, conservative DPO) | ipo | robust
+    label_smoothing: float = 0.0  # assumed probability that a pair's preference is flipped, in [0, 0.5)
+    reference: str | None = None  # model directory of the frozen reference; None = model.init
+    precompute_ref: bool = True  # reference log-probs computed once into RUN/ref_logps*.pt; false = keep it loaded
 
 
 @dataclass
@@ -113,6 +122,7 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
+    dpo: DpoSection = field(default_factory=DpoSection)
 
     @property
     def run_dir(self) -> Path:
@@ -141,6 +151,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             _check(bool(src.path), f"config.data.{name}[{i}].path", src.path, "must name a shard directory")
             _check(src.weight > 0, f"config.data.{name}[{i}].weight", src.weight, "must be > 0")
     _check(cfg.data.seq_len > 0, "config.data.seq_len", cfg.data.seq_len, "must be a positive integer")
+    _check(cfg.data.format in ("tokens", "chat", "preference"), "config.data.format", cfg.data.format,
+           "allowed: tokens, chat, preference")
+    _check(t.kind in ("lm", "dpo"), "config.train.kind", t.kind, "allowed: lm, dpo")
+    _check((t.kind == "dpo") == (cfg.data.format == "preference"), "config.data.format", cfg.data.format,
+           "train.kind dpo reads data.format preference, and preference data is for train.kind dpo")
+    dp = cfg.dpo
+    _check(dp.beta > 0, "config.dpo.beta", dp.beta, "must be > 0")
+    _check(dp.loss in ("sigmoid", "ipo", "robust"), "config.dpo.loss", dp.loss, "allowed: sigmoid, ipo, robust")
+    _check(0 <= dp.label_smoothing < 0.5, "config.dpo.label_smoothing", dp.label_smoothing, "must be in [0, 0.5)")
     _check(t.micro_batch > 0, "config.train.micro_batch", t.micro_batch, "must be a positive integer")
     _check(t.global_batch > 0 and t.global_batch % t.micro_batch == 0, "config.train.global_batch", t.global_batch,
            f"must be a positive multiple of train.micro_batch ({t.micro_batch})")
@@ -192,7 +211,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {key}: '{p}' is not a section")
             node = nxt
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw)
+    return data
+
+
+def set_fields(data: dict, sets: dict) -> dict:
+    """Set dotted keys (`{"train.max_steps": 100}`, as `--set` names them) in a raw config dict, in order."""
+    for key, value in sets.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     return data
 
 

@@ -18,10 +18,14 @@ import torch
 from phi1.data.loader import Source, WindowSampler
 from phi1.data.shards import MANIFEST, read_manifest
 from phi1.errors import ConfigError, Phi1Error
-from phi1.model.config import PRESETS, PhiConfig
+from phi1.model.config import PhiConfig
+from phi1.model.family import ALL_PRESETS as PRESETS
+from phi1.model.family import build_model as build_network
+from phi1.model.family import config_from_preset, preset_vocab_size
 from phi1.model.hf import load_model_dir, read_config
 from phi1.model.phi import PhiForCausalLM
-from phi1.tokenizer import load_tokenizer, padded_vocab_size
+from phi1.tokenizer import load_tokenizer, resolve_tokenizer
+from phi1.train.checkpoint import checkpoint_ref
 from phi1.train.config import TrainConfig
 
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -34,27 +38,33 @@ def dropout_overrides(cfg: TrainConfig) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def init_source(cfg: TrainConfig) -> str:
+    """model.init as a preset name or a model directory (`RUN@STEP` names that step's checkpoint)."""
+    ref = checkpoint_ref(cfg.model.init)
+    return str(ref) if ref is not None else cfg.model.init
+
+
 def load_tokenizer_for(cfg: TrainConfig):
-    tok_dir = cfg.model.tokenizer or (cfg.model.init if Path(cfg.model.init).is_dir() else None)
+    init = init_source(cfg)
+    tok_dir = cfg.model.tokenizer or (init if Path(init).is_dir() else None)
     if tok_dir is None:
         raise ConfigError(f"config.model.tokenizer: required when model.init is a preset ({cfg.model.init!r})")
-    if not Path(tok_dir).is_dir():
-        raise ConfigError(f"config.model.tokenizer = {tok_dir!r}: directory not found")
-    return load_tokenizer(tok_dir)
+    return load_tokenizer(resolve_tokenizer(tok_dir, "config.model.tokenizer"))
 
 
 def initial_model_config(cfg: TrainConfig, tokenizer) -> PhiConfig:
-    """The configuration the run trains: a preset sized to the tokenizer, or a model directory's."""
-    init = cfg.model.init
+    """The configuration the run trains: a preset (its vocab_size, or the tokenizer's size padded to
+    64 for the presets without one), or a model directory's."""
+    init = init_source(cfg)
     if Path(init).is_dir():
         mcfg = read_config(init)
     elif init in PRESETS:
         eos = tokenizer.eos_id
-        mcfg = PhiConfig.from_preset(init, vocab_size=padded_vocab_size(len(tokenizer)),
-                                     bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+        vocab = preset_vocab_size(init, len(tokenizer), "config.model.tokenizer")
+        mcfg = config_from_preset(init, vocab_size=vocab, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     else:
-        raise ConfigError(f"config.model.init = {init!r}: neither a model directory nor a preset "
-                          f"(presets: {', '.join(PRESETS)})")
+        raise ConfigError(f"config.model.init = {init!r}: neither a model directory, a RUN@STEP checkpoint nor a "
+                          f"preset (presets: {', '.join(PRESETS)})")
     mcfg = mcfg.replace(**dropout_overrides(cfg))
     mcfg.validate()
     if len(tokenizer) > mcfg.vocab_size:
@@ -68,10 +78,10 @@ def initial_model_config(cfg: TrainConfig, tokenizer) -> PhiConfig:
 
 def check_checkpoint_shape(ckpt: Path, mcfg: PhiConfig) -> None:
     saved = read_config(ckpt / "model")
-    for f in SHAPE_FIELDS:
-        if getattr(saved, f) != getattr(mcfg, f):
-            raise Phi1Error(f"{ckpt / 'model' / 'config.json'}: checkpoint has {f}={getattr(saved, f)!r} but the "
-                            f"config's model has {getattr(mcfg, f)!r}; it is from a different model shape "
+    for f in ("family",) + SHAPE_FIELDS:  # a field one family lacks reads as None in both
+        if getattr(saved, f, None) != getattr(mcfg, f, None):
+            raise Phi1Error(f"{ckpt / 'model' / 'config.json'}: checkpoint has {f}={getattr(saved, f, None)!r} but the "
+                            f"config's model has {getattr(mcfg, f, None)!r}; it is from a different model shape "
                             "(use another run.name or the matching model.init)")
 
 
@@ -84,10 +94,11 @@ def build_model(cfg: TrainConfig, mcfg: PhiConfig, ckpt: Path | None) -> PhiForC
             return load_model_dir(ckpt / "model", dtype=torch.float32, **overrides)
         except Phi1Error as exc:  # a damaged checkpoint: say how to go on from an earlier one
             raise Phi1Error(f"{exc}; to resume from an earlier checkpoint delete {ckpt}") from None
-    if Path(cfg.model.init).is_dir():
-        return load_model_dir(cfg.model.init, dtype=torch.float32, **overrides)
+    init = init_source(cfg)
+    if Path(init).is_dir():
+        return load_model_dir(init, dtype=torch.float32, **overrides)
     torch.manual_seed(cfg.run.seed)
-    return PhiForCausalLM(mcfg)
+    return build_network(mcfg)
 
 
 def _check_fingerprint(path: str, tokenizer) -> None:
@@ -136,6 +147,8 @@ def build_data(cfg: TrainConfig, tokenizer,
     With `vocab_size` (the model's), every shard is checked for token ids outside it.
     """
     d = cfg.data
+    if d.format in ("chat", "preference"):
+        return build_chat_data(cfg, tokenizer, vocab_size)
     for src in d.train + d.val:
         _check_fingerprint(src.path, tokenizer)
         if vocab_size is not None:
@@ -153,6 +166,52 @@ def build_data(cfg: TrainConfig, tokenizer,
             if sampler is not None:
                 check_token_ids(sampler, vocab_size)
     return train, val
+
+
+def build_chat_data(cfg: TrainConfig, tokenizer, vocab_size: int | None = None):
+    """Chat (SFT) or preference (DPO) data: data.train's files, and data.val's (None when it is empty)."""
+    from phi1.chat import PHI3_TEMPLATE
+    from phi1.data.chat import ChatSampler
+    from phi1.train.dpo import PreferenceData
+
+    d = cfg.data
+    for name, srcs in (("train", d.train), ("val", d.val)):
+        for i, s in enumerate(srcs):
+            if s.weight != 1.0:
+                raise ConfigError(f"config.data.{name}[{i}].weight = {s.weight}: chat data is read whole, in order; "
+                                  "weights apply to token shards only (leave it at 1.0)")
+    template = tokenizer.chat(default=PHI3_TEMPLATE)
+    if d.format == "preference":
+        def make(srcs, split):
+            return PreferenceData([s.path for s in srcs], tokenizer, template, d.seq_len, cfg.run.seed, split,
+                                  pad_id=tokenizer.eos_id)
+    else:
+        def make(srcs, split):
+            return ChatSampler([s.path for s in srcs], tokenizer, template, d.seq_len, cfg.run.seed, split)
+    train = make(d.train, "train")
+    val = make(d.val, "val") if d.val else None
+    for sampler in (train, val):
+        if sampler is not None and vocab_size is not None and sampler.max_token_id >= vocab_size:
+            raise Phi1Error(f"chat data: token id {sampler.max_token_id} is outside the model's vocabulary of "
+                            f"{vocab_size}; use the model's own tokenizer (config.model.tokenizer)")
+    return train, val
+
+
+def build_dpo(cfg: TrainConfig, train_data, val_data, world):
+    """The DPO objective: the reference is dpo.reference or model.init (never the resumed policy), frozen,
+    or read once for the log-probs cached in RUN/ref_logps.pt (RUN/ref_logps-val.pt for data.val)."""
+    from phi1.train.dpo import DPOObjective
+
+    ref_dir = cfg.dpo.reference or init_source(cfg)
+    if not Path(ref_dir).is_dir():
+        raise ConfigError(f"config.dpo.reference = {ref_dir!r}: DPO needs a model directory as its reference (the SFT "
+                          "model); set model.init (or dpo.reference) to one")
+    reference = load_model_dir(ref_dir, device=world.device, dtype=torch.float32)
+    objective = DPOObjective(cfg.dpo, reference, train_data, world.device,
+                             cache_file=cfg.run_dir / "ref_logps.pt" if cfg.dpo.precompute_ref else None)
+    if val_data is not None and cfg.dpo.precompute_ref:
+        objective.add_data(reference, val_data, world.device, cfg.run_dir / "ref_logps-val.pt")
+    return objective
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:

@@ -80,6 +80,7 @@ class Trainer:
                             "and data.val is empty; pack with --val-fraction or set data.val")
         if e.interval and e.best_metric != "val_loss" and self.callback is None:
             raise Phi1Error(f"config.eval.best_metric = {e.best_metric!r}: needs eval.callback to produce it")
+        self.selected_on = self._selected_on()
         ckpt = ckpt_io.latest_checkpoint(self.run_dir)
         if resume and ckpt is None:
             raise Phi1Error(f"{self.run_dir}: --resume given but there is no checkpoint to resume from")
@@ -94,6 +95,7 @@ class Trainer:
         self.model = prepare_model(model, world, activation_checkpointing=cfg.train.activation_checkpointing,
                                    compile=cfg.train.compile)
         self.optimizer = setup.make_optimizer(self.model, cfg, world.device)
+        self.dpo = setup.build_dpo(cfg, self.train_data, self.val_data, world) if cfg.train.kind == "dpo" else None
         prec = cfg.train.precision
         self.autocast_dtype = DTYPES[prec]
         self.scaler = torch.amp.GradScaler(world.device.type) if prec == "fp16" else None
@@ -120,6 +122,13 @@ class Trainer:
             except OSError as exc:
                 raise Phi1Error(f"{f}: cannot write the run's config: {describe_oserror(exc)}") from None
 
+    def _selected_on(self) -> str | None:
+        """What the best checkpoint is chosen on, in words (best.json, the report)."""
+        e, d = self.cfg.eval, self.cfg.data
+        if e.best_metric == "val_loss":
+            return "val_loss on the val split of " + ", ".join(s.path for s in (d.val or d.train))
+        return getattr(self.callback, "selection", None)
+
     # ---- pieces ----------------------------------------------------------------------------------
     def autocast(self):
         if self.autocast_dtype == torch.float32:
@@ -141,14 +150,17 @@ class Trainer:
         torch.manual_seed(step_seed(cfg.run.seed, self.step, w.rank))
         self.model.train()
         total = torch.zeros((), device=w.device)
+        stats: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
-            x, y = self.train_data.batch(self.micro_indices(self.samples, m), w.device)
+            batch = self.train_data.batch(self.micro_indices(self.samples, m), w.device)
             with grad_sync(self.model, w, m == self.accum - 1):
                 with self.autocast():
-                    _, loss = self.model(x, y)
+                    loss, extra = self.micro_loss(batch)
                 scaled = loss / self.accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
+            for k, v in extra.items():
+                stats[k] = stats.get(k, 0.0) + v.detach().float() / self.accum
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = cfg.train.grad_clip if cfg.train.grad_clip is not None else float("inf")
@@ -164,7 +176,16 @@ class Trainer:
         self.step += 1
         self.samples += cfg.train.global_batch
         loss = all_reduce_mean(total / self.accum, w).item()
-        return {"loss": loss, "lr": lr, "grad_norm": gnorm.item()}
+        return {"loss": loss, "lr": lr, "grad_norm": gnorm.item(),
+                **{k: all_reduce_mean(v, w).item() for k, v in stats.items()}}
+
+    def micro_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        """(loss, extra metrics) of one micro-batch: next-token loss, or the DPO loss and its rewards."""
+        if self.dpo is not None:
+            return self.dpo(self.model, batch)
+        x, y = batch
+        _, loss = self.model(x, y)
+        return loss, {}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -175,9 +196,9 @@ class Trainer:
             total = torch.zeros((), device=w.device)
             n = self.cfg.eval.batches
             for i in range(n):
-                x, y = self.val_data.sequential_batch(self.micro_indices(0, i), w.device)
+                batch = self.val_data.sequential_batch(self.micro_indices(0, i), w.device)
                 with self.autocast():
-                    _, loss = self.model(x, y)
+                    loss, _ = self.micro_loss(batch)
                 total += loss.float()
             out["val_loss"] = all_reduce_mean(total / n, w).item()
         if self.callback is not None:
@@ -238,7 +259,7 @@ class Trainer:
                         self.best = value
                         self.save(metrics)
                         saved_at = self.step
-                        ckpt_io.write_best(self.run_dir, self.step, ev.best_metric, value, w)
+                        ckpt_io.write_best(self.run_dir, self.step, ev.best_metric, value, w, self.selected_on)
                         if w.is_main:
                             ckpt_io.prune(ckpt_io.checkpoints_dir(self.run_dir), ck.keep_last_k, ck.keep_steps)
                         barrier(w)

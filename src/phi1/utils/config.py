@@ -8,9 +8,12 @@ dataclass may set `_shorthand_field = "name"` so that a bare string stands for
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any
+
+import yaml
 
 from phi1.errors import ConfigError
 
@@ -68,6 +71,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value):  # "2e-4" from JSON or a quoted YAML value
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -89,11 +94,29 @@ def build(cls, data: dict, where: str = "config"):
     return cls(**kw)
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads YAML 1.2 floats such as `2e-4` and `1E5` as numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`2.0e-4`) and `2e-4` is a string, so
+    `lr: 2e-4` or `--set optimizer.lr=2e-4` would fail as "expected a number, got str".
+    """
+
+
+# Exponent floats without a dot (the forms YAML 1.1 misses); ints and dotted floats keep their resolvers.
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+.0123456789"))
+# A number written as a string, e.g. "2e-4" in JSON or quoted YAML: read where a float is expected.
+_NUMBER = re.compile(r"^\s*[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$")
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, with `2e-4`-style floats read as numbers (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml_mapping(path, what: str = "config") -> dict:
     """Parse a YAML file whose top level must be a mapping; errors name the file and the problem."""
     from pathlib import Path
-
-    import yaml
 
     p = Path(path)
     if p.is_dir():
@@ -105,7 +128,7 @@ def read_yaml_mapping(path, what: str = "config") -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start}); give the {what} YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: malformed YAML ({' '.join(str(exc).split())})") from None
     if data is None:

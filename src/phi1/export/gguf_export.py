@@ -1,0 +1,275 @@
+"""`phi1 export gguf`: a model directory as one GGUF file for llama.cpp, Ollama and LM Studio.
+
+The file is written with the `gguf` package. phi models map to llama.cpp's `phi2` architecture
+(parallel attention + MLP from one LayerNorm, fused `attn_qkv`, NEOX-style partial rotary), phi-3
+models to `phi3` (RMSNorm, fused qkv and gate/up, LongRoPE factors as `rope_factors_*`). Tensor
+names and shapes are those llama.cpp's loader asks for (src/llama-model.cpp, LLM_ARCH_PHI2/PHI3).
+
+Types: f32, f16, bf16, q8_0 and q4_0 are quantized here by `gguf.quants`; q4_k_m, which that
+package cannot quantize, goes through llama.cpp's own quantizer (`llama-quantize` on PATH, else
+the `llama_cpp` Python binding's `llama_model_quantize`). Norms and biases stay f32; a q4_0 file
+keeps its output (LM head) matrix at q8_0, the way llama.cpp's quantizer keeps it above 4 bits.
+The file appears only when complete: it is written to a temp file beside it and renamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from phi1.errors import Phi1Error
+from phi1.utils.io import _umask
+from phi1.utils.safety import temp_prefix
+
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m")
+NEEDS_LLAMA_QUANTIZE = {"q4_k_m": "Q4_K_M"}  # type -> llama-quantize's name for it
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    type: str
+    arch: str
+    size_bytes: int
+    n_tensors: int
+    quantizer: str  # "gguf" (this package) or how llama.cpp's quantizer was reached
+    notes: list[str] = field(default_factory=list)
+
+
+def require_gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise Phi1Error("the `gguf` package is not installed; export needs it: pip install gguf "
+                        "(or pip install -e '.[gguf]')") from None
+    return gguf
+
+
+def llama_quantize_route() -> str | None:
+    """How a type that `gguf` cannot quantize gets quantized here: a `llama-quantize` path, "llama_cpp", or None."""
+    exe = shutil.which("llama-quantize")
+    if exe:
+        return exe
+    from phi1.export.llamacpp import have_llama_cpp
+
+    return "llama_cpp" if have_llama_cpp() else None
+
+
+def check_type(qtype: str) -> str | None:
+    """Validate --type before any work; returns the llama.cpp quantizer route for types that need one."""
+    if qtype not in TYPES:
+        raise Phi1Error(f"--type {qtype}: unknown; choose one of {', '.join(TYPES)}")
+    if qtype not in NEEDS_LLAMA_QUANTIZE:
+        return None
+    route = llama_quantize_route()
+    if route is None:
+        raise Phi1Error(f"--type {qtype}: the gguf package has no {qtype} quantizer and llama.cpp's is not "
+                        "available; put llama.cpp's `llama-quantize` on PATH (or pip install llama-cpp-python), "
+                        "or choose one of f32, f16, bf16, q8_0, q4_0")
+    return route
+
+
+# ---------------------------------------------------------------- architectures
+
+
+def check_arch(cfg, family: str) -> None:
+    """Refuse what llama.cpp's phi2 / phi3 graphs do not compute."""
+    if family == "phi" and cfg.qk_layernorm:
+        raise Phi1Error("config.json: qk_layernorm=true; llama.cpp's phi2 architecture has no q/k layernorm, so "
+                        "this model cannot be exported to GGUF")
+
+
+def _phi_tensors(sd: dict, cfg) -> tuple[str, dict[str, np.ndarray], list[str]]:
+    notes = []
+    if cfg.hidden_act == "gelu":
+        notes.append("hidden_act is exact GELU; llama.cpp's phi2 uses the tanh approximation (small logit differences)")
+    t = {"token_embd.weight": sd["embed.weight"],
+         "output_norm.weight": sd["final_ln.weight"], "output_norm.bias": sd["final_ln.bias"],
+         "output.weight": sd["lm_head.weight"], "output.bias": sd["lm_head.bias"]}
+    names = {"ln": "attn_norm", "attn.qkv": "attn_qkv", "attn.dense": "attn_output",
+             "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
+    for i in range(cfg.num_hidden_layers):
+        for ours, theirs in names.items():
+            for p in ("weight", "bias"):
+                t[f"blk.{i}.{theirs}.{p}"] = sd[f"layers.{i}.{ours}.{p}"]
+    return "phi2", t, notes
+
+
+def _phi3_tensors(sd: dict, cfg) -> tuple[str, dict[str, np.ndarray], list[str]]:
+    t = {"token_embd.weight": sd["embed.weight"], "output_norm.weight": sd["final_norm.weight"],
+         "output.weight": sd["lm_head.weight"]}
+    names = {"input_norm": "attn_norm", "attn.qkv_proj": "attn_qkv", "attn.o_proj": "attn_output",
+             "post_attn_norm": "ffn_norm", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(cfg.num_hidden_layers):
+        for ours, theirs in names.items():
+            t[f"blk.{i}.{theirs}.weight"] = sd[f"layers.{i}.{ours}.weight"]
+    if getattr(cfg, "longrope", False):
+        for kind in ("long", "short"):
+            t[f"rope_factors_{kind}.weight"] = np.asarray(cfg.rope_scaling[f"{kind}_factor"], dtype=np.float32)
+    return "phi3", t, []
+
+
+def _hparams(w, arch: str, cfg) -> None:
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.rotary_dim)
+    w.add_rope_freq_base(float(cfg.rope_theta))
+    if arch == "phi2":
+        w.add_layer_norm_eps(float(cfg.layer_norm_eps))
+        return
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
+    if getattr(cfg, "longrope", False):
+        w.add_rope_scaling_attn_factors(float(cfg.rope_attention_factor))
+    if cfg.sliding_window:
+        w.add_sliding_window(cfg.sliding_window)
+
+
+def _tokenizer(w, vocab) -> None:
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(vocab.pre)
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.token_types)
+    w.add_token_merges(vocab.merges)
+    w.add_bos_token_id(vocab.bos_id)
+    w.add_eos_token_id(vocab.eos_id)
+    if vocab.pad_id is not None:
+        w.add_pad_token_id(vocab.pad_id)
+    w.add_add_bos_token(False)  # phi models start with no BOS; the text's first token is the first token
+    w.add_add_eos_token(False)
+    if vocab.chat_template:
+        w.add_chat_template(vocab.chat_template)
+
+
+def _tensor_type(gguf, name: str, arr: np.ndarray, qtype: str):
+    """The GGML type a tensor is stored in for an export of type `qtype`."""
+    Q = gguf.GGMLQuantizationType
+    if arr.ndim < 2 or qtype in ("f32", "q4_k_m"):  # q4_k_m: llama-quantize starts from f32
+        return Q.F32
+    if qtype == "f16":
+        return Q.F16
+    if qtype == "bf16":
+        return Q.BF16
+    block = gguf.GGML_QUANT_SIZES[Q.Q8_0][0]
+    if arr.shape[-1] % block:
+        return Q.F16  # rows that do not split into 32-value blocks
+    if qtype == "q4_0" and name != "output.weight":
+        return Q.Q4_0
+    return Q.Q8_0
+
+
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
+              "q4_0": "MOSTLY_Q4_0", "q4_k_m": "ALL_F32"}
+
+
+def _write(path: Path, arch: str, cfg, tensors: dict, vocab, qtype: str, name: str) -> int:
+    gguf = require_gguf()
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs each file it opens at INFO
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(name)
+    w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[qtype])))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _hparams(w, arch, cfg)
+    _tokenizer(w, vocab)
+    Q = gguf.GGMLQuantizationType
+    for tname, arr in tensors.items():
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        tt = _tensor_type(gguf, tname, arr, qtype)
+        if tt == Q.F32:
+            w.add_tensor(tname, arr)
+        elif tt == Q.F16:
+            w.add_tensor(tname, arr.astype(np.float16))
+        else:
+            w.add_tensor(tname, gguf.quants.quantize(arr, tt), raw_dtype=tt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return len(tensors)
+
+
+def _llama_quantize(route: str, src: Path, dst: Path, qtype: str) -> None:
+    name = NEEDS_LLAMA_QUANTIZE[qtype]
+    if route != "llama_cpp":
+        r = subprocess.run([route, str(src), str(dst), name], capture_output=True, text=True)
+        if r.returncode != 0 or not dst.is_file():
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise Phi1Error(f"{route} {name} failed (exit {r.returncode}): {tail[0]}")
+        return
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+    from phi1.export.llamacpp import captured_stderr
+
+    with captured_stderr() as log:  # the C library logs each tensor: keep it for errors only
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    tail = [x for x in log if x.strip()][-1:] or ["no output"]
+    if rc != 0 or not dst.is_file():
+        raise Phi1Error(f"llama.cpp's quantizer (llama_cpp.llama_model_quantize) failed for {name} "
+                        f"(code {rc}): {tail[0]}")
+
+
+def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str = "f16") -> ExportResult:
+    """Write `model_dir` as a GGUF file of type `qtype` at `out` (atomically: nothing is left on failure)."""
+    import torch
+
+    from phi1.export.vocab import vocab_from_tokenizer
+    from phi1.model.family import family_of
+    from phi1.model.hf import load_model_dir, read_config
+    from phi1.tokenizer import load_tokenizer
+
+    route = check_type(qtype)
+    require_gguf()
+    model_dir, out = Path(model_dir), Path(out)
+    if out.is_dir():
+        raise Phi1Error(f"--out {out}: is a directory; give the .gguf file to write")
+    if not out.parent.is_dir():
+        raise Phi1Error(f"--out {out}: directory {out.parent} does not exist")
+    cfg = read_config(model_dir)  # the architecture and the tokenizer are checked before any weight is read
+    family = family_of(cfg)
+    if family not in ("phi", "phi3"):
+        raise Phi1Error(f"{model_dir}: model family {family!r} has no GGUF mapping; supported: phi (llama.cpp "
+                        "phi2), phi3 (llama.cpp phi3)")
+    to_tensors = _phi3_tensors if family == "phi3" else _phi_tensors
+    check_arch(cfg, family)
+    tok = load_tokenizer(model_dir)
+    vocab = vocab_from_tokenizer(tok, cfg.vocab_size, model_dir)
+    model = load_model_dir(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    del model
+    arch, tensors, notes = to_tensors(sd, cfg)
+    if vocab.chat_template is None:
+        notes.append("no chat template (a base model): tokenizer.chat_template not written")
+
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    stage = tmp.with_name(tmp.name + ".f32") if route else None
+    try:
+        n = _write(stage or tmp, arch, cfg, tensors, vocab, qtype, model_dir.name)
+        if route:
+            _llama_quantize(route, stage, tmp, qtype)
+        with open(tmp, "rb") as fh:  # mkstemp makes 0600; give the usual mode, and make it durable first
+            os.fchmod(fh.fileno(), 0o644 & ~_umask())
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    finally:
+        for p in (tmp, stage):
+            if p is not None and p.exists():
+                p.unlink()
+    return ExportResult(path=out, type=qtype, arch=arch, size_bytes=out.stat().st_size, n_tensors=n,
+                        quantizer="gguf" if not route else ("llama_cpp" if route == "llama_cpp" else "llama-quantize"),
+                        notes=notes)

@@ -1,0 +1,339 @@
+"""`phi1 sweep`: the TinyStories study (Eldan & Li, 2023) end to end, over model width and depth.
+
+Stories (`phi1 synth stories` JSONL, or TinyStories' public Parquet / JSON files: a `text` field)
+-> a small BPE tokenizer -> token shards with held-out stories -> one model per (width, depth) of
+the recipe's grid that falls in its parameter range, each trained by `phi1 train` -> for each model:
+validation loss, the loss of the true ending of held-out stories given their beginning (completion
+consistency without a judge) and, with a judge endpoint, `phi1 eval judge`'s grammar / creativity /
+consistency grades of its continuations of those held-out beginnings -> `sweep.json`, `sweep.md` and
+`sweep.png`: the judge's three scores and the loss against parameters, one line per depth (the
+TinyStories paper's figure). Every step resumes: a rerun skips what is done and grades only what is
+missing. The recipe (`recipes/tinystories.yaml`) holds a `toy` scale for a CPU and a `paper` one
+(1M-33M parameters) for a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from phi1.errors import ConfigError, Phi1Error
+from phi1.utils.config import build, read_yaml_mapping
+from phi1.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+
+OWNER = "sweep"
+
+
+@dataclass
+class ScaleSection:
+    widths: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    head_dim: int = 64
+    vocab_size: int = 2048  # the BPE trained on the stories
+    continuation_tokens: int = 200  # tokens each model writes after a held-out beginning, for the judge
+    min_params: float = 0.0
+    max_params: float = 1e12
+    set: dict[str, Any] = field(default_factory=dict)  # training overrides at this scale, as `phi1 train --set`
+
+
+@dataclass
+class JudgeSection:
+    temperature: float = 0.0  # of the models' continuations (0 = greedy)
+    concurrency: int = 8  # judge requests in flight
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    stories: list[str] = field(default_factory=list)
+    val_fraction: float = 0.05
+    beginnings: int = 24
+    recipe: str = "tiny-pretrain.yaml"
+    set: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, ScaleSection] = field(default_factory=dict)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+
+
+def load_sweep_config(path: str | os.PathLike) -> SweepConfig:
+    from phi1.demo.config import RECIPES
+
+    p = Path(path)
+    if not p.exists() and (RECIPES / p).exists():
+        p = RECIPES / p
+    raw = read_yaml_mapping(p, "sweep recipe")
+    scales = raw.pop("scales", None) or {}
+    if not isinstance(scales, dict):
+        raise ConfigError(f"{p}: scales: expected a mapping of scale name -> {{widths, depths, ...}}")
+    cfg = build(SweepConfig, raw, str(p))
+    cfg.scales = {k: build(ScaleSection, v or {}, f"{p}.scales.{k}") for k, v in scales.items()}
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"{p}.val_fraction = {cfg.val_fraction}: must be in (0, 1)")
+    for k, s in cfg.scales.items():
+        if not s.widths or not s.depths or min(s.widths + s.depths) < 1:
+            raise ConfigError(f"{p}.scales.{k}: widths and depths must be non-empty lists of positive integers")
+        bad = [w for w in s.widths if w % min(s.head_dim, w)]
+        if bad:
+            raise ConfigError(f"{p}.scales.{k}.widths: {bad} are not multiples of head_dim {s.head_dim}")
+    return cfg
+
+
+# ---- stories ----------------------------------------------------------------------------------------
+
+def iter_stories(paths: list[str]):
+    """Story texts from JSONL / .jsonl.gz / record directories (`text`), Parquet (a `text` column) and
+    JSON files holding a list of objects with `text` (the public TinyStories layouts)."""
+    from phi1.tokenizer import iter_texts
+
+    for src in paths:
+        p = Path(src)
+        if not p.exists():
+            raise Phi1Error(f"stories: {p}: not found")
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() and not (p / "manifest.json").exists() \
+            else [p]
+        for f in files:
+            if f.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(f)
+                if "text" not in table.column_names:
+                    raise Phi1Error(f"{f}: no `text` column (columns: {', '.join(table.column_names)})")
+                yield from (t for t in table.column("text").to_pylist() if isinstance(t, str))
+            elif f.suffix == ".json":
+                try:
+                    data = json.loads(f.read_text(encoding="utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise Phi1Error(f"{f}: not a JSON file ({exc}); give JSONL, Parquet or a JSON list") from None
+                if not isinstance(data, list):
+                    raise Phi1Error(f"{f}: expected a JSON list of objects with a `text` field")
+                yield from (r["text"] for r in data if isinstance(r, dict) and isinstance(r.get("text"), str))
+            elif f.name.endswith((".jsonl", ".jsonl.gz")) or f.is_dir():
+                yield from iter_texts([f])
+
+
+def split_story(text: str) -> tuple[str, str] | None:
+    """(beginning, ending) at a sentence end near 40% of the story; None for a one-sentence story."""
+    ends = [m.end() for m in re.finditer(r"[.!?][\"']?(?=\s)", text)]
+    ends = [e for e in ends if e < len(text.rstrip()) - 1]
+    if not ends:
+        return None
+    cut = min(ends, key=lambda e: abs(e - 0.4 * len(text)))
+    return text[:cut], text[cut:]
+
+
+# ---- the grid ---------------------------------------------------------------------------------------
+
+def grid(scale: ScaleSection, vocab: int, seq_len: int) -> list[dict]:
+    """The models of a scale: every (width, depth) whose parameter count is in [min, max]."""
+    from phi1.model.config import PhiConfig
+
+    out = []
+    for d in scale.depths:
+        for w in scale.widths:
+            heads = max(1, w // scale.head_dim)
+            shape = dict(hidden_size=w, num_hidden_layers=d, num_attention_heads=heads, intermediate_size=4 * w,
+                         max_position_embeddings=max(seq_len, 1024))  # room for the judge's continuations
+            n = PhiConfig.from_preset("micro", vocab_size=vocab, **shape).num_parameters()
+            if scale.min_params <= n <= scale.max_params:
+                out.append({"name": f"w{w}-d{d}", "width": w, "depth": d, "params": n, "shape": shape})
+    if not out:
+        raise ConfigError(f"scale: no (width, depth) of the grid has between {scale.min_params:.3g} and "
+                          f"{scale.max_params:.3g} parameters")
+    return sorted(out, key=lambda r: r["params"])
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+def _once(target: Path, make) -> Path:
+    """Build a directory at `target` through a temp sibling, renamed when complete (a rerun skips it)."""
+    if target.exists():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        make(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def prepare_data(cfg: SweepConfig, sc: ScaleSection, out: Path, log) -> tuple[Path, Path, Path]:
+    """(tokenizer dir, shard dir, held-out beginnings JSONL) under `out`, each made once."""
+    from phi1.data.pack import is_val, pack
+    from phi1.tokenizer import train_tokenizer
+
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    stories = data / "stories.jsonl"
+    if not stories.exists():
+        n = write_jsonl(stories, ({"id": f"story/{i}", "text": t} for i, t in enumerate(iter_stories(cfg.stories))
+                                  if t.strip()))
+        if n == 0:
+            raise Phi1Error(f"stories {' '.join(cfg.stories) or '(none given)'}: no story texts found; give "
+                            "`phi1 synth stories` JSONL or TinyStories Parquet/JSON files (a `text` field)")
+        log(f"sweep: {n} stories -> {stories}")
+    held = [r for r in read_jsonl(stories) if is_val(r["text"], cfg.val_fraction)]
+    train_texts = stories.with_name("train-stories.jsonl")  # the tokenizer never sees a held-out story
+    if not train_texts.exists():
+        write_jsonl(train_texts, (r for r in read_jsonl(stories) if not is_val(r["text"], cfg.val_fraction)))
+    tok = _once(out / "tokenizer", lambda d: train_tokenizer([train_texts], vocab_size=sc.vocab_size, out_dir=d))
+    shards = out / "shards"
+    if not (shards / "manifest.json").exists():
+        pack(tok, [stories], shards, workers=1, val_fraction=cfg.val_fraction)
+    beginnings = data / "beginnings.jsonl"
+    if not beginnings.exists():
+        rows = []
+        for r in held:
+            parts = split_story(r["text"])
+            if parts:
+                rows.append({"id": r["id"], "prompt": parts[0], "ending": parts[1]})
+        if not rows:
+            raise Phi1Error(f"{stories}: no held-out story of two or more sentences; give more stories or raise "
+                            "val_fraction")
+        write_jsonl(beginnings, rows[: cfg.beginnings])
+    return tok, shards, beginnings
+
+
+def train_one(cfg: SweepConfig, scale: ScaleSection, m: dict, out: Path, tok: Path, shards: Path, device: str) -> Path:
+    """Train one model of the grid; its final model directory."""
+    from phi1.demo.pipeline import checkpoint_model_dir
+    from phi1.model.create import init_model_dir
+    from phi1.train.config import load_config
+    from phi1.train.trainer import train
+
+    init = out / "models" / m["name"]
+    init.parent.mkdir(parents=True, exist_ok=True)
+    if not (init / "config.json").exists():
+        init_model_dir("micro", tok, init, seed=0, overwrite=True, **m["shape"])
+    base = training_recipe(cfg, scale, {"run.name": m["name"], "run.out_dir": str(out / "runs"), "run.device": device,
+                                        "model.init": str(init), "model.tokenizer": str(tok),
+                                        "data.train": [{"path": str(shards), "weight": 1.0}]})
+    path = out / "configs" / f"{m['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, f"# written by phi1 sweep; rerun with: phi1 train {path}\n"
+                      + yaml.safe_dump(base, sort_keys=False))
+    train(load_config(path))
+    return checkpoint_model_dir(out / "runs" / m["name"], "latest")
+
+
+def evaluate_one(m: dict, model_dir: Path, run_dir: Path, beginnings: Path, out: Path, cfg: SweepConfig,
+                 sc: ScaleSection, device: str, judge: dict | None) -> dict:
+    """val_loss (last eval), ending_loss (nats/token of held-out endings), the judge's mean grades."""
+    from phi1.eval.loss import solution_loss
+    from phi1.eval.problems import Problem
+    from phi1.model import load_for_inference
+
+    val = [r["val_loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+    rows = list(read_jsonl(beginnings))
+    model, tok = load_for_inference(model_dir, device=device, dtype="float32")
+    probs = [Problem(task_id=r["id"], prompt=r["prompt"], test="", canonical_solution=r["ending"], benchmark="stories")
+             for r in rows]
+    res = {**{k: m[k] for k in ("name", "width", "depth", "params")}, "val_loss": val[-1] if val else None,
+           "ending_loss": round(solution_loss(model, tok, probs), 6), "model": str(model_dir)}
+    del model
+    if judge:
+        from phi1.synth.judge import JudgeConfig, run_judge
+
+        jc = JudgeConfig(model_dir=str(model_dir), task="stories", judge_endpoint=judge["endpoint"],
+                         judge_model=judge["model"], api_key_env=judge.get("api_key_env"),
+                         out=str(out / "judge" / m["name"]), prompts=str(beginnings),
+                         concurrency=cfg.judge.concurrency, max_new_tokens=sc.continuation_tokens,
+                         temperature=cfg.judge.temperature, device=device)
+        summary = run_judge(jc)
+        for k in ("grammar", "creativity", "consistency"):
+            res[k] = summary["scores"][k]["bootstrap"]["mean"]
+        res["judge_failures"] = summary["judge_failures"]
+    return res
+
+
+def run_sweep(cfg: SweepConfig, out: str | os.PathLike, scale: str = "toy", device: str = "cpu",
+              judge: dict | None = None, log=print) -> dict:
+    """Run (or resume) the sweep into `out`; returns {"models": [row per model], ...}."""
+    from phi1.demo.runner import own_run_dir
+
+    if scale not in cfg.scales:
+        raise ConfigError(f"--scale {scale!r}: the recipe has scales {', '.join(cfg.scales) or '(none)'}")
+    sc = cfg.scales[scale]
+    out = Path(out)
+    with own_run_dir(out, OWNER):
+        tok, shards, beginnings = prepare_data(cfg, sc, out, log)
+        from phi1.model.config import preset_vocab_size
+        from phi1.tokenizer import load_tokenizer
+
+        seq_len = int((training_recipe(cfg, sc).get("data") or {}).get("seq_len", 2048))
+        models = grid(sc, preset_vocab_size("micro", len(load_tokenizer(tok))), seq_len)
+        log(f"sweep {cfg.name} ({scale}): {len(models)} models, {models[0]['params'] / 1e6:.2f}M to "
+            f"{models[-1]['params'] / 1e6:.2f}M parameters")
+        rows = []
+        for m in models:
+            log(f"sweep: {m['name']} ({m['params'] / 1e6:.2f}M parameters)")
+            model_dir = train_one(cfg, sc, m, out, tok, shards, device)
+            rows.append(evaluate_one(m, model_dir, out / "runs" / m["name"], beginnings, out, cfg, sc, device, judge))
+        result = {"name": cfg.name, "scale": scale, "judge": (judge or {}).get("model"), "models": rows}
+        atomic_write_json(out / "sweep.json", result)
+        atomic_write_text(out / "sweep.md", format_table(result))
+        plot(rows, out / "sweep.png", cfg.name)
+    return result
+
+
+def training_recipe(cfg: SweepConfig, sc: ScaleSection, extra: dict | None = None) -> dict:
+    """The training recipe with the sweep's `set`, the scale's `set` and `extra` applied (a raw dict)."""
+    from phi1.demo.config import resolve_recipe
+    from phi1.train.config import set_fields
+
+    base = read_yaml_mapping(resolve_recipe(cfg.recipe), "training recipe")
+    return set_fields(base, {**cfg.set, **sc.set, **(extra or {})})
+
+
+KEYS = ("grammar", "creativity", "consistency")
+
+
+def format_table(result: dict) -> str:
+    lines = [f"# phi1 sweep {result['name']} ({result['scale']})", "",
+             "| model | width | depth | parameters | val loss | ending loss | grammar | creativity | consistency |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["models"]:
+        f = lambda v, nd=3: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
+        lines.append(f"| {r['name']} | {r['width']} | {r['depth']} | {r['params'] / 1e6:.2f}M | {f(r['val_loss'])} | "
+                     f"{f(r['ending_loss'])} | " + " | ".join(f(r.get(k), 2) for k in KEYS) + " |")
+    lines += ["", "ending loss: nats per token of the true ending of held-out stories given their beginning; "
+              "grammar / creativity / consistency: the judge's mean grade (1-10) of each model's continuations "
+              "of those beginnings" + ("" if result["judge"] else " (no judge given: not graded)") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path | None:
+    """The TinyStories figure: each judge score and the loss against parameters, one line per depth."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = [k for k in KEYS if any(r.get(k) is not None for r in rows)] + ["val_loss", "ending_loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        for depth in sorted({r["depth"] for r in rows}):
+            pts = sorted((r["params"], r[key]) for r in rows if r["depth"] == depth and r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=f"{depth} layer{'s' if depth > 1 else ''}")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
