@@ -328,6 +328,38 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+def _wait_lock_free(out: Path, seconds: float = 10.0) -> None:
+    """The killed run's output lock is released once the kernel has closed its last descriptor; under a
+    loaded machine that can trail the last worker's exit a little. Longer than `seconds` is a leak:
+    name the processes that still hold the lock file."""
+    import fcntl
+
+    from phi1.utils.safety import OutputLock
+
+    lock = OutputLock(out, is_dir=False).lock_path
+    deadline = time.time() + seconds
+    while lock.exists():
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+        except BlockingIOError:
+            if time.time() > deadline:
+                holders = []
+                for d in filter(str.isdigit, os.listdir("/proc")):
+                    try:
+                        if any(os.path.realpath(f"/proc/{d}/fd/{f}") == str(lock.resolve())
+                               for f in os.listdir(f"/proc/{d}/fd")):
+                            holders.append((int(d), Path(f"/proc/{d}/cmdline").read_text().replace("\0", " ")[:120]))
+                    except OSError:
+                        continue
+                raise AssertionError(f"{lock} still locked {seconds:.0f}s after the kill, held by {holders}")
+        finally:
+            os.close(fd)
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_killed_stage_leaves_no_workers_and_rerun_removes_its_temps(tmp_path, big_jsonl):
     out = tmp_path / "o.jsonl"
@@ -352,6 +384,7 @@ def test_killed_stage_leaves_no_workers_and_rerun_removes_its_temps(tmp_path, bi
                 pass
     stale = list(tmp_path.glob(".o.jsonl.phi1-*.tmp"))
     assert stale  # a SIGKILL cannot clean up; the next run of this output does
+    _wait_lock_free(out)
     from phi1.data.dedup import run_dedup
 
     run_dedup(write_docs(tmp_path / "small.jsonl", 10), out, workers=1, quiet=True)

@@ -268,6 +268,35 @@ def test_programs_get_a_fresh_private_workdir(sandbox):
         assert c["status"] == "passed", "programs must not run as root"
 
 
+def test_python_trees_under_tmp_stay_importable_and_read_only(monkeypatch):
+    """A virtual environment under /tmp (CI clones live there) survives the private /tmp: its packages
+    import, read-only; the rest of /tmp is still the program's own."""
+    import shutil
+    import tempfile
+
+    lib = Path(tempfile.mkdtemp(prefix="phi1-venv-probe-", dir="/tmp"))
+    secret = lib.with_name(lib.name + ".secret")
+    secret.write_text("host file")
+    try:
+        (lib / "phi1_tmp_probe.py").write_text("VALUE = 41 + 1\n")
+        os.chmod(lib, 0o755)
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(lib), os.environ.get("PYTHONPATH")])))
+        with Sandbox(SandboxConfig(workers=1, timeout=5)) as box:
+            if box.isolation.get("tmp") != "private":
+                pytest.skip(f"no private /tmp here ({box.isolation.get('tmp')}): nothing to keep")
+            res = box.run_one("import phi1_tmp_probe\nassert phi1_tmp_probe.VALUE == 42\n")
+            assert res["status"] == "passed", res
+            res = box.run_one(f"open({str(lib / 'x.py')!r}, 'w').write('x')\n")
+            assert res["status"] == "failed" and res["exc_type"] in ("OSError", "PermissionError"), res
+            # the host's other /tmp files stay hidden: only the Python tree is brought back
+            res = box.run_one(f"import os\nassert not os.path.exists({str(secret)!r})\n")
+            assert res["status"] == "passed", res
+        assert not (lib / "x.py").exists()
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
+        secret.unlink(missing_ok=True)
+
+
 def test_file_size_limit():
     with Sandbox(SandboxConfig(workers=1, timeout=3, fsize_mb=1)) as box:
         res = box.run_one("open('big', 'wb').write(b'x' * (2 << 20))\n")

@@ -45,6 +45,28 @@ def _write_file(path: str, text: str) -> bool:
         return False
 
 
+TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+MS_RDONLY, MS_REMOUNT = 1, 32
+
+
+def _python_trees_under(tops: tuple[str, ...]) -> list[str]:
+    """The outermost directories of this Python (prefix, sys.path) that lie below one of `tops`."""
+    paths = sorted({os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, *sys.path) if p and os.path.isdir(p)})
+    below = [p for p in paths if any(p.startswith(t + "/") for t in tops)]
+    return [p for p in below if not any(p != q and p.startswith(q + "/") for q in below)]
+
+
+def _bind_back(fd: int, path: str) -> bool:
+    """Bind the directory held open as `fd` at `path` (inside a fresh tmpfs), read-only, reachable by any uid."""
+    os.makedirs(path, exist_ok=True)
+    top = next(t for t in TMP_DIRS if path.startswith(t + "/"))
+    for parent in _parents_between(top, path):
+        os.chmod(parent, 0o755)
+    os.chmod(path, 0o755)
+    return (_mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+            and _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None))
+
+
 class Boundary:
     """Namespaces, identity and limits shared by all programs of one executor."""
 
@@ -82,10 +104,20 @@ class Boundary:
             # Without MS_PRIVATE our mounts would propagate back to the host.
             if _mount(None, "/", None, MS_REC | MS_PRIVATE, None):
                 size = f"size={int(self.cfg.get('tmp_mb', 512))}m"
-                ok = _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
-                for extra in ("/var/tmp", "/dev/shm"):
-                    if os.path.isdir(extra):
-                        ok = _mount("tmpfs", extra, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}") and ok
+                # A virtual environment (or phi1 itself) living under /tmp, as in CI clones, would vanish
+                # under the new tmpfs and programs could not import numpy & co: hold each such Python
+                # tree by a descriptor across the mount and bind it back, read-only, at its own path.
+                held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in _python_trees_under(TMP_DIRS)]
+                try:
+                    ok = _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
+                    for extra in TMP_DIRS[1:]:
+                        if os.path.isdir(extra):
+                            ok = _mount("tmpfs", extra, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}") and ok
+                    for path, fd in held:
+                        ok = ok and _bind_back(fd, path)
+                finally:
+                    for _, fd in held:
+                        os.close(fd)
                 if ok:
                     mode = "private"
         tempfile.tempdir = None
