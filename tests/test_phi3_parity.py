@@ -84,6 +84,42 @@ def test_phi3_parity_both_directions(name, tmp_path):
     assert _greedy_ours(back, prompt, n) == ref_tokens, "greedy tokens differ from transformers'"
 
 
+def test_we_save_sharded_safetensors_that_transformers_loads(tmp_path, tiny_model_dir):
+    """Over max_shard_bytes our save writes transformers' shard files and index, for both families; an
+    existing directory is refused for a sharded save (its single model.safetensors would win)."""
+    from phi1.errors import Phi1Error
+
+    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(3))
+    for name, model in (("phi3", random_phi3(SHAPES["gqa"])), ("phi", load_model_dir(tiny_model_dir).eval())):
+        out = tmp_path / name
+        save_model_dir(model, out, max_shard_bytes=40_000)
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        files = sorted({f for f in index["weight_map"].values()})
+        assert len(files) > 2 and not (out / "model.safetensors").exists()
+        assert files[0] == f"model-00001-of-{len(files):05d}.safetensors" and all((out / f).exists() for f in files)
+        from safetensors.torch import load_file
+
+        tensors = {k: v for f in files for k, v in load_file(str(out / f)).items()}
+        assert set(tensors) == set(index["weight_map"])
+        assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        back = load_model_dir(out).eval()
+        ids = x[:, :16] % model.config.vocab_size
+        with torch.no_grad():
+            ours, ref, again = model(ids), hf(ids).logits, back(ids)
+        assert (ours - ref).abs().max().item() < 1e-5 and (again - ours).abs().max().item() == 0.0
+        with pytest.raises(Phi1Error, match="would be loaded instead"):  # our own index: a new directory
+            save_model_dir(model, out, max_shard_bytes=40_000)
+        single = tmp_path / f"{name}-single"
+        save_model_dir(model, single)
+        with pytest.raises(Phi1Error, match="saved sharded"):
+            save_model_dir(model, single, max_shard_bytes=40_000)
+        assert sorted(p.name for p in single.glob("*.safetensors")) == ["model.safetensors"]
+    save_model_dir(model, tmp_path / "one")  # under the default limit: one file, as before
+    assert (tmp_path / "one" / "model.safetensors").exists()
+    assert not (tmp_path / "one" / "model.safetensors.index.json").exists()
+
+
 def test_phi3_loss_and_kv_cache_match_full_forward():
     model = random_phi3(SHAPES["gqa"])
     x = torch.randint(0, V, (3, 24))

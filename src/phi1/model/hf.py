@@ -469,9 +469,30 @@ def _as_oserror(exc: BaseException, path: Path) -> OSError | None:
     return None
 
 
+MAX_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size ("5GB"): bigger models are saved sharded
+
+
+def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """The state dict cut, in order, into pieces of at most `max_bytes` (a bigger tensor is a piece alone)."""
+    pieces: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in sd.items():
+        n = t.numel() * t.element_size()
+        if pieces[-1] and size + n > max_bytes:
+            pieces.append({})
+            size = 0
+        pieces[-1][name] = t
+        size += n
+    return pieces
+
+
 def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=None,
-                   dtype: torch.dtype | None = None) -> Path:
+                   dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write an HF-format model directory without ever deleting a file phi1 did not write.
+
+    Weights over `max_shard_bytes` are written as transformers writes them: `model-0000i-of-0000N.safetensors`
+    plus `model.safetensors.index.json`; that is done only into a new directory (an existing one's
+    single `model.safetensors` would be loaded instead of the shards).
 
     A new directory is assembled under a pid-named temp name beside it and renamed into place
     (atomic). Into an existing directory, each of our files is written to a pid-named temp file
@@ -502,7 +523,13 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
         hf_sd = to_hf_state_dict(sd, cfg)
     dtype = dtype or next(model.parameters()).dtype
     hf_sd = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in hf_sd.items()}
+    if max_shard_bytes < 1:
+        raise Phi1Error(f"max_shard_bytes = {max_shard_bytes}: must be at least 1")
+    pieces = _shards(hf_sd, max_shard_bytes)
     fresh = not out_dir.exists()
+    if len(pieces) > 1 and not fresh:
+        raise Phi1Error(f"{out_dir}: exists; a model of this size is saved sharded ({len(pieces)} files), which "
+                        "phi1 writes only into a new directory: choose a new path")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         # New directory: build it beside and rename it in. Existing one: build inside, move files over.
@@ -512,13 +539,20 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
     except OSError as exc:
         raise _with_path(exc, out_dir) from None
     try:
-        try:
-            save_file(hf_sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        except Exception as exc:  # safetensors wraps I/O errors in its own type
-            err = _as_oserror(exc, out_dir / "model.safetensors")
-            if err is None:
-                raise
-            raise err from None
+        names = (["model.safetensors"] if len(pieces) == 1 else
+                 [f"model-{i:05d}-of-{len(pieces):05d}.safetensors" for i in range(1, len(pieces) + 1)])
+        for name, piece in zip(names, pieces):
+            try:
+                save_file(piece, str(tmp / name), metadata={"format": "pt"})
+            except Exception as exc:  # safetensors wraps I/O errors in its own type
+                err = _as_oserror(exc, out_dir / name)
+                if err is None:
+                    raise
+                raise err from None
+        if len(pieces) > 1:
+            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in hf_sd.values())},
+                     "weight_map": {k: name for name, piece in zip(names, pieces) for k in piece}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         hf_cfg = config_to_hf3(cfg, dtype) if phi3 else config_to_hf(cfg, dtype)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         eos = cfg.eos_token_id
