@@ -229,14 +229,10 @@ def _mean_pass(per: dict[str, float], tasks: list[str]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _mean_loss(per: dict[str, tuple[float, int]], tasks: list[str]) -> float | None:
-    s = sum(per[t][0] for t in tasks if t in per)
-    n = sum(per[t][1] for t in tasks if t in per)
-    return s / n if n else None
-
-
 def prune_table(L: Layout, taus: list[float], metric: str) -> dict:
     """The numbers of Table 3: per τ and problem half, counts, pass@1 and solution loss of both arms."""
+    from phi1.eval.loss import mean_loss
+
     study = L.root / "prune"
     best = {t: d[metric] for t, d in json.loads((study / "problems.json").read_text())["tasks"].items()}
     full_pass, full_loss = _per_task(L.eval / f"prune-{FULL}")
@@ -252,8 +248,8 @@ def prune_table(L: Layout, taus: list[float], metric: str) -> dict:
         out["thresholds"].append({
             "tau": tau, "exercises_removed": split["removed"], "exercises_kept": split["kept"],
             "halves": {h: {"problems": len(ts), "pass@1_full": _mean_pass(full_pass, ts),
-                           "pass@1_pruned": _mean_pass(arm_pass, ts), "loss_full": _mean_loss(full_loss, ts),
-                           "loss_pruned": _mean_loss(arm_loss, ts)} for h, ts in halves.items()}})
+                           "pass@1_pruned": _mean_pass(arm_pass, ts), "loss_full": mean_loss(full_loss, ts),
+                           "loss_pruned": mean_loss(arm_loss, ts)} for h, ts in halves.items()}})
     return out
 
 

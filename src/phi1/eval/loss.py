@@ -31,8 +31,16 @@ def solution_loss(model, tokenizer, problems=None, max_problems: int | None = No
     `problems` is a dict or list of `Problem`s with canonical solutions. The model's
     train/eval mode is restored afterwards, so a trainer can call this mid-run.
     """
-    per_task = solution_loss_per_task(model, tokenizer, problems, max_problems, batch_size)
-    return sum(s for s, _ in per_task.values()) / max(sum(n for _, n in per_task.values()), 1)
+    loss = mean_loss(solution_loss_per_task(model, tokenizer, problems, max_problems, batch_size))
+    return 0.0 if loss is None else loss
+
+
+def mean_loss(per_task: dict[str, tuple[float, int]], tasks=None) -> float | None:
+    """The token-weighted mean of `per_task` (task -> (summed nats, tokens)) over `tasks` (default all);
+    None when they hold no token."""
+    keys = per_task if tasks is None else [t for t in tasks if t in per_task]
+    n = sum(per_task[t][1] for t in keys)
+    return sum(per_task[t][0] for t in keys) / n if n else None
 
 
 @torch.no_grad()

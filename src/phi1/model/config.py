@@ -6,7 +6,7 @@ Field names follow Hugging Face's `PhiConfig` so that config.json maps 1:1.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from phi1.errors import ConfigError
@@ -55,6 +55,13 @@ class HeadShape:
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        """A copy with `changes` (validated again, by __post_init__)."""
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass
 class PhiConfig(HeadShape):
@@ -94,21 +101,6 @@ class PhiConfig(HeadShape):
         kw.update(overrides)
         kw["preset"] = name
         return cls(**kw)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "PhiConfig":
-        """Build from a dict, rejecting unknown keys with a message naming them."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model config field(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "PhiConfig":
-        return dataclasses.replace(self, **changes)
 
     # ---- accounting ----------------------------------------------------
     def num_parameters(self, *, include_embeddings: bool = True) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phi1.errors import ConfigError
-from phi1.model.config import HeadShape, PhiConfig, check_shape, config_error
+from phi1.model.config import HeadShape, check_shape, config_error
 
 
 @dataclass
@@ -95,10 +95,7 @@ class Phi3Config(HeadShape):
         kw["preset"] = name
         return cls(**kw)
 
-    # Field-generic, so PhiConfig's: unknown keys named, asdict, dataclasses.replace (which re-validates).
-    from_dict = classmethod(PhiConfig.from_dict.__func__)
-    to_dict = PhiConfig.to_dict
-    replace = PhiConfig.replace
+    # to_dict and replace: HeadShape
 
     # ---- accounting ----------------------------------------------------
     def num_parameters(self, *, include_embeddings: bool = True) -> int:
