@@ -112,6 +112,22 @@ def _fails(capsys, tmp_path, argv, *words):
     assert list(tmp_path.iterdir()) == []  # no file, no temp left
 
 
+def test_an_existing_file_is_replaced_only_when_an_export_wrote_it(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "m.gguf"
+    out.write_text("someone else's file\n")
+    argv = ["export", "gguf", "--model", str(tiny_model_dir), "--out", str(out), "--type", "f32", "--no-check"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not written by `phi1 export gguf`" in err and "--overwrite" in err, err
+    assert out.read_text() == "someone else's file\n" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    assert main(argv + ["--overwrite"]) == 0
+    first = out.read_bytes()
+    assert first[:4] == b"GGUF"
+    assert main(argv[:-2] + ["f16", "--no-check"]) == 0  # its own file: replaced without --overwrite
+    assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_size < len(first)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+
+
 def test_bad_architecture_is_refused(tmp_path, tiny_model_dir, capsys):
     model = tmp_path.parent / (tmp_path.name + "-qkln")
     shutil.copytree(tiny_model_dir, model)

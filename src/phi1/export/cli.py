@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--eval-text", default=None, metavar="FILE",
                    help="held-out text for the loss check in llama.cpp (default: phi1's library problems)")
     p.add_argument("--no-check", action="store_true", help="skip the loss check in llama.cpp")
-    declare_io(p, inputs=("model", "eval_text"), outputs=("out",))
+    declare_io(p, inputs=("model", "eval_text"), outputs=("out",), overwrite=True)
     p.set_defaults(func=_gguf)
     e.set_defaults(func=needs_subcommand(e))
 
@@ -35,7 +35,7 @@ def _gguf(args) -> int:
         if not f.is_file():
             raise Phi1Error(f"--eval-text {f}: file not found")
         text = f.read_text(errors="replace")
-    r = export_gguf(args.model, args.out, args.type)
+    r = export_gguf(args.model, args.out, args.type, overwrite=args.overwrite)
     print(f"wrote {r.path} ({r.arch}, {r.type}, {r.n_tensors} tensors, {r.size_bytes / 2**20:.2f} MiB"
           f"{', quantized by ' + r.quantizer if r.quantizer != 'gguf' else ''})")
     for n in r.notes:

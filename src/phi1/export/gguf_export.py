@@ -169,6 +169,19 @@ def _tensor_type(gguf, name: str, arr: np.ndarray, qtype: str):
     return Q.Q8_0
 
 
+OWNER_KEY = "phi1.exported_by"
+
+
+def _ours(path: Path) -> bool:
+    """Whether `path` is a GGUF file `phi1 export gguf` wrote (llama-quantize keeps the key too)."""
+    try:
+        from gguf import GGUFReader
+
+        return OWNER_KEY in GGUFReader(str(path), "r").fields
+    except Exception:  # not GGUF, truncated, unreadable: not ours
+        return False
+
+
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
               "q4_0": "MOSTLY_Q4_0", "q4_k_m": "ALL_F32"}
 
@@ -178,6 +191,7 @@ def _write(path: Path, arch: str, cfg, tensors: dict, vocab, qtype: str, name: s
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs each file it opens at INFO
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
+    w.add_string(OWNER_KEY, "phi1 export gguf")  # so a later export knows this file is its own to replace
     w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[qtype])))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _hparams(w, arch, cfg)
@@ -221,8 +235,10 @@ def _llama_quantize(route: str, src: Path, dst: Path, qtype: str) -> None:
                         f"(code {rc}): {tail[0]}")
 
 
-def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str = "f16") -> ExportResult:
-    """Write `model_dir` as a GGUF file of type `qtype` at `out` (atomically: nothing is left on failure)."""
+def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str = "f16",
+                overwrite: bool = False) -> ExportResult:
+    """Write `model_dir` as a GGUF file of type `qtype` at `out` (atomically: nothing is left on failure).
+    An existing `out` is replaced only when an earlier export wrote it, or with `overwrite`."""
     import torch
 
     from phi1.export.vocab import vocab_from_tokenizer
@@ -237,6 +253,9 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
         raise Phi1Error(f"--out {out}: is a directory; give the .gguf file to write")
     if not out.parent.is_dir():
         raise Phi1Error(f"--out {out}: directory {out.parent} does not exist")
+    if out.exists() and not overwrite and not _ours(out):
+        raise Phi1Error(f"--out {out}: exists and was not written by `phi1 export gguf`; choose another path, "
+                        "or pass --overwrite to replace it")
     cfg = read_config(model_dir)  # the architecture and the tokenizer are checked before any weight is read
     family = family_of(cfg)
     if family not in ("phi", "phi3"):
