@@ -1,8 +1,11 @@
 """Decode speed: phi1's generation core versus transformers' generate on the same model directory.
 
 Greedy, prompt 128 tokens, 256 new tokens (EOS ignored so every run does the
-same work), batch 1 and 16, in one run; prints tokens/s, the ratio, and the
-achieved weight-read bandwidth (bytes of weights x decode steps/s).
+same work), batch 1 and 16, in one run; prints tokens/s for phi1 and two transformers
+references -- plain `generate` (dynamic cache, eager) and `generate` with its static cache and
+a compiled forward (`generation_config.cache_implementation = "static"` plus a
+`CompileConfig`, transformers' documented fast path; --skip-hf-static leaves it out) -- the
+ratio against each, and the achieved weight-read bandwidth (bytes of weights x decode steps/s).
 
     python bench/decode.py                                   # CPU, tiny preset made in a temp dir
     python bench/decode.py --preset phi-1 --device cuda --dtype bf16 --compile
@@ -82,6 +85,22 @@ def time_hf(hf, prompts, new, pad_id):
     return dt, out[:, x.shape[1]:].tolist()
 
 
+def make_hf_static(hf, backend: str):
+    """`hf` set up as transformers documents for fast decoding: a static KV cache and the decode
+    forward compiled by `generate` (fullgraph, dynamic=False; CUDA graphs on CUDA). On CPU
+    transformers does not auto-compile, so `_compile_all_devices` asks it to (CPU dry runs)."""
+    from transformers import CompileConfig
+
+    hf.generation_config.cache_implementation = "static"
+    cuda = hf.device.type == "cuda"
+    cc = CompileConfig(fullgraph=True, dynamic=False, backend=backend,
+                       mode="reduce-overhead" if cuda and backend == "inductor" else None)
+    if not cuda:
+        cc._compile_all_devices = True
+    hf.generation_config.compile_config = cc
+    return hf
+
+
 def time_steps(model, prompt, new, mode):
     """phi1 at batch 1: "eager", "compiled" (the fixed-shape decode step through torch.compile; on CPU
     inductor's C++ code, since the CUDA-graph step is CUDA only) or "int8"/"int4" (--quantize)."""
@@ -156,7 +175,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-hf", action="store_true", help="time phi1 only (no transformers rows)")
+    ap.add_argument("--skip-hf-static", action="store_true",
+                    help="leave out the transformers static-cache + compiled row")
+    ap.add_argument("--hf-compile-backend", default="inductor",
+                    help="torch.compile backend of the transformers static row (aot_eager: a cheap CPU dry run)")
     ap.add_argument("--backend", default="hf", choices=["hf", "llama.cpp"],
                     help="what phi1 is compared with: transformers (default) or llama.cpp (CPU, batch 1)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side, interleaved; the best counts")
@@ -179,35 +202,47 @@ def main(argv=None) -> int:
             return bench_llama_cpp(args, model_dir, Path(tmp))
         dev, dt = resolve_device_dtype(args.device, args.dtype)
         model, tok = load_for_inference(model_dir, args.device, args.dtype)
-        hf = None
+        hf = hf_static = None
         if not args.skip_hf:
             hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval()
+            if not args.skip_hf_static:
+                hf_static = make_hf_static(
+                    transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval(),
+                    args.hf_compile_backend)
         wbytes = weight_bytes(model)
         gpu = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine()
         print(f"# {model_dir.name}: {model.num_parameters() / 1e6:.1f}M params, {wbytes / 1e6:.1f} MB weights, "
               f"{dev} {dt}, {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, "
               f"threads {torch.get_num_threads()}, compile={args.compile}")
         print(f"# greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored")
-        print(f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>10} {'ratio':>6} {'ours GB/s':>10} {'same':>5}")
+        print(f"# hf = transformers generate (dynamic cache, eager); hf-static = static cache + compiled "
+              f"forward ({args.hf_compile_backend}); ratios are ours / theirs")
+        print(f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>10} {'hf-static tok/s':>16} {'vs hf':>6} "
+              f"{'vs static':>9} {'ours GB/s':>10} {'same':>5}")
+        refs = {"hf": hf, "hf-static": hf_static}
         for b in [int(x) for x in args.batches.split(",")]:
             prompts = prompt_ids(tok, args.prompt_len, b)
-            t_ours = t_hf = float("inf")
-            for _ in range(args.repeats):  # interleaved, so a noisy neighbour hurts both sides alike
+            t_ours = float("inf")
+            t_ref = {k: float("inf") for k, m in refs.items() if m is not None}
+            ids_ref: dict = {}
+            for _ in range(args.repeats):  # interleaved, so a noisy neighbour hurts every side alike
                 t, ids_ours = time_ours(model, prompts, args.new_tokens, args.compile)
                 t_ours = min(t_ours, t)
-                if hf is not None:
-                    t, ids_hf = time_hf(hf, prompts, args.new_tokens, tok.eos_id)
-                    t_hf = min(t_hf, t)
+                for k in t_ref:
+                    t, ids_ref[k] = time_hf(refs[k], prompts, args.new_tokens, tok.eos_id)
+                    t_ref[k] = min(t_ref[k], t)
             ours = b * args.new_tokens / t_ours
             gbs = wbytes * args.new_tokens / t_ours / 1e9  # each decode step reads every weight once
-            if hf is not None:
-                theirs = b * args.new_tokens / t_hf
-                # Greedy agreement (first 32 tokens: long random-weight runs may drift on near-ties).
-                same = all(a[:32] == h[:32] for a, h in zip(ids_ours, ids_hf))
-                print(f"{b:>5} {ours:>11.1f} {theirs:>10.1f} {ours / theirs:>5.2f}x {gbs:>10.2f} "
-                      f"{'yes' if same else 'NO':>5}")
-            else:
-                print(f"{b:>5} {ours:>11.1f} {'-':>10} {'-':>6} {gbs:>10.2f} {'-':>5}")
+            tps = {k: b * args.new_tokens / t for k, t in t_ref.items()}
+            # Greedy agreement (first 32 tokens: long random-weight runs may drift on near-ties).
+            same = "-" if not ids_ref else "yes" if all(
+                a[:32] == h[:32] for ref in ids_ref.values() for a, h in zip(ids_ours, ref)) else "NO"
+
+            def col(k, w, fmt):
+                return f"{fmt(tps[k]):>{w}}" if k in tps else f"{'-':>{w}}"
+            print(f"{b:>5} {ours:>11.1f} {col('hf', 10, lambda v: f'{v:.1f}')} "
+                  f"{col('hf-static', 16, lambda v: f'{v:.1f}')} {col('hf', 6, lambda v: f'{ours / v:.2f}x')} "
+                  f"{col('hf-static', 9, lambda v: f'{ours / v:.2f}x')} {gbs:>10.2f} {same:>5}")
             sys.stdout.flush()
     return 0
 

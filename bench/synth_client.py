@@ -39,7 +39,7 @@ def messages(n: int) -> list[list[dict]]:
 
 
 def bench_phi1(url: str, conc: int, n: int) -> tuple[float, float, int]:
-    from phi1.synth.client import LLMClient
+    from phi1.llm.client import LLMClient
 
     client = LLMClient(url, "bench", concurrency=conc, timeout=30)
     client.run_chat_many(messages(min(n, 64)), max_tokens=32)  # warm-up: connections, imports

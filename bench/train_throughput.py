@@ -3,8 +3,10 @@
 Both models get the same weights, batch, precision, optimizer (AdamW, decay on
 matrices only, fused on CUDA), gradient clipping and compile setting; their
 steps are timed in alternating rounds so that load from other processes hits
-both alike. Prints tokens/s, MFU (GPU only: against the per-GPU peak table in
-phi1.train.metrics), peak memory, and the ratio ours/theirs.
+both alike. Prints tokens/s, achieved TFLOP/s, MFU (GPU only: against the datasheet's
+dense bf16 peak in phi1.train.metrics, 989 TFLOP/s for H100 SXM/H200), peak memory, and
+the ratio ours/theirs. `--compile` compiles ours per block, as the trainer does, and
+transformers' model whole (`model.compile()`). `--skip-hf` times ours alone.
 
     python bench/train_throughput.py                       # CPU, tiny preset, fp32
     python bench/train_throughput.py --preset tiny3        # the same for the phi-3 family
@@ -25,6 +27,7 @@ import torch
 
 from phi1.model.family import build_model, config_from_preset
 from phi1.model.hf import save_model_dir
+from phi1.train.distributed import World, prepare_model
 from phi1.train.metrics import peak_flops
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,6 +79,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--skip-hf", action="store_true", help="time phi1 only (no transformers model)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,23 +91,24 @@ def main() -> None:
         cfg = cfg.replace(pad_token_id=None)
     torch.manual_seed(0)
     ours = build_model(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model_dir(ours, tmp)
-        theirs = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+    theirs = None
+    if not args.skip_hf:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model_dir(ours, tmp)
+            theirs = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+        theirs.to(device).train()
+        if args.compile:
+            theirs.compile()
     ours.to(device).train()
-    theirs.to(device).train()
-    if args.compile:
-        ours.compile()
-        theirs.compile()
+    ours = prepare_model(ours, World(device=device), activation_checkpointing=False, compile=args.compile)
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
     inp, tgt = x[:, :-1], x[:, 1:]
     # transformers shifts labels itself (T-1 predictions from the same T-token forward).
-    steps = {
-        "phi1": make_step(ours, lambda a, b: ours(a, b)[1], device, dtype),
-        "transformers": make_step(theirs, lambda a, b: theirs(input_ids=a, labels=a).loss, device, dtype),
-    }
+    steps = {"phi1": make_step(ours, lambda a, b: ours(a, b)[1], device, dtype)}
+    if theirs is not None:
+        steps["transformers"] = make_step(theirs, lambda a, b: theirs(input_ids=a, labels=a).loss, device, dtype)
     feeds = {"phi1": (inp, tgt), "transformers": (inp, None)}
     first = {k: float(steps[k](*feeds[k])) for k in steps}  # same weights and data: ~the same first loss
     for _ in range(args.warmup):
@@ -133,16 +138,19 @@ def main() -> None:
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"train step: preset={args.preset} ({cfg.num_parameters() / 1e6:.1f}M params) seq_len={args.seq_len} "
           f"batch={args.batch} dtype={args.dtype} compile={args.compile} on {where}; torch {torch.__version__}")
-    print(f"first-step loss: phi1 {first['phi1']:.5f}  transformers {first['transformers']:.5f}")
-    print(f"{'impl':<14}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}")
+    print("first-step loss: " + "  ".join(f"{k} {v:.5f}" for k, v in first.items()))
+    print(f"{'impl':<14}{'ms/step':>10}{'tokens/s':>12}{'TFLOP/s':>9}{'MFU':>8}{'peak GB':>9}")
     tps = {}
     for k in steps:
         med = statistics.median(times[k])
         tps[k] = tokens / med
         mfu = f"{fpt * tps[k] / peak:.1%}" if peak else "n/a"
         mem = f"{peak_mem[k]:.2f}" if peak_mem[k] is not None else "n/a"
-        print(f"{k:<14}{med * 1e3:>10.1f}{tps[k]:>12.0f}{mfu:>8}{mem:>9}")
-    print(f"ratio phi1/transformers tokens/s: {tps['phi1'] / tps['transformers']:.2f}x")
+        print(f"{k:<14}{med * 1e3:>10.1f}{tps[k]:>12.0f}{fpt * tps[k] / 1e12:>9.2f}{mfu:>8}{mem:>9}")
+    if "transformers" in tps:
+        print(f"ratio phi1/transformers tokens/s: {tps['phi1'] / tps['transformers']:.2f}x")
+    if peak:
+        print(f"MFU is against {peak / 1e12:.0f} TFLOP/s, the datasheet's dense bf16 peak for this GPU")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,38 @@ def test_pipeline_killed_mid_stage_resumes_without_paying_twice(tmp_path):
         assert len(srv.requests) - before == n_docs - answered  # nothing asked twice
         got = list(iter_records(work / "annotate"))
         assert len(got) == n_docs and all(r["meta"]["edu_label"] == 3 for r in got)
+
+
+def test_stage_dir_left_by_a_killed_runner_is_resumed_not_refused(tmp_path):
+    """A runner killed between creating a stage directory and renaming its marker into place leaves
+    only its pid-named temp file there (found by CI: the demo's killed child); the rerun takes the
+    directory over. A file the user put there is still refused."""
+    import subprocess
+    import sys
+
+    from phi1.data.pipeline import run_pipeline
+    from phi1.errors import Phi1Error
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("def f(x):\n    return x + 1\n")
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "workers": 1,
+                                    "stages": [{"name": "collect", "sources": [str(src)]}]}))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    sdir = tmp_path / "work" / "collect"
+    sdir.mkdir(parents=True)
+    stale = sdir / f".stage.json.phi1-{dead}-x1y2.tmp"
+    stale.write_text("{")
+    res = run_pipeline(pipe, quiet=True)
+    assert [r["status"] for r in res] == ["ran"] and not stale.exists()
+    assert _ids(sdir)
+    other = tmp_path / "work2" / "collect"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    pipe.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work2"), "workers": 1,
+                                    "stages": [{"name": "collect", "sources": [str(src)]}]}))
+    with pytest.raises(Phi1Error, match="was not written by stage 'collect'"):
+        run_pipeline(pipe, quiet=True)
+    assert (other / "notes.txt").read_text() == "mine"

@@ -24,9 +24,9 @@ def micro_recipe(tmp_path: Path, stdlib_slice, **extra) -> Path:
     base = yaml.safe_load((RECIPES / "demo-tiny.yaml").read_text())
     base.update({
         "name": "demo-micro",
-        "corpus": {"python_stdlib": False, "paths": [str(p) for p in stdlib_slice], "exclude": []},
+        "data": {**base["data"], "collect": {"python_stdlib": False, "sources": [str(p) for p in stdlib_slice]}},
         "tokenizer": {"vocab_size": 600},
-        "data": {**base["data"], "val_fraction": 0.2},
+        "pack": {"val_fraction": 0.2},
         "model_preset": "micro",
         "pretrain": {"recipe": "tiny-pretrain.yaml", "set": MICRO_TRAIN},
         "finetune": {"recipe": "tiny-finetune.yaml", "set": {**MICRO_TRAIN, "train.max_steps": 2}},
@@ -51,13 +51,21 @@ def test_demo_micro_end_to_end_with_resume(tmp_path, stdlib_slice):
     proc = subprocess.Popen(phi1_cmd("demo", "--recipe", recipe, "--out", run), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = run / ".stages" / "dedup.json"
+
+    def dedup_done() -> bool:
+        try:
+            return json.loads(marker.read_text()).get("status") == "done"
+        except (OSError, ValueError):
+            return False
+
     deadline = time.time() + 240
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    while not dedup_done() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert marker.exists(), "the demo never finished its dedup stage"
+    assert dedup_done(), "the demo never finished its dedup stage"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in (run / ".stages").glob("*.json")}
+    done = [p for p in (run / ".stages").glob("*.json") if json.loads(p.read_text())["status"] == "done"]
+    before = {p.name: p.stat().st_mtime_ns for p in done}
     assert "collect.json" in before and "report.json" not in before
 
     # Rerun the same command: finished stages are skipped, the rest completes.

@@ -18,7 +18,8 @@ import pytest
 from phi1.errors import ConfigError, Phi1Error
 from phi1.eval.execute import execute_samples, format_summary
 from phi1.eval.passk import pass_at_k, pass_at_k_table
-from phi1.eval.problems import load_humaneval, truncate, HUMANEVAL_STOP
+from phi1.eval.problems import load_humaneval, HUMANEVAL_STOP
+from phi1.infer.textstream import truncate_at_stop
 from phi1.eval.sandbox import Sandbox, SandboxConfig
 
 
@@ -66,9 +67,9 @@ def test_pass_at_k_table_uses_every_k_up_to_smallest_n():
 
 
 def test_truncate_at_first_stop():
-    assert truncate("    return 1\n\ndef g():\n    pass", HUMANEVAL_STOP) == "    return 1\n"
-    assert truncate("    x = 1\n# note\nif x:", HUMANEVAL_STOP) == "    x = 1"
-    assert truncate("    return 2", HUMANEVAL_STOP) == "    return 2"
+    assert truncate_at_stop("    return 1\n\ndef g():\n    pass", HUMANEVAL_STOP) == ("    return 1\n", True)
+    assert truncate_at_stop("    x = 1\n# note\nif x:", HUMANEVAL_STOP) == ("    x = 1", True)
+    assert truncate_at_stop("    return 2", HUMANEVAL_STOP) == ("    return 2", False)
 
 
 # -- canonical and broken solutions ----------------------------------------------------

@@ -180,7 +180,7 @@ def test_q4_k_m_through_llama_cpp_quantizer(tmp_path, tiny_model_dir):
 def test_quant_linear_matches_its_groups():
     import torch
 
-    from phi1.infer.quantize import QuantLinear
+    from phi1.model.quantize import QuantLinear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(128, 48)
@@ -197,7 +197,7 @@ def test_quant_linear_matches_its_groups():
 
 def test_int8_solution_loss_delta_and_cli(tiny_model_dir, fp32, capsys):
     from phi1.eval.loss import solution_loss
-    from phi1.infer.quantize import quantize_model
+    from phi1.model.quantize import quantize_model
     from phi1.model import load_for_inference
 
     model, tok = fp32

@@ -135,8 +135,10 @@ def test_demo_with_the_paper_tokenizer_fails_first_when_it_is_missing(tmp_path, 
     from phi1.demo.pipeline import run_demo
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the judge's settings pass: the tokenizer is what is missing
     with pytest.raises(Phi1Error, match=r"tokenizer\.path = 'Salesforce/codegen-350M-mono': not a local directory"):
-        run_demo(load_demo_config(RECIPES / "phi-1.yaml"), tmp_path / "run", log=lambda *a: None)
+        run_demo(load_demo_config(RECIPES / "phi-1.yaml"), tmp_path / "run", endpoint="http://127.0.0.1:9/v1",
+                 log=lambda *a: None)
     assert not (tmp_path / "run" / "data").exists()  # before any stage ran
 
 

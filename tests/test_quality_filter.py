@@ -243,11 +243,11 @@ def test_demo_endpoint_drives_annotation(tmp_path):
     ann = data_pipeline(cfg, L, endpoint="http://127.0.0.1:8000/v1", model="judge", api_key_env="KEY")["stages"][2]
     assert ann["endpoint"] == "http://127.0.0.1:8000/v1" and ann["model"] == "judge" and ann["api_key_env"] == "KEY"
     assert "endpoint" not in data_pipeline(cfg, L)["stages"][2]
-    cfg.data.annotator = "rules"
+    cfg.data.annotate.annotator = "rules"
     assert "endpoint" not in data_pipeline(cfg, L, endpoint="http://x/v1")["stages"][2]
     paper = load_demo_config("phi-1.yaml").data
-    assert paper.encoder == "hf:Salesforce/codegen-350M-mono" and paper.annotate_api_key_env == "OPENAI_API_KEY"
-    assert paper.filter_keep_tokens == 6_000_000_000
+    assert paper.classify.encoder == "hf:Salesforce/codegen-350M-mono" and paper.annotate.api_key_env == "OPENAI_API_KEY"
+    assert paper.filter.keep_tokens == 6_000_000_000
 
 
 # ---- the token budget ---------------------------------------------------------------------------

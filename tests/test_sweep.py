@@ -14,7 +14,7 @@ import pytest
 
 from fake_openai import FakeOpenAI, prompt_of_body
 from phi1.errors import Phi1Error
-from phi1.train.sweep import grid, iter_stories, load_sweep_config, split_story
+from phi1.demo.sweep import grid, iter_stories, load_sweep_config, split_story
 
 
 def story_for(prompt: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from phi1.errors import ConfigError
-from phi1.synth.client import LLMClient, parse_endpoints, parse_retry_after
+from phi1.llm.client import LLMClient, parse_endpoints, parse_retry_after
 
 MSG = [{"role": "user", "content": "tell me a story about a red kite"}]
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from fake_openai import FakeOpenAI
-from phi1.synth.judge import JudgeConfig, load_items, run_judge
-from phi1.synth.rubric import CODE_RUBRIC, STORY_RUBRIC, judge_messages, mean_ci, parse_scores
+from phi1.eval.judge import JudgeConfig, load_items, run_judge
+from phi1.eval.rubric import CODE_RUBRIC, STORY_RUBRIC, judge_messages, mean_ci, parse_scores
 from phi1.utils.io import read_jsonl
 
 KEYS = STORY_RUBRIC.keys

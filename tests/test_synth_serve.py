@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from serve_support import running_server
 
-from phi1.synth.client import LLMClient
+from phi1.llm.client import LLMClient
 from phi1.synth.job import JobConfig, run_job
 from phi1.utils.io import read_jsonl
 

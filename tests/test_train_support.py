@@ -150,3 +150,9 @@ def make_gate_callback(gate: str, timeout: float = 120.0):
         return {"gate": 1.0}
 
     return callback
+
+
+@pytest.fixture(scope="module")
+def stdlib_shards(tmp_path_factory, tokenizer_dir, stdlib_slice):
+    """The stdlib slice packed once per test module."""
+    return pack_stdlib(tokenizer_dir, stdlib_slice, tmp_path_factory.mktemp("packed"))

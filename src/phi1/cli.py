@@ -20,14 +20,14 @@ from phi1.utils.safety import oserror_line
 
 # One module per area; each defines register(subparsers).
 COMMAND_MODULES = (
-    "phi1.model.cli",      # model init/info, tokenizer train, generate
+    "phi1.model.cli",      # model init/info, tokenizer train
     "phi1.data.cli",       # data collect/dedup/annotate/classify/filter/decontaminate/mine-exercises/pack/run
     "phi1.train.cli",      # train
     "phi1.eval.cli",       # eval execute/humaneval/mbpp/loss/judge
-    "phi1.infer.cli",      # serve
+    "phi1.infer.cli",      # generate, serve
     "phi1.synth.cli",      # synth textbooks/exercises/stories/validate
     "phi1.inspect.cli",    # inspect attention/neurons, compare
-    "phi1.demo.cli",       # demo, ablate, report
+    "phi1.demo.cli",       # demo, ablate, report, sweep
     "phi1.export.cli",     # export gguf
 )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from phi1.errors import Phi1Error
+from phi1.utils.io import read_json
 
 EOS_TOKEN = "<|endoftext|>"
 SPACE_RUNS = range(2, 32)  # codegen adds "  " .. 31 spaces
@@ -152,13 +153,10 @@ def _load_backend(path: Path) -> PhiTokenizer:
     eos, bos = EOS_TOKEN, ""
     cfg_file = path / "tokenizer_config.json"
     if cfg_file.exists():
-        try:
-            cfg = json.loads(cfg_file.read_text())
-            e, b = cfg.get("eos_token"), cfg.get("bos_token")
-            eos = (e.get("content") if isinstance(e, dict) else e) or EOS_TOKEN
-            bos = (b.get("content") if isinstance(b, dict) else b) or ""
-        except json.JSONDecodeError as exc:
-            raise Phi1Error(f"{cfg_file}: malformed JSON ({exc.msg})") from None
+        cfg = read_json(cfg_file, "tokenizer config", expect=dict)
+        e, b = cfg.get("eos_token"), cfg.get("bos_token")
+        eos = (e.get("content") if isinstance(e, dict) else e) or EOS_TOKEN
+        bos = (b.get("content") if isinstance(b, dict) else b) or ""
     tj = path / "tokenizer.json"
     if tj.exists():
         try:
@@ -175,10 +173,7 @@ def _load_backend(path: Path) -> PhiTokenizer:
         tok.decoder = ByteLevelDecoder()
         added = path / "added_tokens.json"
         if added.exists():
-            try:
-                extra = json.loads(added.read_text())
-            except json.JSONDecodeError as exc:
-                raise Phi1Error(f"{added}: malformed JSON ({exc.msg})") from None
+            extra = read_json(added, "added tokens", expect=dict)
             for content, want in sorted(extra.items(), key=lambda kv: kv[1]):
                 if tok.token_to_id(content) is None:
                     tok.add_tokens([AddedToken(content, normalized=False)])

@@ -1,7 +1,7 @@
 """`phi1 data annotate`: educational-value labels (0-5) for a sample of records.
 
 With `endpoint`, an LLM judge scores each sampled record through any
-OpenAI-compatible server (the shared `phi1.synth.client.LLMClient`: bounded
+OpenAI-compatible server (the shared `phi1.llm.client.LLMClient`: bounded
 concurrency, retries). Every answer is appended to a cache keyed by the hash of
 (prompt version, model, text) as soon as it arrives, so a rerun, or a run after
 an interruption or an unreachable endpoint, never pays for the same record
@@ -189,7 +189,7 @@ class AnnotateStage:
         if self.endpoint and self.api_key_env and not os.environ.get(self.api_key_env):
             raise ConfigError(f"annotate.api_key_env: environment variable {self.api_key_env} is not set; export it "
                               "with the judge's key, or set api_key_env to null for a server without one "
-                              "(demo recipes: data.annotate_api_key_env)")
+                              "(demo recipes: data.annotate.api_key_env)")
 
 
 def run_annotate(input_path: str | os.PathLike, output_path: str | os.PathLike, *, workers: int = 0,
@@ -307,7 +307,7 @@ class _Judge:
 
 def _llm_labels(texts, cfg, cache_path, report, quiet):
     """Labels for `texts` from the judge in `cfg` (an `AnnotateStage`), through the cache at `cache_path`."""
-    from phi1.synth.client import LLMClient
+    from phi1.llm.client import LLMClient
 
     cache = load_cache(cache_path)
     keys = [cache_key(t, cfg.model, cfg.scale) for t in texts]

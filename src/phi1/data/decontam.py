@@ -211,6 +211,7 @@ def run_decontaminate(
     use_ast: bool | None = None,
     embedding: str | None = None,
     embedding_threshold: float | None = None,
+    embedding_ast_floor: float | None = None,
     ratio_threshold: float | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
@@ -227,7 +228,8 @@ def run_decontaminate(
     opts = given(benchmarks=None if benchmarks is None else list(benchmarks),
                  benchmark_files=None if benchmark_files is None else list(benchmark_files), ngram=ngram,
                  ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast, embedding=embedding,
-                 embedding_threshold=embedding_threshold, ratio_threshold=ratio_threshold)
+                 embedding_threshold=embedding_threshold, embedding_ast_floor=embedding_ast_floor,
+                 ratio_threshold=ratio_threshold)
     deco = Decontaminator(**DecontaminateStage(**opts).decontaminator_kwargs())  # a bad benchmark fails here
     hits: list[dict] = []
     report, _ = run_stage_file("decontaminate", opts, input_path, output_path, rejected=rejected,

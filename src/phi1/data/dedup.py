@@ -9,26 +9,29 @@ import os
 
 from phi1.data.records import StageReport, finish_report, given
 
+DEDUP_THRESHOLD = 0.85
+"""The near-duplicate Jaccard threshold of the in-memory index (`steps.MinhashIndex`, synthetic data
+validation); the corpus dedup stage's default is its bands' 50% point (9 x 14, about 0.855).
+Defined once, here: a light module, so CLIs import it without datatrove."""
+
 
 def run_dedup(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
-    threshold: float | None = None,
-    max_hashes: int | None = None,
-    shingle: int | None = None,
-    seed: int | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
+    **options,
 ) -> StageReport:
-    """Drop exact and near duplicates; each dropped record names the one kept (`meta.duplicate_of`)."""
+    """Drop exact and near duplicates; each dropped record names the one kept (`meta.duplicate_of`).
+    `options` are `DedupStage` fields (None keeps the default)."""
     from phi1.data.pipeline import run_stage_file
     from phi1.data.steps import DedupStage
 
-    opts = given(threshold=threshold, max_hashes=max_hashes, shingle=shingle, seed=seed)
+    opts = given(**options)
     examples: list[dict] = []
 
     def note(rec: dict) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from phi1.errors import ConfigError, Phi1Error
+from phi1.utils.device import DEVICE_CHOICES, DTYPE_CHOICES, DTYPES, device_ok
 
 ENCODER_HELP = ("hf:DIR_OR_NAME (any transformers AutoModel, e.g. hf:Salesforce/codegen-350M-mono as in the paper; "
                 "pooled final hidden states) | hashing (hashed code-token n-grams; no model) | minilm (bundled "
@@ -218,14 +219,14 @@ class EncoderRun:
     The classify-score stage inherits these; the only place their defaults live."""
 
     device: str = "auto"            # auto = cuda when available, else cpu | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"             # auto = bfloat16 on cuda, float32 on cpu | float32 | bfloat16 | float16
+    dtype: str = "auto"             # auto = bfloat16 on cuda (if supported), else float32 | float32 | bfloat16 | float16
     batch_size: int = 32            # documents per forward pass
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
-            raise ConfigError(f"device: {self.device!r} is not auto, cpu, mps, cuda or cuda:N")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: {self.dtype!r} is not one of {DTYPE_CHOICES}")
+        if not device_ok(self.device):
+            raise ConfigError(f"device: {self.device!r} is not one of {DEVICE_CHOICES}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size: {self.batch_size!r} must be a whole number >= 1")
 
@@ -255,23 +256,18 @@ class EncoderOptions(EncoderRun):
 
 
 POOLINGS = ("mean", "last")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 def resolve_device(device: str) -> str:
-    import torch
+    """The encoder's device as a string (phi1.utils.device decides)."""
+    from phi1.utils.device import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Phi1Error(f"device {device}: CUDA is not available on this machine; use --device cpu (or auto)")
-    return device
+    return str(resolve(device, what="device"))
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype
+    """The encoder's dtype as its canonical name ("bfloat16"; phi1.utils.device decides)."""
+    from phi1.utils.device import dtype_name, resolve_dtype as resolve
+
+    return dtype_name(resolve(dtype, device, what="dtype"))
 
 
 def minilm_path() -> Path:

@@ -142,6 +142,8 @@ def run_mine(
     min_doc_chars: int | None = None,
     min_body_lines: int | None = None,
     max_body_lines: int | None = None,
+    max_prompt_chars: int | None = None,
+    allow_private: bool | None = None,
     workers: int = 0,
     skip_bad_lines: bool = False,
     rejected: str | None = None,
@@ -156,7 +158,8 @@ def run_mine(
 
     opts = given(decontaminate=decontaminate, benchmarks=None if benchmarks is None else list(benchmarks),
                  benchmark_files=None if benchmark_files is None else list(benchmark_files),
-                 min_doc_chars=min_doc_chars, min_body_lines=min_body_lines, max_body_lines=max_body_lines)
+                 min_doc_chars=min_doc_chars, min_body_lines=min_body_lines, max_body_lines=max_body_lines,
+                 max_prompt_chars=max_prompt_chars, allow_private=allow_private)
     cfg = MineStage(**opts)
     if cfg.decontaminate:
         Decontaminator(list(cfg.benchmarks), list(cfg.benchmark_files))  # a bad benchmark fails here, once

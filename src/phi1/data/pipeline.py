@@ -26,7 +26,7 @@ from typing import Any
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_json
-from phi1.utils.safety import OutputLock
+from phi1.utils.safety import OutputLock, clean_stale_temps, user_entries
 
 _TOP = {"workdir", "stages", "workers", "tasks", "skip_bad_lines", "write_rejected", "executor", "description",
         "slurm", "ray"}
@@ -64,10 +64,15 @@ def _is(value: Any, typ: type) -> bool:
 
 def load_pipeline(path: str | os.PathLike, workdir: str | None = None) -> PipelineConfig:
     """Parse and validate a pipeline YAML file; names the field and what is allowed on error."""
+    path = Path(path)
+    return parse_pipeline(read_yaml_mapping(path, "pipeline"), path, workdir)
+
+
+def parse_pipeline(raw: dict, path: str | os.PathLike, workdir: str | None = None) -> PipelineConfig:
+    """A pipeline from its mapping (what the YAML file holds); `path` names it in errors."""
     from phi1.data.steps import KINDS, stage_config
 
     path = Path(path)
-    raw = read_yaml_mapping(path, "pipeline")
     unknown = set(raw) - _TOP
     if unknown:
         raise ConfigError(f"{path}: unknown top-level field(s) {sorted(unknown)}; allowed: {sorted(_TOP)}")
@@ -142,27 +147,36 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
                  tasks: int | None = None, workers: int | None = None, dry_run: bool = False,
                  ray_address: str | None = None, slurm_partition: str | None = None) -> list[dict]:
     """Run every stage not already finished with the same fingerprint; one status dict per stage."""
+    from phi1.utils.stagegraph import StageGraph
+
     cfg = load_pipeline(path, workdir)
     ec = exec_config(cfg, executor=executor, tasks=tasks, workers=workers, dry_run=dry_run, ray_address=ray_address,
                      slurm_partition=slurm_partition, quiet=quiet)
-    by_name = {s.name: s for s in cfg.stages}
-    if until is not None and until not in by_name:
-        raise ConfigError(f"--until {until}: no stage of that name in {path}; stages: {', '.join(by_name)}")
+    names = [s.name for s in cfg.stages]
+    if until is not None and until not in names:
+        raise ConfigError(f"--until {until}: no stage of that name in {path}; stages: {', '.join(names)}")
     cfg.workdir.mkdir(parents=True, exist_ok=True)
+    graph = StageGraph(pipeline_stages(cfg, ec), log=lambda msg: print(msg, file=sys.stderr))
     with OutputLock(cfg.workdir, is_dir=True, what="pipeline workdir"):
-        results = _run_stages(cfg, ec, by_name, force=force, until=until, quiet=quiet)
+        results = [{**r, "output": str(stage_dir(cfg, r["stage"]))}
+                   for r in graph.run(until=until, force=force, quiet=quiet)]
     atomic_write_json(cfg.workdir / "pipeline.report.json",
                       {"pipeline": str(path), "executor": ec.executor, "tasks": ec.tasks, "workers": ec.workers,
                        "stages": results})
     return results
 
 
-def _run_stages(cfg: PipelineConfig, ec, by_name: dict, *, force: bool, until: str | None, quiet: bool) -> list[dict]:
-    from phi1.data.engine import read_manifest, run_blocks
-    from phi1.data.steps import KINDS, StageContext, classifier_path, stage_config
+def pipeline_stages(cfg: PipelineConfig, ec) -> list:
+    """The pipeline's stages for the stage graph (`phi1.utils.stagegraph`): each one typed config
+    (its kind's dataclass, with `@stage` references resolved to paths), the stages it reads, its
+    outside input, and the datatrove blocks that carry it out. A stage's `manifest.json` records
+    the fingerprint it finished with."""
+    from phi1.data.engine import read_manifest
+    from phi1.data.steps import classifier_path, stage_config
+    from phi1.utils.stagegraph import Stage
 
-    fingerprints: dict[str, str] = {}
-    results = []
+    by_name = {s.name: s for s in cfg.stages}
+    stages = []
     for spec in cfg.stages:
         sdir = stage_dir(cfg, spec.name)
         opts = {}
@@ -172,48 +186,46 @@ def _run_stages(cfg: PipelineConfig, ec, by_name: dict, *, force: bool, until: s
                 v = str(classifier_path(stage_dir(cfg, ref.name)) if ref.kind == "classify-train"
                         else stage_dir(cfg, ref.name))
             opts[k] = v
-        upstream = [fingerprints[r] for r in _refs(spec, by_name)]
-        input_path = None
-        if spec.input is not None:
-            if spec.input in by_name:
-                input_path = stage_dir(cfg, spec.input)
-            else:
-                input_path = Path(spec.input)
-                upstream.append(_stamp(input_path))
-        fp = hashlib.sha256(json.dumps([spec.kind, opts, upstream, str(input_path), ec.tasks, cfg.skip_bad_lines,
-                                        cfg.write_rejected], sort_keys=True, default=str).encode()).hexdigest()[:16]
-        fingerprints[spec.name] = fp
-        m = read_manifest(sdir)
-        if not force and m is not None and m.get("fingerprint") == fp:
-            if not quiet:
-                print(f"[{spec.name}] finished earlier, skipping ({sdir})", file=sys.stderr)
-            results.append({"stage": spec.name, "status": "skipped", "output": str(sdir)})
-            if until == spec.name:
-                break
-            continue
-        _claim_stage_dir(sdir, spec, fp, ec.tasks, force)
+        external = spec.input is not None and spec.input not in by_name
+        input_path = (Path(spec.input) if external else stage_dir(cfg, spec.input)) if spec.input else None
         stage_cfg = stage_config(spec.kind, opts, f"stage {spec.name!r} ({spec.kind})")
-        ctx = StageContext(spec.name, sdir, input_path, ec.tasks, cfg.skip_bad_lines, cfg.write_rejected, fp, spec.kind)
-        blocks = KINDS[spec.kind][1](ctx, stage_cfg)
-        if not quiet:
-            print(f"[{spec.name}] {spec.kind}: {len(blocks)} block(s), {ec.tasks} task(s) on {ec.executor} -> {sdir}",
-                  file=sys.stderr)
-        t0 = time.perf_counter()
-        run_blocks(blocks, sdir / "logs", ec, spec.name)
-        if ec.executor == "slurm":
-            results.append({"stage": spec.name, "status": "submitted", "output": str(sdir)})
-            continue
-        m = read_manifest(sdir)
-        if m is None or m.get("fingerprint") != fp:
-            raise Phi1Error(f"[{spec.name}] finished without its manifest; see {sdir / 'logs'}")
-        if not quiet:
-            print(f"[{spec.name}] kept {m['kept']}, dropped {m['dropped'] or 'none'} "
-                  f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
-        results.append({"stage": spec.name, "status": "ran", "output": str(sdir),
-                        "summary": {k: m[k] for k in ("kept", "rejected", "dropped")}})
-        if until == spec.name:
-            break
-    return results
+        config = {"kind": spec.kind, "options": stage_cfg, "input": str(input_path), "tasks": ec.tasks,
+                  "skip_bad_lines": cfg.skip_bad_lines, "write_rejected": cfg.write_rejected}
+
+        def finished(fp, sdir=sdir):
+            m = read_manifest(sdir)
+            return m is not None and m.get("fingerprint") == fp
+
+        stages.append(Stage(
+            spec.name, spec.kind, config, after=tuple(_refs(spec, by_name)),
+            inputs=(input_path,) if external else (),
+            run=lambda fp, spec=spec, sdir=sdir, stage_cfg=stage_cfg, input_path=input_path:
+                _run_data_stage(cfg, ec, spec, sdir, stage_cfg, input_path, fp),
+            finished=None if ec.executor == "slurm" else finished))
+    return stages
+
+
+def _run_data_stage(cfg: PipelineConfig, ec, spec: StageSpec, sdir: Path, stage_cfg, input_path, fp: str) -> dict:
+    from phi1.data.engine import read_manifest, run_blocks
+    from phi1.data.steps import KINDS, StageContext
+
+    _claim_stage_dir(sdir, spec, fp, ec.tasks, force=False)  # a finished stage's manifest is cleared there
+    ctx = StageContext(spec.name, sdir, input_path, ec.tasks, cfg.skip_bad_lines, cfg.write_rejected, fp, spec.kind)
+    blocks = KINDS[spec.kind][1](ctx, stage_cfg)
+    if not ec.quiet:
+        print(f"[{spec.name}] {spec.kind}: {len(blocks)} block(s), {ec.tasks} task(s) on {ec.executor} -> {sdir}",
+              file=sys.stderr)
+    t0 = time.perf_counter()
+    run_blocks(blocks, sdir / "logs", ec, spec.name)
+    if ec.executor == "slurm":
+        return {"submitted": True}
+    m = read_manifest(sdir)
+    if m is None or m.get("fingerprint") != fp:
+        raise Phi1Error(f"[{spec.name}] finished without its manifest; see {sdir / 'logs'}")
+    if not ec.quiet:
+        print(f"[{spec.name}] kept {m['kept']}, dropped {m['dropped'] or 'none'} "
+              f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+    return {k: m[k] for k in ("kept", "rejected", "dropped")}
 
 
 def _claim_stage_dir(sdir: Path, spec: StageSpec, fp: str, tasks: int, force: bool) -> None:
@@ -221,10 +233,13 @@ def _claim_stage_dir(sdir: Path, spec: StageSpec, fp: str, tasks: int, force: bo
     wrote when options changed, refuse a directory the runner did not write."""
     marker = sdir / "stage.json"
     if sdir.exists():
+        # A runner killed between creating the directory and renaming its marker into place leaves
+        # only its own pid-named temporary file: that is ours to remove, not a foreign directory.
+        clean_stale_temps(sdir)
         try:
             prev = json.loads(marker.read_text())
         except FileNotFoundError:
-            if any(sdir.iterdir()):
+            if user_entries(sdir):
                 raise Phi1Error(f"{sdir}: exists and was not written by stage {spec.name!r} of this pipeline; "
                                 "move it away (or use another --workdir), then rerun") from None
             prev = None
@@ -249,17 +264,6 @@ def _refs(spec: StageSpec, by_name: dict) -> list[str]:
     return refs
 
 
-def _stamp(path: Path) -> str:
-    if not path.exists():
-        raise Phi1Error(f"{path}: pipeline input not found")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return f"{path}:" + hashlib.sha256("".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                                   for p in files).encode()).hexdigest()[:16]
-    st = path.stat()
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-
-
 # ---- one stage, file in, file out: the single-stage commands --------------------------------------
 
 def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejected=None,
@@ -277,6 +281,7 @@ def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejecte
     from phi1.data.shardfiles import expand_record_inputs
     from phi1.data.steps import KINDS, StageContext, config_dict, stage_config
     from phi1.utils.procs import resolve_workers
+    from phi1.utils.stagegraph import stamp
 
     cfg = stage_config(kind, dict(options), kind)
     inp = Path(input_path) if input_path is not None else None
@@ -290,7 +295,7 @@ def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejecte
     out = Path(output_path)
     with RecordSink(out, report, rejected, inputs=inputs, overwrite=overwrite) as sink:
         sdir = out.parent / f".{out.name}.stage"
-        fp = hashlib.sha256(json.dumps([kind, config_dict(cfg), _stamp(inp) if inp is not None else None, n,
+        fp = hashlib.sha256(json.dumps([kind, config_dict(cfg), stamp(inp) if inp is not None else None, n,
                                         skip_bad_lines], sort_keys=True, default=str).encode()).hexdigest()[:16]
         m = read_manifest(sdir)
         done = m is not None and m.get("fingerprint") == fp

@@ -35,11 +35,6 @@ def given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def make_record(text: str, id: str | None = None, **meta: Any) -> dict:
-    """A record with `id` (content hash prefix when not given), `text` and `meta`."""
-    return {"id": id or content_hash(text)[:16], "text": text, "meta": dict(meta)}
-
-
 @dataclass
 class StageReport:
     """What a stage kept, dropped and why; written as `<out>.report.json`."""

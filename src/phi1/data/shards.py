@@ -16,7 +16,6 @@ read, so a pack interrupted half way leaves nothing that looks complete.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from phi1.errors import Phi1Error
+from phi1.utils.io import read_json
 from phi1.utils.safety import describe_oserror, temp_prefix
 
 MAGIC = b"PHI1TOK\0"
@@ -168,10 +168,7 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise Phi1Error(f"{root}: shard directory not found; create it with `phi1 data pack`")
     if not path.exists():
         raise Phi1Error(f"{path}: missing; {root} is not a finished pack (re-run `phi1 data pack`)")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise Phi1Error(f"{path}: malformed JSON ({exc.msg})") from None
+    m = read_json(path, "shard manifest")
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise Phi1Error(f"{path}: not a phi1 token-shard manifest (format != {MANIFEST_FORMAT!r})")
     return m

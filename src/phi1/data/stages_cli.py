@@ -21,19 +21,8 @@ def _common(p, out_required: bool = True) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     outputs = ("out", "rejected") if out_required else ("rejected",)
-    declare_io(p, inputs=("input", "benchmark_file", "classifier", "tokenizer"),
+    declare_io(p, inputs=("input", "benchmark_files", "classifier", "tokenizer"),
                outputs=outputs, derived={"out": (".report.json",)} if out_required else None, overwrite=True)
-
-
-def _bench(p) -> None:
-    p.add_argument("--benchmark", action="append", default=None, help="built-in benchmark to protect (humaneval); repeatable")
-    p.add_argument("--benchmark-file", action="append", default=[], help="benchmark JSONL (HumanEval or MBPP format); repeatable")
-
-
-def _benchmarks(args) -> list[str]:
-    if args.benchmark is None:
-        return [] if args.benchmark_file else ["humaneval"]
-    return args.benchmark
 
 
 def _io(args) -> dict:
@@ -51,11 +40,54 @@ def _collect(args) -> int:
     return 0
 
 
+# ---- the command table: command -> its config class, the flags' spelling, and the run function ----
+#
+# A command's config flags are generated from its config dataclass (`phi1.utils.config.add_config_flags`:
+# one `--field-name` per field, help from the field's doc, default from the dataclass); `render_flags`
+# writes them back for a config, so `phi1 data COMMAND IN --out OUT <render_flags(cfg)>` reproduces it.
+
+def _config_class(name: str):
+    from phi1.data.steps import KINDS
+
+    return KINDS[name][0]
+
+
+STAGE_COMMANDS: dict[str, dict] = {
+    # name: {"kind": the stage kind in phi1.data.steps.KINDS, "aliases": old flag names kept working}
+    "dedup": {"kind": "dedup", "aliases": {}},
+    "decontaminate": {"kind": "decontaminate",
+                      "aliases": {"benchmarks": ["--benchmark"], "benchmark_files": ["--benchmark-file"]}},
+    "mine-exercises": {"kind": "mine-exercises",
+                       "aliases": {"benchmarks": ["--benchmark"], "benchmark_files": ["--benchmark-file"]}},
+}
+
+
+def command_config_class(command: str):
+    """The config dataclass of a `phi1 data` command of `STAGE_COMMANDS`."""
+    return _config_class(STAGE_COMMANDS[command]["kind"])
+
+
+def add_stage_flags(p, command: str) -> None:
+    from phi1.utils.config import add_config_flags
+
+    add_config_flags(p, command_config_class(command), aliases=STAGE_COMMANDS[command]["aliases"])
+
+
+def stage_config_from_args(command: str, args):
+    """The command's typed config from its flags (a benchmark file alone means no built-in benchmark)."""
+    from phi1.utils.config import config_from_args
+
+    if hasattr(args, "benchmark_files") and args.benchmarks is None and args.benchmark_files:
+        args.benchmarks = []
+    return config_from_args(command_config_class(command), args, where=command)
+
+
 def _dedup(args) -> int:
     from phi1.data.dedup import run_dedup
+    from phi1.utils.config import changed_fields
 
-    run_dedup(args.input, args.out, threshold=args.threshold, max_hashes=args.max_hashes, shingle=args.shingle,
-              workers=args.workers, **_io(args))
+    cfg = stage_config_from_args("dedup", args)
+    run_dedup(args.input, args.out, workers=args.workers, **changed_fields(cfg), **_io(args))
     return 0
 
 
@@ -133,11 +165,10 @@ def _filter(args) -> int:
 def _decontaminate(args) -> int:
     from phi1.data.decontam import run_decontaminate
 
-    rep = run_decontaminate(args.input, args.out, benchmarks=_benchmarks(args), benchmark_files=args.benchmark_file,
-                            ngram=args.ngram, ngram_threshold=args.ngram_threshold, ast_threshold=args.ast_threshold,
-                            use_ast=args.use_ast, embedding=args.embedding,
-                            embedding_threshold=args.embedding_threshold, ratio_threshold=args.ratio_threshold,
-                            workers=args.workers, **_io(args))
+    from phi1.utils.config import changed_fields
+
+    cfg = stage_config_from_args("decontaminate", args)
+    rep = run_decontaminate(args.input, args.out, workers=args.workers, **changed_fields(cfg), **_io(args))
     if not args.quiet:
         for h in rep.details["hits"][:20]:
             best = h["hits"][0]
@@ -148,9 +179,10 @@ def _decontaminate(args) -> int:
 def _mine(args) -> int:
     from phi1.data.mine import run_mine
 
-    run_mine(args.input, args.out, decontaminate=args.decontaminate, benchmarks=_benchmarks(args),
-             benchmark_files=args.benchmark_file, min_doc_chars=args.min_doc_chars,
-             max_body_lines=args.max_body_lines, workers=args.workers, **_io(args))
+    from phi1.utils.config import changed_fields
+
+    cfg = stage_config_from_args("mine-exercises", args)
+    run_mine(args.input, args.out, workers=args.workers, **changed_fields(cfg), **_io(args))
     return 0
 
 
@@ -200,10 +232,7 @@ def register_data(sub) -> None:
 
     p = sub.add_parser("dedup", help="drop exact and near duplicates (MinHash + LSH, as a dedup stage)")
     _common(p)
-    p.add_argument("--threshold", type=float, help="Jaccard threshold for near duplicates (default: 9 bands of 14 "
-                   "hashes, about 0.855)")
-    p.add_argument("--max-hashes", type=int, help="with --threshold: at most this many hashes per record (default 128)")
-    p.add_argument("--shingle", type=int, help="code tokens per shingle (default 5)")
+    add_stage_flags(p, "dedup")
     p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_dedup)
 
@@ -293,25 +322,15 @@ def register_data(sub) -> None:
 
     p = sub.add_parser("decontaminate", help="remove records overlapping benchmark problems (n-gram + AST)")
     _common(p)
-    _bench(p)
-    p.add_argument("--ngram", type=int, help="tokens per n-gram (default 13)")
-    p.add_argument("--ngram-threshold", type=float, help="fraction of a task's n-grams that flags a record (default 0.5)")
-    p.add_argument("--ast-threshold", type=float, help="normalised-AST similarity that flags a function (default 0.8)")
-    p.add_argument("--no-ast", action="store_const", const=False, dest="use_ast", help="n-gram check only")
-    p.add_argument("--embedding", help="also flag functions whose embedding (this encoder: minilm, st:DIR, hf:DIR) "
-                   "is close to a benchmark function's and whose syntax overlaps it (slower; off by default)")
-    p.add_argument("--embedding-threshold", type=float, help="cosine similarity for --embedding (default 0.85)")
-    p.add_argument("--ratio-threshold", type=float, help="difflib ratio on the window aligned on a shared n-gram "
-                   "that confirms a partial copy (default 0.5)")
+    add_stage_flags(p, "decontaminate")
+    p.add_argument("--no-ast", action="store_const", const=False, dest="use_ast", help="n-gram check only "
+                   "(= --no-use-ast)")
     p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_decontaminate)
 
     p = sub.add_parser("mine-exercises", help="extract documented self-contained functions as prompt/completion pairs")
     _common(p)
-    _bench(p)
-    p.add_argument("--no-decontaminate", action="store_const", const=False, dest="decontaminate")
-    p.add_argument("--min-doc-chars", type=int, help="shortest docstring kept (default 20)")
-    p.add_argument("--max-body-lines", type=int, help="longest body kept (default 60)")
+    add_stage_flags(p, "mine-exercises")
     p.add_argument("--workers", type=int, default=0, help="tasks (0 = one per CPU)")
     p.set_defaults(func=_mine)
 

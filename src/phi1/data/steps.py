@@ -184,11 +184,11 @@ class DedupStage:
     numbers, punctuation; layout ignored), so exact and whitespace-only copies always collide. Of each
     cluster the record whose id sorts first is kept, whatever the task count."""
 
-    num_buckets: int = 9
-    hashes_per_bucket: int = 14
-    shingle: int = 5
-    seed: int = 1
-    threshold: float | None = None
+    num_buckets: int = 9  # LSH bands b (ignored when threshold is given)
+    hashes_per_bucket: int = 14  # rows r per band (ignored when threshold is given)
+    shingle: int = 5  # code tokens per shingle
+    seed: int = 1  # the MinHash functions' seed
+    threshold: float | None = None  # Jaccard threshold for near duplicates (none: the bands' 50% point, about 0.855)
     max_hashes: int = 128  # with `threshold`: at most this many hashes per document (bands x rows)
 
     def validate(self) -> None:
@@ -197,7 +197,7 @@ class DedupStage:
         if self.threshold is not None:
             t = self.threshold
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
-                raise ConfigError(f"dedup.threshold: {t!r} must be a number between 0 and 1 (e.g. 0.85)")
+                raise ConfigError(f"dedup.threshold: {t!r} must be a number between 0 and 1 (e.g. 0.8)")
             self.num_buckets, self.hashes_per_bucket = bands_for(float(t), self.max_hashes)
         for k in ("num_buckets", "hashes_per_bucket", "shingle"):
             v = getattr(self, k)
@@ -426,8 +426,11 @@ class MinhashIndex:
     same code-token signatures, bands and verification, and the first record added is kept. `add_text`
     returns (reason, duplicate_of, similarity) for a duplicate, else None after remembering the text."""
 
-    def __init__(self, threshold: float = 0.85, shingle: int = 5, seed: int = 1):
-        self.cfg = DedupStage(shingle=shingle, seed=seed, threshold=threshold)
+    def __init__(self, threshold: float | None = None, shingle: int | None = None, seed: int | None = None):
+        from phi1.data.dedup import DEDUP_THRESHOLD
+
+        opts = {k: v for k, v in (('shingle', shingle), ('seed', seed)) if v is not None}
+        self.cfg = DedupStage(threshold=DEDUP_THRESHOLD if threshold is None else threshold, **opts)
         self.cfg.validate()
         self.maker = CodeMinhashSignature(None, self.cfg.minhash(), None)
         self._exact: dict[str, str] = {}
@@ -834,14 +837,15 @@ def build_filter(ctx: StageContext, cfg: FilterStage) -> list[Block]:
 
 @dataclass
 class DecontaminateStage:
-    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
-    benchmark_files: list[str] = field(default_factory=list)
-    ngram: int = 13
-    ngram_threshold: float = 0.5
-    ast_threshold: float = 0.8
-    use_ast: bool = True
-    embedding: str | None = None
-    embedding_threshold: float = 0.85
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])  # built-in benchmarks to protect (humaneval)
+    benchmark_files: list[str] = field(default_factory=list)  # benchmark JSONL files (HumanEval or MBPP format)
+    ngram: int = 13  # tokens per n-gram
+    ngram_threshold: float = 0.5  # fraction of a task's n-grams that flags a record
+    ast_threshold: float = 0.8  # normalised-AST similarity that flags a function
+    use_ast: bool = True  # also the syntax-tree check (off: n-gram check only)
+    embedding: str | None = None  # also flag functions close to a benchmark's in this encoder (minilm, st:DIR, hf:DIR)
+    embedding_threshold: float = 0.85  # cosine similarity that flags a function (with `embedding`)
+    embedding_ast_floor: float = 0.4  # with `embedding`: the least syntax-tree similarity that an embedding hit needs
     ratio_threshold: float | None = 0.5  # difflib ratio that confirms a partial n-gram match (None: off)
 
     def validate(self) -> None:
@@ -855,7 +859,7 @@ class DecontaminateStage:
         return dict(benchmarks=list(self.benchmarks), benchmark_files=list(self.benchmark_files), ngram=self.ngram,
                     ngram_threshold=self.ngram_threshold, ast_threshold=self.ast_threshold, use_ast=self.use_ast,
                     embedding=self.embedding, embedding_threshold=self.embedding_threshold,
-                    ratio_threshold=self.ratio_threshold)
+                    embedding_ast_floor=self.embedding_ast_floor, ratio_threshold=self.ratio_threshold)
 
 
 class DecontaminationFilter(BaseFilter):
@@ -893,17 +897,23 @@ def build_decontaminate(ctx: StageContext, cfg: DecontaminateStage) -> list[Bloc
 
 @dataclass
 class MineStage:
-    decontaminate: bool = True
-    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
-    benchmark_files: list[str] = field(default_factory=list)
-    min_doc_chars: int = 20
-    min_body_lines: int = 2
-    max_body_lines: int = 60
+    decontaminate: bool = True  # decontaminate the exercises against the benchmarks
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])  # built-in benchmarks to protect
+    benchmark_files: list[str] = field(default_factory=list)  # benchmark JSONL files (HumanEval or MBPP format)
+    min_doc_chars: int = 20  # shortest docstring kept
+    min_body_lines: int = 2  # shortest body kept
+    max_body_lines: int = 60  # longest body kept
+    max_prompt_chars: int = 2000  # longest prompt (imports + signature + docstring) kept
+    allow_private: bool = False  # also mine functions whose name starts with _
 
-    def validate(self) -> None:
+    def mine_config(self):
         from phi1.data.mine import MineConfig
 
-        MineConfig(self.min_doc_chars, self.min_body_lines, self.max_body_lines).validate()
+        return MineConfig(self.min_doc_chars, self.min_body_lines, self.max_body_lines, self.max_prompt_chars,
+                          self.allow_private)
+
+    def validate(self) -> None:
+        self.mine_config().validate()
 
 
 class MineExercises(PipelineStep):
@@ -917,9 +927,9 @@ class MineExercises(PipelineStep):
         self.cfg = cfg
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from phi1.data.mine import MineConfig, extract_exercises
+        from phi1.data.mine import extract_exercises
 
-        mc = MineConfig(self.cfg.min_doc_chars, self.cfg.min_body_lines, self.cfg.max_body_lines)
+        mc = self.cfg.mine_config()
         for doc in data:
             self.stat_update("files")
             exercises, why = extract_exercises(doc.text, mc)
@@ -968,8 +978,9 @@ KINDS: dict[str, tuple[type, Any]] = {
 }
 
 
-def stage_config(kind: str, options: dict, where: str):
-    """The kind's config dataclass from pipeline options, naming the field and type on error."""
+def stage_config(kind: str, options: dict, where: str, *, validate: bool = True):
+    """The kind's config dataclass from pipeline options, naming the field and type on error
+    (`validate=False`: names and types only, for a config that is completed later)."""
     cls, _ = KINDS[kind]
     known = {f.name: f for f in fields(cls)}
     for key, value in options.items():
@@ -977,7 +988,8 @@ def stage_config(kind: str, options: dict, where: str):
             raise ConfigError(f"{where}.{key}: not an option of stage kind {kind!r}; allowed: {sorted(known)}")
         _check_type(where, key, value, known[key])
     cfg = cls(**options)
-    cfg.validate()
+    if validate:
+        cfg.validate()
     return cfg
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from phi1.demo.config import DemoConfig
-from phi1.demo.pipeline import Layout, checkpoint_model_dir, data_stages, eval_stages, write_train_config
-from phi1.demo.runner import Stage, StageRunner, own_run_dir
+from phi1.demo.pipeline import (Layout, data_stages, eval_stages, export_stage, pack_stage, tokenizer_stage,
+                                train_config, train_stage)
+from phi1.demo.runner import own_run_dir
 from phi1.errors import ConfigError
 from phi1.tokenizer import resolve_tokenizer
 from phi1.utils.io import atomic_write_json, atomic_write_text
@@ -35,56 +36,38 @@ def run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", log=pri
 
 
 def _run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str, log) -> Path:
+    from phi1.utils.stagegraph import StageGraph
+
     L = Layout(run_dir)
-    runner = StageRunner(L.root, log=log)
     stages = data_stages(cfg, L)
     tokenizer = resolve_tokenizer(cfg.tokenizer.path, "tokenizer.path") if cfg.tokenizer.path else L.tokenizer
+    tok_after: tuple[str, ...] = ()
     if not cfg.tokenizer.path:
         # One tokenizer for every arm, trained on the unfiltered corpus so no arm is favoured.
-        stages.append(Stage("tokenizer", ["tokenizer", "train", "--input", L.dedup, "--vocab-size",
-                                          cfg.tokenizer.vocab_size, "--out", tokenizer],
-                            "train the shared tokenizer", [tokenizer / "tokenizer.json"]))
+        stages.append(tokenizer_stage(L, "tokenizer", [L.dedup], cfg.tokenizer.vocab_size, ("dedup",),
+                                      "train the shared tokenizer"))
+        tok_after = ("tokenizer",)
     # Held-out textbook-quality data: the val split of the filtered shards, used by every arm.
     val = L.shards / "filtered"
-    sources = {"unfiltered": L.dedup, "filtered": L.clean}
-    packed = set()
-    for arm in cfg.arms:
-        key = arm.data
-        if key in packed:
-            continue
-        packed.add(key)
-        out = L.shards / key
-        stages.append(Stage(f"pack-{key}", ["data", "pack", "--tokenizer", tokenizer, "--input", sources[key],
-                                            "--out", out, "--val-fraction", cfg.data.val_fraction],
-                            f"pack {key} shards", [out / "manifest.json"]))
-    if "filtered" not in packed:
-        stages.append(Stage("pack-filtered", ["data", "pack", "--tokenizer", tokenizer, "--input", L.clean,
-                                              "--out", val, "--val-fraction", cfg.data.val_fraction],
-                            "pack filtered shards (held-out set)", [val / "manifest.json"]))
+    sources = {"unfiltered": (L.dedup, "dedup"), "filtered": (L.clean, "decontaminate")}
+    for key in dict.fromkeys([a.data for a in cfg.arms] + ["filtered"]):
+        src, stage = sources[key]
+        what = f"pack {key} shards" + (" (held-out set)" if key not in {a.data for a in cfg.arms} else "")
+        stages.append(pack_stage(L, f"pack-{key}", tokenizer, [src], L.shards / key, cfg.pack.val_fraction,
+                                 (stage,) + tok_after, what))
     for arm in cfg.arms:
         name = f"arm-{arm.name or arm.data}"
-        conf = L.configs / f"{name}.yaml"
-
-        def prep(arm=arm, name=name):
-            write_train_config(cfg.pretrain, L, name, init=cfg.model_preset, tokenizer=tokenizer,
-                               shards=L.shards / arm.data,
-                               extra={"run.device": device, "data.val": [{"path": str(val), "weight": 1.0}]})
-
-        stages.append(Stage(f"train-{name}", ["train", conf], f"train arm {name}", [], prepare=prep))
+        data = train_config(cfg.pretrain, L, name, init=cfg.model_preset, tokenizer=tokenizer,
+                            shards=L.shards / arm.data,
+                            extra={"run.device": device, "data.val": [{"path": str(val), "weight": 1.0}]})
+        stages.append(train_stage(L, f"train-{name}", data, title=f"train arm {name}",
+                                  after=(f"pack-{arm.data}", "pack-filtered") + tok_after, run_name=name))
         model_dir = L.root / "models" / name
-        stages.append(Stage(f"export-{name}", [], f"export {name}", [model_dir / "config.json"],
-                            fn=lambda name=name, model_dir=model_dir: _export(L, name, model_dir),
-                            describe=f"copy the last checkpoint of {L.run_dir(name)} to {model_dir}"))
-        stages += eval_stages(cfg, L, model_dir, L.eval / name, device)
-    runner.run(stages)
+        stages.append(export_stage(L, f"export-{name}", name, "latest", model_dir, (f"train-{name}",),
+                                   f"export {name}"))
+        stages += eval_stages(cfg, L, model_dir, L.eval / name, device, (f"export-{name}",))
+    StageGraph(stages, L.root / ".stages", log=log).run()
     return write_comparison(cfg, L)
-
-
-def _export(L: Layout, name: str, dst: Path) -> None:
-    from phi1.demo.pipeline import export_model
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    export_model(checkpoint_model_dir(L.run_dir(name), "latest"), dst)
 
 
 def write_comparison(cfg: DemoConfig, L: Layout) -> Path:

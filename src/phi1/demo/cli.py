@@ -1,4 +1,4 @@
-"""`phi1 demo`, `phi1 ablate`, `phi1 report`."""
+"""`phi1 sweep`, `phi1 demo`, `phi1 ablate`, `phi1 report`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--scale", choices=sorted(SCALES), default="tiny",
                    help="tiny: CPU, ~15 min; small: phi-1-small on one GPU with real token budgets")
     p.add_argument("--recipe", default=None, help="a demo recipe YAML instead of --scale (e.g. recipes/phi-1.yaml)")
-    p.add_argument("--endpoint", default=None, help="OpenAI-compatible LLM endpoint: the annotation judge (unless the recipe sets data.annotate_endpoint "
+    p.add_argument("--endpoint", default=None, help="OpenAI-compatible LLM endpoint: the annotation judge (unless the recipe sets data.annotate.endpoint "
                    "or annotator: rules) and synthetic data")
     p.add_argument("--model", default=None, help="model name at --endpoint")
     p.add_argument("--api-key-env", default=None, help="environment variable holding the endpoint's API key")
@@ -42,6 +42,39 @@ def register(sub) -> None:
     p.add_argument("run_dir")
     declare_io(p, inputs=("run_dir",))
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "sweep", help="train and judge a grid of model widths x depths (the TinyStories study)",
+        description="Stories -> tokenizer -> shards -> one model per (width, depth) of the recipe's scale -> loss, "
+                    "ending loss on held-out stories and (with --judge-endpoint) the judge's grammar, creativity and "
+                    "consistency; sweep.json, sweep.md and sweep.png (scores and loss against parameters). "
+                    "Rerun to resume.")
+    p.add_argument("--recipe", default="tinystories.yaml", help="sweep recipe (default recipes/tinystories.yaml)")
+    p.add_argument("--stories", nargs="+", default=None,
+                   help="story files or dirs: `phi1 synth stories` JSONL, TinyStories Parquet or JSON (a `text` field); "
+                        "default: the recipe's `stories`")
+    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier sweep's)")
+    p.add_argument("--scale", default="toy", help="the recipe's scale: toy (CPU) or paper (GPU, 1M-33M parameters)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--judge-endpoint", default=None, help="OpenAI-compatible URL of the judge (none: no grades)")
+    p.add_argument("--judge-model", default="default", help="the judge's model name")
+    p.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the judge's key")
+    declare_io(p, inputs=("recipe", "stories"), out_dirs=("out",))
+
+    def sweep(args) -> int:
+        from phi1.demo.sweep import format_table, load_sweep_config, run_sweep
+
+        cfg = load_sweep_config(args.recipe)
+        if args.stories:
+            cfg.stories = list(args.stories)
+        judge = ({"endpoint": args.judge_endpoint, "model": args.judge_model, "api_key_env": args.api_key_env}
+                 if args.judge_endpoint else None)
+        result = run_sweep(cfg, args.out, scale=args.scale, device=args.device, judge=judge)
+        print(format_table(result), end="")
+        print(f"figure: {Path(args.out) / 'sweep.png'}")
+        return 0
+
+    p.set_defaults(func=sweep)
 
 
 def _demo(args) -> int:

@@ -7,39 +7,43 @@ from pathlib import Path
 from typing import Any
 
 
-from phi1.errors import Phi1Error
+from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.config import build, read_yaml_mapping
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
-@dataclass
-class CorpusSection:
-    python_stdlib: bool = True
-    site_packages: bool = False
-    paths: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    max_bytes: int = 200_000
-    limit_mb: float = 0.0
+def _stage(kind: str):
+    from phi1.data.steps import KINDS
+
+    return KINDS[kind][0]
 
 
 @dataclass
 class DataSection:
-    dedup_threshold: float = 0.85
-    annotate_sample: int = 0
-    annotator: str | None = None  # llm | rules; None: the judge when an endpoint is given, else rules for sample 0
-    annotate_endpoint: str | None = None  # None: `phi1 demo --endpoint`, when given
-    annotate_model: str | None = None
-    annotate_api_key_env: str | None = None  # the environment variable holding the judge's key
-    annotate_max_tokens: int = 512
-    encoder: str = "hashing"
-    classifier_head: str = "forest"
-    n_estimators: int = 100
-    label_threshold: float = 3.0
-    filter_top_fraction: float = 0.5
-    filter_keep_tokens: int | None = None  # instead of filter_top_fraction: the best records up to this many tokens
-    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
-    val_fraction: float = 0.02
+    """The data half of the recipe: each field is that stage's own config (`phi1.data.steps`), nested
+    as the dataclass defines it; `phi1 demo` writes them into `RUN/configs/data.yaml` unchanged."""
+
+    collect: Any = field(default_factory=lambda: _stage("collect")())
+    dedup: Any = field(default_factory=lambda: _stage("dedup")())
+    annotate: Any = field(default_factory=lambda: _stage("annotate")())
+    classify: Any = field(default_factory=lambda: _stage("classify-train")())
+    score: Any = field(default_factory=lambda: _stage("classify-score")(classifier="@train"))  # the run's classifier
+    filter: Any = field(default_factory=lambda: _stage("filter")(top_fraction=0.5))  # the half kept when unset
+    decontaminate: Any = field(default_factory=lambda: _stage("decontaminate")())
+    exercises: Any = field(default_factory=lambda: _stage("mine-exercises")())
+
+
+# DataSection field -> the stage kind whose config dataclass it holds.
+DATA_KINDS = {"collect": "collect", "dedup": "dedup", "annotate": "annotate", "classify": "classify-train",
+              "score": "classify-score", "filter": "filter", "decontaminate": "decontaminate",
+              "exercises": "mine-exercises"}
+
+
+@dataclass
+class PackSection:
+    val_fraction: float = 0.02  # documents held out for validation loss (pretraining shards)
+    finetune_val_fraction: float = 0.05  # the same for the finetuning shards
 
 
 @dataclass
@@ -89,9 +93,9 @@ class PruneSection:
 @dataclass
 class DemoConfig:
     name: str = "demo"
-    corpus: CorpusSection = field(default_factory=CorpusSection)
     data: DataSection = field(default_factory=DataSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    pack: PackSection = field(default_factory=PackSection)
     model_preset: str = "tiny"
     pretrain: StageTrainSection = field(default_factory=StageTrainSection)
     finetune: StageTrainSection = field(default_factory=StageTrainSection)
@@ -101,6 +105,22 @@ class DemoConfig:
     prune: PruneSection = field(default_factory=PruneSection)  # the pruning study only
 
 
+# Where the settings of the flat recipe format (phi1 before the stage configs) live now.
+MOVED = {
+    "corpus": "data.collect (collect's own fields: python_stdlib, site_packages, sources, exclude, max_bytes, "
+              "limit_bytes)",
+    "data.dedup_threshold": "data.dedup.threshold", "data.annotate_sample": "data.annotate.sample",
+    "data.annotator": "data.annotate.annotator", "data.annotate_endpoint": "data.annotate.endpoint",
+    "data.annotate_model": "data.annotate.model", "data.annotate_api_key_env": "data.annotate.api_key_env",
+    "data.annotate_max_tokens": "data.annotate.max_tokens", "data.encoder": "data.classify.encoder",
+    "data.classifier_head": "data.classify.head", "data.n_estimators": "data.classify.n_estimators",
+    "data.label_threshold": "data.classify.threshold", "data.filter_top_fraction": "data.filter.top_fraction",
+    "data.filter_keep_tokens": "data.filter.keep_tokens",
+    "data.benchmarks": "data.decontaminate.benchmarks (and data.exercises.benchmarks)",
+    "data.val_fraction": "pack.val_fraction",
+}
+
+
 def load_demo_config(path: str | Path) -> DemoConfig:
     p = Path(path)
     if not p.exists() and (RECIPES / p).exists():
@@ -108,7 +128,40 @@ def load_demo_config(path: str | Path) -> DemoConfig:
     if not p.exists():
         raise Phi1Error(f"{path}: recipe not found (looked here and in {RECIPES})")
     data = read_yaml_mapping(p, "demo recipe")
-    return build(DemoConfig, data, str(p))
+    return demo_config_from(data, str(p))
+
+
+def demo_config_from(data: dict, where: str = "demo recipe") -> DemoConfig:
+    """Build and check a demo recipe: each data stage's section through its own config class."""
+    from phi1.data.steps import stage_config
+
+    data = dict(data)
+    for old, new in MOVED.items():
+        head, _, key = old.partition(".")
+        if (key and isinstance(data.get(head), dict) and key in data[head]) or (not key and head in data):
+            raise ConfigError(f"{where}: {old} has moved to {new}: each stage's settings now live in its own "
+                              "section, named as the stage's config (see recipes/demo-tiny.yaml)")
+    sections = data.pop("data", None) or {}
+    if not isinstance(sections, dict):
+        raise ConfigError(f"{where}: data: expected a mapping of stage sections, got {type(sections).__name__}")
+    unknown = sorted(set(sections) - set(DATA_KINDS))
+    if unknown:
+        raise ConfigError(f"{where}: data.{unknown[0]}: unknown field; the data stages are {', '.join(DATA_KINDS)}")
+    cfg = build(DemoConfig, data, where)
+    for name, kind in DATA_KINDS.items():
+        if name not in sections:  # the section's default (a data stage needs none but the filter's cut)
+            if kind != "annotate":
+                getattr(cfg.data, name).validate()
+            continue
+        given = sections.get(name) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: data.{name}: expected a mapping, got {type(given).__name__}")
+        opts = dict(given)
+        if kind == "classify-score":
+            opts.setdefault("classifier", "@train")  # the classifier the run trains; resolved by the runner
+        # annotate is checked once the demo's --endpoint is known (phi1.demo.pipeline.annotate_config)
+        setattr(cfg.data, name, stage_config(kind, opts, f"{where}: data.{name}", validate=kind != "annotate"))
+    return cfg
 
 
 def resolve_recipe(name: str) -> Path:

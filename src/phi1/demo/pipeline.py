@@ -1,5 +1,10 @@
-"""`phi1 demo`: collect → dedup → score → filter → decontaminate → mine → tokenizer → pack →
-pretrain → finetune → evaluate → report, each stage one `phi1` command, resumable."""
+"""`phi1 demo`: collect → dedup → annotate → classify → filter → decontaminate → mine → tokenizer →
+pack → pretrain → finetune → export → evaluate → report, one stage graph (`phi1.utils.stagegraph`).
+
+Every stage is a library call with a typed config; the graph fingerprints each config and what it
+reads, so a rerun skips what is unchanged and reruns what an edit of the recipe touched (and
+everything downstream). The report's reproduce-by-hand commands are rendered from the same configs
+and run from the run directory."""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from phi1.demo.config import DemoConfig, resolve_recipe
-from phi1.demo.runner import Stage, StageRunner, own_run_dir
-from phi1.errors import Phi1Error
+from phi1.demo.runner import own_run_dir
+from phi1.errors import ConfigError, Phi1Error
 from phi1.tokenizer import resolve_tokenizer
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text
@@ -44,87 +50,142 @@ class Layout:
         return self.runs / name
 
 
-# The demo's data stages: (demo stage name, pipeline stage name, what it does).
+# The demo's data stages: (pipeline stage name, DataSection field, kind, input, what it does).
 DATA_STAGES = [
-    ("collect", "collect", "collect the corpus"),
-    ("dedup", "dedup", "deduplicate (exact + datatrove MinHash)"),
-    ("annotate", "annotate", "label educational value"),
-    ("classify-train", "train", "train the quality classifier (random forest)"),
-    ("classify-score", "score", "score every document"),
-    ("filter", "filter", "keep the most educational documents"),
-    ("decontaminate", "decontaminate", "decontaminate against benchmarks"),
-    ("mine-exercises", "exercises", "mine docstring exercises"),
+    ("collect", "collect", "collect", None, "collect the corpus"),
+    ("dedup", "dedup", "dedup", "collect", "deduplicate (exact + datatrove MinHash)"),
+    ("annotate", "annotate", "annotate", "dedup", "label educational value"),
+    ("train", "classify", "classify-train", "annotate", "train the quality classifier"),
+    ("score", "score", "classify-score", "dedup", "score every document"),
+    ("filter", "filter", "filter", "score", "keep the most educational documents"),
+    ("decontaminate", "decontaminate", "decontaminate", "filter", "decontaminate against benchmarks"),
+    ("exercises", "exercises", "mine-exercises", "dedup", "mine docstring exercises"),
 ]
 
 
+def _non_default(cfg) -> dict:
+    """The fields of a stage config that differ from its dataclass's defaults (what a file must say)."""
+    from phi1.utils.stagegraph import config_dict
+
+    mine, base = config_dict(cfg), config_dict(type(cfg)())
+    return {k: v for k, v in mine.items() if base.get(k) != v}
+
+
+def annotate_config(cfg: DemoConfig, endpoint: str | None = None, model: str | None = None,
+                    api_key_env: str | None = None):
+    """The recipe's annotate config; the judge is its `endpoint`, else the demo's `--endpoint` (its
+    `--model` and `--api-key-env` too), unless the recipe says `annotator: rules`."""
+    from dataclasses import replace
+
+    a = cfg.data.annotate
+    if a.endpoint is None and endpoint and a.annotator != "rules":
+        a = replace(a, endpoint=endpoint, model=a.model or model or "default", api_key_env=api_key_env or a.api_key_env)
+    return a
+
+
 def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | None = None, model: str | None = None,
-                  api_key_env: str | None = None) -> dict:
-    """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml).
-    The judge is the recipe's `annotate_endpoint`, else the demo's `--endpoint` (its `--model` and
-    `--api-key-env` too), unless the recipe says `annotator: rules`."""
-    c, d = cfg.corpus, cfg.data
-    annotate: dict = {"name": "annotate", "sample": d.annotate_sample}
-    if d.annotator:
-        annotate["annotator"] = d.annotator
-    judge = d.annotate_endpoint or (endpoint if d.annotator != "rules" else None)
-    if judge:
-        annotate.update(endpoint=judge, model=d.annotate_model or model or "default",
-                        api_key_env=api_key_env or d.annotate_api_key_env, max_tokens=d.annotate_max_tokens)
-    keep = {"keep_tokens": d.filter_keep_tokens} if d.filter_keep_tokens else {"top_fraction": d.filter_top_fraction}
-    return {
-        "description": f"phi1 demo {cfg.name}: the data half of the recipe",
-        "workdir": str(L.data), "executor": "local", "workers": workers, "tasks": 0,
-        "stages": [
-            {"name": "collect", "sources": [str(p) for p in c.paths], "python_stdlib": c.python_stdlib,
-             "site_packages": c.site_packages, "exclude": list(c.exclude), "max_bytes": c.max_bytes,
-             "limit_bytes": int(c.limit_mb * 1e6)},
-            {"name": "dedup", "threshold": d.dedup_threshold},
-            annotate,
-            {"name": "train", "kind": "classify-train", "input": "annotate", "encoder": d.encoder,
-             "head": d.classifier_head, "threshold": d.label_threshold, "n_estimators": d.n_estimators},
-            {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
-            {"name": "filter", **keep},
-            {"name": "decontaminate", "benchmarks": list(d.benchmarks)},
-            {"name": "exercises", "kind": "mine-exercises", "input": "dedup", "benchmarks": list(d.benchmarks)},
-        ],
-    }
+                  api_key_env: str | None = None, *, workdir: str | None = None) -> dict:
+    """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml):
+    each stage's section of the recipe, as its config class has it. `workdir` is written as given
+    (`data` for the file in RUN/configs/, run from the run directory)."""
+    stages = []
+    for name, section, kind, inp, _ in DATA_STAGES:
+        stage_cfg = annotate_config(cfg, endpoint, model, api_key_env) if section == "annotate" else getattr(cfg.data, section)
+        entry = {"name": name}
+        if kind != name:
+            entry["kind"] = kind
+        if inp is not None and inp != (stages[-1]["name"] if stages else None):
+            entry["input"] = inp
+        stages.append({**entry, **_non_default(stage_cfg)})
+    return {"description": f"phi1 demo {cfg.name}: the data half of the recipe",
+            "workdir": workdir or str(L.data), "executor": "local", "workers": workers, "tasks": 0, "stages": stages}
 
 
 def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | None = None, model: str | None = None,
-                api_key_env: str | None = None) -> list[Stage]:
+                api_key_env: str | None = None) -> list:
     """The data half of the recipe: raw code to clean, decontaminated, scored documents + exercises,
-    each demo stage one `phi1 data run configs/data.yaml --until STAGE` (earlier pipeline stages are
-    skipped by their fingerprint, so each runs once)."""
-    text = ("# written by phi1 demo; the data half of the run. Rerun with: phi1 data run " + str(L.data_pipeline)
-            + "\n" + yaml.safe_dump(data_pipeline(cfg, L, workers, endpoint, model, api_key_env), sort_keys=False))
+    the stages of `phi1 data run` itself. `RUN/configs/data.yaml` is the same pipeline, written for
+    running by hand from the run directory."""
+    from phi1.data.pipeline import exec_config, parse_pipeline, pipeline_stages
 
-    def write() -> None:
-        L.data_pipeline.parent.mkdir(parents=True, exist_ok=True)
-        if not L.data_pipeline.exists() or L.data_pipeline.read_text() != text:
-            atomic_write_text(L.data_pipeline, text)
-
-    return [Stage(name, ["data", "run", L.data_pipeline, "--until", stage, "--quiet"], what,
-                  [L.data / stage / "manifest.json"], prepare=write)
-            for name, stage, what in DATA_STAGES]
+    by_hand = data_pipeline(cfg, L, workers, endpoint, model, api_key_env, workdir="data")
+    text = ("# written by phi1 demo; the data half of the run. From the run directory: phi1 data run "
+            "configs/data.yaml\n" + yaml.safe_dump(by_hand, sort_keys=False))
+    L.data_pipeline.parent.mkdir(parents=True, exist_ok=True)
+    if not L.data_pipeline.exists() or L.data_pipeline.read_text() != text:
+        atomic_write_text(L.data_pipeline, text)
+    pc = parse_pipeline(data_pipeline(cfg, L, workers, endpoint, model, api_key_env), L.data_pipeline)
+    stages = pipeline_stages(pc, exec_config(pc, quiet=True))
+    titles = {name: what for name, _, _, _, what in DATA_STAGES}
+    for st in stages:
+        st.title = titles[st.name]
+        st.command = f"phi1 data run configs/data.yaml --until {st.name} --quiet"
+    return stages
 
 
 def synth_stages(cfg: DemoConfig, L: Layout, endpoint: str | None, model: str | None,
-                 api_key_env: str | None) -> list[Stage]:
+                 api_key_env: str | None) -> list:
+    from phi1.utils.stagegraph import Stage
+
     if not endpoint:
         return []
-    common = ["--endpoint", endpoint, "--model", model or "default", "--concurrency", cfg.synth.concurrency]
-    if api_key_env:
-        common += ["--api-key-env", api_key_env]
     out = []
     for kind, count in (("textbooks", cfg.synth.textbooks), ("exercises", cfg.synth.exercises)):
         if count <= 0:
             continue
         raw, valid = L.synth / f"{kind}.jsonl", L.synth / f"{kind}.valid.jsonl"
-        out.append(Stage(f"synth-{kind}", ["synth", kind, *common, "--count", count, "--out", raw],
-                         f"generate synthetic {kind}", [raw]))
-        out.append(Stage(f"validate-{kind}", ["synth", "validate", "--kind", kind, "--input", raw, "--out", valid],
-                         f"validate synthetic {kind}", [valid]))
+        job = {"kind": kind, "endpoint": endpoint, "model": model or "default", "count": count, "out": str(raw),
+               "concurrency": cfg.synth.concurrency, "api_key_env": api_key_env}
+        key = f" --api-key-env {api_key_env}" if api_key_env else ""
+        out.append(Stage(
+            f"synth-{kind}", "synth", job, run=lambda fp, job=job: _synth(job), title=f"generate synthetic {kind}",
+            command=f"phi1 synth {kind} --endpoint {endpoint} --model {job['model']} --concurrency "
+                    f"{cfg.synth.concurrency}{key} --count {count} --out {_rel(raw, L)}"))
+        check = {"kind": kind, "input": str(raw), "out": str(valid)}
+        out.append(Stage(
+            f"validate-{kind}", "synth-validate", check, after=(f"synth-{kind}",), title=f"validate synthetic {kind}",
+            run=lambda fp, check=check: _synth_validate(check),
+            command=f"phi1 synth validate --kind {kind} --input {_rel(raw, L)} --out {_rel(valid, L)}"))
     return out
+
+
+def _synth(job: dict) -> dict:
+    from phi1.synth.job import JobConfig, report_dict, run_job
+
+    rep = run_job(JobConfig(**job))
+    if not rep.complete:
+        raise Phi1Error(f"synth {job['kind']}: {rep.missing} of {rep.requested} records missing ({rep.failed} failed"
+                        + (f", see {rep.failures_file}" if rep.failures_file else "") + ")")
+    return report_dict(rep)
+
+
+def _synth_validate(check: dict) -> dict:
+    from phi1.synth.validate import ValidateConfig, validate_file
+
+    return validate_file(ValidateConfig(**check))["counts"]
+
+
+def _rel(path, L: Layout) -> str:
+    """A path as the reproduce-by-hand commands write it: relative to the run directory when inside it."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(L.root))
+    except ValueError:
+        return str(p)
+
+
+def _rel_values(value, L: Layout):
+    """Every path-like string under the run directory in a config mapping, made relative to it."""
+    if isinstance(value, dict):
+        return {k: _rel_values(v, L) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rel_values(v, L) for v in value]
+    if isinstance(value, str) and value.startswith(str(L.root) + os.sep):
+        at = value.rfind("@")
+        if at > 0 and value[at + 1:].isdigit():  # RUN@STEP
+            return f"{_rel(value[:at], L)}@{value[at + 1:]}"
+        return _rel(value, L)
+    return value
 
 
 def stage_recipe(cfg_stage, sets: dict | None = None, extra: dict | None = None) -> dict:
@@ -148,17 +209,59 @@ def check_eval_data(cfg_stage, what: str) -> None:
                         f"recipe's {what}.set")
 
 
-def write_train_config(cfg_stage, L: Layout, name: str, *, init: str, tokenizer: Path, shards: Path,
-                       extra: dict | None = None) -> Path:
-    """A complete training config for this run, written where the report's command points."""
+def train_config(cfg_stage, L: Layout, name: str, *, init: str, tokenizer: Path, shards: Path,
+                 extra: dict | None = None) -> dict:
+    """A complete training config (as a mapping) for this run: the stage's recipe, the run's paths."""
     sets = {"run.name": name, "run.out_dir": str(L.runs), "model.init": init, "model.tokenizer": str(tokenizer),
             "data.train": [{"path": str(shards), "weight": 1.0}]}
-    base = stage_recipe(cfg_stage, sets, extra)
+    return stage_recipe(cfg_stage, sets, extra)
+
+
+def write_train_config(L: Layout, name: str, data: dict) -> Path:
+    """`RUN/configs/NAME.yaml`: the config as it ran, its paths relative to the run directory."""
     path = L.configs / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, f"# written by phi1 for run {L.root}; rerun with: phi1 train {path}\n"
-                      + yaml.safe_dump(base, sort_keys=False))
+    atomic_write_text(path, f"# written by phi1 for run {L.root}; from the run directory: phi1 train "
+                      f"configs/{name}.yaml\n" + yaml.safe_dump(_rel_values(data, L), sort_keys=False))
     return path
+
+
+def train_stage(L: Layout, name: str, data: dict, *, title: str, after: tuple[str, ...],
+                init: Callable[[], str] | None = None, validate: Callable[[], None] | None = None,
+                run_name: str | None = None):
+    """A training run as a stage: its config validated up front, written to RUN/configs/NAME.yaml and
+    trained in-process. `init`, when given, names the starting model once the stages before it ran
+    (a finetune's base checkpoint); the fingerprint sees the config as written before that."""
+    from phi1.train.config import load_config, set_fields
+    from phi1.utils.stagegraph import Stage
+
+    run_name = run_name or name
+
+    def check() -> None:
+        load_config(data=data)
+        if validate is not None:
+            validate()
+
+    def run(fp: str) -> dict:
+        from phi1.train.trainer import train
+
+        final = set_fields(data, {"model.init": init()}) if init is not None else data
+        write_train_config(L, run_name, final)
+        result = train(load_config(data=final))
+        last = result.get("last") or {}
+        return {"step": result["step"], **({"loss": round(last["loss"], 6)} if "loss" in last else {})}
+
+    return Stage(name, "train", data, run=run, after=after, title=title, validate=check,
+                 command=f"phi1 train configs/{run_name}.yaml", clear=lambda: _remove(L.run_dir(run_name)))
+
+
+def _remove(path: Path) -> None:
+    """Remove what a stage wrote inside the run directory (the runner owns it), before a fresh run."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def base_step(run_dir: Path) -> int | None:
@@ -237,55 +340,145 @@ def _umask() -> int:
     return mask
 
 
+def tokenizer_stage(L: Layout, name: str, inputs: list[Path], vocab_size: int, after: tuple[str, ...],
+                    title: str = "train the tokenizer"):
+    from phi1.utils.stagegraph import Stage
+
+    config = {"inputs": [str(p) for p in inputs], "vocab_size": vocab_size, "out": str(L.tokenizer)}
+
+    def run(fp: str) -> dict:
+        from phi1.tokenizer import train_tokenizer
+
+        return {"tokens": len(train_tokenizer(inputs, vocab_size=vocab_size, out_dir=L.tokenizer))}
+
+    return Stage(name, "tokenizer", config, run=run, after=after, title=title, clear=lambda: _remove(L.tokenizer),
+                 command=f"phi1 tokenizer train --input {' '.join(_rel(p, L) for p in inputs)} --vocab-size "
+                         f"{vocab_size} --out {_rel(L.tokenizer, L)}")
+
+
+def pack_stage(L: Layout, name: str, tokenizer: Path, inputs: list[Path], out: Path, val_fraction: float,
+               after: tuple[str, ...], title: str):
+    from phi1.utils.stagegraph import Stage
+
+    config = {"tokenizer": str(tokenizer), "inputs": [str(p) for p in inputs], "out": str(out),
+              "val_fraction": val_fraction}
+
+    def check() -> None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction = {val_fraction}: must be in [0, 1)")
+
+    def run(fp: str) -> dict:
+        from phi1.data.pack import pack
+
+        m = pack(tokenizer, inputs, out, val_fraction=val_fraction)
+        return {k: m[k] for k in ("train_tokens", "val_tokens") if k in m}
+
+    return Stage(name, "pack", config, run=run, after=after, title=title, validate=check, clear=lambda: _remove(out),
+                 command=f"phi1 data pack --tokenizer {_rel(tokenizer, L)} --input "
+                         f"{' '.join(_rel(p, L) for p in inputs)} --out {_rel(out, L)} --val-fraction {val_fraction}")
+
+
+def export_stage(L: Layout, name: str, run_name: str, which: str, dst: Path, after: tuple[str, ...], title: str):
+    """Copy a training run's best (or latest) checkpoint's model directory to `dst`."""
+    from phi1.utils.stagegraph import Stage
+
+    def command() -> str:
+        try:
+            src = checkpoint_model_dir(L.run_dir(run_name), which)
+        except Phi1Error:
+            src = L.run_dir(run_name) / "checkpoints" / f"<{which} step>" / "model"
+        return f"cp -r {_rel(src, L)} {_rel(dst, L)}"
+
+    def run(fp: str) -> dict:
+        src = checkpoint_model_dir(L.run_dir(run_name), which)
+        export_model(src, dst)
+        return {"from": _rel(src, L)}
+
+    return Stage(name, "export", {"run": run_name, "which": which, "out": str(dst)}, run=run, after=after,
+                 title=title, command=command, clear=lambda: _remove(dst))
+
+
 def training_stages(cfg: DemoConfig, L: Layout, *, pretrain_inputs: list[Path], finetune_inputs: list[Path],
-                    device: str) -> list[Stage]:
-    tok_inputs = [str(p) for p in pretrain_inputs]
+                    device: str, after: tuple[str, ...]) -> list:
     stages = []
     if cfg.tokenizer.path:  # a directory, or a hub name in the HF cache (the paper's: codegen-350M-mono)
         tokenizer = resolve_tokenizer(cfg.tokenizer.path, "tokenizer.path")
+        tok_after: tuple[str, ...] = ()
     else:
         tokenizer = L.tokenizer
-        stages.append(Stage("tokenizer", ["tokenizer", "train", "--input", *tok_inputs, "--vocab-size",
-                                          cfg.tokenizer.vocab_size, "--out", tokenizer],
-                            "train the tokenizer", [tokenizer / "tokenizer.json"]))
-    check_eval_data(cfg.finetune, "finetune")
+        stages.append(tokenizer_stage(L, "tokenizer", pretrain_inputs, cfg.tokenizer.vocab_size, after))
+        tok_after = ("tokenizer",)
     pre_shards, ft_shards = L.shards / "pretrain", L.shards / "finetune"
-    stages.append(Stage("pack-pretrain", ["data", "pack", "--tokenizer", tokenizer, "--input", *pretrain_inputs,
-                                          "--out", pre_shards, "--val-fraction", cfg.data.val_fraction],
-                        "pack pretraining shards", [pre_shards / "manifest.json"]))
-    stages.append(Stage("pack-finetune", ["data", "pack", "--tokenizer", tokenizer, "--input", *finetune_inputs,
-                                          "--out", ft_shards, "--val-fraction", 0.05],
-                        "pack finetuning shards", [ft_shards / "manifest.json"]))
-    pre_cfg, ft_cfg = L.configs / "pretrain.yaml", L.configs / "finetune.yaml"
+    stages.append(pack_stage(L, "pack-pretrain", tokenizer, pretrain_inputs, pre_shards, cfg.pack.val_fraction,
+                             after + tok_after, "pack pretraining shards"))
+    stages.append(pack_stage(L, "pack-finetune", tokenizer, finetune_inputs, ft_shards,
+                             cfg.pack.finetune_val_fraction, after + tok_after, "pack finetuning shards"))
     dev = {"run.device": device}
-    stages.append(Stage(
-        "pretrain", ["train", pre_cfg], "pretrain on the filtered corpus", [],
-        prepare=lambda: write_train_config(cfg.pretrain, L, "pretrain", init=cfg.model_preset, tokenizer=tokenizer,
-                                           shards=pre_shards, extra=dev)))
-    stages.append(Stage(
-        "finetune", ["train", ft_cfg], "finetune on the exercises", [],
-        prepare=lambda: write_train_config(cfg.finetune, L, "finetune", init=finetune_init(L.run_dir("pretrain")),
-                                           tokenizer=tokenizer, shards=ft_shards, extra=dev)))
-    stages.append(Stage("export", [], "export the best finetuned checkpoint", [L.model / "config.json"],
-                        fn=lambda: export_model(checkpoint_model_dir(L.run_dir("finetune"), "best"), L.model),
-                        describe=f"copy the best checkpoint of {L.run_dir('finetune')} to {L.model}"))
+    pre = train_config(cfg.pretrain, L, "pretrain", init=cfg.model_preset, tokenizer=tokenizer, shards=pre_shards,
+                       extra=dev)
+    stages.append(train_stage(L, "pretrain", pre, title="pretrain on the filtered corpus",
+                              after=("pack-pretrain",) + tok_after))
+    ft = train_config(cfg.finetune, L, "finetune", init=str(L.run_dir("pretrain")), tokenizer=tokenizer,
+                      shards=ft_shards, extra=dev)
+    stages.append(train_stage(L, "finetune", ft, title="finetune on the exercises",
+                              after=("pack-finetune", "pretrain") + tok_after,
+                              init=lambda: finetune_init(L.run_dir("pretrain")),
+                              validate=lambda: check_eval_data(cfg.finetune, "finetune")))
+    stages.append(export_stage(L, "export", "finetune", "best", L.model, ("finetune",),
+                               "export the best finetuned checkpoint"))
     return stages
 
 
-def eval_stages(cfg: DemoConfig, L: Layout, model_dir: Path, out: Path, device: str) -> list[Stage]:
+def eval_stages(cfg: DemoConfig, L: Layout, model_dir: Path, out: Path, device: str, after: tuple[str, ...]) -> list:
+    """HumanEval pass@1 (greedy, sandboxed) and the solution loss of `model_dir`."""
+    from phi1.eval.benchmark import GenerationConfig
+    from phi1.utils.stagegraph import Stage
+
     e = cfg.eval
-    he = ["eval", "humaneval", "--model", model_dir, "--out", out / "humaneval", "--max-new-tokens",
-          e.max_new_tokens, "--batch-size", e.batch_size, "--device", device]
-    loss = ["eval", "loss", "--model", model_dir, "--benchmark", "humaneval", "--out",
-            out / "solution_loss.json", "--device", device]
-    if e.max_problems:
-        he += ["--max-problems", e.max_problems]
-    if e.workers:
-        he += ["--workers", e.workers]
+    gen = GenerationConfig(max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, max_problems=e.max_problems)
+    workers = e.workers or os.cpu_count() or 1
+    he_out, loss_out = out / "humaneval", out / "solution_loss.json"
+
+    def humaneval(fp: str) -> dict:
+        from phi1.eval.benchmark import run_benchmark
+        from phi1.eval.sandbox import SandboxConfig
+
+        s = run_benchmark(model_dir, "humaneval", he_out, gen=gen,
+                          sandbox_config=SandboxConfig(workers=workers).validate(), device=device)
+        return {"tasks": s.get("tasks"), **s.get("pass_at_k", {})}
+
+    def loss(fp: str) -> dict:
+        from phi1.eval.loss import write_solution_loss
+
+        r = write_solution_loss(model_dir, "humaneval", loss_out, device=device)
+        return {"solution_loss": r["solution_loss"]}
+
+    he_cmd = (f"phi1 eval humaneval --model {_rel(model_dir, L)} --out {_rel(he_out, L)} --max-new-tokens "
+              f"{e.max_new_tokens} --batch-size {e.batch_size} --device {device}"
+              + (f" --max-problems {e.max_problems}" if e.max_problems else "") + f" --workers {workers}")
     return [
-        Stage(f"eval-humaneval-{out.name}", he, "HumanEval pass@1 (greedy)", [out / "humaneval" / "summary.json"]),
-        Stage(f"eval-loss-{out.name}", loss, "HumanEval solution loss", [out / "solution_loss.json"]),
+        Stage(f"eval-humaneval-{out.name}", "eval-humaneval", {"model": str(model_dir), "generation": gen,
+                                                                "workers": workers, "device": device, "out": str(he_out)},
+              run=humaneval, after=after, title="HumanEval pass@1 (greedy)", command=he_cmd, validate=gen.validate,
+              clear=lambda: _remove(he_out)),
+        Stage(f"eval-loss-{out.name}", "eval-loss", {"model": str(model_dir), "benchmark": "humaneval",
+                                                      "device": device, "out": str(loss_out)},
+              run=loss, after=after, title="HumanEval solution loss", clear=lambda: _remove(loss_out),
+              command=f"phi1 eval loss --model {_rel(model_dir, L)} --benchmark humaneval --out "
+                      f"{_rel(loss_out, L)} --device {device}"),
     ]
+
+
+def report_stage(L: Layout, after: tuple[str, ...]):
+    from phi1.utils.stagegraph import Stage
+
+    def run(fp: str) -> None:
+        from phi1.demo.report import build_report
+
+        build_report(L.root)
+
+    return Stage("report", "report", {"run": str(L.root)}, run=run, after=after, title="write the report",
+                 command="phi1 report .")
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", endpoint: str | None = None,
@@ -299,21 +492,34 @@ def run_demo(cfg: DemoConfig, run_dir: Path, *, device: str = "cpu", endpoint: s
                          api_key_env=api_key_env, log=log)
 
 
-def _run_demo(cfg: DemoConfig, run_dir: Path, *, device: str, endpoint: str | None, model: str | None,
-              api_key_env: str | None, log) -> Path:
-    L = Layout(run_dir)
-    runner = StageRunner(L.root, log=log)
+def demo_stages(cfg: DemoConfig, L: Layout, *, device: str, endpoint: str | None, model: str | None,
+                api_key_env: str | None) -> list:
     stages = data_stages(cfg, L, endpoint=endpoint, model=model, api_key_env=api_key_env)
     stages += synth_stages(cfg, L, endpoint, model, api_key_env)
     pre_inputs, ft_inputs = [L.clean], [L.exercises]
+    after = ["decontaminate", "exercises"]
     if endpoint and cfg.synth.textbooks:
         pre_inputs.append(L.synth / "textbooks.valid.jsonl")
+        after.append("validate-textbooks")
     if endpoint and cfg.synth.exercises:
         ft_inputs.append(L.synth / "exercises.valid.jsonl")
-    stages += training_stages(cfg, L, pretrain_inputs=pre_inputs, finetune_inputs=ft_inputs, device=device)
-    stages += eval_stages(cfg, L, L.model, L.eval, device)
-    stages.append(Stage("report", ["report", L.root], "write the report", [L.root / "report.md"]))
+        after.append("validate-exercises")
+    stages += training_stages(cfg, L, pretrain_inputs=pre_inputs, finetune_inputs=ft_inputs, device=device,
+                              after=tuple(after))
+    stages += eval_stages(cfg, L, L.model, L.eval, device, ("export",))
+    stages.append(report_stage(L, tuple(s.name for s in stages)))
+    return stages
+
+
+def _run_demo(cfg: DemoConfig, run_dir: Path, *, device: str, endpoint: str | None, model: str | None,
+              api_key_env: str | None, log) -> Path:
+    from phi1.utils.stagegraph import StageGraph
+
+    L = Layout(run_dir)
+    graph = StageGraph(demo_stages(cfg, L, device=device, endpoint=endpoint, model=model, api_key_env=api_key_env),
+                       L.root / ".stages", log=log)
+    graph.validate()
     atomic_write_text(L.root / "demo.json", json.dumps({"name": cfg.name, "device": device,
                                                         "endpoint": endpoint, "model": model}, indent=2))
-    runner.run(stages)
+    graph.run()
     return L.root

@@ -19,11 +19,12 @@ import json
 from pathlib import Path
 
 from phi1.demo.config import DemoConfig
-from phi1.demo.pipeline import (Layout, checkpoint_model_dir, data_stages, eval_stages, export_model,
-                                training_stages, write_train_config)
-from phi1.demo.runner import Stage, StageRunner, own_run_dir
+from phi1.demo.pipeline import (Layout, data_stages, eval_stages, export_stage, pack_stage, train_config,
+                                train_stage, training_stages)
+from phi1.demo.runner import own_run_dir
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from phi1.utils.stagegraph import Stage, StageGraph
 
 FULL = "full"
 
@@ -86,64 +87,66 @@ def _run(cfg: DemoConfig, run_dir: Path, taus: list[float], device: str, log) ->
     pinned = {"metric": p.metric, "encoder": p.encoder, "exercises": [str(s) for s in sources],
               "base": p.base, "finetune": {"recipe": cfg.finetune.recipe, "set": cfg.finetune.set}}
     _pin(study / "study.json", pinned)
-    stages: list[Stage] = []
+    stages: list = []
+    base_after: tuple[str, ...] = ()
     if not p.exercises or p.base is None:
         stages += data_stages(cfg, L)
     if p.base is not None:
         base = Path(p.base)
         tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else base
+        tok_after: tuple[str, ...] = ()
     else:
         base = L.root / "models" / "base"
         tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else L.tokenizer
+        tok_after = () if cfg.tokenizer.path else ("tokenizer",)
         stages += [s for s in training_stages(cfg, L, pretrain_inputs=[L.clean], finetune_inputs=[L.exercises],
-                                              device=device) if s.name in ("tokenizer", "pack-pretrain", "pretrain")]
+                                              device=device, after=("decontaminate", "exercises"))
+                   if s.name in ("tokenizer", "pack-pretrain", "pretrain")]
         # The paper's base is a kept step (phi-1-base: step 24k of 36k) when the recipe keeps one.
-        stages.append(Stage("export-base", [], "export the pretrained base", [base / "config.json"],
-                            fn=lambda: export_model(checkpoint_model_dir(L.run_dir("pretrain"), "base"), base),
-                            describe=f"copy the base checkpoint (highest kept step, else the last) of "
-                                     f"{L.run_dir('pretrain')} to {base}"))
+        stages.append(export_stage(L, "export-base", "pretrain", "base", base, ("pretrain",),
+                                   "export the pretrained base"))
+        base_after = ("export-base",)
+    ex_after = () if p.exercises else ("exercises",)
     scores = study / "scores.jsonl"
-    stages.append(Stage("prune-score", [], "score every exercise against HumanEval", [scores, study / "problems.json"],
-                        fn=lambda: score_exercises(sources, study, metric=p.metric, encoder=p.encoder,
-                                                   floor=min(0.5, min(taus))),
-                        describe=f"score {', '.join(map(str, sources))} against HumanEval (AST match rate, "
-                                 f"embedding {p.encoder}) into {scores}"))
+    floor = min(0.5, min(taus))
+    stages.append(Stage(
+        "prune-score", "prune-score", {"sources": [str(s) for s in sources], "metric": p.metric,
+                                       "encoder": p.encoder, "floor": floor},
+        run=lambda fp: score_exercises(sources, study, metric=p.metric, encoder=p.encoder, floor=floor),
+        inputs=tuple(Path(f) for f in p.exercises), after=ex_after, title="score every exercise against HumanEval",
+        command=f"# score {', '.join(map(str, sources))} against HumanEval (AST match rate, embedding "
+                f"{p.encoder}) into {scores}"))
     full_shards = L.shards / f"prune-{FULL}"
     for tau in [None, *taus]:
         name = arm_name(tau)
-        inputs = sources
+        inputs, after = sources, ex_after
         first = len(stages)
         if tau is not None:
             kept = study / name / "exercises.jsonl"
-            stages.append(Stage(f"prune-split-{name}", [], f"prune the exercises at τ={tau:g}", [kept],
-                                fn=lambda tau=tau, kept=kept: split_exercises(sources, scores, tau, kept),
-                                describe=f"keep the exercises scoring < {tau:g} in {kept}"))
-            inputs = [kept]
+            stages.append(Stage(
+                f"prune-split-{name}", "prune-split", {"tau": tau}, after=("prune-score",),
+                run=lambda fp, tau=tau, kept=kept: split_exercises(sources, scores, tau, kept),
+                title=f"prune the exercises at τ={tau:g}", command=f"# keep the exercises scoring < {tau:g} in {kept}"))
+            inputs, after = [kept], (f"prune-split-{name}",)
         shards = L.shards / f"prune-{name}"
-        stages.append(Stage(f"pack-prune-{name}", ["data", "pack", "--tokenizer", tokenizer, "--input", *inputs,
-                                                   "--out", shards, "--val-fraction", 0.05],
-                            f"pack the {name} exercises", [shards / "manifest.json"]))
+        stages.append(pack_stage(L, f"pack-prune-{name}", tokenizer, inputs, shards, 0.05, after + tok_after,
+                                 f"pack the {name} exercises"))
         run_name = f"prune-{name}"
-
-        def prep(run_name=run_name, shards=shards):
-            # Every arm keeps its best checkpoint by the same held-out set: the full arm's val split
-            # (the split is by document hash, so no arm trains on it).
-            write_train_config(cfg.finetune, L, run_name, init=str(base), tokenizer=tokenizer, shards=shards,
-                               extra={"run.device": device, "data.val": [{"path": str(full_shards), "weight": 1.0}]})
-
-        stages.append(Stage(f"finetune-{run_name}", ["train", L.configs / f"{run_name}.yaml"],
-                            f"finetune the {name} arm", [], prepare=prep))
+        # Every arm keeps its best checkpoint by the same held-out set: the full arm's val split
+        # (the split is by document hash, so no arm trains on it).
+        data = train_config(cfg.finetune, L, run_name, init=str(base), tokenizer=tokenizer, shards=shards,
+                            extra={"run.device": device, "data.val": [{"path": str(full_shards), "weight": 1.0}]})
+        stages.append(train_stage(L, f"finetune-{run_name}", data, title=f"finetune the {name} arm",
+                                  after=(f"pack-prune-{name}", f"pack-prune-{FULL}") + base_after, run_name=run_name))
         model_dir = L.root / "models" / run_name
-        stages.append(Stage(f"export-{run_name}", [], f"export {run_name}", [model_dir / "config.json"],
-                            fn=lambda run_name=run_name, model_dir=model_dir: export_model(
-                                checkpoint_model_dir(L.run_dir(run_name), "best"), model_dir),
-                            describe=f"copy the best checkpoint of {L.run_dir(run_name)} to {model_dir}"))
-        stages += eval_stages(cfg, L, model_dir, L.eval / run_name, device)
+        stages.append(export_stage(L, f"export-{run_name}", run_name, "best", model_dir, (f"finetune-{run_name}",),
+                                   f"export {run_name}"))
+        stages += eval_stages(cfg, L, model_dir, L.eval / run_name, device, (f"export-{run_name}",))
         if tau is not None:  # an arm that removes nothing is the full arm: not trained twice
             for st in stages[first + 1:]:
-                st.skip_if = lambda name=name: ("τ removes no exercise: this arm is the full arm"
-                                                if _removed(study, name) == 0 else None)
-    StageRunner(L.root, log=log).run(stages)
+                st.skip = lambda name=name: ("τ removes no exercise: this arm is the full arm"
+                                             if _removed(study, name) == 0 else None)
+    StageGraph(stages, L.root / ".stages", log=log).run()
     return write_prune_table(L, taus, p.metric)
 
 

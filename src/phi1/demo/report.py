@@ -203,11 +203,14 @@ def build_report(run_dir: str | Path) -> Path:
     L = Layout(Path(run_dir))
     if not L.root.is_dir():
         raise Phi1Error(f"{run_dir}: run directory not found")
-    marks = sorted((L.root / ".stages").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    if not marks:
-        raise Phi1Error(f"{run_dir}: no finished stages (.stages/*.json); is this a phi1 demo run directory?")
-    # The report stage itself is left out so that `phi1 report` rewrites the same report.
-    stages = [m for m in (_json(p) for p in marks) if m and m.get("name") != "report"]
+    marks = [m for m in (_json(p) for p in (L.root / ".stages").glob("*.json")) if m]
+    # Finished stages in the order they finished (a stage rerun after an edit comes after what it
+    # reads); the report stage itself is left out so that `phi1 report` rewrites the same report.
+    stages = sorted((m for m in marks if m.get("status", "done") == "done" and m.get("name") != "report"),
+                    key=lambda m: m.get("finished", 0))
+    if not stages and not L.data_pipeline.is_file():  # a run rebuilt by hand has its configs, not stage records
+        raise Phi1Error(f"{run_dir}: no finished stages (.stages/*.json) and no configs/data.yaml; is this a phi1 "
+                        "demo run directory?")
     fig_dir = L.root / "figures"
     fig_dir.mkdir(exist_ok=True)
     meta = _json(L.root / "demo.json") or {}
@@ -296,7 +299,10 @@ def build_report(run_dir: str | Path) -> Path:
     doc.table(["stage", "seconds"], [[s.get("name"), _fmt(float(s.get("seconds", 0)), 1)] for s in stages])
 
     doc.h("Reproduce each stage by hand")
-    doc.code("\n".join(s.get("command", "") for s in stages), "bash")
+    doc.p("Each command is rendered from the config the stage ran with; run them in this order from a copy "
+          "of `configs/` in a new directory (paths are relative to the run directory) to rebuild every output.")
+    doc.code("\n".join(["cd RUN_DIRECTORY"] + [s["command"] for s in stages if s.get("command")]
+                       + ["phi1 report ."]), "bash")
 
     md = doc.markdown(L.root)
     atomic_write_text(L.root / "report.md", md)

@@ -1,10 +1,4 @@
-"""Run a list of CLI stages with resume markers, timing, and a record of the exact commands.
-
-A stage is one `phi1 ...` command line. The runner executes it in-process
-(`phi1.cli.main(argv)`), so the command recorded for the report is literally what
-ran. A finished stage leaves `RUN/.stages/NAME.json` (command, wall time, exit
-status); rerunning the pipeline skips finished stages, so an interrupted demo
-resumes at the stage it was in (which resumes its own work where it supports it).
+"""The run directory of `phi1 demo` / `phi1 ablate` (their stages run on `phi1.utils.stagegraph`).
 
 `own_run_dir` guards the run directory: `phi1 demo` / `phi1 ablate` write only into a new or
 empty directory or one they wrote themselves (marker `.phi1-output.json`; a directory of an
@@ -15,27 +9,14 @@ lock on it for the whole run, so two runs on one directory cannot interleave.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shlex
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from phi1.errors import Phi1Error
-from phi1.utils.io import atomic_write_json
-from phi1.utils.safety import DIR_LOCK, MARKER, OutputLock, claim_output_dir, read_marker
+from phi1.utils.safety import OutputLock, claim_output_dir, read_marker, user_entries
 
 # The state files by which a run directory written before the marker existed is recognised.
 _LEGACY = {"demo": "demo.json", "ablate": ".stages"}
-
-
-def _entries(root: Path) -> list[str]:
-    """What a directory holds besides phi1's own marker, lock and temporary files."""
-    return sorted(e for e in os.listdir(root)
-                  if e not in (MARKER, DIR_LOCK) and not (e.startswith(".") and ".phi1-" in e and e.endswith(".tmp")))
 
 
 def _legacy_owned(root: Path, owner: str) -> bool:
@@ -60,7 +41,7 @@ def own_run_dir(root: Path, owner: str, flag: str = "--out") -> Iterator[Path]:
         claim_output_dir(root, owner, overwrite=True, flag=flag)  # adopt: writes the marker, deletes nothing
     elif root.is_dir():
         marker = read_marker(root) or {}
-        entries = _entries(root)
+        entries = user_entries(root)
         if entries and marker.get("owner") != owner:
             what = (f"was written by `phi1 {marker['owner']}`" if marker.get("owner")
                     else "was not written by this command")
@@ -72,80 +53,3 @@ def own_run_dir(root: Path, owner: str, flag: str = "--out") -> Iterator[Path]:
     claim_output_dir(root, owner, flag=flag)
     with OutputLock(root, is_dir=True, what=f"`phi1 {owner}` run directory"):
         yield root
-
-
-@dataclass
-class Stage:
-    name: str
-    argv: list[str]
-    title: str = ""
-    outputs: list[Path] = field(default_factory=list)
-    skip_if: Callable[[], str | None] | None = None  # returns a reason to skip, or None
-    prepare: Callable[[], None] | None = None  # writes inputs the command needs (e.g. a config file)
-    fn: Callable[[], None] | None = None  # a Python step instead of a CLI command
-    describe: str = ""  # what `fn` does, for the report
-
-    @property
-    def command(self) -> str:
-        if self.fn is not None:
-            return f"# {self.describe}"
-        return "phi1 " + " ".join(shlex.quote(str(a)) for a in self.argv)
-
-
-class StageRunner:
-    def __init__(self, run_dir: Path, log=print):
-        self.run_dir = Path(run_dir)
-        self.marks = self.run_dir / ".stages"
-        self.marks.mkdir(parents=True, exist_ok=True)
-        self.log = log
-
-    def marker(self, name: str) -> Path:
-        return self.marks / f"{name}.json"
-
-    def done(self, name: str) -> bool:
-        return self.marker(name).exists()
-
-    def run(self, stages: list[Stage]) -> None:
-        from phi1.cli import main as cli_main
-
-        total = len(stages)
-        for i, st in enumerate(stages, 1):
-            head = f"[{i}/{total}] {st.title or st.name}"
-            if self.done(st.name):
-                self.log(f"{head}: done earlier, skipping")
-                continue
-            reason = st.skip_if() if st.skip_if else None
-            if reason:
-                self.log(f"{head}: skipped ({reason})")
-                atomic_write_json(self.marker(st.name), {"name": st.name, "command": st.command,
-                                                         "skipped": reason, "seconds": 0.0})
-                continue
-            if st.prepare is not None:
-                st.prepare()
-            self.log(f"{head}\n  $ {st.command}")
-            sys.stdout.flush()
-            t0 = time.time()
-            if st.fn is not None:
-                st.fn()
-                rc = 0
-            else:
-                rc = cli_main([str(a) for a in st.argv])
-            dt = time.time() - t0
-            if rc != 0:
-                raise Phi1Error(f"stage '{st.name}' failed (exit {rc}) after {dt:.0f}s; "
-                                f"fix the cause and rerun the same command to resume from this stage")
-            missing = [str(p) for p in st.outputs if not Path(p).exists()]
-            if missing:
-                raise Phi1Error(f"stage '{st.name}' finished but did not write {missing}")
-            atomic_write_json(self.marker(st.name), {"name": st.name, "title": st.title, "command": st.command,
-                                                     "seconds": round(dt, 2), "finished": time.time()})
-            self.log(f"  done in {dt:.1f}s")
-
-    def records(self) -> list[dict]:
-        out = []
-        for f in sorted(self.marks.glob("*.json"), key=lambda p: p.stat().st_mtime):
-            try:
-                out.append(json.loads(f.read_text()))
-            except json.JSONDecodeError:
-                continue
-        return out

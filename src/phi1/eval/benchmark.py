@@ -16,8 +16,9 @@ from pathlib import Path
 
 from phi1.errors import ConfigError
 from phi1.eval.execute import execute_samples
-from phi1.eval.problems import BENCHMARKS, Problem, load_problems, truncate
+from phi1.eval.problems import BENCHMARKS, Problem, load_problems
 from phi1.eval.sandbox import Sandbox, SandboxConfig
+from phi1.infer.textstream import truncate_at_stop
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from phi1.utils.progress import progress
 from phi1.utils.safety import OutputLock, claim_output_dir, read_marker
@@ -87,7 +88,7 @@ def generate_samples(model, tokenizer, problems: dict[str, Problem], samples_pat
                             max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                             top_p=gen.top_p, stop=stop, seed=seed, batch_size=gen.batch_size)
             for (tid, i), c in zip(part, outs):
-                out.write({"task_id": tid, "completion": truncate(c.text, problems[tid].stop),
+                out.write({"task_id": tid, "completion": truncate_at_stop(c.text, problems[tid].stop)[0],
                            "sample": i, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens})
                 tokens += c.completion_tokens
             if bar is not None:

@@ -4,7 +4,7 @@ from phi1.utils.groups import add_group
 
 EVAL_MODULES = (
     "phi1.eval.commands",  # execute, humaneval, mbpp, loss
-    "phi1.synth.judge",    # judge (LLM-graded evaluation, shares the synth client)
+    "phi1.eval.judge",     # judge (LLM-graded evaluation through phi1.llm)
 )
 
 

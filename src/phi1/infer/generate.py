@@ -78,7 +78,8 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
     running; returning True ends that row (the caller truncates the text).
     On CUDA the host looks at tokens only every `sync_every` steps, so decoding
     does not wait on a GPU->CPU copy per token. `compile` (CUDA only; default:
-    the PHI1_COMPILE=1 environment variable) runs the decode step as a CUDA graph.
+    the PHI1_COMPILE=1 environment variable) runs the decode step compiled (a CUDA graph per
+    kv-length bucket, see `phi1.infer.decode.DecodeStep`).
     """
     params.validate()
     dev = model.lm_head.weight.device
@@ -106,6 +107,8 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
         gen.manual_seed(int(params.seed))
     step_fn = decode_step_for(model, compile)
     switch = longrope_switch(model)
+    rows = model.cache_shape[0]
+    extra = torch.zeros(rows - B, dtype=torch.long, device=dev) if step_fn.fixed_shape and rows > B else None
 
     # Prefill: one pass over the (right-padded) prompts; logits only at each row's last token.
     logits = prefill(model, prompts, pad)                                     # (B, V)
@@ -141,7 +144,10 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, eos_id
                 break
         # Decode one token for every row at its own position.
         kv_len = T0 + step + 1
-        logits = step_fn(nxt, cur, kv_len)                                   # (B, V)
+        if extra is None:
+            logits = step_fn(nxt, cur, kv_len)                               # (B, V)
+        else:  # fixed shapes: every cache row steps (the spare ones at position 0), so one graph per bucket
+            logits = step_fn(torch.cat([nxt, extra]), torch.cat([cur, extra]), kv_len)[:B]
         if switch is not None:  # a LongRoPE row reaching its long range is recomputed, as transformers does
             for i in (cur == switch).nonzero().flatten().tolist():
                 logits[i] = refill_row(model, i, prompts[i] + out[i, : step + 1].tolist())

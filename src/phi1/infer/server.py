@@ -51,7 +51,7 @@ class ServeConfig:
     dtype: str = "auto"
     compile: bool = False
     log_level: str = "info"
-    quantize: str | None = None         # int8 / int4 weight-only (phi1.infer.quantize)
+    quantize: str | None = None         # int8 / int4 weight-only (phi1.model.quantize)
 
     def validate(self) -> None:
         if not Path(self.model_dir, "config.json").exists():
@@ -435,7 +435,12 @@ def serve(cfg: ServeConfig) -> None:
 
         check_tokenizer_fits(cfg.model_dir)
         model, tok = load_for_inference(cfg.model_dir, cfg.device, cfg.dtype, quantize=cfg.quantize)
-        engine = Engine(model, tok, max_batch=cfg.max_batch_size, compile=cfg.compile).start()
+        engine = Engine(model, tok, max_batch=cfg.max_batch_size, compile=cfg.compile)
+        # Compile every bucket's graph before the socket listens, so /health answers only when ready.
+        n_graphs = engine.warmup()
+        if n_graphs:
+            print(f"phi1 serve: compiled {n_graphs} decode graphs", file=sys.stderr, flush=True)
+        engine.start()
         model_id = Path(cfg.model_dir).resolve().name
         app = create_app(engine, tok, model_id, cfg, api_key)
         if cfg.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

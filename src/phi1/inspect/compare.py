@@ -121,7 +121,8 @@ def load_items(cfg: CompareConfig) -> list[Item]:
 
 def complete(model_dir: str, items: list[Item], cfg: CompareConfig) -> list[dict]:
     """Greedy completions of every item by one model, cut at HumanEval's stop sequences."""
-    from phi1.eval.problems import HUMANEVAL_STOP, truncate
+    from phi1.eval.problems import HUMANEVAL_STOP
+    from phi1.infer.textstream import truncate_at_stop
     from phi1.infer.generate import generate
     from phi1.model import load_for_inference
     from phi1.model.create import check_tokenizer_fits
@@ -139,7 +140,7 @@ def complete(model_dir: str, items: list[Item], cfg: CompareConfig) -> list[dict
             res.append({"completion": "", "finish_reason": "prompt_too_long"})
             continue
         c = next(outs)
-        res.append({"completion": truncate(c.text, HUMANEVAL_STOP), "finish_reason": c.finish_reason})
+        res.append({"completion": truncate_at_stop(c.text, HUMANEVAL_STOP)[0], "finish_reason": c.finish_reason})
     del model
     gc.collect()
     return res
@@ -166,7 +167,7 @@ def execute(items: list[Item], results: dict[str, list[dict]], cfg: CompareConfi
 
 def judge(items: list[Item], results: dict[str, list[dict]], cfg: CompareConfig, out: Path) -> dict:
     """Grade both sides with phi1's LLM judge (`run_judge`, rubric `problems`); returns its summaries."""
-    from phi1.synth.judge import JudgeConfig, run_judge
+    from phi1.eval.judge import JudgeConfig, run_judge
 
     jdir = out / "judge"
     jdir.mkdir(exist_ok=True)

@@ -7,16 +7,16 @@ __all__ = ["PRESETS", "PhiConfig", "PhiForCausalLM", "load_for_inference"]
 
 def load_for_inference(model_dir, device: str = "auto", dtype: str = "auto", quantize: str | None = None):
     """Load (model, tokenizer) from a model directory, on the best device, in eval mode; `quantize`
-    ("int8" / "int4") makes its linear weights group-wise quantized (phi1.infer.quantize)."""
+    ("int8" / "int4") makes its linear weights group-wise quantized (phi1.model.quantize)."""
     from phi1.model.hf import load_model_dir
-    from phi1.model.runtime import resolve_device_dtype
+    from phi1.utils.device import resolve_device_dtype
     from phi1.tokenizer import load_tokenizer
 
     dev, dt = resolve_device_dtype(device, dtype)
     model = load_model_dir(model_dir, device=dev, dtype=dt)
     model.eval()
     if quantize:
-        from phi1.infer.quantize import quantize_model
+        from phi1.model.quantize import quantize_model
 
         quantize_model(model, quantize)
     tok = load_tokenizer(model_dir)

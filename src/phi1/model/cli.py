@@ -1,9 +1,8 @@
-"""`phi1 model init|info`, `phi1 tokenizer train`, `phi1 generate`."""
+"""`phi1 model init|info`, `phi1 tokenizer train`."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 from phi1.utils.cliio import declare_io, needs_subcommand
 
@@ -44,25 +43,6 @@ def register(sub) -> None:
     p.set_defaults(func=_tok_train)
     t.set_defaults(func=needs_subcommand(t))
 
-    p = sub.add_parser("generate", help="complete a prompt with a model directory")
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", required=True, help="prompt text, or @FILE to read it from a file")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", nargs="*", default=[])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="weight-only group-wise quantization of the linear layers (less memory; see docs/export.md)")
-    p.add_argument("--chat", action="store_true",
-                   help="send the prompt as a user message through the model's chat template; stop at its end marker")
-    declare_io(p, inputs=("model", "prompt"))
-    p.set_defaults(func=_generate)
-
 
 def _init(args) -> int:
     from phi1.model.create import init_model_dir, model_info
@@ -75,7 +55,7 @@ def _init(args) -> int:
 
 
 def _info(args) -> int:
-    from phi1.infer.quantize import memory_table
+    from phi1.model.quantize import memory_table
     from phi1.model.create import model_info
 
     info = model_info(args.model_dir)
@@ -109,35 +89,4 @@ def _tok_train(args) -> int:
     skipped = f"; skipped {bad.get('bad_utf8', 0)} non-UTF-8 and {bad.get('bad_json', 0)} malformed JSON lines" \
         if any(bad.values()) else ""
     print(f"wrote {args.out} ({len(tok)} tokens{skipped})")
-    return 0
-
-
-def _generate(args) -> int:
-    from pathlib import Path
-
-    from phi1.errors import Phi1Error
-    from phi1.infer.generate import generate
-    from phi1.model import load_for_inference
-    from phi1.model.create import check_tokenizer_fits
-
-    prompt = args.prompt
-    if prompt.startswith("@"):
-        f = Path(prompt[1:])
-        if not f.exists():
-            raise Phi1Error(f"--prompt {prompt}: file not found")
-        prompt = f.read_text()
-    check_tokenizer_fits(args.model)
-    model, tok = load_for_inference(args.model, args.device, args.dtype, quantize=args.quantize)
-    stop = list(args.stop)
-    if args.chat:
-        from phi1.chat import PHI3_TEMPLATE
-
-        template = tok.chat(default=PHI3_TEMPLATE)
-        prompt = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        stop += [template.end_marker()] if template.end_marker() else []
-    [c] = generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_p=args.top_p, top_k=args.top_k, stop=stop, seed=args.seed, batch_size=1)
-    if args.echo:
-        sys.stdout.write(prompt)
-    sys.stdout.write(c.text + "\n")
     return 0

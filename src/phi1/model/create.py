@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from phi1.model.config import PhiConfig
 from phi1.model.family import build_model, config_from_preset, family_of, preset_vocab_size
 from phi1.model.hf import check_weights, read_config, save_model_dir
 from phi1.tokenizer import load_tokenizer, resolve_tokenizer
+from phi1.utils.io import read_json
 from phi1.utils.safety import OutputLock, claim_output_dir
 
 
@@ -74,7 +74,7 @@ def model_info(model_dir: str | os.PathLike) -> dict:
                 "partial_rotary_factor")):
             preset = name
             break
-    raw = json.loads((path / "config.json").read_text())
+    raw = read_json(path / "config.json", "model config", expect=dict)
     tok_info = None
     try:
         tok = load_tokenizer(path)

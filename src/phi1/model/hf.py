@@ -29,6 +29,7 @@ import torch
 from phi1.errors import Phi1Error
 from phi1.model.config import PhiConfig
 from phi1.model.phi import PhiForCausalLM
+from phi1.utils.io import read_json
 from phi1.utils.safety import temp_prefix
 
 TRANSFORMERS_VERSION_WRITTEN = "4.45.0"  # the oldest transformers whose Phi reads what we write
@@ -314,10 +315,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise Phi1Error(f"{index}: malformed shard index ({exc})") from None
+            weight_map = _weight_map(index)
             sd: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
                 f = path / shard
@@ -370,15 +368,20 @@ def check_safetensors_file(f: Path) -> None:
                         "the file is damaged or incomplete: write the model directory again (or copy it again)")
 
 
+def _weight_map(index: Path) -> dict:
+    """The `weight_map` (tensor name -> shard file) of a sharded checkpoint's index file."""
+    weight_map = read_json(index, "shard index", expect=dict).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise Phi1Error(f"shard index {index}: malformed (needs a weight_map object of tensor name -> file name)")
+    return weight_map
+
+
 def check_weights(path: str | os.PathLike) -> None:
     """Raise a Phi1Error when a model directory's safetensors weights are missing or truncated."""
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-            raise Phi1Error(f"{index}: malformed shard index ({exc})") from None
+        files = sorted(set(_weight_map(index).values()))
         for name in files:
             if not (path / name).exists():
                 raise Phi1Error(f"{index}: names shard {name!r}, which is missing from {path}")
@@ -397,13 +400,7 @@ def read_config(path: str | os.PathLike) -> PhiConfig:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise Phi1Error(f"{cfg_file}: missing; a model directory needs config.json (is {path} a model directory?)")
-    try:
-        d = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise Phi1Error(f"{cfg_file}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(d, dict):
-        raise Phi1Error(f"{cfg_file}: expected a JSON object")
-    return config_from_hf(d, source=str(cfg_file))
+    return config_from_hf(read_json(cfg_file, "model config", expect=dict), source=str(cfg_file))
 
 
 def load_model_dir(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = torch.float32,

@@ -32,11 +32,53 @@ class KVCache(nn.Module):
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         # input_pos: (B, T) absolute positions; k, v: (B, Hkv, T, D)
-        B, H, T, D = k.shape
-        idx = input_pos[:, None, :, None].expand(B, H, T, D)
-        self.k[:B].scatter_(2, idx, k)
-        self.v[:B].scatter_(2, idx, v)
+        # Indexed assignment into the whole buffer (no slice of it first): compiled, this is one in-place
+        # index_put_ that writes B*T slots, never a copy of the cache (a scatter_ into self.k[:B] was).
+        B = k.shape[0]
+        rows = torch.arange(B, device=input_pos.device)[:, None]           # (B, 1)
+        self.k[rows, :, input_pos] = k.transpose(1, 2)                      # indexed dims first: (B, T, H, D)
+        self.v[rows, :, input_pos] = v.transpose(1, 2)
         return self.k[:B], self.v[:B]
+
+
+CE_CHUNK_ELEMENTS = 1 << 24  # fp32 elements upcast at a time by chunked_cross_entropy (64 MiB)
+
+
+class _ChunkedCE(torch.autograd.Function):
+    """Mean cross-entropy (ignore_index -100) over logits (N, V), upcast to fp32 one row-chunk at a time.
+
+    The gradient w.r.t. the logits, softmax - onehot, is computed chunk by chunk in the forward and kept
+    in the logits' dtype, so no full fp32 copy of the logits (nor an fp32 log-softmax) ever exists."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, rows: int, need_grad: bool):
+        valid = targets != -100
+        n_valid = valid.sum()
+        safe = targets.clamp(min=0)
+        total = logits.new_zeros((), dtype=torch.float32)
+        grad = torch.empty_like(logits) if need_grad else None
+        for s in range(0, logits.shape[0], rows):
+            x = logits[s : s + rows].float()
+            t, ok = safe[s : s + rows, None], valid[s : s + rows, None]
+            lse = torch.logsumexp(x, dim=-1, keepdim=True)
+            total = total + ((lse - x.gather(1, t)) * ok).sum()
+            if need_grad:
+                g = torch.exp(x - lse)
+                g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
+                grad[s : s + rows] = (g * ok / n_valid).to(logits.dtype)
+        ctx.save_for_backward(grad if need_grad else logits.new_empty(0))
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx, go):
+        (grad,) = ctx.saved_tensors
+        return grad * go.to(grad.dtype), None, None, None
+
+
+def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_elements: int = CE_CHUNK_ELEMENTS):
+    """F.cross_entropy(logits.float(), targets, ignore_index=-100) without a full fp32 copy of logits (N, V)."""
+    rows = max(1, chunk_elements // logits.shape[-1])
+    return _ChunkedCE.apply(logits, targets, rows, torch.is_grad_enabled() and logits.requires_grad)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -181,10 +223,6 @@ class PhiForCausalLM(nn.Module):
             a = blk.attn
             blk.attn.kv_cache = KVCache(max_batch_size, a.n_kv, max_seq_len, a.head_dim, dtype, device)
 
-    def clear_caches(self) -> None:
-        for blk in self.layers:
-            blk.attn.kv_cache = None
-
     @property
     def cache_shape(self) -> tuple[int, int] | None:
         c = self.layers[0].attn.kv_cache
@@ -227,8 +265,7 @@ class PhiForCausalLM(nn.Module):
         logits = self.lm_head(h)  # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return logits, chunked_cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     # ---- accounting ------------------------------------------------------
     def num_parameters(self, *, include_embeddings: bool = True) -> int:

@@ -102,7 +102,6 @@ class Phi3ForCausalLM(nn.Module):
     # The cache, the logits/loss and the accounting are PhiForCausalLM's: they read the same attribute
     # names (layers[i].attn.{kv_cache, n_kv, head_dim}, lm_head, hidden_states, _rope_len, config).
     setup_caches = PhiForCausalLM.setup_caches
-    clear_caches = PhiForCausalLM.clear_caches
     cache_shape = PhiForCausalLM.cache_shape
     forward = PhiForCausalLM.forward
     num_parameters = PhiForCausalLM.num_parameters

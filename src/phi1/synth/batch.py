@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.synth.client import RETRY_STATUSES, LLMClient, LLMResult, _RetryableError, parse_retry_after, read_completion
+from phi1.llm.client import RETRY_STATUSES, LLMClient, LLMResult, _RetryableError, parse_retry_after, read_completion
 from phi1.synth.prompts import iter_prompts
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from phi1.data.dedup import DEDUP_THRESHOLD
 from phi1.synth.spec import KINDS
 from phi1.utils.cliio import declare_io, needs_subcommand
 
@@ -132,7 +133,7 @@ def register(subparsers) -> None:
     v.add_argument("--report", default=None, help="diversity report JSON (default OUT.report.json; PNG beside it)")
     v.add_argument("--no-execute", action="store_true", help="exercises: only parse, do not run the asserts")
     v.add_argument("--exec-timeout", type=float, default=5.0, help="seconds per exercise execution")
-    v.add_argument("--dedup-threshold", type=float, default=0.85, help="MinHash Jaccard above which texts are near-duplicates")
+    v.add_argument("--dedup-threshold", type=float, default=DEDUP_THRESHOLD, help="MinHash Jaccard above which texts are near-duplicates")
     v.add_argument("--workers", type=int, default=2, help="sandbox processes for executing exercises")
     v.add_argument("--no-decontam", action="store_true", help="skip the decontamination (13-gram, sequence ratio, AST)")
     v.add_argument("--benchmark", action="append", default=None,

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.synth.client import LLMClient, LLMResult
+from phi1.llm.client import ClientSettings, LLMClient, LLMResult
 from phi1.synth.prompts import iter_prompts
 from phi1.synth.spec import Spec, load_spec, read_structured
 from phi1.utils.io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
@@ -46,24 +46,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class JobConfig:
+class JobConfig(ClientSettings):
+    """One synth job; the client's fields (concurrency, timeout, ...) are `ClientSettings`' (keyword-only)."""
+
     kind: str
     endpoint: str | list[str]
     model: str
     count: int
     out: str
     spec: str | None = None
-    concurrency: int = 8
     seed: int = 0
-    api_key_env: str | None = None
-    timeout: float = 120.0
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    routing: str = "least-busy"
     sampling: dict = field(default_factory=dict)  # overrides the spec's sampling
     api: str | None = None  # chat | completions; None = the spec's
-    price_per_1k_prompt: float = 0.0
-    price_per_1k_completion: float = 0.0
     # Stop the run after this many failed requests in a row (0 = never): a dead endpoint
     # should not burn through the whole job writing failures.
     max_consecutive_failures: int = 50
@@ -238,10 +232,7 @@ def _run_locked(cfg: JobConfig, spec: Spec, out: Path, client: LLMClient | None)
                     "with a phi1 older than the output lock); each index is counted once, and `phi1 synth "
                     "validate` keeps the first record of each", out, repeats)
     if client is None:
-        client = LLMClient(cfg.endpoint, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                           timeout=cfg.timeout, max_attempts=cfg.max_attempts, routing=cfg.routing,
-                           base_delay=cfg.base_delay, price_per_1k_prompt=cfg.price_per_1k_prompt,
-                           price_per_1k_completion=cfg.price_per_1k_completion)
+        client = cfg.make_client()
     already = sum(1 for i in done if i < cfg.count)
     todo = _pending(iter_prompts(spec, cfg.seed, cfg.count), done, out)  # lazy: N may be millions
     manifest["pinned"] = pinned

@@ -31,7 +31,7 @@ from itertools import islice
 from pathlib import Path
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.synth.client import LLMClient
+from phi1.llm.client import ClientSettings, LLMClient
 from phi1.synth.job import _check_manifest, _write_json
 from phi1.synth.sources import TREE_FORMAT
 from phi1.utils.io import JsonlAppender, read_jsonl
@@ -47,7 +47,9 @@ SEED_SUFFIXES = (".txt", ".json", ".yaml", ".yml")
 
 
 @dataclass
-class TopicsConfig:
+class TopicsConfig(ClientSettings):
+    """One topic-tree build; the client's fields are `ClientSettings`' (keyword-only)."""
+
     endpoint: str | list[str]
     model: str
     seeds: str  # a .txt/.json/.yaml file of subjects, or a comma-separated list
@@ -57,14 +59,6 @@ class TopicsConfig:
     depth: int = 4  # levels below the seed subjects
     temperature: float = 0.7
     max_tokens: int = 600
-    concurrency: int = 8
-    api_key_env: str | None = None
-    timeout: float = 120.0
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    routing: str = "least-busy"
-    price_per_1k_prompt: float = 0.0
-    price_per_1k_completion: float = 0.0
 
     def validate(self) -> None:
         for name, lo in (("target", 1), ("branching", 2), ("depth", 1), ("max_tokens", 1)):
@@ -301,10 +295,7 @@ def _build_locked(cfg: TopicsConfig, seeds: list[str], out: Path, client: LLMCli
     manifest["pinned"] = pinned
     _write_json(manifest_path, manifest)
     if client is None:
-        client = LLMClient(cfg.endpoint, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                           timeout=cfg.timeout, max_attempts=cfg.max_attempts, routing=cfg.routing,
-                           base_delay=cfg.base_delay, price_per_1k_prompt=cfg.price_per_1k_prompt,
-                           price_per_1k_completion=cfg.price_per_1k_completion)
+        client = cfg.make_client()
     tree = _Tree(seeds, cfg.target, cfg.branching, cfg.depth)
     t0 = time.monotonic()
     try:

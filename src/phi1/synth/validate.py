@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phi1.data.dedup import DEDUP_THRESHOLD
 from phi1.errors import ConfigError, Phi1Error
 from phi1.synth.checks import check_exercise, check_story, check_textbook
 from phi1.synth.diversity import build_report, embedding_clusters, plot_report_png, topic_coverage
@@ -49,7 +50,7 @@ class ValidateConfig:
     execute: bool = True  # exercises: run their asserts in the sandbox
     timeout: float = 5.0  # seconds per exercise run
     workers: int = 2  # sandbox processes
-    dedup_threshold: float = 0.85
+    dedup_threshold: float = DEDUP_THRESHOLD
     decontaminate: bool = True
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])  # built in: humaneval
     benchmark_files: list[str] = field(default_factory=list)  # HumanEval- or MBPP-format JSONL files

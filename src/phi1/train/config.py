@@ -15,6 +15,7 @@ from pathlib import Path
 
 from phi1.errors import ConfigError
 from phi1.utils.config import build, load_yaml, read_yaml_mapping
+from phi1.utils.device import DEVICE_CHOICES, device_ok
 
 
 @dataclass
@@ -22,7 +23,7 @@ class RunSection:
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 
 @dataclass
@@ -143,8 +144,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     t, o, s, e, c = cfg.train, cfg.optimizer, cfg.schedule, cfg.eval, cfg.checkpoint
     _check(bool(cfg.run.name) and "/" not in cfg.run.name, "config.run.name", cfg.run.name,
            "must be a non-empty name without '/'")
-    _check(cfg.run.device == "auto" or cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"),
-           "config.run.device", cfg.run.device, "allowed: auto, cpu, cuda, cuda:N")
+    _check(device_ok(cfg.run.device), "config.run.device", cfg.run.device, f"allowed: {DEVICE_CHOICES}")
     _check(bool(cfg.data.train), "config.data.train", cfg.data.train, "give at least one shard directory")
     for name, srcs in (("train", cfg.data.train), ("val", cfg.data.val)):
         for i, src in enumerate(srcs):

@@ -1,7 +1,7 @@
 """Process-group set-up and model preparation for one or many processes.
 
 The order in which a model is prepared lives here and only here
-(`prepare_model`): parallelize -> activation checkpointing -> compile -> shard.
+(`prepare_model`): parallelize -> activation checkpointing -> compile (per block) -> shard.
 The training loop calls `prepare_model`, `grad_sync(...)` and the reductions and
 never looks at DDP or FSDP itself.
 """
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from phi1.utils.device import resolve_device
 
 
 @dataclass
@@ -36,20 +38,12 @@ class World:
         return self.size > 1
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
-
-
 def init_world(device: str = "auto", strategy: str = "ddp", backend: str | None = None) -> World:
     """Join the torchrun process group when WORLD_SIZE > 1; a single process otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local_rank)
+    dev = resolve_device(device, local_rank, what="config.run.device")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if size > 1 and not dist.is_initialized():
@@ -63,35 +57,65 @@ def close_world(world: World) -> None:
         dist.destroy_process_group()
 
 
-def prepare_model(model: nn.Module, world: World, *, activation_checkpointing: bool, compile: bool) -> nn.Module:
+def compile_blocks(model: nn.Module, **compile_kw) -> None:
+    """Compile each block's forward (one graph, reused by every block of the same shape).
+
+    Whole-model compile unrolls every layer into one graph (slow first step for 24 layers);
+    per block, the graph is traced once and the other blocks hit its cache entry.
+    """
+    for blk in model.layers:
+        blk.compile(**compile_kw)
+
+
+@contextlib.contextmanager
+def eager_modules(model: nn.Module):
+    """Run `model` (and every submodule compiled with Module.compile) uncompiled inside the block.
+
+    Evaluation and generation call the model in eval mode, under no_grad and with other
+    shapes; through the compiled blocks that would add graphs to the training frames (and
+    can reach the recompile limit). Here they go through the plain modules instead.
+    """
+    lifted = [(m, m._compiled_call_impl) for m in model.modules()
+              if getattr(m, "_compiled_call_impl", None) is not None]
+    for m, _ in lifted:
+        m._compiled_call_impl = None
+    try:
+        yield model
+    finally:
+        for m, fn in lifted:
+            m._compiled_call_impl = fn
+
+
+def prepare_model(model: nn.Module, world: World, *, activation_checkpointing: bool, compile: bool,
+                  precision: str = "fp32", compile_kw: dict | None = None) -> nn.Module:
     """Parallelize -> activation checkpointing -> compile -> shard/replicate; returns the module to call.
 
     Tensor/sequence parallelism would go first; the model is small enough that
-    data parallelism is all phi-1 needs.
+    data parallelism is all phi-1 needs. `compile_kw` goes to torch.compile (tests pass a
+    counting backend).
     """
     model.activation_checkpointing = activation_checkpointing
     if compile:
-        # Per block under FSDP (each block is one shard unit), whole model otherwise.
-        if world.strategy == "fsdp2":
-            for blk in model.layers:
-                blk.compile()
-        else:
-            model.compile()
+        compile_blocks(model, **(compile_kw or {}))
     if world.strategy == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         # Our forward returns (logits, loss) and the trainer never edits them in place.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-
+        # bf16: all-gather the parameters in bf16, reduce-scatter the gradients in fp32.
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if precision == "bf16" else MixedPrecisionPolicy())
         for blk in model.layers:
-            fully_shard(blk)
-        fully_shard(model)
+            fully_shard(blk, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
         return model
     if world.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [world.device.index] if world.device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        # The only buffers are the rotary tables (and KV caches), equal on every rank by
+        # construction: no broadcast before each forward.
+        return DDP(model, device_ids=ids, broadcast_buffers=False)
     return model
 
 

@@ -28,7 +28,7 @@ import yaml
 from phi1.errors import Phi1Error
 from phi1.train.config import TrainConfig
 from phi1.train.distributed import World, broadcast_object
-from phi1.utils.safety import (OutputLock, _user_entries, claim_output_dir, clean_stale_temps,
+from phi1.utils.safety import (OutputLock, user_entries, claim_output_dir, clean_stale_temps,
                                describe_oserror, read_marker)
 
 RUN_OWNER = "train"
@@ -79,12 +79,12 @@ def _take(cfg: TrainConfig, new_run: bool, resume: bool) -> OutputLock:
     run_dir = cfg.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise Phi1Error(f"{run_dir}: the run directory (run.out_dir/run.name) is a file; set run.name")
-    if new_run and run_dir.is_dir() and (holds_run(run_dir) or _user_entries(run_dir)):
+    if new_run and run_dir.is_dir() and (holds_run(run_dir) or user_entries(run_dir)):
         fresh = _new_sibling(run_dir)
         log.info(f"--new-run: {run_dir} holds a run; starting a new run in {fresh}")
         cfg.run.name = fresh.name
         run_dir = cfg.run_dir
-    if run_dir.is_dir() and _user_entries(run_dir) and not holds_run(run_dir):
+    if run_dir.is_dir() and user_entries(run_dir) and not holds_run(run_dir):
         marker = read_marker(run_dir)
         whose = f"written by `phi1 {marker['owner']}`" if marker and marker.get("owner") else "not a phi1 run"
         raise Phi1Error(f"{run_dir}: the run directory is not empty and is {whose} (no config.yaml); "

@@ -22,15 +22,15 @@ from phi1.errors import Phi1Error
 from phi1.train import checkpoint as ckpt_io
 from phi1.train import rundir, setup
 from phi1.train.config import TrainConfig
-from phi1.train.distributed import (World, all_reduce_mean, barrier, broadcast_object, close_world, grad_sync,
-                                    init_world, prepare_model, unwrap)
+from phi1.train.distributed import (World, all_reduce_mean, barrier, broadcast_object, close_world,
+                                    eager_modules, grad_sync, init_world, prepare_model, unwrap)
 from phi1.train.metrics import MetricsLog, memory_stats, peak_flops
 from phi1.train.schedule import lr_at
+from phi1.utils.device import torch_dtype
 from phi1.utils.io import atomic_write_text
 from phi1.utils.progress import progress
 from phi1.utils.safety import describe_oserror
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EvalCallback = Callable[[torch.nn.Module, object], dict]
 
 
@@ -93,11 +93,11 @@ class Trainer:
         model = setup.build_model(cfg, mcfg, ckpt).to(world.device)
         self.flops_per_token = model.flops_per_token(cfg.data.seq_len)
         self.model = prepare_model(model, world, activation_checkpointing=cfg.train.activation_checkpointing,
-                                   compile=cfg.train.compile)
+                                   compile=cfg.train.compile, precision=cfg.train.precision)
         self.optimizer = setup.make_optimizer(self.model, cfg, world.device)
         self.dpo = setup.build_dpo(cfg, self.train_data, self.val_data, world) if cfg.train.kind == "dpo" else None
         prec = cfg.train.precision
-        self.autocast_dtype = DTYPES[prec]
+        self.autocast_dtype = torch_dtype(prec, "config.train.precision")
         self.scaler = torch.amp.GradScaler(world.device.type) if prec == "fp16" else None
         self.step, self.samples, self.best = 0, 0, None
         if ckpt is not None:
@@ -152,15 +152,10 @@ class Trainer:
         total = torch.zeros((), device=w.device)
         stats: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
-            batch = self.train_data.batch(self.micro_indices(self.samples, m), w.device)
-            with grad_sync(self.model, w, m == self.accum - 1):
-                with self.autocast():
-                    loss, extra = self.micro_loss(batch)
-                scaled = loss / self.accum
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += loss.detach()
+            loss, extra = self._micro_step(m)
+            total += loss
             for k, v in extra.items():
-                stats[k] = stats.get(k, 0.0) + v.detach().float() / self.accum
+                stats[k] = stats.get(k, 0.0) + v.float() / self.accum
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = cfg.train.grad_clip if cfg.train.grad_clip is not None else float("inf")
@@ -179,17 +174,37 @@ class Trainer:
         return {"loss": loss, "lr": lr, "grad_norm": gnorm.item(),
                 **{k: all_reduce_mean(v, w).item() for k, v in stats.items()}}
 
+    def _micro_step(self, m: int) -> tuple[torch.Tensor, dict]:
+        """Forward and backward of micro-batch m; returns only detached values, so the batch, the
+        (bf16) logits and the graph are gone before the next micro-step's forward."""
+        w = self.world
+        batch = self.train_data.batch(self.micro_indices(self.samples, m), w.device)
+        with grad_sync(self.model, w, m == self.accum - 1):
+            with self.autocast():
+                loss, extra = self.micro_loss(batch)
+            del batch
+            scaled = loss / self.accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return loss.detach(), {k: v.detach() for k, v in extra.items()}
+
     def micro_loss(self, batch) -> tuple[torch.Tensor, dict]:
         """(loss, extra metrics) of one micro-batch: next-token loss, or the DPO loss and its rewards."""
         if self.dpo is not None:
             return self.dpo(self.model, batch)
         x, y = batch
-        _, loss = self.model(x, y)
+        loss = self.model(x, y)[1]  # the logits are not kept
         return loss, {}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Validation loss over eval.batches micro-batches per rank, plus the callback's metrics."""
+        """Validation loss over eval.batches micro-batches per rank, plus the callback's metrics.
+
+        Runs through the uncompiled modules: eval mode, no_grad and the callback's generation
+        shapes would otherwise add graphs to the compiled training blocks."""
+        with eager_modules(unwrap(self.model)):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         w, out = self.world, {}
         self.model.eval()
         if self.val_data is not None:
@@ -235,7 +250,10 @@ class Trainer:
                 rec = self.train_step()
                 dt = time.perf_counter() - t0
                 tps = tokens_per_step / dt
+                # MFU is against the datasheet's dense bf16 peak (989 TFLOP/s for H100 SXM/H200);
+                # tflops_per_gpu is what was achieved, so either can be compared.
                 rec.update(step=self.step, tokens=self.samples * cfg.data.seq_len, tokens_per_s=tps,
+                           tflops_per_gpu=self.flops_per_token * tps / w.size / 1e12,
                            mfu=(self.flops_per_token * tps / (self.peak * w.size)) if self.peak else None,
                            step_time_s=dt, **memory_stats(w.device))
                 if not math.isfinite(rec["loss"]) and self.scaler is None:

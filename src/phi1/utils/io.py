@@ -1,9 +1,10 @@
-"""File helpers shared by every stage: atomic writes and JSONL streams."""
+"""File helpers shared by every stage: atomic writes, JSON files read with one-line errors, JSONL streams."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import os
 import tempfile
@@ -55,9 +56,35 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
         fh.write("\n")
 
 
+def read_json(path: str | os.PathLike, what: str, expect: type | None = None) -> Any:
+    """A JSON file a user pointed a command at (a config, a manifest, a tree, a report).
+
+    A missing file, a directory, bytes that are not UTF-8, malformed JSON, or (with `expect`)
+    a top-level value of another type raise one Phi1Error naming `what` and the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise Phi1Error(f"{what} {path}: is a directory; give a JSON file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise Phi1Error(f"{what} {path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise Phi1Error(f"{what} {path}: not UTF-8 text (byte {exc.start}); is this the right file?") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Phi1Error(f"{what} {path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                        "fix or regenerate the file") from None
+    if expect is not None and not isinstance(obj, expect):
+        want = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise Phi1Error(f"{what} {path}: expected {want}, got {type(obj).__name__}")
+    return obj
+
+
 def read_jsonl(path: str | os.PathLike, *, strict: bool = True, skip_flag: str | None = None,
                counts: dict | None = None) -> Iterator[dict]:
-    """Yield one dict per non-empty line.
+    """Yield one dict per non-empty line (of a plain or gzip-compressed `.gz` file).
 
     Lines are read as bytes and decoded strictly (a bad byte is never replaced silently).
     With strict=True a line that is not UTF-8, not JSON or not an object raises a Phi1Error
@@ -65,13 +92,21 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = True, skip_flag: str |
     the caller's command has such a flag. With strict=False bad lines are skipped and, when
     `counts` is given, counted there under `bad_utf8` / `bad_json`.
     """
+    for _, obj in read_jsonl_numbered(path, strict=strict, skip_flag=skip_flag, counts=counts):
+        yield obj
+
+
+def read_jsonl_numbered(path: str | os.PathLike, *, strict: bool = True, skip_flag: str | None = None,
+                        counts: dict | None = None) -> Iterator[tuple[int, dict]]:
+    """`read_jsonl`, yielding (line number, record): for callers whose own checks name the line."""
     path = Path(path)
     if path.is_dir():
         raise Phi1Error(f"{path}: is a directory; give a JSONL file")
     if not path.exists():
         raise Phi1Error(f"{path}: file not found")
     fix = f"fix the line or pass {skip_flag} to skip and count such lines" if skip_flag else "fix the line"
-    with path.open("rb") as fh:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             raw = raw.strip()
             if not raw:
@@ -95,7 +130,7 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = True, skip_flag: str |
                 if counts is not None:
                     counts[kind] = counts.get(kind, 0) + 1
                 continue
-            yield obj
+            yield lineno, obj
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:

@@ -113,7 +113,8 @@ def owned_by(path: str | os.PathLike, owner: str) -> bool:
     return bool(marker) and marker.get("owner") == owner
 
 
-def _user_entries(path: Path) -> list[str]:
+def user_entries(path: str | os.PathLike) -> list[str]:
+    """What a directory holds besides phi1's own marker, lock and pid-named temporary files."""
     return sorted(e for e in os.listdir(path) if e not in (MARKER, DIR_LOCK) and not _TEMP_RE.match(e))
 
 
@@ -128,7 +129,7 @@ def claim_output_dir(path: str | os.PathLike, owner: str, *, overwrite: bool = F
     if p.exists() and not p.is_dir():
         raise Phi1Error(f"{flag} {p}: exists and is not a directory; choose a directory path")
     if p.is_dir():
-        entries = _user_entries(p)
+        entries = user_entries(p)
         marker = read_marker(p)
         if entries and not (marker and marker.get("owner") == owner) and not overwrite:
             who = f"by `phi1 {marker['owner']}`" if marker and marker.get("owner") else "by a phi1 command"

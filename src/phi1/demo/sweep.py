@@ -239,7 +239,7 @@ def evaluate_one(m: dict, model_dir: Path, run_dir: Path, beginnings: Path, out:
            "ending_loss": round(solution_loss(model, tok, probs), 6), "model": str(model_dir)}
     del model
     if judge:
-        from phi1.synth.judge import JudgeConfig, run_judge
+        from phi1.eval.judge import JudgeConfig, run_judge
 
         jc = JudgeConfig(model_dir=str(model_dir), task="stories", judge_endpoint=judge["endpoint"],
                          judge_model=judge["model"], api_key_env=judge.get("api_key_env"),

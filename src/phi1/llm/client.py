@@ -8,6 +8,10 @@ result with `ok=False` and the last error: a request is never silently emptied.
 
 The API key is read from the environment variable named by `api_key_env`; it
 lives only in the request headers and is scrubbed from every error message.
+
+`ClientSettings` holds the client's knobs for the configs that build one
+(`phi1.synth.job.JobConfig`, `phi1.synth.topics.TopicsConfig`), so their fields
+and defaults are written once.
 """
 
 from __future__ import annotations
@@ -115,6 +119,30 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+@dataclass(kw_only=True)
+class ClientSettings:
+    """The client fields a job config carries (keyword-only, so a config keeps its own positional fields).
+
+    A subclass declares `endpoint` and `model` itself (they are positional there) and
+    builds its client with `make_client()`.
+    """
+
+    concurrency: int = 8
+    api_key_env: str | None = None
+    timeout: float = 120.0
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    routing: str = "least-busy"
+    price_per_1k_prompt: float = 0.0
+    price_per_1k_completion: float = 0.0
+
+    def make_client(self) -> "LLMClient":
+        return LLMClient(self.endpoint, self.model, api_key_env=self.api_key_env, concurrency=self.concurrency,
+                         timeout=self.timeout, max_attempts=self.max_attempts, routing=self.routing,
+                         base_delay=self.base_delay, price_per_1k_prompt=self.price_per_1k_prompt,
+                         price_per_1k_completion=self.price_per_1k_completion)
 
 
 class LLMClient:

@@ -5,7 +5,7 @@ consistency) and `problems` (about twenty unconventional coding problems in the
 spirit of phi-1's section 4, graded for correctness and quality); the rubrics are
 in `rubric.py`. Completions come from `phi1.model.load_for_inference` +
 `phi1.infer.generate.generate` (greedy by default); grading goes through the
-same `LLMClient` as synthetic data. Graded items are appended to
+same `phi1.llm.LLMClient` as synthetic data. Graded items are appended to
 `<out>/judged.jsonl`, so a rerun only grades what is missing, and the summary
 reports each criterion's mean with 95% confidence intervals.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.synth.client import LLMClient
-from phi1.synth.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
+from phi1.llm.client import LLMClient
+from phi1.eval.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
 from phi1.utils.cliio import declare_io
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 
