@@ -13,7 +13,6 @@ scripts without submitting). `datatrove` is accepted as another name for `local`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -209,7 +208,7 @@ def _run_data_stage(cfg: PipelineConfig, ec, spec: StageSpec, sdir: Path, stage_
     from phi1.data.engine import read_manifest, run_blocks
     from phi1.data.steps import KINDS, StageContext
 
-    _claim_stage_dir(sdir, spec, fp, ec.tasks, force=False)  # a finished stage's manifest is cleared there
+    _claim_stage_dir(sdir, spec, fp, ec.tasks)  # a finished stage's manifest is cleared there
     ctx = StageContext(spec.name, sdir, input_path, ec.tasks, cfg.skip_bad_lines, cfg.write_rejected, fp, spec.kind)
     blocks = KINDS[spec.kind][1](ctx, stage_cfg)
     if not ec.quiet:
@@ -228,7 +227,7 @@ def _run_data_stage(cfg: PipelineConfig, ec, spec: StageSpec, sdir: Path, stage_
     return {k: m[k] for k in ("kept", "rejected", "dropped")}
 
 
-def _claim_stage_dir(sdir: Path, spec: StageSpec, fp: str, tasks: int, force: bool) -> None:
+def _claim_stage_dir(sdir: Path, spec: StageSpec, fp: str, tasks: int) -> None:
     """Make `sdir` this stage's: resume when it holds the same unfinished stage, clear what the runner
     wrote when options changed, refuse a directory the runner did not write."""
     marker = sdir / "stage.json"
@@ -245,7 +244,7 @@ def _claim_stage_dir(sdir: Path, spec: StageSpec, fp: str, tasks: int, force: bo
             prev = None
         except json.JSONDecodeError:
             prev = {}
-        if prev is not None and (force or prev.get("fingerprint") != fp or (sdir / "manifest.json").exists()):
+        if prev is not None and (prev.get("fingerprint") != fp or (sdir / "manifest.json").exists()):
             for name in _OWNED:
                 p = sdir / name
                 if p.is_dir():
@@ -279,9 +278,9 @@ def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejecte
     from phi1.data.engine import ExecConfig, read_manifest, run_blocks
     from phi1.data.records import RecordSink, StageReport, check_input_file
     from phi1.data.shardfiles import expand_record_inputs
-    from phi1.data.steps import KINDS, StageContext, config_dict, stage_config
+    from phi1.data.steps import KINDS, StageContext, stage_config
     from phi1.utils.procs import resolve_workers
-    from phi1.utils.stagegraph import stamp
+    from phi1.utils.stagegraph import fingerprint
 
     cfg = stage_config(kind, dict(options), kind)
     inp = Path(input_path) if input_path is not None else None
@@ -295,12 +294,12 @@ def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejecte
     out = Path(output_path)
     with RecordSink(out, report, rejected, inputs=inputs, overwrite=overwrite) as sink:
         sdir = out.parent / f".{out.name}.stage"
-        fp = hashlib.sha256(json.dumps([kind, config_dict(cfg), stamp(inp) if inp is not None else None, n,
-                                        skip_bad_lines], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        fp = fingerprint(kind, {"options": cfg, "tasks": n, "skip_bad_lines": skip_bad_lines},
+                         inputs=(inp,) if inp is not None else ())
         m = read_manifest(sdir)
         done = m is not None and m.get("fingerprint") == fp
         if not done:
-            _claim_stage_dir(sdir, StageSpec(kind, kind, None, {}), fp, n, force=False)
+            _claim_stage_dir(sdir, StageSpec(kind, kind, None, {}), fp, n)
         ctx = StageContext(kind, sdir, inp, n, skip_bad_lines, True, fp, kind)
         try:
             blocks = KINDS[kind][1](ctx, cfg)

@@ -14,7 +14,7 @@ import heapq
 import json
 import os
 import struct
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -1011,5 +1011,3 @@ def _check_type(where: str, key: str, value, f) -> None:
     raise ConfigError(f"{where}: option {key}: expected {' or '.join(ok)}, got {type(value).__name__} {value!r}")
 
 
-def config_dict(cfg) -> dict:
-    return asdict(cfg)

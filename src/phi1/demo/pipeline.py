@@ -63,14 +63,6 @@ DATA_STAGES = [
 ]
 
 
-def _non_default(cfg) -> dict:
-    """The fields of a stage config that differ from its dataclass's defaults (what a file must say)."""
-    from phi1.utils.stagegraph import config_dict
-
-    mine, base = config_dict(cfg), config_dict(type(cfg)())
-    return {k: v for k, v in mine.items() if base.get(k) != v}
-
-
 def annotate_config(cfg: DemoConfig, endpoint: str | None = None, model: str | None = None,
                     api_key_env: str | None = None):
     """The recipe's annotate config; the judge is its `endpoint`, else the demo's `--endpoint` (its
@@ -88,6 +80,8 @@ def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | 
     """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml):
     each stage's section of the recipe, as its config class has it. `workdir` is written as given
     (`data` for the file in RUN/configs/, run from the run directory)."""
+    from phi1.utils.config import changed_fields
+
     stages = []
     for name, section, kind, inp, _ in DATA_STAGES:
         stage_cfg = annotate_config(cfg, endpoint, model, api_key_env) if section == "annotate" else getattr(cfg.data, section)
@@ -96,7 +90,7 @@ def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | 
             entry["kind"] = kind
         if inp is not None and inp != (stages[-1]["name"] if stages else None):
             entry["input"] = inp
-        stages.append({**entry, **_non_default(stage_cfg)})
+        stages.append({**entry, **changed_fields(stage_cfg)})  # what the file must say
     return {"description": f"phi1 demo {cfg.name}: the data half of the recipe",
             "workdir": workdir or str(L.data), "executor": "local", "workers": workers, "tasks": 0, "stages": stages}
 

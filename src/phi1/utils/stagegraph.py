@@ -73,8 +73,10 @@ def stamp(path: str | Path) -> str:
     return f"{p}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def fingerprint(stage: Stage, upstream: list[str]) -> str:
-    payload = [stage.kind, config_dict(stage.config), upstream, [stamp(p) for p in stage.inputs]]
+def fingerprint(kind: str, config: Any, upstream=(), inputs=()) -> str:
+    """What decides whether work is still valid: its kind, its config, what it reads (the upstream
+    fingerprints) and a stamp of each outside input."""
+    payload = [kind, config_dict(config), list(upstream), [stamp(p) for p in inputs]]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -137,7 +139,7 @@ class StageGraph:
         results: list[dict] = []
         total = len(self.stages)
         for i, st in enumerate(self.stages, 1):
-            fp = fps[st.name] = fingerprint(st, [fps[a] for a in st.after])
+            fp = fps[st.name] = fingerprint(st.kind, st.config, [fps[a] for a in st.after], st.inputs)
             head = f"[{i}/{total}] {st.title or st.name}"
             prev = self.read_marker(st.name)
             done = (st.finished(fp) if st.finished is not None
