@@ -55,34 +55,45 @@ def sync(dev):
 
 
 def time_ours(model, prompts, new, compile_):
+    """(seconds of a timed run, ids, seconds of the warm-up run). Compiled, the warm-up decodes the timed
+    length, so every bucket the timed run meets is compiled before it starts."""
     from phi1.infer.generate import SamplingParams, generate_ids
 
     params = SamplingParams(max_new_tokens=new)
-    generate_ids(model, prompts, SamplingParams(max_new_tokens=8 if not compile_ else new), None,
-                 compile=compile_)  # warm up (and compile)
     dev = model.lm_head.weight.device
     sync(dev)
+    t = time.perf_counter()
+    generate_ids(model, prompts, SamplingParams(max_new_tokens=8 if not compile_ else new), None,
+                 compile=compile_)  # warm up (and compile)
+    sync(dev)
+    warm = time.perf_counter() - t
     t = time.perf_counter()
     out = generate_ids(model, prompts, params, None, compile=compile_)  # eos None: never stop early
     sync(dev)
     dt = time.perf_counter() - t
     assert all(len(ids) == new for ids, _ in out)
-    return dt, [ids for ids, _ in out]
+    return dt, [ids for ids, _ in out], warm
 
 
 @torch.inference_mode()
-def time_hf(hf, prompts, new, pad_id):
+def time_hf(hf, prompts, new, pad_id, static: bool = False):
+    """(seconds of a timed run, ids, seconds of the warm-up run). The static-cache model is warmed at the
+    timed length: its cache is sized prompt + max_new_tokens, and a smaller warm-up would leave the timed
+    run a new cache shape to compile."""
     dev = hf.device
     x = torch.tensor(prompts, device=dev)  # equal lengths: no padding needed
     kw = dict(do_sample=False, min_new_tokens=new, max_new_tokens=new, pad_token_id=pad_id,
               attention_mask=torch.ones_like(x))
-    hf.generate(x, **{**kw, "min_new_tokens": 8, "max_new_tokens": 8})
     sync(dev)
+    t = time.perf_counter()
+    hf.generate(x, **(kw if static else {**kw, "min_new_tokens": 8, "max_new_tokens": 8}))
+    sync(dev)
+    warm = time.perf_counter() - t
     t = time.perf_counter()
     out = hf.generate(x, **kw)
     sync(dev)
     dt = time.perf_counter() - t
-    return dt, out[:, x.shape[1]:].tolist()
+    return dt, out[:, x.shape[1]:].tolist(), warm
 
 
 def make_hf_static(hf, backend: str):
@@ -110,7 +121,8 @@ def time_steps(model, prompt, new, mode):
         step = DecodeStep(model, mode="full")  # compiled once; later runs (and repeats) reuse its graph
         step._fn = torch.compile(_step_full_cache, fullgraph=True, dynamic=False)
         model._phi1_decode_step = step
-    return time_ours(model, [prompt], new, False)
+    dt, ids, _ = time_ours(model, [prompt], new, False)
+    return dt, ids
 
 
 def time_llama_cpp(path, prompt, new, threads):
@@ -178,11 +190,13 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-hf", action="store_true", help="time phi1 only (no transformers rows)")
     ap.add_argument("--skip-hf-static", action="store_true",
                     help="leave out the transformers static-cache + compiled row")
+    ap.add_argument("--skip-hf-eager", action="store_true",
+                    help="leave out the plain (dynamic cache, eager) transformers row")
     ap.add_argument("--hf-compile-backend", default="inductor",
                     help="torch.compile backend of the transformers static row (aot_eager: a cheap CPU dry run)")
     ap.add_argument("--backend", default="hf", choices=["hf", "llama.cpp"],
                     help="what phi1 is compared with: transformers (default) or llama.cpp (CPU, batch 1)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per side, interleaved; the best counts")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (after a warm-up run); the best counts")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU: torch threads (1 is steadier on a machine shared with other jobs)")
     args = ap.parse_args(argv)
@@ -204,7 +218,8 @@ def main(argv=None) -> int:
         model, tok = load_for_inference(model_dir, args.device, args.dtype)
         hf = hf_static = None
         if not args.skip_hf:
-            hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval()
+            if not args.skip_hf_eager:
+                hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval()
             if not args.skip_hf_static:
                 hf_static = make_hf_static(
                     transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval(),
@@ -217,29 +232,38 @@ def main(argv=None) -> int:
         print(f"# greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored")
         print(f"# hf = transformers generate (dynamic cache, eager); hf-static = static cache + compiled "
               f"forward ({args.hf_compile_backend}); ratios are ours / theirs")
-        print(f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>10} {'hf-static tok/s':>16} {'vs hf':>6} "
-              f"{'vs static':>9} {'ours GB/s':>10} {'same':>5}")
-        refs = {"hf": hf, "hf-static": hf_static}
+        refs = {"hf-static": hf_static, "hf": hf}  # the target's reference first
         for b in [int(x) for x in args.batches.split(",")]:
             prompts = prompt_ids(tok, args.prompt_len, b)
-            t_ours = float("inf")
-            t_ref = {k: float("inf") for k, m in refs.items() if m is not None}
-            ids_ref: dict = {}
-            for _ in range(args.repeats):  # interleaved, so a noisy neighbour hurts every side alike
-                t, ids_ours = time_ours(model, prompts, args.new_tokens, args.compile)
-                t_ours = min(t_ours, t)
-                for k in t_ref:
-                    t, ids_ref[k] = time_hf(refs[k], prompts, args.new_tokens, tok.eos_id)
-                    t_ref[k] = min(t_ref[k], t)
+            # Ours first, its figure printed at once (a later timeout loses nothing of it); each side is
+            # warmed (and compiled) before its timed runs; the best of --repeats counts.
+            t_ours, warm_ours, ids_ours = float("inf"), None, None
+            for _ in range(args.repeats):
+                t, ids_ours, w = time_ours(model, prompts, args.new_tokens, args.compile)
+                t_ours, warm_ours = min(t_ours, t), w if warm_ours is None else warm_ours
             ours = b * args.new_tokens / t_ours
             gbs = wbytes * args.new_tokens / t_ours / 1e9  # each decode step reads every weight once
-            tps = {k: b * args.new_tokens / t for k, t in t_ref.items()}
-            # Greedy agreement (first 32 tokens: long random-weight runs may drift on near-ties).
-            same = "-" if not ids_ref else "yes" if all(
-                a[:32] == h[:32] for ref in ids_ref.values() for a, h in zip(ids_ours, ref)) else "NO"
+            print(f"result batch={b} impl=phi1 tok_s={ours:.1f} gb_s={gbs:.2f} "
+                  f"warm_s={max(0.0, warm_ours - t_ours):.1f}", flush=True)
+            tps, same = {}, "-"
+            for k, m in refs.items():
+                if m is None:
+                    continue
+                best, warm, ids = float("inf"), None, None
+                for _ in range(args.repeats):
+                    t, ids, w = time_hf(m, prompts, args.new_tokens, tok.eos_id, static=k == "hf-static")
+                    best, warm = min(best, t), w if warm is None else warm
+                tps[k] = b * args.new_tokens / best
+                # greedy agreement (first 32 tokens: long random-weight runs may drift on near-ties)
+                agree = all(a[:32] == h[:32] for a, h in zip(ids_ours, ids))
+                same = "yes" if agree and same != "NO" else "NO"
+                print(f"result batch={b} impl={k} tok_s={tps[k]:.1f} warm_s={max(0.0, warm - best):.1f} "
+                      f"ratio={ours / tps[k]:.3f} same={'yes' if agree else 'NO'}", flush=True)
 
             def col(k, w, fmt):
                 return f"{fmt(tps[k]):>{w}}" if k in tps else f"{'-':>{w}}"
+            print(f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>10} {'hf-static tok/s':>16} {'vs hf':>6} "
+                  f"{'vs static':>9} {'ours GB/s':>10} {'same':>5}")
             print(f"{b:>5} {ours:>11.1f} {col('hf', 10, lambda v: f'{v:.1f}')} "
                   f"{col('hf-static', 16, lambda v: f'{v:.1f}')} {col('hf', 6, lambda v: f'{ours / v:.2f}x')} "
                   f"{col('hf-static', 9, lambda v: f'{ours / v:.2f}x')} {gbs:>10.2f} {same:>5}")

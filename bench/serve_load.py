@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -35,8 +36,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str, float]:
+    """(process, url, seconds until /health answered): start-up is model load plus the server's warm-up
+    (every decode bucket compiled before the socket listens)."""
     port = _free_port()
+    t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "phi1", "serve", "--model", str(model_dir), "--port", str(port),
            "--max-batch-size", str(args.max_batch_size), "--device", args.device, "--dtype", args.dtype,
            "--log-level", "warning"]
@@ -50,17 +54,44 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
             raise SystemExit(f"server exited: {proc.stderr.read()}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
+                return proc, url, time.perf_counter() - t0
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
     raise SystemExit("server did not start within 300 s")
 
 
-async def run_level(url: str, model: str, concurrency: int, seconds: float, max_tokens: int, key: str | None):
+async def run_level(url: str, model: str, concurrency: int, seconds: float, max_tokens: int, key: str | None,
+                    stream: bool = False):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    lat, toks, errors = [], 0, []
+    lat, ttft, toks, errors = [], [], 0, []
     stop_at = time.perf_counter() + seconds
+
+    async def one(body, http) -> int:
+        """Completion tokens of one request; streamed, the time to its first token goes to ttft."""
+        t = time.perf_counter()
+        if not stream:
+            r = await http.post(url + "/v1/completions", json=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"{r.status_code} {r.text[:200]}")
+            return r.json()["usage"]["completion_tokens"]
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        used, first = None, None
+        async with http.stream("POST", url + "/v1/completions", json=body, headers=headers) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"{r.status_code} {(await r.aread())[:200]!r}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                    first = time.perf_counter() - t
+                if chunk.get("usage"):
+                    used = chunk["usage"]["completion_tokens"]
+        if used is None:
+            raise RuntimeError("stream ended without a usage chunk")
+        ttft.append(first if first is not None else float("nan"))
+        return used
 
     async def client(i: int, http: httpx.AsyncClient):
         nonlocal toks
@@ -71,13 +102,9 @@ async def run_level(url: str, model: str, concurrency: int, seconds: float, max_
             k += concurrency
             t = time.perf_counter()
             try:
-                r = await http.post(url + "/v1/completions", json=body, headers=headers)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-                    continue
-                toks += r.json()["usage"]["completion_tokens"]
+                toks += await one(body, http)
                 lat.append(time.perf_counter() - t)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, RuntimeError, ValueError) as exc:
                 errors.append(repr(exc))
 
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -96,6 +123,7 @@ async def run_level(url: str, model: str, concurrency: int, seconds: float, max_
         "p50": statistics.median(lat) if lat else float("nan"),
         "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
         "errors": errors, "mean_batch": occ / steps if steps else 0.0,
+        "ttft_p50": statistics.median(ttft) if ttft else float("nan"),
     }
 
 
@@ -112,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--api-key-env", default=None)
+    ap.add_argument("--stream", action="store_true", help="streaming requests (SSE); reports time to first token")
     args = ap.parse_args(argv)
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
 
@@ -126,7 +155,8 @@ def main(argv=None) -> int:
                 from decode import make_model_dir
 
                 model_dir = make_model_dir(args.preset, Path(tmp))
-            proc, url = start_server(model_dir, args)
+            proc, url, ready = start_server(model_dir, args)
+            print(f"result server_ready_s={ready:.1f}", flush=True)
         try:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             model = httpx.get(url + "/v1/models", headers=headers).json()["data"][0]["id"]
@@ -136,7 +166,10 @@ def main(argv=None) -> int:
             base = None
             failed = False
             for c in [int(x) for x in args.concurrency.split(",")]:
-                r = asyncio.run(run_level(url, model, c, args.seconds, args.max_tokens, key))
+                r = asyncio.run(run_level(url, model, c, args.seconds, args.max_tokens, key, args.stream))
+                print(f"result clients={c} rps={r['rps']:.2f} tok_s={r['tok_s']:.1f} p50_s={r['p50']:.3f} "
+                      f"p99_s={r['p99']:.3f} ttft_p50_s={r['ttft_p50']:.3f} mean_batch={r['mean_batch']:.2f} "
+                      f"errors={len(r['errors'])} requests={r['requests']}", flush=True)
                 base = base or r["tok_s"]
                 print(f"{c:>7} {r['rps']:>7.2f} {r['tok_s']:>8.1f} {r['p50']:>7.3f} {r['p99']:>7.3f} "
                       f"{r['mean_batch']:>6.2f} {len(r['errors']):>6}   ({r['tok_s'] / base:.2f}x clients=1)")

@@ -1,12 +1,14 @@
 """Training-step throughput: phi1's model vs transformers' (Phi or Phi3ForCausalLM), side by side.
 
 Both models get the same weights, batch, precision, optimizer (AdamW, decay on
-matrices only, fused on CUDA), gradient clipping and compile setting; their
-steps are timed in alternating rounds so that load from other processes hits
-both alike. Prints tokens/s, achieved TFLOP/s, MFU (GPU only: against the datasheet's
-dense bf16 peak in phi1.train.metrics, 989 TFLOP/s for H100 SXM/H200), peak memory, and
-the ratio ours/theirs. `--compile` compiles ours per block, as the trainer does, and
-transformers' model whole (`model.compile()`). `--skip-hf` times ours alone.
+matrices only, fused on CUDA), gradient clipping and compile setting. Ours is timed
+first and its `result` line printed before transformers' model is loaded (a timeout
+later loses nothing of ours); then transformers', then the ratio. Each side reports
+its compile time (first step beyond a steady one) apart from the steady-state median,
+tokens/s, achieved TFLOP/s, MFU (GPU only: against the datasheet's dense bf16 peak in
+phi1.train.metrics, 989 TFLOP/s for H100 SXM/H200) and peak memory. `--compile`
+compiles ours per block, as the trainer does, and transformers' the same way (each
+decoder layer). `--skip-hf` times ours alone.
 
     python bench/train_throughput.py                       # CPU, tiny preset, fp32
     python bench/train_throughput.py --preset tiny3        # the same for the phi-3 family
@@ -67,6 +69,37 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def measure(name, model, step, feed, args, device, fpt, peak) -> float:
+    """Time one side: the first step (compile included), warm-up, then rounds of timed steps. Prints one
+    `result` line (key=value) at once, so a later timeout never loses it; returns tokens/s."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    first_loss = float(step(*feed))
+    sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        step(*feed)
+    times = []
+    for _ in range(args.rounds):
+        sync(device)
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            step(*feed)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    tps = args.batch * args.seq_len / med
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    mfu = fpt * tps / peak if peak else float("nan")
+    # compile_s: the first step's time beyond a steady one (torch.compile's tracing and codegen, autotuning)
+    print(f"result impl={name} first_loss={first_loss:.5f} compile_s={max(0.0, first - med):.1f} "
+          f"ms_per_step={med * 1e3:.1f} tokens_per_s={tps:.0f} tflops={fpt * tps / 1e12:.2f} mfu={mfu:.4f} "
+          f"peak_gb={mem:.2f}", flush=True)
+    return tps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="tiny")
@@ -83,74 +116,50 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     cfg = config_from_preset(args.preset)
     if getattr(cfg, "pad_token_id", None) is not None and cfg.pad_token_id >= cfg.vocab_size:
         cfg = cfg.replace(pad_token_id=None)
-    torch.manual_seed(0)
-    ours = build_model(cfg)
-    theirs = None
-    if not args.skip_hf:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_model_dir(ours, tmp)
-            theirs = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
-        theirs.to(device).train()
-        if args.compile:
-            theirs.compile()
-    ours.to(device).train()
-    ours = prepare_model(ours, World(device=device), activation_checkpointing=False, compile=args.compile)
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
-    inp, tgt = x[:, :-1], x[:, 1:]
-    # transformers shifts labels itself (T-1 predictions from the same T-token forward).
-    steps = {"phi1": make_step(ours, lambda a, b: ours(a, b)[1], device, dtype)}
-    if theirs is not None:
-        steps["transformers"] = make_step(theirs, lambda a, b: theirs(input_ids=a, labels=a).loss, device, dtype)
-    feeds = {"phi1": (inp, tgt), "transformers": (inp, None)}
-    first = {k: float(steps[k](*feeds[k])) for k in steps}  # same weights and data: ~the same first loss
-    for _ in range(args.warmup):
-        for k in steps:
-            steps[k](*feeds[k])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    peak_mem: dict[str, float | None] = {k: None for k in steps}
-    for _ in range(args.rounds):
-        for k in steps:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            sync(device)
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                steps[k](*feeds[k])
-                sync(device)
-                times[k].append(time.perf_counter() - t0)
-            if device.type == "cuda":
-                peak_mem[k] = torch.cuda.max_memory_allocated(device) / 2**30
-
-    tokens = args.batch * args.seq_len
     peak = peak_flops(device)
     fpt = cfg.flops_per_token(args.seq_len)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"train step: preset={args.preset} ({cfg.num_parameters() / 1e6:.1f}M params) seq_len={args.seq_len} "
-          f"batch={args.batch} dtype={args.dtype} compile={args.compile} on {where}; torch {torch.__version__}")
-    print("first-step loss: " + "  ".join(f"{k} {v:.5f}" for k, v in first.items()))
-    print(f"{'impl':<14}{'ms/step':>10}{'tokens/s':>12}{'TFLOP/s':>9}{'MFU':>8}{'peak GB':>9}")
-    tps = {}
-    for k in steps:
-        med = statistics.median(times[k])
-        tps[k] = tokens / med
-        mfu = f"{fpt * tps[k] / peak:.1%}" if peak else "n/a"
-        mem = f"{peak_mem[k]:.2f}" if peak_mem[k] is not None else "n/a"
-        print(f"{k:<14}{med * 1e3:>10.1f}{tps[k]:>12.0f}{fpt * tps[k] / 1e12:>9.2f}{mfu:>8}{mem:>9}")
-    if "transformers" in tps:
+          f"batch={args.batch} dtype={args.dtype} compile={args.compile} on {where}; torch {torch.__version__}"
+          + (f"; MFU against {peak / 1e12:.0f} TFLOP/s, the datasheet's dense bf16 peak" if peak else ""), flush=True)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(device)
+    inp, tgt = x[:, :-1], x[:, 1:]
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    tmp = tempfile.TemporaryDirectory()
+    if not args.skip_hf:
+        save_model_dir(ours, tmp.name)  # the same weights for transformers, loaded after ours is timed
+    ours.to(device).train()
+    ours = prepare_model(ours, World(device=device), activation_checkpointing=False, compile=args.compile)
+    # ours first, printed before transformers is even loaded: a timeout in its compile loses nothing of ours
+    tps = {"phi1": measure("phi1", ours, make_step(ours, lambda a, b: ours(a, b)[1], device, dtype),
+                           (inp, tgt), args, device, fpt, peak)}
+    del ours
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_hf:
+        from transformers import AutoModelForCausalLM
+
+        theirs = AutoModelForCausalLM.from_pretrained(tmp.name, dtype=torch.float32, attn_implementation="sdpa")
+        theirs.to(device).train()
+        if args.compile:  # compiled the same way as ours: each decoder layer, not the whole model
+            for layer in theirs.model.layers:
+                layer.compile()
+        # transformers shifts labels itself (T-1 predictions from the same T-token forward)
+        tps["transformers"] = measure("transformers", theirs,
+                                      make_step(theirs, lambda a, b: theirs(input_ids=a, labels=a).loss, device, dtype),
+                                      (inp, None), args, device, fpt, peak)
+        print(f"result ratio={tps['phi1'] / tps['transformers']:.3f}", flush=True)
         print(f"ratio phi1/transformers tokens/s: {tps['phi1'] / tps['transformers']:.2f}x")
-    if peak:
-        print(f"MFU is against {peak / 1e12:.0f} TFLOP/s, the datasheet's dense bf16 peak for this GPU")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

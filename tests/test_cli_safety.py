@@ -92,8 +92,8 @@ def _run_in_process(argv: list[str], capsys, *, func_guard: bool = False) -> tup
 
     real_build = cli.build_parser
 
-    def guarded():
-        parser = real_build()
+    def guarded(*a, **kw):
+        parser = real_build(*a, **kw)
         if func_guard:
             for _, leaf in walk_commands(parser):
                 def boom(args):
@@ -297,3 +297,24 @@ def test_real_process_one_line_and_exit_2(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (argv, r.returncode, r.stderr)
     assert (tmp_path / "in.jsonl").read_bytes() == b'{"text": "x = 1\\n"}\n'
+
+
+def test_the_command_tables_name_what_each_module_registers():
+    """`phi1 CMD` imports only CMD's module, found through cli.COMMAND_MODULES and the group tables: each
+    table row must list exactly the commands its module registers, and one command's parser must be the
+    same whether built alone or with all the others."""
+    import phi1.cli as cli
+    from phi1.data.cli import DATA_MODULES
+    from phi1.eval.cli import EVAL_MODULES
+
+    full = build_parser()
+    top = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(top) == sorted(n for _, names in cli.COMMAND_MODULES for n in names)
+    for group, table in (("data", DATA_MODULES), ("eval", EVAL_MODULES)):
+        subs = next(a for a in top[group]._actions if isinstance(a, argparse._SubParsersAction)).choices
+        assert sorted(subs) == sorted(n for _, names in table for n in names), group
+    for prefix, leaf in walk_commands(full):
+        alone = build_parser(list(prefix))
+        for word in prefix:
+            alone = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        assert [a.dest for a in alone._actions] == [a.dest for a in leaf._actions], prefix

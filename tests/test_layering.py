@@ -73,8 +73,10 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
                     if (SRC.parent / (f"{target}.{a.name}".replace(".", "/") + ".py")).is_file()]
         elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
             if any(isinstance(t, ast.Name) and t.id.endswith("_MODULES") for t in node.targets):
-                out += [(e.value, e.lineno) for e in node.value.elts
-                        if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                for e in node.value.elts:  # "module" or ("module", (command names))
+                    e = e.elts[0] if isinstance(e, ast.Tuple) and e.elts else e
+                    if isinstance(e, ast.Constant) and isinstance(e.value, str):
+                        out.append((e.value, e.lineno))
     return [(t, line) for t, line in out if t == "phi1" or t.startswith("phi1.")]
 
 

@@ -44,7 +44,8 @@ def argv(run_dir: Path, shards: Path, tokenizer_dir, *sets: str, flags: tuple = 
 
 
 def steps_logged(run_dir: Path) -> list[int]:
-    return [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in recs if "loss" in r]
 
 
 # ---- one writer per run directory ---------------------------------------------------------------
@@ -86,9 +87,12 @@ def test_second_train_on_one_run_dir_fails_at_once_naming_the_first(tmp_path, sh
     assert first.returncode == 0, err
     assert "trained to step 20" in out
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    # One writer: every step's train record once, in order, each followed by its eval record.
+    # One writer: every step's train record once, in order, each followed by its eval record
+    # (and by a checkpoint record, {step, checkpoint_s}, when that step saved one).
     assert [r["step"] for r in recs if "loss" in r] == list(range(1, 21))
-    assert [r["step"] for r in recs] == [s for s in range(1, 21) for _ in (0, 1)]
+    assert [r["step"] for r in recs if "checkpoint_s" not in r] == [s for s in range(1, 21) for _ in (0, 1)]
+    assert [r["step"] for r in recs if "checkpoint_s" in r] == sorted({r["step"] for r in recs if "checkpoint_s" in r})
+    assert recs[-1]["step"] == 20 and recs[-1]["checkpoint_s"] > 0
     assert not (run_dir / ".phi1.lock").read_text().strip()  # released at the end
     print(f"second process refused after {took:.1f}s (start-up included)")
 

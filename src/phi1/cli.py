@@ -8,28 +8,32 @@ The CLI only parses arguments and calls one library function per command.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 
 from phi1 import __version__
-from phi1.errors import Phi1Error
+from phi1.errors import Phi1Error, missing_package
 from phi1.utils.cliio import check_io
+from phi1.utils.groups import register_table
 from phi1.utils.safety import oserror_line
 
-# One module per area; each defines register(subparsers).
+# One module per area, with the commands it registers (its `register(subparsers)`). Only the module
+# of the command being run is imported, so `phi1 train` runs where the data or serving packages are not
+# installed (the GPU image); the table is checked against what each module registers (tests/test_cli_safety.py).
 COMMAND_MODULES = (
-    "phi1.model.cli",      # model init/info, tokenizer train
-    "phi1.data.cli",       # data collect/dedup/annotate/classify/filter/decontaminate/mine-exercises/pack/run
-    "phi1.train.cli",      # train
-    "phi1.eval.cli",       # eval execute/humaneval/mbpp/loss/judge
-    "phi1.infer.cli",      # generate, serve
-    "phi1.synth.cli",      # synth textbooks/exercises/stories/validate
-    "phi1.inspect.cli",    # inspect attention/neurons, compare
-    "phi1.demo.cli",       # demo, ablate, report, sweep
-    "phi1.export.cli",     # export gguf
+    ("phi1.model.cli", ("model", "tokenizer")),
+    ("phi1.data.cli", ("data",)),         # collect/dedup/annotate/classify/filter/decontaminate/mine-exercises/pack/run
+    ("phi1.train.cli", ("train",)),
+    ("phi1.eval.cli", ("eval",)),         # execute/humaneval/mbpp/loss/judge
+    ("phi1.infer.cli", ("generate", "serve")),
+    ("phi1.synth.cli", ("synth",)),       # textbooks/exercises/stories/topics/validate
+    ("phi1.inspect.cli", ("inspect", "compare")),
+    ("phi1.demo.cli", ("demo", "ablate", "report", "sweep")),
+    ("phi1.export.cli", ("export",)),
 )
+GROUPS = {"data", "eval"}  # commands whose subcommands come from several modules
+WHOLE_RECIPE = {"demo", "ablate", "sweep"}  # they use every area: a missing package asks for phi1[all]
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,7 +43,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`'s command alone (every command when argv names none, or for --help)."""
     parser = Parser(
         prog="phi1",
         description="The phi-1 recipe end to end: data, training, evaluation, serving.",
@@ -47,14 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"phi1 {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if name == exc.name or name.startswith(f"{exc.name}."):  # area not in this build
-                continue
-            raise
-        module.register(sub)
+    words = [a for a in (argv or []) if not a.startswith("-")]
+    command = words[0] if words else None
+    only = words[1] if command in GROUPS and len(words) > 1 else None
+    known = any(command in names for _, names in COMMAND_MODULES)
+    table = tuple(row for row in COMMAND_MODULES if not known or command in row[1])
+    # a group's register takes the subcommand: `phi1 data pack` imports the pack module alone
+    register_table(sub, table, "register", "phi1", {"only": only} if command in GROUPS else {})
     return parser
 
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if debug else logging.INFO,
         format="%(message)s",
     )
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -77,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"phi1: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional package this command uses is not installed
+        line = missing_package(exc, "all" if args.command in WHOLE_RECIPE else None)
+        if debug or line is None:
+            raise
+        print(f"phi1: error: `{_command_path(parser, argv)}` needs {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("phi1: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -104,6 +114,20 @@ def main(argv: list[str] | None = None) -> int:
               "(rerun with --debug for the traceback and report it)", file=sys.stderr)
         return 1
     return int(result or 0)
+
+
+def _command_path(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """"phi1 data dedup": the words of argv that name (sub)commands."""
+    words = ["phi1"]
+    for a in argv:
+        subs = [x for x in parser._actions if isinstance(x, argparse._SubParsersAction)]
+        if a.startswith("-"):
+            continue
+        if not subs or a not in subs[0].choices:
+            break
+        words.append(a)
+        parser = subs[0].choices[a]
+    return " ".join(words)
 
 
 def _one_line(msg) -> str:

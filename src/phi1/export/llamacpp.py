@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phi1.errors import Phi1Error
+from phi1.errors import Phi1Error, require_package
 
 
 def have_llama_cpp() -> bool:
@@ -43,11 +43,8 @@ def captured_stderr():
 
 def open_gguf(path: str | os.PathLike, n_ctx: int = 512, *, logits_all: bool = True, n_threads: int | None = None):
     """A llama_cpp.Llama on CPU for a GGUF file (quiet)."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise Phi1Error("llama-cpp-python is not installed; pip install -e '.[llamacpp]' (it builds llama.cpp, "
-                        "several minutes on a CPU)") from None
+    Llama = require_package("llama_cpp", "running a GGUF file in llama.cpp (it builds llama.cpp at install, "
+                              "several minutes on a CPU)").Llama
     with captured_stderr() as log:
         try:
             return Llama(model_path=str(Path(path)), n_ctx=n_ctx, n_batch=n_ctx, logits_all=logits_all,

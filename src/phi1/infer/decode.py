@@ -72,7 +72,8 @@ def prefill(model, prompts: list[list[int]], pad: int, start_row: int = 0) -> to
     pos = torch.arange(T0, device=dev)[None, :].expand(B, T0)
     lens_t = torch.tensor(lens, device=dev)
     with cache_rows(model, start_row, B):
-        h = model.hidden_states(tokens, input_pos=pos, kv_len=T0)           # (B, T0, C)
+        # every row from position 0 over kv_len = T0: plain causal, so SDPA's is_causal (flash) path
+        h = model.hidden_states(tokens, input_pos=pos, kv_len=T0, causal=True)  # (B, T0, C)
     last = h[torch.arange(B, device=dev), lens_t - 1]                        # (B, C)
     return model.lm_head(last)                                               # (B, V)
 

@@ -47,8 +47,12 @@ CE_CHUNK_ELEMENTS = 1 << 24  # fp32 elements upcast at a time by chunked_cross_e
 class _ChunkedCE(torch.autograd.Function):
     """Mean cross-entropy (ignore_index -100) over logits (N, V), upcast to fp32 one row-chunk at a time.
 
-    The gradient w.r.t. the logits, softmax - onehot, is computed chunk by chunk in the forward and kept
-    in the logits' dtype, so no full fp32 copy of the logits (nor an fp32 log-softmax) ever exists."""
+    The forward keeps only the per-row logsumexp (N fp32 values) beside the logits autograd already
+    holds. The backward forms softmax - onehot chunk by chunk in fp32, multiplies it by the upstream
+    gradient (the loss scale of fp16 training) and 1/n_valid in fp32, and only then casts to the
+    logits' dtype: the same order of operations as `F.cross_entropy(logits.float())`, so fp16 gradients
+    neither underflow to zero before the scale is applied nor overflow from casting the scale itself.
+    No full fp32 copy of the logits (nor an fp32 log-softmax) ever exists."""
 
     @staticmethod
     def forward(ctx, logits, targets, rows: int, need_grad: bool):
@@ -56,23 +60,31 @@ class _ChunkedCE(torch.autograd.Function):
         n_valid = valid.sum()
         safe = targets.clamp(min=0)
         total = logits.new_zeros((), dtype=torch.float32)
-        grad = torch.empty_like(logits) if need_grad else None
+        lse_all = torch.empty(logits.shape[0], 1, dtype=torch.float32, device=logits.device) if need_grad else None
         for s in range(0, logits.shape[0], rows):
             x = logits[s : s + rows].float()
-            t, ok = safe[s : s + rows, None], valid[s : s + rows, None]
             lse = torch.logsumexp(x, dim=-1, keepdim=True)
-            total = total + ((lse - x.gather(1, t)) * ok).sum()
+            total = total + ((lse - x.gather(1, safe[s : s + rows, None])) * valid[s : s + rows, None]).sum()
             if need_grad:
-                g = torch.exp(x - lse)
-                g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
-                grad[s : s + rows] = (g * ok / n_valid).to(logits.dtype)
-        ctx.save_for_backward(grad if need_grad else logits.new_empty(0))
+                lse_all[s : s + rows] = lse
+        if need_grad:
+            ctx.save_for_backward(logits, safe, valid, lse_all, n_valid)
+            ctx.rows = rows
         return total / n_valid
 
     @staticmethod
     def backward(ctx, go):
-        (grad,) = ctx.saved_tensors
-        return grad * go.to(grad.dtype), None, None, None
+        logits, safe, valid, lse_all, n_valid = ctx.saved_tensors
+        rows = ctx.rows
+        coef = go.float() / n_valid  # fp32: the loss scale is applied before any cast to the logits' dtype
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[0], rows):
+            g = torch.exp(logits[s : s + rows].float() - lse_all[s : s + rows])
+            t = safe[s : s + rows, None]
+            g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
+            g.mul_(valid[s : s + rows, None] * coef)
+            grad[s : s + rows] = g
+        return grad, None, None, None
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_elements: int = CE_CHUNK_ELEMENTS):
@@ -230,12 +242,15 @@ class PhiForCausalLM(nn.Module):
 
     # ---- forward ---------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
-                      kv_len: int | None = None) -> torch.Tensor:
+                      kv_len: int | None = None, causal: bool = False) -> torch.Tensor:
         """Final-layernormed hidden states (B, T, d).
 
         Without `input_pos` this is a plain causal pass over positions 0..T-1.
         With `input_pos` (B, T) it reads/writes the KV cache at those positions and
         attends to cache slots [0, kv_len) that are <= each query's position.
+        `causal` promises that every row's `input_pos` is 0..T-1 and kv_len == T (a prefill from the
+        start): the mask is then plain causal, and SDPA runs with is_causal (flash attention on GPU)
+        instead of an explicit (B, 1, T, S) mask.
         """
         B, T = input_ids.shape
         x = self.embed_dropout(self.embed(input_ids))  # (B, T, C)
@@ -248,9 +263,10 @@ class PhiForCausalLM(nn.Module):
         else:
             cos = self.rope_cos[input_pos].to(x.dtype)[:, None]  # (B, 1, T, r)
             sin = self.rope_sin[input_pos].to(x.dtype)[:, None]
-            S = kv_len if kv_len is not None else self.cache_shape[1]
-            slots = torch.arange(S, device=input_ids.device)
-            mask = (slots[None, None, :] <= input_pos[:, :, None])[:, None]  # (B, 1, T, S)
+            if not causal:
+                S = kv_len if kv_len is not None else self.cache_shape[1]
+                slots = torch.arange(S, device=input_ids.device)
+                mask = (slots[None, None, :] <= input_pos[:, :, None])[:, None]  # (B, 1, T, S)
         for blk in self.layers:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(blk, x, cos, sin, mask, input_pos, kv_len, use_reentrant=False)

@@ -175,8 +175,9 @@ class Phi3ForCausalLM(nn.Module):
         return ok
 
     def hidden_states(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
-                      kv_len: int | None = None) -> torch.Tensor:
-        """Final-normed hidden states (B, T, d); `input_pos`/`kv_len` as in PhiForCausalLM.hidden_states."""
+                      kv_len: int | None = None, causal: bool = False) -> torch.Tensor:
+        """Final-normed hidden states (B, T, d); `input_pos`/`kv_len`/`causal` as in
+        PhiForCausalLM.hidden_states (a causal prefill longer than the sliding window keeps its mask)."""
         B, T = input_ids.shape
         x = self.embed_dropout(self.embed(input_ids))  # (B, T, C)
         mask = None
@@ -189,9 +190,11 @@ class Phi3ForCausalLM(nn.Module):
                 mask = self._window_mask(pos, pos)[None, None]               # (1, 1, T, T)
         else:
             cos, sin = self._rope_rows(input_pos, x.dtype)                  # (B, 1, T, r)
-            S = kv_len if kv_len is not None else self.cache_shape[1]
-            slots = torch.arange(S, device=input_ids.device)
-            mask = self._window_mask(input_pos, slots[None])[:, None]        # (B, 1, T, S)
+            window = self.config.sliding_window
+            if not causal or (window is not None and T > window):
+                S = kv_len if kv_len is not None else self.cache_shape[1]
+                slots = torch.arange(S, device=input_ids.device)
+                mask = self._window_mask(input_pos, slots[None])[:, None]    # (B, 1, T, S)
         for blk in self.layers:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(blk, x, cos, sin, mask, input_pos, kv_len, use_reentrant=False)

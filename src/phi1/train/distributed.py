@@ -102,9 +102,11 @@ def prepare_model(model: nn.Module, world: World, *, activation_checkpointing: b
 
         # Our forward returns (logits, loss) and the trainer never edits them in place.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-        # bf16: all-gather the parameters in bf16, reduce-scatter the gradients in fp32.
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if precision == "bf16" else MixedPrecisionPolicy())
+        # bf16/fp16: all-gather the parameters in the compute dtype (half the bytes of fp32 on every
+        # micro-step), reduce-scatter the gradients in fp32; the sharded master weights stay fp32.
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        mp = (MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half is not None
+              else MixedPrecisionPolicy())
         for blk in model.layers:
             fully_shard(blk, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -117,6 +119,18 @@ def prepare_model(model: nn.Module, world: World, *, activation_checkpointing: b
         # construction: no broadcast before each forward.
         return DDP(model, device_ids=ids, broadcast_buffers=False)
     return model
+
+
+def grad_scaler(precision: str, world: World):
+    """fp16's dynamic loss scaler, or None. Under FSDP2 each rank unscales only its gradient shard, so
+    the inf/nan check is all-reduced (ShardedGradScaler): every rank skips the same steps."""
+    if precision != "fp16":
+        return None
+    if world.strategy == "fsdp2":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(world.device.type)
+    return torch.amp.GradScaler(world.device.type)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

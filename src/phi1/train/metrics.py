@@ -47,8 +47,12 @@ def peak_flops(device: torch.device) -> float | None:
 
 def memory_stats(device: torch.device) -> dict:
     if device.type == "cuda":
+        # peak allocated by tensors, peak reserved by the caching allocator (what the GPU really lost),
+        # and the device's total: headroom = total - reserved peak
         return {"mem_alloc_gb": torch.cuda.memory_allocated(device) / 2**30,
-                "mem_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+                "mem_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+                "mem_reserved_peak_gb": torch.cuda.max_memory_reserved(device) / 2**30,
+                "mem_total_gb": torch.cuda.get_device_properties(device).total_memory / 2**30}
     try:
         import resource
 

@@ -23,7 +23,7 @@ from phi1.train import checkpoint as ckpt_io
 from phi1.train import rundir, setup
 from phi1.train.config import TrainConfig
 from phi1.train.distributed import (World, all_reduce_mean, barrier, broadcast_object, close_world,
-                                    eager_modules, grad_sync, init_world, prepare_model, unwrap)
+                                    eager_modules, grad_scaler, grad_sync, init_world, prepare_model, unwrap)
 from phi1.train.metrics import MetricsLog, memory_stats, peak_flops
 from phi1.train.schedule import lr_at
 from phi1.utils.device import torch_dtype
@@ -98,7 +98,7 @@ class Trainer:
         self.dpo = setup.build_dpo(cfg, self.train_data, self.val_data, world) if cfg.train.kind == "dpo" else None
         prec = cfg.train.precision
         self.autocast_dtype = torch_dtype(prec, "config.train.precision")
-        self.scaler = torch.amp.GradScaler(world.device.type) if prec == "fp16" else None
+        self.scaler = grad_scaler(prec, world)
         self.step, self.samples, self.best = 0, 0, None
         if ckpt is not None:
             try:
@@ -162,16 +162,19 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if hasattr(gnorm, "full_tensor"):  # a DTensor under FSDP2
             gnorm = gnorm.full_tensor()
+        scaling = {}
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skips the update when a gradient is inf/nan
+            self.scaler.update()              # ... and then halves the scale: that is how a skip shows
+            scaling = {"loss_scale": scale, "skipped": self.scaler.get_scale() < scale}
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.samples += cfg.train.global_batch
         loss = all_reduce_mean(total / self.accum, w).item()
-        return {"loss": loss, "lr": lr, "grad_norm": gnorm.item(),
+        return {"loss": loss, "lr": lr, "grad_norm": gnorm.item(), **scaling,
                 **{k: all_reduce_mean(v, w).item() for k, v in stats.items()}}
 
     def _micro_step(self, m: int) -> tuple[torch.Tensor, dict]:
@@ -231,10 +234,14 @@ class Trainer:
                 "tokenizer": self.tokenizer.fingerprint(), "metrics": metrics, "config": self.cfg.to_dict()}
 
     def save(self, metrics: dict) -> Path:
-        return ckpt_io.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scaler,
+        t0 = time.perf_counter()
+        path = ckpt_io.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.scaler,
                                        self.tokenizer, self.state(metrics), self.world,
                                        keep_last_k=self.cfg.checkpoint.keep_last_k,
                                        keep_steps=self.cfg.checkpoint.keep_steps)
+        if self.log is not None:  # model + optimizer + RNG state, written and renamed into place
+            self.log.write({"step": self.step, "checkpoint_s": time.perf_counter() - t0})
+        return path
 
     # ---- loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
