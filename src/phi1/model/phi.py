@@ -79,7 +79,7 @@ class _ChunkedCE(torch.autograd.Function):
         coef = go.float() / n_valid  # fp32: the loss scale is applied before any cast to the logits' dtype
         grad = torch.empty_like(logits)
         for s in range(0, logits.shape[0], rows):
-            g = torch.exp(logits[s : s + rows].float() - lse_all[s : s + rows])
+            g = logits[s : s + rows].to(torch.float32, copy=True).sub_(lse_all[s : s + rows]).exp_()  # softmax (fp32)
             t = safe[s : s + rows, None]
             g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
             g.mul_(valid[s : s + rows, None] * coef)
