@@ -69,9 +69,9 @@ else
   MEM_SETS="--set run.device=cuda"
   DEC_ARGS="--prompt-len 128 --new-tokens 128 --repeats 2 --compile --skip-hf-eager"
   SERVE_ARGS="--seconds 15 --max-tokens 128 --max-batch-size 16 --compile"
-  # predicted on one H100 (docs/scaling.md): prep 25, greedy 30, parity 40, train 80 + 55, memory 75,
-  # load 20, decode 70, serve 45 s: about 7 minutes; the limits add up to 590 s, under a device call's 600
-  TO_PREP=45 TO_GREEDY=45 TO_PAR=60 TO_TP=100 TO_TP_SMALL=70 TO_MEM=90 TO_LOAD=30 TO_DEC=90 TO_SERVE=60
+  # predicted on one H100 (docs/scaling.md): prep 25, greedy 30, parity 40, train 80 + 55, memory 90,
+  # load 20, decode 70, serve 45 s: about 7.5 minutes; the limits add up to 590 s, under a device call's 600
+  TO_PREP=45 TO_GREEDY=40 TO_PAR=60 TO_TP=90 TO_TP_SMALL=60 TO_MEM=125 TO_LOAD=30 TO_DEC=80 TO_SERVE=60
 fi
 
 # step NAME SECONDS CMD...: CMD under `timeout`, output appended to OUTDIR/NAME.log; rc in $RC.

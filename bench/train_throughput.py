@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import platform
 import statistics
 import tempfile
@@ -143,6 +144,8 @@ def main() -> None:
     tps = {"phi1": measure("phi1", ours, make_step(ours, lambda a, b: ours(a, b)[1], device, dtype),
                            (inp, tgt), args, device, fpt, peak)}
     del ours
+    gc.collect()  # ours (weights, AdamW state) leaves the GPU before transformers' model arrives
+    torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if not args.skip_hf:
