@@ -18,7 +18,10 @@ mirror() {
 }
 bash "$HERE/gpu_check.sh" "$WORK" "$@" &
 PID=$!
-while kill -0 $PID 2>/dev/null; do sleep 15; mirror; done
+while kill -0 $PID 2>/dev/null; do
+  for _ in $(seq 15); do kill -0 $PID 2>/dev/null || break; sleep 1; done  # returns as soon as the check ends
+  mirror
+done
 wait $PID
 RC=$?
 mirror
