@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 27): one script, one GPU (H100/H200), <= 7 minutes wall, everything under OUTDIR.
+# The GPU check (issue 27): one script, one GPU (H100/H200), 7-8 minutes predicted, everything under OUTDIR.
 #
 #   bash bench/gpu_check.sh OUTDIR                       # on the GPU machine (its own packages: python3)
 #   bash bench/gpu_check.sh OUTDIR --only decode,serve   # rerun some rows into a new OUTDIR
@@ -9,7 +9,8 @@
 #
 # Needs torch and transformers only: phi1 runs from this tree (PYTHONPATH=src), nothing is installed.
 # Steps, in order of value: env, greedy, parity, train (phi-1, phi-1-small), memory (+ checkpoint save and
-# load), decode, serve, recompiles. Each step runs under its own `timeout`; the bench scripts print a `result`
+# load), decode, serve, window (phi-3's sliding window: masked SDPA vs FlexAttention), recompiles.
+# Each step runs under its own `timeout`; the bench scripts print a `result`
 # line the moment a figure exists and bench/gpu_smoke.py records it in OUTDIR/results.tsv and rewrites
 # OUTDIR/summary.md at once, so a timeout (or a device call cut off) loses only the rows after it.
 # Targets are ratios against the reference measured in the same run (see ROWS in bench/gpu_smoke.py and
@@ -17,7 +18,7 @@
 set -u
 
 usage() { echo "usage: bash bench/gpu_check.sh OUTDIR [--cpu-dry-run] [--only STEP,...] [--wheels DIR]; steps: $STEPS" >&2; exit 2; }
-STEPS="greedy,parity,train,memory,decode,serve,recompiles"
+STEPS="greedy,parity,train,memory,decode,serve,window,recompiles"
 [ $# -ge 1 ] || usage
 OUT=$1; shift
 DRY=0; ONLY=""; WHEELS=""
@@ -62,6 +63,8 @@ if [ $DRY = 1 ]; then
   MEM_SETS="--set run.device=cpu --set model.init=micro --set data.seq_len=64 --set train.compile=false"
   DEC_ARGS="--prompt-len 16 --new-tokens 3 --repeats 1 --threads 1 --hf-compile-backend aot_eager"
   SERVE_ARGS="--seconds 3 --max-tokens 8 --max-batch-size 16"
+  WIN_ARGS="--t 256 --window 100 --heads 4 --head-dim 32 --dtype fp32 --no-compile --forward-only --repeats 1"
+  TO_WIN=60
   TO_PREP=90 TO_GREEDY=60 TO_PAR=90 TO_TP=60 TO_TP_SMALL=60 TO_MEM=90 TO_LOAD=30 TO_DEC=90 TO_SERVE=90
 else
   DEV=cuda; DTYPE=bfloat16; DRYF=""; PRESET=phi-1; SMALL=phi-1-small; SEQ=2048; PAR_SEQ=2048; PAR_MB=4
@@ -69,8 +72,9 @@ else
   MEM_SETS="--set run.device=cuda"
   DEC_ARGS="--prompt-len 128 --new-tokens 128 --repeats 2 --compile --skip-hf-eager"
   SERVE_ARGS="--seconds 15 --max-tokens 128 --max-batch-size 16 --compile"
+  WIN_ARGS=""; TO_WIN=45  # last before recompiles: past the 600 s of a device call, only this row is lost
   # predicted on one H100 (docs/scaling.md): prep 25, greedy 30, parity 40, train 80 + 55, memory 90,
-  # load 20, decode 70, serve 45 s: about 7.5 minutes; the limits add up to 590 s, under a device call's 600
+  # load 20, decode 70, serve 45, window 25 s: 505 s; the limits add up to 635 s (only window lies past 600)
   TO_PREP=45 TO_GREEDY=40 TO_PAR=60 TO_TP=90 TO_TP_SMALL=60 TO_MEM=125 TO_LOAD=30 TO_DEC=80 TO_SERVE=60
 fi
 
@@ -190,6 +194,10 @@ if want serve && [ $PREP_OK = 1 ]; then
       row $k SKIP "fastapi/uvicorn not importable here: carry their wheels and pass --wheels DIR (docs/scaling.md)"
     done
   fi
+fi
+
+if want window; then
+  judged window "$TO_WIN" "window" $PY bench/window_attention.py --device $DEV $WIN_ARGS
 fi
 
 if want recompiles; then

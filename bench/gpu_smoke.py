@@ -65,6 +65,8 @@ ROWS = [  # (key, what it shows, target); keys are written by the steps of gpu_c
     ("decode-b32-vs-hf", "decode batch 32: phi1 / transformers static cache + compile", "reported"),
     ("serve-start", "phi1 serve start-up (load + warm-up)", "reported: s until /health"),
     ("serve-16", "phi1 serve: 16 concurrent streaming clients", "0 errors; tok/s, p50, time to first token"),
+    ("window", "phi-3 SFT sliding window (T 4096, window 2047): masked SDPA (today) / FlexAttention",
+     "reported: decides a switch to FlexAttention"),
     ("recompiles", "recompiles in phi1's code (all steps)", "0"),
 ]
 TARGETS = {key: target for key, _, target in ROWS}
@@ -272,6 +274,23 @@ def judge_decode(out: Path, batches: list[int], weight_bytes_: float, dry: bool,
     return 0
 
 
+def judge_window(out: Path, stream) -> int:
+    got: dict[str, dict] = {}
+    for line in stream:
+        print(line, end="", flush=True)
+        if line.startswith("result "):
+            kv = _kv(line)
+            got[kv.get("impl", "ratio")] = kv
+    if "ratio" in got:
+        m, f, c = got["sdpa-mask"], got["flex-window"], got["sdpa-causal"]
+        record(out, "window", "INFO",
+               f"{float(got['ratio']['ratio_mask_over_flex']):.2f}x: mask {m['ms']} ms, flex {f['ms']} ms (compile "
+               f"{f['compile_s']} s, max diff {f['max_diff']}), causal bound {c['ms']} ms")
+    else:
+        record(out, "window", "FAIL", "the step ended before this figure (see its log)")
+    return 0
+
+
 def judge_serve(out: Path, clients: int, stream) -> int:
     for line in stream:
         print(line, end="", flush=True)
@@ -385,7 +404,7 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["prep", "greedy", "parity", "judge", "memory", "ckpt-load", "recompiles",
                                      "summary", "row"])
     ap.add_argument("out", type=Path)
-    ap.add_argument("rest", nargs="*", help="judge: train KEY TARGET | decode BATCHES WEIGHT_BYTES | serve CLIENTS; "
+    ap.add_argument("rest", nargs="*", help="judge: train KEY TARGET | decode BATCHES WEIGHT_BYTES | serve CLIENTS | window; "
                                             "memory: RUN_DIR; ckpt-load: CKPT; row: KEY STATUS NUMBER")
     ap.add_argument("--wall", type=int, default=None)
     ap.add_argument("--preset", default="micro")
@@ -409,6 +428,8 @@ def main(argv=None) -> int:
             return judge_train(a.out, rest[0], float(rest[1]), a.dry, sys.stdin)
         if kind == "decode":
             return judge_decode(a.out, [int(b) for b in rest[0].split(",")], float(rest[1]), a.dry, sys.stdin)
+        if kind == "window":
+            return judge_window(a.out, sys.stdin)
         return judge_serve(a.out, int(rest[0]), sys.stdin)
     if a.what == "memory":
         return memory(a.out, Path(a.rest[0]), a.dry)
