@@ -67,16 +67,24 @@ def blocked_modules(allowed: set[str] | None = None) -> list[str]:
 
 
 SITECUSTOMIZE = '''\
-# Written by bench/device_image.py: the GPU image's packages only.
+# Written by bench/device_image.py: the GPU image's packages only, plus what PYTHONPATH carries (on the
+# device, wheels travel in the working tree and are installed to a folder put on PYTHONPATH).
+import os
 import sys
 
 _BLOCKED = frozenset({blocked!r})
+_CARRIED = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def _carried(top):
+    return any(os.path.exists(os.path.join(d, top)) or os.path.exists(os.path.join(d, top + ".py")) for d in _CARRIED)
 
 
 class _NotOnTheImage:
     @staticmethod
     def find_spec(name, path=None, target=None):
-        if name.partition(".")[0] in _BLOCKED:
+        top = name.partition(".")[0]
+        if top in _BLOCKED and not _carried(top):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 
