@@ -3,11 +3,14 @@
 Reports requests/s, completion tokens/s, p50/p99 latency and errors (which must
 be zero) for each concurrency level, plus the server's mean decode batch size
 from GET /metrics, so the gain from continuous batching over one-at-a-time
-(concurrency 1) shows in one run.
+(concurrency 1) shows in one run. A server it starts itself also reports its start-up time
+(model load + warm-up, until /health answers); `--stream` sends streaming requests (SSE) and
+reports the time to the first token. Each figure also comes as one `result key=value ...` line.
 
     python bench/serve_load.py                              # starts a tiny-preset server itself (CPU)
     python bench/serve_load.py --concurrency 1,8,32 --seconds 20 --model DIR --device cuda
     python bench/serve_load.py --url http://127.0.0.1:8000  # an already running server
+    python bench/serve_load.py --concurrency 16 --stream     # 16 streaming clients (the GPU check's row)
 """
 
 from __future__ import annotations
