@@ -180,8 +180,7 @@ if want memory && [ $PREP_OK = 1 ]; then
 fi
 
 if want decode && [ $PREP_OK = 1 ]; then
-  WB=$($PY -c "from phi1.model.hf import load_model_dir as L; m = L('$OUT/work/big'); print(2 * sum(p.numel() for p in m.parameters()))" 2>/dev/null || echo 2.84e9)
-  judged decode "$TO_DEC" "decode 1,32 $WB" $PY bench/decode.py --model "$OUT/work/big" $DEC_ARGS \
+  judged decode "$TO_DEC" "decode 1,32" $PY bench/decode.py --model "$OUT/work/big" $DEC_ARGS \
     --device $DEV --dtype $DTYPE --batches 1,32
 fi
 

@@ -210,13 +210,26 @@ def parity(out: Path, device: str, preset: str, seq: int, micro: int, steps: int
 
 # ---- judges of the bench scripts' `result` lines (stdin, as they are printed) ----------------------------
 
-def judge_train(out: Path, key: str, target: float, dry: bool, stream) -> int:
-    theirs: dict = {}
+def _results_of(stream):
+    """Echo every line of a bench script's output (into the step's log) and yield each `result` line's
+    key=value pairs the moment it is printed."""
     for line in stream:
         print(line, end="", flush=True)
-        if not line.startswith("result "):
-            continue
-        kv = _kv(line)
+        if line.startswith("result "):
+            yield _kv(line)
+
+
+def _fail_missing(out: Path, keys) -> None:
+    """A FAIL row for each of `keys` the step ended without."""
+    got = results(out)
+    for k in keys:
+        if k not in got:
+            record(out, k, "FAIL", "the step ended before this figure (see its log)")
+
+
+def judge_train(out: Path, key: str, target: float, dry: bool, stream) -> int:
+    theirs: dict = {}
+    for kv in _results_of(stream):
         if kv.get("impl") == "phi1":
             mfu = float(kv["mfu"])
             record(out, key, "INFO" if dry else "PASS",
@@ -230,32 +243,24 @@ def judge_train(out: Path, key: str, target: float, dry: bool, stream) -> int:
             record(out, f"{key}-vs-hf", _status(r >= target, dry),
                    f"{r:.2f}x (transformers {float(theirs['tokens_per_s']):,.0f} tok/s, compile "
                    f"{theirs['compile_s']} s)", f">= {target}x" + (" (GPU only)" if dry else ""))
-    got = results(out)
-    for k in (key, f"{key}-vs-hf"):
-        if k not in got:
-            record(out, k, "FAIL", "the step ended before this figure (see its log)")
+    _fail_missing(out, (key, f"{key}-vs-hf"))
     return 0
 
 
-def judge_decode(out: Path, batches: list[int], weight_bytes_: float, dry: bool, stream) -> int:
+def judge_decode(out: Path, batches: list[int], dry: bool, stream) -> int:
     gpu, bw = hbm_bandwidth()
-    limit = bw / weight_bytes_ if bw else None
-    for line in stream:
-        print(line, end="", flush=True)
-        if not line.startswith("result "):
-            continue
-        kv = _kv(line)
+    for kv in _results_of(stream):
         b = int(kv["batch"])
         if kv["impl"] == "phi1":
-            tok_s = float(kv["tok_s"])
+            tok_s, gb_s = float(kv["tok_s"]), float(kv["gb_s"])
             record(out, f"decode-b{b}", "INFO" if dry else "PASS",
                    f"{tok_s:,.1f} tok/s, {kv['gb_s']} GB/s of weights, compile {kv['warm_s']} s")
             if b == 1:
-                if limit:
-                    frac = tok_s / limit
+                if bw:  # each step reads every weight once: the fraction of HBM bandwidth is the fraction of the limit
+                    frac, weights = gb_s * 1e9 / bw, gb_s * 1e9 / tok_s
                     record(out, "decode-b1-bandwidth", _status(frac >= 0.6, dry),
-                           f"{frac:.0%} of {limit:,.0f} tok/s ({gpu}: {bw / 1e12:.2f} TB/s / "
-                           f"{weight_bytes_ / 1e9:.2f} GB)")
+                           f"{frac:.0%} of {bw / weights:,.0f} tok/s ({gpu}: {bw / 1e12:.2f} TB/s / "
+                           f"{weights / 1e9:.2f} GB)")
                 else:
                     record(out, "decode-b1-bandwidth", "SKIP" if dry else "MISS",
                            f"no HBM bandwidth known for {gpu}")
@@ -266,37 +271,24 @@ def judge_decode(out: Path, batches: list[int], weight_bytes_: float, dry: bool,
             record(out, f"decode-b{b}-vs-hf", status,
                    f"{r:.2f}x (transformers static+compile {float(kv['tok_s']):,.1f} tok/s, compile "
                    f"{kv['warm_s']} s); same greedy ids: {kv['same']}")
-    got = results(out)
-    for b in batches:
-        for k in (f"decode-b{b}", f"decode-b{b}-vs-hf") + (("decode-b1-bandwidth",) if b == 1 else ()):
-            if k not in got:
-                record(out, k, "FAIL", "the step ended before this figure (see its log)")
+    _fail_missing(out, [k for b in batches for k in (f"decode-b{b}", f"decode-b{b}-vs-hf")
+                        + (("decode-b1-bandwidth",) if b == 1 else ())])
     return 0
 
 
 def judge_window(out: Path, stream) -> int:
-    got: dict[str, dict] = {}
-    for line in stream:
-        print(line, end="", flush=True)
-        if line.startswith("result "):
-            kv = _kv(line)
-            got[kv.get("impl", "ratio")] = kv
+    got = {kv.get("impl", "ratio"): kv for kv in _results_of(stream)}
     if "ratio" in got:
         m, f, c = got["sdpa-mask"], got["flex-window"], got["sdpa-causal"]
         record(out, "window", "INFO",
                f"{float(got['ratio']['ratio_mask_over_flex']):.2f}x: mask {m['ms']} ms, flex {f['ms']} ms (compile "
                f"{f['compile_s']} s, max diff {f['max_diff']}), causal bound {c['ms']} ms")
-    else:
-        record(out, "window", "FAIL", "the step ended before this figure (see its log)")
+    _fail_missing(out, ("window",))
     return 0
 
 
 def judge_serve(out: Path, clients: int, stream) -> int:
-    for line in stream:
-        print(line, end="", flush=True)
-        if not line.startswith("result "):
-            continue
-        kv = _kv(line)
+    for kv in _results_of(stream):
         if "server_ready_s" in kv:
             record(out, "serve-start", "INFO", f"{kv['server_ready_s']} s (model load + warm-up of every bucket)")
         elif kv.get("clients") == str(clients):
@@ -304,10 +296,7 @@ def judge_serve(out: Path, clients: int, stream) -> int:
             record(out, f"serve-{clients}", "PASS" if ok else "FAIL",
                    f"{kv['requests']} requests, {kv['errors']} errors, {float(kv['tok_s']):,.1f} tok/s, p50 "
                    f"{kv['p50_s']} s, time to first token p50 {kv['ttft_p50_s']} s, mean batch {kv['mean_batch']}")
-    got = results(out)
-    for k in ("serve-start", f"serve-{clients}"):
-        if k not in got:
-            record(out, k, "FAIL", "the step ended before this figure (see its log)")
+    _fail_missing(out, ("serve-start", f"serve-{clients}"))
     return 0
 
 
@@ -385,7 +374,6 @@ def recompiles(out: Path) -> int:
     return 0
 
 
-PHI1_WEIGHT_BYTES = 2.84e9  # phi-1's weights in bf16: what one decode step must read at batch 1
 HBM_BYTES_S = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
                ("A100-SXM4-80GB", 2.039e12), ("A100", 1.555e12)]  # datasheet HBM bandwidth, first match wins
 
@@ -404,7 +392,7 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["prep", "greedy", "parity", "judge", "memory", "ckpt-load", "recompiles",
                                      "summary", "row"])
     ap.add_argument("out", type=Path)
-    ap.add_argument("rest", nargs="*", help="judge: train KEY TARGET | decode BATCHES WEIGHT_BYTES | serve CLIENTS | window; "
+    ap.add_argument("rest", nargs="*", help="judge: train KEY TARGET | decode BATCHES | serve CLIENTS | window; "
                                             "memory: RUN_DIR; ckpt-load: CKPT; row: KEY STATUS NUMBER")
     ap.add_argument("--wall", type=int, default=None)
     ap.add_argument("--preset", default="micro")
@@ -427,7 +415,7 @@ def main(argv=None) -> int:
         if kind == "train":
             return judge_train(a.out, rest[0], float(rest[1]), a.dry, sys.stdin)
         if kind == "decode":
-            return judge_decode(a.out, [int(b) for b in rest[0].split(",")], float(rest[1]), a.dry, sys.stdin)
+            return judge_decode(a.out, [int(b) for b in rest[0].split(",")], a.dry, sys.stdin)
         if kind == "window":
             return judge_window(a.out, sys.stdin)
         return judge_serve(a.out, int(rest[0]), sys.stdin)

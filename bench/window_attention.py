@@ -56,29 +56,29 @@ def main() -> int:
     print(f"window attention: batch {a.batch}, {a.heads} heads x {a.head_dim}, T {a.t}, window {a.window}, "
           f"{a.dtype} on {dev}, torch {torch.__version__}; forward{'' if a.forward_only else ' + backward'}", flush=True)
     ref, times = None, {}
+
+    def timed(fn, x, y, z):
+        """(seconds, output) of one forward (+ backward) with the device synchronised around it."""
+        x.grad = y.grad = z.grad = None
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(x, y, z)
+        if not a.forward_only:
+            out.backward(do)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
+
     for name, fn in impls.items():
         x, y, z = (t.detach().clone().requires_grad_(not a.forward_only) for t in (q, k, v))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            out = fn(x, y, z)
-            if not a.forward_only:
-                out.backward(do)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            first = time.perf_counter() - t0
+            first, out = timed(fn, x, y, z)  # compiles
             ts = []
             for _ in range(a.repeats):
-                x.grad = y.grad = z.grad = None
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                out = fn(x, y, z)
-                if not a.forward_only:
-                    out.backward(do)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                ts.append(time.perf_counter() - t0)
+                dt, out = timed(fn, x, y, z)
+                ts.append(dt)
         ref = out.detach().float() if ref is None else ref
         diff = (out.detach().float() - ref).abs().max().item() if not name.startswith("sdpa-causal") else float("nan")
         times[name] = statistics.median(ts)

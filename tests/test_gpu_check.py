@@ -120,3 +120,16 @@ def test_recompiles_row_counts_phi1s_code_apart_from_transformers(tmp_path):
     (tmp_path / "greedy.log").write_text("Recompiling function _step_full_cache in /w/src/phi1/infer/decode.py:88\n")
     gpu_smoke.recompiles(tmp_path)
     assert _rows(tmp_path)["recompiles"][:2] == ["MISS", "phi1: 1 (greedy 1); transformers: decode 1"]
+
+
+def test_decode_bandwidth_row_is_the_weight_bytes_read_over_hbm_bandwidth(tmp_path, monkeypatch):
+    """Each decode step reads every weight once: GB/s of weights over the GPU's HBM bandwidth is the
+    fraction of the weight-read limit (60% is the target)."""
+    monkeypatch.setattr(gpu_smoke, "hbm_bandwidth", lambda: ("NVIDIA H100 80GB HBM3", 3.35e12))
+    lines = ["result batch=1 impl=phi1 tok_s=700.0 gb_s=2000.00 warm_s=20.0\n",
+             "result batch=1 impl=hf-static tok_s=400.0 warm_s=30.0 ratio=1.750 same=yes\n"]
+    gpu_smoke.judge_decode(tmp_path, [1], False, iter(lines))
+    rows = _rows(tmp_path)
+    assert rows["decode-b1-bandwidth"][0] == "MISS", rows            # 2.0 / 3.35 TB/s = 60% - a hair
+    assert rows["decode-b1-bandwidth"][1].startswith("60% of 1,172 tok/s") and "2.86 GB" in rows["decode-b1-bandwidth"][1]
+    assert rows["decode-b1-vs-hf"][0] == "PASS" and rows["decode-b1"][0] == "PASS"
