@@ -227,18 +227,19 @@ def _accept(server):
 
 @pytest.mark.parametrize("drop_privileges", [True, False])
 def test_outliving_subprocesses_are_killed(sandbox, drop_privileges):
-    """With a slot uid, kill(-1) from that uid; without, a walk of our subreaper subtree."""
+    """With a slot uid, kill(-1) from that uid; without, a walk of our subreaper subtree. The programs live in
+    their own PID namespace, so they are found here by a unique argument, not by the pids they print."""
+    tag = f"{random.randrange(10**6)}{os.getpid()}"
     program = (
         "import os, subprocess, sys\n"
-        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
-        "print('PID', p.pid, flush=True)\n"
+        f"p = subprocess.Popen(['sleep', '300.{tag}1'], start_new_session=True)\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
-        "        print('PID', os.getpid(), flush=True)\n"
-        "        import time; time.sleep(300)\n"
+        f"        os.execvp('sleep', ['sleep', '300.{tag}2'])\n"
         "    os._exit(0)\n"
         "import time; time.sleep(0.3)\n"
+        f"print(sum(b'300.{tag}' in open(f'/proc/{{p}}/cmdline', 'rb').read() for p in os.listdir('/proc') if p.isdigit()))\n"
     )
     if drop_privileges:
         res = sandbox.run_one(program)
@@ -246,10 +247,9 @@ def test_outliving_subprocesses_are_killed(sandbox, drop_privileges):
         with Sandbox(SandboxConfig(workers=1, drop_privileges=False)) as box:
             assert box.isolation["identity"].startswith("caller")
             res = box.run_one(program)
-    pids = [int(line.split()[1]) for line in res["stdout_tail"].splitlines() if line.startswith("PID")]
-    assert len(pids) == 2, res
-    for pid in pids:
-        assert not _alive(pid), pid
+    assert res["status"] == "passed" and res["stdout_tail"].split() == ["2"], res  # both were running
+    left = [p for p in os.listdir("/proc") if p.isdigit() and f"300.{tag}".encode() in _cmdline(int(p))]
+    assert not [p for p in left if _alive(int(p))], left
 
 
 def _alive(pid: int) -> bool:
@@ -435,24 +435,36 @@ def test_executor_runs_without_phi1():
         proc.stdin.write(json.dumps(SandboxConfig(workers=1).zygote_config()) + "\n")
         proc.stdin.write(json.dumps({"id": 1, "program": "import sys\nassert 'phi1' not in sys.modules\nassert 2 + 2 == 4"}) + "\n")
         proc.stdin.write(json.dumps({"id": 2, "program": "import problems"}) + "\n")  # phi1's dir is not on sys.path
+        proc.stdin.write(json.dumps({"id": 3, "program": "def f(x):\n    return 2 * x\n",
+                                     "check": "assert f(21) == 42\n"}) + "\n")  # judged: remote.py beside it
         proc.stdin.flush()
         ready = json.loads(proc.stdout.readline())
         first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
+        third = json.loads(proc.stdout.readline())
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
     assert ready["ready"] and first["status"] == "passed", first
     assert second["exc_type"] == "ModuleNotFoundError"
+    assert third["status"] == "passed", third
 
 
 def test_executor_death_is_recorded_and_replaced():
-    """Without a private uid a program can kill its executor; the sample fails, the run goes on."""
+    """A program cannot kill its executor (it is init of the program's PID namespace, which ignores signals
+    from inside); when the executor dies anyway (killed from outside, out of memory), the sample is
+    recorded as a harness failure and the run goes on with a new one."""
     from phi1.eval.sandbox import classify
     with Sandbox(SandboxConfig(workers=1, drop_privileges=False)) as box:
-        jobs = [(0, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(5)\n"),
-                (1, "assert 1 + 1 == 2")]
-        results = {r["id"]: r for r in box.run(jobs, timeout=2)}
-    assert classify(results[0])[0] == "harness" and results[1]["status"] == "passed"
+        outer = box._zygotes[0].proc.pid
+        res = box.run_one("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\n"
+                          "import time\ntime.sleep(5)\n", timeout=1)
+        assert classify(res)[0] == "timeout" and box._zygotes[0].proc.pid == outer, res
+        killer = threading.Timer(0.5, lambda: os.kill(box._zygotes[0].proc.pid, 9))
+        killer.start()
+        results = {r["id"]: r for r in box.run([(0, "import time\ntime.sleep(5)\n"), (1, "assert 1 + 1 == 2")],
+                                                timeout=3)}
+        killer.join()
+    assert classify(results[0])[0] == "harness" and results[1]["status"] == "passed", results
 
 
 def _cmdline(pid: int) -> bytes:
@@ -481,7 +493,12 @@ def test_unprivileged_caller_path():
         pytest.skip("needs root, setpriv and a system python3 readable by nobody")
     proc = subprocess.Popen(cmd + [str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     programs = [
-        "import os\nassert os.getuid() == 65534\nassert os.listdir('/tmp') == [os.path.basename(os.path.dirname(os.getcwd()))]",
+        "import os\nassert os.getuid() == 65534\nnames = [n for n in os.listdir('/tmp') if not n.startswith('.phi1-')]\n"
+        "assert names == [os.path.basename(os.path.dirname(os.getcwd()))], names\n"
+        "import tempfile\nfor d in ('/var/tmp', '/dev/shm', '/tmp'):\n    tempfile.mkstemp(dir=d)\n"
+        "for d in ('/run/lock', '/etc', '/usr/lib'):\n"
+        "    try:\n        tempfile.mkstemp(dir=d)\n    except OSError as e:\n        assert e.errno in (1, 13, 30), (d, e)\n"
+        "    else:\n        raise AssertionError(d)",
         "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True)\nimport os\nwhile True:\n    os.fork()\n",
         "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n",
     ]
@@ -496,7 +513,7 @@ def test_unprivileged_caller_path():
         proc.stdin.close()
         proc.wait(timeout=30)
     assert not ready["root"] and ready["identity"] == "caller"
-    assert results[0]["status"] == "passed", results[0]
+    assert results[0]["status"] == "passed", (results[0]["exc_type"], results[0]["message"])
     assert results[1]["status"] in ("failed", "timeout")
     assert [p for p in _processes_of(65534) if b"sleep" in _cmdline(p)] == []
     assert results[2]["status"] == "failed"

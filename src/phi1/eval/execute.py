@@ -91,7 +91,7 @@ def execute_samples(
         else:
             box.start()
         appender = stack.enter_context(JsonlAppender(partial, sync=False))
-        jobs = ((s["sample_index"], problems[s["task_id"]].program(s["completion"])) for s in todo)
+        jobs = ((s["sample_index"], problems[s["task_id"]].job(s["completion"])) for s in todo)
         by_index = {s["sample_index"]: s for s in todo}
         bar = progress(total=len(todo), desc=f"execute {benchmark}", unit="sample") if show_progress else _NoBar()
         for res in box.run(jobs):

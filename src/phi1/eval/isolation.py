@@ -1,28 +1,47 @@
 """The part of the sandbox boundary that the kernel enforces (stdlib only).
 
-A `Boundary` is set up once per executor process: a network namespace with no
-interfaces, a mount namespace with private /tmp, /var/tmp and /dev/shm, and,
-when started as root, a dedicated unprivileged uid for its programs. In each
-forked child, `confine()` applies resource limits and drops to that uid;
-after each program, `kill_leftovers()` removes everything it started.
+A `Boundary` is set up once per executor process:
+- a network namespace with no interfaces;
+- a mount namespace in which the whole filesystem is read-only except one
+  size-bounded tmpfs, the scratch space, seen at /tmp, /var/tmp and /dev/shm
+  (and holding each program's workdir); what a program leaves there is wiped
+  after it;
+- a PID namespace whose init is the executor, with its own /proc: programs see
+  only their own run's processes and cannot signal the executor (init ignores
+  signals from inside), the caller or other workers;
+- when started as root, two unprivileged uids: one for programs, one for the
+  judge that runs the tests, so neither can signal or trace the other.
+In each forked child, `confine()` gives the program its own IPC namespace
+(SysV and POSIX IPC objects die with the run), applies resource limits and
+drops to its uid; after each program, `kill_leftovers()` removes everything it
+started and `wipe()` what it wrote.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import resource
+import shutil
 import signal
 import sys
 import tempfile
 import time
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+MS_NOEXEC, MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 8, 1024, 2048, 1 << 21, 1 << 24
+# Per-mount flags a read-only remount must keep (in a user namespace, dropping a locked one is refused).
+MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -68,20 +87,33 @@ def _bind_back(fd: int, path: str) -> bool:
 
 
 class Boundary:
-    """Namespaces, identity and limits shared by all programs of one executor."""
+    """Namespaces, identity, scratch space and limits shared by all programs of one executor."""
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.info: dict = {"root": os.geteuid() == 0}
         self.uid = self.gid = None
+        self.judge_uid = None
         self.base_nproc = 0
+        self.scratch: str | None = None
+        self._scratch_dev = None
+        self._scratch_keep: set[str] = set()
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self._isolate_network()
         self._private_tmp()
         self._pick_identity()
         if self.uid is not None and not self._expose_python():
-            self.uid = self.gid = None
+            self.uid = self.gid = self.judge_uid = None
             self.info["identity"] = "caller (the Python install is not readable by other users)"
+        self._own_pid_namespace()
+        self._read_only_filesystem()
+        self.info["ipc"] = "per-program" if _probe_ipc_namespace() else "shared"
+        # The executor's own memory (and so the judge's, forked from it) is not readable through
+        # /proc/PID/mem or ptrace by a program running under the same uid.
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        self.base = tempfile.mkdtemp(prefix="phi1-exec-")
+        os.chmod(self.base, 0o711)  # the program uid may enter only its own workdir
+        self._snapshot_scratch()
 
     def _isolate_network(self) -> None:
         mode = "none"
@@ -99,11 +131,12 @@ class Boundary:
         self.info["network"] = mode
 
     def _private_tmp(self) -> None:
+        """One tmpfs of `scratch_mb` is all a program can write: at /tmp, and bound at /var/tmp and /dev/shm."""
         mode = "shared"
         if self.cfg.get("private_tmp", True) and (_unshare(CLONE_NEWNS) or self.info["network"].startswith("userns")):
             # Without MS_PRIVATE our mounts would propagate back to the host.
             if _mount(None, "/", None, MS_REC | MS_PRIVATE, None):
-                size = f"size={int(self.cfg.get('tmp_mb', 512))}m"
+                size = f"size={int(self.cfg.get('scratch_mb', 512))}m"
                 # A virtual environment (or phi1 itself) living under /tmp, as in CI clones, would vanish
                 # under the new tmpfs and programs could not import numpy & co: hold each such Python
                 # tree by a descriptor across the mount and bind it back, read-only, at its own path.
@@ -111,8 +144,11 @@ class Boundary:
                 try:
                     ok = _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
                     for extra in TMP_DIRS[1:]:
-                        if os.path.isdir(extra):
-                            ok = _mount("tmpfs", extra, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}") and ok
+                        if ok and os.path.isdir(extra):
+                            inner = os.path.join("/tmp", ".phi1" + extra.replace("/", "-"))
+                            os.mkdir(inner)
+                            os.chmod(inner, 0o1777)
+                            ok = _mount(inner, extra, None, MS_BIND, None)
                     for path, fd in held:
                         ok = ok and _bind_back(fd, path)
                 finally:
@@ -120,16 +156,67 @@ class Boundary:
                         os.close(fd)
                 if ok:
                     mode = "private"
+                    self.scratch = "/tmp"
+                    self._scratch_dev = os.stat("/tmp").st_dev
         tempfile.tempdir = None
         self.info["tmp"] = mode
+        self.info["scratch_mb"] = int(self.cfg.get("scratch_mb", 512)) if mode == "private" else None
+
+    def _own_pid_namespace(self) -> None:
+        """Become init of a new PID namespace with its own /proc (needs the private mount namespace).
+
+        The process that called us stays outside as a plain parent: it waits for the new init and exits
+        with its status; if it is killed, the init gets SIGKILL and the namespace goes with it."""
+        self.info["pid"] = "shared"
+        if self.info.get("tmp") != "private" or not self.cfg.get("private_pid", True):
+            return
+        if not _unshare(CLONE_NEWPID):
+            return
+        pid = os.fork()
+        if pid:  # pragma: no cover - the outer parent only waits
+            status = wait_blocking(pid)
+            os._exit(os.waitstatus_to_exitcode(status) if status is not None else 1)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None):
+            self.info["pid"] = "private"
+
+    def _read_only_filesystem(self) -> None:
+        """Remount every mount read-only in our namespace except the scratch space (the host is untouched)."""
+        if self.info.get("tmp") != "private":
+            self.info["fs"] = "writable (no private mount namespace)"
+            return
+        writable = set(TMP_DIRS)
+        failed = []
+        for point, options in _mounts():
+            if point in writable or point.startswith("/tmp/") or "ro" in options:
+                continue
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+            for opt in options:
+                flags |= MOUNT_FLAGS.get(opt, 0)
+            if not _mount(None, point, None, flags, None) and os.path.exists(point):
+                failed.append(point)
+        self.info["fs"] = "read-only except scratch" if not failed else f"read-only except scratch and {failed}"
+
+    def _snapshot_scratch(self) -> None:
+        if self.scratch is not None:
+            self._scratch_keep = _scratch_tree(self.scratch, self._scratch_dev)
+
+    def wipe(self) -> None:
+        """Remove everything a program left in the scratch space (its workdir, /tmp, /var/tmp, /dev/shm)."""
+        if self.scratch is not None:
+            _wipe(self.scratch, self._scratch_keep, self._scratch_dev)
 
     def _pick_identity(self) -> None:
         uid = self.cfg.get("uid")
+        judge_uid = None
         if uid == "auto":
-            uid = _free_uid()
+            uid, judge_uid = _free_uid(0), _free_uid(1)
         if os.geteuid() == 0 and uid is not None:
             self.uid = self.gid = int(uid)
             self.info["identity"] = f"uid {self.uid}"
+            # The judge (the tests) runs under a uid of its own, so the program cannot signal or trace it.
+            self.judge_uid = int(judge_uid) if judge_uid is not None else None
+            self.info["judge_identity"] = f"uid {self.judge_uid}" if self.judge_uid is not None else "caller"
         else:
             # Not root: RLIMIT_NPROC counts every process of this user, so
             # leave room for the ones that already exist.
@@ -180,9 +267,11 @@ class Boundary:
                     return False
         return True
 
-    def confine(self, timeout: float) -> None:
-        """In the forked child: resource limits, then drop to the slot uid (irreversible)."""
+    def confine(self, timeout: float, judge: bool = False) -> None:
+        """In the forked child: its own IPC namespace, resource limits, then drop to the program's (or the
+        judge's) uid, irreversibly."""
         cfg = self.cfg
+        _unshare(CLONE_NEWIPC)  # SysV/POSIX IPC objects die with this child instead of outliving the run
         mem = int(cfg.get("memory_mb", 2048)) << 20
         fsize = int(cfg.get("fsize_mb", 64)) << 20
         cpu = int(timeout) + 1
@@ -194,17 +283,22 @@ class Boundary:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        if self.uid is not None:
+        uid = self.judge_uid if judge else self.uid
+        if uid is not None:
             os.setgroups([])
-            os.setgid(self.gid)
-            os.setuid(self.uid)
+            os.setgid(uid)
+            os.setuid(uid)
+        if judge:
+            _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
-    def kill_leftovers(self, pid: int) -> None:
-        """SIGKILL the program and everything it started, wherever it went."""
-        with _suppress():
-            os.killpg(pid, signal.SIGKILL)
-        if self.uid is not None:
+    def kill_leftovers(self, *pids: int) -> None:
+        """SIGKILL the program, the judge and everything they started, wherever it went."""
+        for pid in pids:
+            with _suppress():
+                os.killpg(pid, signal.SIGKILL)
+        uids = [u for u in (self.uid, self.judge_uid) if u is not None]
+        for uid in uids:
             # kill(-1) from the slot uid reaches every process of that uid, even
             # ones that left the process group or double-forked; the kernel does
             # it under the tasklist lock, so a fork bomb cannot outrun it.
@@ -212,13 +306,13 @@ class Boundary:
             if reaper == 0:  # pragma: no cover - child
                 try:
                     os.setgroups([])
-                    os.setgid(self.gid)
-                    os.setuid(self.uid)
+                    os.setgid(uid)
+                    os.setuid(uid)
                     os.kill(-1, signal.SIGKILL)
                 finally:
                     os._exit(0)
             wait_blocking(reaper)
-        else:
+        if not uids or self.judge_uid is None:
             for _ in range(50):
                 pids = _descendants(os.getpid())
                 if not pids:
@@ -240,6 +334,70 @@ class Boundary:
                 if time.monotonic() > end:
                     return
                 time.sleep(0.001)
+
+def _scratch_tree(root: str, dev: int) -> set[str]:
+    """Every path on the scratch filesystem below `root` (other mounts, such as bound-back Python trees, are
+    entries but not descended into)."""
+    out: set[str] = set()
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for entry in it:
+                out.add(entry.path)
+                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == dev:
+                    stack.append(entry.path)
+    return out
+
+
+def _wipe(root: str, keep: set[str], dev: int) -> None:
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.path in keep:
+                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == dev:
+                    stack.append(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                rmtree(entry.path)
+            else:
+                with _suppress():
+                    os.unlink(entry.path)
+
+
+def rmtree(path: str) -> None:
+    def fix(func, p, _exc):
+        # The program may have removed permissions on what it created.
+        with _suppress():
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+    shutil.rmtree(path, onerror=fix)
+
+
+def _mounts() -> list[tuple[str, list[str]]]:
+    """(mount point, per-mount options) of every mount in our namespace, in mount order."""
+    out = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            out.append((point, fields[5].split(",")))
+    return out
+
+
+def _probe_ipc_namespace() -> bool:
+    """Whether a forked child can get its own IPC namespace (what `confine` does for every program)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0 if _unshare(CLONE_NEWIPC) else 1)
+    status = wait_blocking(pid)
+    return status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
 
 def has_children() -> bool:
     try:
@@ -279,11 +437,11 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _free_uid() -> int | None:
+def _free_uid(lane: int = 0) -> int | None:
     """A uid no live process of another harness uses: derived from our own pid.
 
-    Each slot needs its own uid, because RLIMIT_NPROC is counted per uid and
-    the clean-up kills every process of the slot uid.
+    Each slot needs its own uids (lane 0: programs, lane 1: the judge), because RLIMIT_NPROC is counted
+    per uid and the clean-up kills every process of a slot uid.
     """
     pid = os.getpid()
     try:
@@ -292,7 +450,7 @@ def _free_uid() -> int | None:
     except OSError:
         ranges = [(0, 0, 1 << 32)]
     for inside, _outside, count in ranges:
-        for candidate in (2_000_000_000 + pid, inside + count - 2 - pid):
+        for candidate in (2_000_000_000 + lane * 100_000_000 + pid, inside + count - 2 - pid - lane * (1 << 23)):
             if inside + 1000 <= candidate < inside + count - 1 and candidate != 65534:
                 return candidate
     return None

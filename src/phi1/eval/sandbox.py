@@ -40,7 +40,8 @@ class SandboxConfig:
     nproc: int = 64               # processes + threads of one program (own uid as root)
     output_cap: int = 65536       # bytes of stdout/stderr tail kept per program
     isolate_net: bool = True      # new network namespace without interfaces
-    private_tmp: bool = True      # new mount namespace with private /tmp, /var/tmp, /dev/shm
+    private_tmp: bool = True      # mount namespace: all read-only but one scratch tmpfs (/tmp, /var/tmp, /dev/shm)
+    scratch_mb: int = 512         # size of that scratch tmpfs: everything a program writes, all files together
     drop_privileges: bool = True  # as root: run programs under a dedicated unprivileged uid
     wrapper: str | None = None    # e.g. "bwrap --unshare-all --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp"
     container: str | None = None  # docker image with python3; one container per worker
@@ -53,6 +54,7 @@ class SandboxConfig:
             ("memory_mb", self.memory_mb, isinstance(self.memory_mb, int) and self.memory_mb >= 64, "an integer >= 64"),
             ("fsize_mb", self.fsize_mb, isinstance(self.fsize_mb, int) and self.fsize_mb >= 1, "an integer >= 1"),
             ("nproc", self.nproc, isinstance(self.nproc, int) and self.nproc >= 1, "an integer >= 1"),
+            ("scratch_mb", self.scratch_mb, isinstance(self.scratch_mb, int) and self.scratch_mb >= 16, "an integer >= 16"),
             ("output_cap", self.output_cap, isinstance(self.output_cap, int) and self.output_cap >= 1024, "an integer >= 1024"),
         ]
         for name, value, ok, allowed in checks:
@@ -79,7 +81,7 @@ class SandboxConfig:
         return {
             "timeout": self.timeout, "memory_mb": self.memory_mb, "fsize_mb": self.fsize_mb,
             "nproc": self.nproc, "output_cap": self.output_cap, "isolate_net": self.isolate_net,
-            "private_tmp": self.private_tmp, "uid": "auto" if self.drop_privileges else None,
+            "private_tmp": self.private_tmp, "scratch_mb": self.scratch_mb, "uid": "auto" if self.drop_privileges else None,
         }
 
 
@@ -125,10 +127,12 @@ class _Zygote:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, rid, program: str, timeout: float) -> dict | None:
-        """One program; None when the zygote itself died or hung (caller restarts it)."""
+    def run(self, rid, program: str | dict, timeout: float) -> dict | None:
+        """One program (a string: the program is the whole claim) or judged job (a dict with "program" and
+        the tests as "check", see `Problem.job`); None when the zygote itself died or hung (caller restarts it)."""
+        job = program if isinstance(program, dict) else {"program": program}
         try:
-            self._send({"id": rid, "program": program, "timeout": timeout})
+            self._send({**job, "id": rid, "timeout": timeout})
         except (BrokenPipeError, OSError):
             return None
         # The zygote enforces the timeout; this is the guard against the zygote itself hanging.
@@ -201,8 +205,8 @@ class Sandbox:
     def run_one(self, program: str, timeout: float | None = None) -> dict:
         return next(self.run([(0, program)], timeout=timeout))
 
-    def run(self, jobs: Iterable[tuple[object, str]], timeout: float | None = None) -> Iterator[dict]:
-        """Run (id, program) jobs; yield result dicts (with "id") as they complete."""
+    def run(self, jobs: Iterable[tuple[object, str | dict]], timeout: float | None = None) -> Iterator[dict]:
+        """Run (id, program or judged job) pairs; yield result dicts (with "id") as they complete."""
         self.start()
         timeout = float(timeout or self.config.timeout)
         todo: queue.Queue = queue.Queue()

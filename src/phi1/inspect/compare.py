@@ -44,7 +44,7 @@ class Item:
     id: str
     set: str
     prompt: str
-    program: Callable[[str], str] | None = None   # completion -> test program; None: no tests
+    program: Callable[[str], str | dict] | None = None   # completion -> sandbox job; None: no tests
     notes: str = ""
     library: str | None = None
 
@@ -112,7 +112,7 @@ def load_items(cfg: CompareConfig) -> list[Item]:
         from phi1.eval.problems import load_humaneval
 
         probs = list(load_humaneval().values())[: min(cfg.humaneval, cfg.limit or cfg.humaneval)]
-        items += [Item(p.task_id, "humaneval", p.prompt, p.program) for p in probs]
+        items += [Item(p.task_id, "humaneval", p.prompt, p.job) for p in probs]
     lib = [Item(r["id"], "library", r["prompt"], (lambda c, r=r: r["prompt"] + c + "\n" + r["test"]),
                 r.get("notes", ""), r["library"]) for r in _jsonl(RESOURCES / "library_prompts.jsonl")]
     items += lib[: cfg.limit]

@@ -237,11 +237,20 @@ def _adherence(kind: str, records: list[dict]) -> dict:
             "interleaved": round(sum(v.get("switches", 0) >= 2 for v in vals) / n, 4)}
 
 
+def _exercise_job(info: dict) -> str | dict:
+    """The sandbox job of one exercise: its solution runs confined and its asserts in the judge, a separate
+    process that decides (so code in the solution cannot fake its own pass); unsplit code runs whole."""
+    split = info.get("split") or {}
+    if split.get("text") and split.get("tests"):
+        return {"program": split["text"], "check": split["tests"]}
+    return info["code"]
+
+
 def _execute(records: list[dict], reasons_of: dict[int, list[str]], cfg: ValidateConfig) -> None:
     """Run each parsed exercise (function + its asserts) in the sandbox; failures become reasons."""
     from phi1.eval.sandbox import Sandbox, SandboxConfig, classify
 
-    jobs = [(i, rec["meta"]["validation"]["code"]) for i, rec in enumerate(records) if not reasons_of[i]]
+    jobs = [(i, _exercise_job(rec["meta"]["validation"])) for i, rec in enumerate(records) if not reasons_of[i]]
     if not jobs:
         return
     with Sandbox(SandboxConfig(workers=cfg.workers, timeout=cfg.timeout)) as sandbox:
