@@ -256,7 +256,8 @@ def test_a_planted_mbpp_solution_in_a_textbook_is_removed_and_reported(tmp_path)
     task = BenchmarkTask("mbpp/5", "", MBPP_5)
     assert Decontaminator([], tasks=[task], use_ast=False, ratio_threshold=None).check(edited) == []
     hit = Decontaminator([], tasks=[task], use_ast=False).check(edited)
-    assert [(h.task_id, h.method) for h in hit] == [("mbpp/5", "sequence")] and hit[0].score > 0.8
+    # the ratio counts distinctive tokens only (names, literals, words), so the renamed loop weighs more
+    assert [(h.task_id, h.method) for h in hit] == [("mbpp/5", "sequence")] and hit[0].score > 0.6
     prose = ("A board of 3 by n cells can be tiled with dominoes in many ways, and counting them is a classic "
              "exercise in recurrences: each new column depends on the two before it. ")
     clean = f"{prose}\n```python\ndef tiles(n):\n    ways = [1, 0]\n    for _ in range(n):\n        ways.append(ways[-2] * 3)\n    return ways[n]\n```\n{prose}"
@@ -270,7 +271,9 @@ def test_a_planted_mbpp_solution_in_a_textbook_is_removed_and_reported(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in read_jsonl(out)] == ["textbooks-0-0"]
     bad = list(read_jsonl(str(out) + ".rejected.jsonl"))
-    assert bad[0]["meta"]["validation"]["reasons"][0].startswith("contaminated: overlaps mbpp/5 (sequence)")
+    reason = bad[0]["meta"]["validation"]["reasons"][0]
+    # the reason names the task, the method and the matched span, so a user can judge it
+    assert reason.startswith("contaminated: overlaps mbpp/5 (sequence 0.") and "count_ways" in reason, reason
     report = json.loads(out.with_name(out.name + ".report.json").read_text())
     assert report["decontamination"]["hits_per_task"] == {"mbpp/5": 1}
     assert report["decontamination"]["benchmark_files"] == [str(mbpp)]

@@ -267,7 +267,7 @@ def _execute(records: list[dict], reasons_of: dict[int, list[str]], cfg: Validat
 def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]], cfg: ValidateConfig) -> dict[str, int]:
     """The data pipeline's decontaminator (n-grams, sequence ratio, syntax) against every configured
     benchmark; returns the hits per benchmark task."""
-    from phi1.data.decontam import Decontaminator, hits_per_task
+    from phi1.data.decontam import Decontaminator, describe, hits_per_task
 
     deco = Decontaminator(list(cfg.benchmarks), list(cfg.benchmark_files))
     found = []
@@ -278,7 +278,7 @@ def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]], cfg: V
         if hits:
             found += hits
             rec["meta"]["validation"]["contamination"] = [h.to_dict() for h in hits[:3]]
-            reasons_of[i].append(f"contaminated: overlaps {hits[0].task_id} ({hits[0].method})")
+            reasons_of[i].append(f"contaminated: {describe(hits[0])}")
     return hits_per_task(found)
 
 
