@@ -86,7 +86,8 @@ def register_eval(sub) -> None:
 
     for bench in ("humaneval", "mbpp"):
         p = sub.add_parser(bench, help=f"generate {bench} completions with a model, execute them, report pass@k")
-        p.add_argument("--model", required=True, help="model directory (HF format)")
+        p.add_argument("--model", required=True, help="model directory (HF format): phi/phi-3 run on phi1's engine, "
+                       "any other causal LM (GPT-2, Llama, CodeGen, Qwen2, StarCoder2...) through transformers")
         p.add_argument("--out", required=True, help="output directory (rerun to resume)")
         p.add_argument("--n", type=int, default=1, help="samples per task (default 1)")
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -104,7 +105,7 @@ def register_eval(sub) -> None:
         p.set_defaults(func=_benchmark, benchmark=bench)
 
     p = sub.add_parser("loss", help="mean token loss of canonical solutions given their prompts")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model directory (HF format; any causal LM transformers loads)")
     p.add_argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval")
     p.add_argument("--data", default=None)
     p.add_argument("--max-problems", type=int, default=None)

@@ -9,12 +9,14 @@ from phi1.errors import Phi1Error
 from phi1.eval.problems import Problem, load_humaneval
 
 
-def _examples(tokenizer, problems: list[Problem], max_len: int) -> list[tuple[list[int], list[int], str]]:
+def _examples(tokenizer, problems: list[Problem], max_len: int, prefix: list[int] = ()
+              ) -> list[tuple[list[int], list[int], str]]:
     out = []
     for p in problems:
         # Encoding the two parts separately keeps the boundary exact: every
-        # label position belongs to the solution, none to the prompt.
-        prompt, sol = tokenizer.encode(p.prompt), tokenizer.encode(p.canonical_solution)
+        # label position belongs to the solution, none to the prompt. `prefix`: the BOS a
+        # transformers model's tokenizer puts first (phi1.model.anylm).
+        prompt, sol = list(prefix) + tokenizer.encode(p.prompt), tokenizer.encode(p.canonical_solution)
         if not sol:
             continue
         ids = prompt + sol
@@ -55,7 +57,7 @@ def solution_loss_per_task(model, tokenizer, problems=None, max_problems: int | 
         items = items[:max_problems]
     if batch_size < 1:
         raise Phi1Error(f"batch_size = {batch_size}: must be at least 1")
-    examples = _examples(tokenizer, items, model.config.max_position_embeddings)
+    examples = _examples(tokenizer, items, model.config.max_position_embeddings, getattr(model, "prefix_ids", ()))
     if not examples:
         raise Phi1Error("solution_loss: no problem has a canonical solution")
     device = next(model.parameters()).device

@@ -172,6 +172,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, te
     if batch_size < 1:
         raise Phi1Error(f"batch_size = {batch_size}: must be at least 1")
     encoded = tokenizer.encode_batch(list(prompts))
+    prefix = getattr(model, "prefix_ids", None)
+    if prefix:  # a transformers model whose tokenizer starts every text with BOS
+        encoded = [list(prefix) + e for e in encoded]
     results: list[Completion] = []
     stop = tuple(s for s in stop if s)
 
@@ -183,8 +186,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, te
     by_index: dict[int, Completion] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        outs = generate_ids(model, [encoded[i] for i in idx], params, tokenizer.eos_id,
-                            stop_check=stop_check if stop else None, compile=compile)
+        if hasattr(model, "generate_ids"):  # any other causal LM: transformers' generate (phi1.model.anylm)
+            outs = model.generate_ids([encoded[i] for i in idx], max_new_tokens=max_new_tokens,
+                                      temperature=temperature, top_p=top_p, top_k=top_k, eos_id=tokenizer.eos_id,
+                                      stop_check=stop_check if stop else None,
+                                      seed=None if seed is None else seed + start)
+        else:
+            outs = generate_ids(model, [encoded[i] for i in idx], params, tokenizer.eos_id,
+                                stop_check=stop_check if stop else None, compile=compile)
         for i, (ids, reason) in zip(idx, outs):
             text = tokenizer.decode(ids)
             text, hit = truncate_at_stop(text, stop)

@@ -13,6 +13,16 @@ def load_for_inference(model_dir, device: str = "auto", dtype: str = "auto", qua
     from phi1.tokenizer import load_tokenizer
 
     dev, dt = resolve_device_dtype(device, dtype)
+    from phi1.model.anylm import is_phi_dir, load_any_causal_lm
+
+    if not is_phi_dir(model_dir):
+        # any other causal LM (the paper's baselines): transformers runs it behind phi1's interface
+        if quantize:
+            from phi1.errors import Phi1Error
+
+            raise Phi1Error(f"--quantize {quantize}: phi1's quantization is for phi models; {model_dir} is not one")
+        tok = load_tokenizer(model_dir)
+        return load_any_causal_lm(model_dir, tok, device=dev, dtype=dt), tok
     model = load_model_dir(model_dir, device=dev, dtype=dt)
     model.eval()
     if quantize:
