@@ -104,7 +104,8 @@ def generate_samples(model, tokenizer, problems: dict[str, Problem], samples_pat
 def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
                   gen: GenerationConfig | None = None, sandbox_config: SandboxConfig | None = None,
                   sandbox: Sandbox | None = None, data: str | os.PathLike | None = None,
-                  tokenizer=None, device: str = "auto", dtype: str = "auto", show_progress: bool = True) -> dict:
+                  tokenizer=None, device: str = "auto", dtype: str = "auto", show_progress: bool = True,
+                  ks: list[int] | None = None) -> dict:
     """Generate (resumably), execute and summarize; `model_or_dir` is a model dir or a model (then pass tokenizer)."""
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
@@ -114,7 +115,7 @@ def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
     with OutputLock(out_dir, is_dir=True, what="eval output directory"):
         return _run_benchmark(model_or_dir, benchmark, out_dir, problems, gen=gen, sandbox_config=sandbox_config,
                               sandbox=sandbox, tokenizer=tokenizer, device=device, dtype=dtype,
-                              show_progress=show_progress)
+                              show_progress=show_progress, ks=ks)
 
 
 def claim_eval_dir(out_dir: str | os.PathLike, benchmark: str) -> Path:
@@ -137,7 +138,7 @@ def claim_eval_dir(out_dir: str | os.PathLike, benchmark: str) -> Path:
 
 def _run_benchmark(model_or_dir, benchmark: str, out_dir: Path, problems: dict[str, Problem], *,
                    gen: GenerationConfig, sandbox_config, sandbox, tokenizer, device: str, dtype: str,
-                   show_progress: bool) -> dict:
+                   show_progress: bool, ks: list[int] | None = None) -> dict:
     model_name = None
     if isinstance(model_or_dir, (str, os.PathLike)):
         from phi1.model import load_for_inference
@@ -157,7 +158,8 @@ def _run_benchmark(model_or_dir, benchmark: str, out_dir: Path, problems: dict[s
     finally:
         model.train(was_training)
     ex = execute_samples(out_dir / "samples.jsonl", benchmark, out_path=out_dir / "results.jsonl",
-                         problems=problems, config=sandbox_config, sandbox=sandbox, show_progress=show_progress)
+                         problems=problems, config=sandbox_config, sandbox=sandbox, show_progress=show_progress,
+                         ks=ks)
     summary = {**ex.summary, "model": model_name, "generation": {**asdict(gen), **gen_stats}}
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary))

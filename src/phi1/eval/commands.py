@@ -10,7 +10,13 @@ from pathlib import Path
 from phi1.utils.cliio import declare_io
 
 
+def _k_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", default=None, metavar="K1,K2,...",
+                   help="the pass@k values to report, e.g. 1,10,100 (default: every k up to the smallest n)")
+
+
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
+    _k_arg(p)
     g = p.add_argument_group("sandbox")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel executors (default: cores)")
     g.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default 3)")
@@ -41,8 +47,10 @@ def _execute(args) -> int:
     _refuse_dir("--out", out)
     _refuse_dir("--out (its summary)", str(out).removesuffix(".jsonl") + ".summary.json")
     _refuse_dir("--out (its partial results)", out.with_name(out.name + ".partial"))
+    from phi1.eval.passk import parse_ks
+    ks = parse_ks(args.k)
     res = execute_samples(args.samples, args.benchmark, out_path=args.out, data=args.data,
-                          config=_sandbox_config(args))
+                          config=_sandbox_config(args), ks=ks)
     summary_path = Path(str(res.results_path).removesuffix(".jsonl") + ".summary.json")
     write_summary(summary_path, res.summary)
     print(format_summary(res.summary))
@@ -56,8 +64,10 @@ def _benchmark(args) -> int:
     gen = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                            max_problems=args.max_problems)
+    from phi1.eval.passk import parse_ks
+    ks = parse_ks(args.k)
     summary = run_benchmark(args.model, args.benchmark, args.out, gen=gen, sandbox_config=_sandbox_config(args),
-                            data=getattr(args, "data", None), device=args.device, dtype=args.dtype)
+                            data=getattr(args, "data", None), device=args.device, dtype=args.dtype, ks=ks)
     print(format_summary(summary))
     print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
     return 0

