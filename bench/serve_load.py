@@ -2,7 +2,7 @@
 
 Reports requests/s, completion tokens/s, p50/p99 latency and errors (which must
 be zero) for each concurrency level, plus the server's mean decode batch size
-from GET /metrics, so the gain from continuous batching over one-at-a-time
+from GET /metrics.json, so the gain from continuous batching over one-at-a-time
 (concurrency 1) shows in one run. A server it starts itself also reports its start-up time
 (model load + warm-up, until /health answers); `--stream` sends streaming requests (SSE) and
 reports the time to the first token. Each figure also comes as one `result key=value ...` line.
@@ -112,11 +112,11 @@ async def run_level(url: str, model: str, concurrency: int, seconds: float, max_
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        m0 = (await http.get(url + "/metrics", headers=headers)).json()
+        m0 = (await http.get(url + "/metrics.json", headers=headers)).json()
         t0 = time.perf_counter()
         await asyncio.gather(*(client(i, http) for i in range(concurrency)))
         wall = time.perf_counter() - t0
-        m1 = (await http.get(url + "/metrics", headers=headers)).json()
+        m1 = (await http.get(url + "/metrics.json", headers=headers)).json()
     steps = m1["decode_steps"] - m0["decode_steps"]
     occ = sum(int(k) * v for k, v in m1["batch_size_histogram"].items()) - \
         sum(int(k) * v for k, v in m0["batch_size_histogram"].items())

@@ -40,7 +40,7 @@ def client(server):
 
 
 def _metrics(server) -> dict:
-    r = httpx.get(server["base"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    r = httpx.get(server["base"] + "/metrics.json", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
     return r.json()
 
@@ -163,7 +163,10 @@ def test_concurrent_requests_are_batched(server, client, local):
     ({"prompt": "x", "frequency_penalty_x": 1}, 400, "frequency_penalty_x"),
     ({"prompt": "x", "n": 5}, 400, "n"),
     ({"prompt": ["a", "b", "c"], "n": 2}, 400, "n"),
-    ({"prompt": "x", "echo": True}, 400, "echo"),
+    ({"prompt": "x", "echo": True, "stream": True}, 400, "stream"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ({"prompt": [1, 10**9], "echo": True, "max_tokens": 0}, 400, "prompt"),
     ({"prompt": "def f(x): return x\n" * 200}, 400, "prompt"),
     ({"prompt": 42}, 400, "prompt"),
     ({"prompt": "x", "stop": [1]}, 400, "stop"),
@@ -229,3 +232,70 @@ def test_disconnect_mid_stream_cancels(server, client, local):
     # The server still answers, with the same output as before.
     r = client.completions.create(model=server["model"], prompt=PROMPTS[1], max_tokens=10, temperature=0)
     assert r.choices[0].text == alone(local, PROMPTS[1], 10).text
+
+
+def test_echo_and_logprobs_agree_with_eval_loss(server, local):
+    """lm-evaluation-harness's local-completions scores log-likelihood with echo=True and logprobs: the prompt's
+    own token logprobs must be the model's. Sent as token ids (as lm-eval does), prompt + canonical solution:
+    the solution's logprobs sum to minus phi1's `eval loss` nats for that task, token for token."""
+    from phi1.eval.loss import solution_loss_per_task
+    from phi1.eval.problems import load_humaneval
+
+    model, tok = local
+    problems = [p for p in load_humaneval().values()][:2]
+    per_task = solution_loss_per_task(model, tok, problems, batch_size=1)
+    for p in problems:
+        prompt, sol = tok.encode(p.prompt), tok.encode(p.canonical_solution)
+        r = _post(server, "/v1/completions", {"model": server["model"], "prompt": prompt + sol, "echo": True,
+                                               "max_tokens": 0, "logprobs": 1, "temperature": 0})
+        assert r.status_code == 200, r.text
+        lp = r.json()["choices"][0]["logprobs"]
+        assert len(lp["tokens"]) == len(prompt) + len(sol) and lp["token_logprobs"][0] is None
+        assert r.json()["choices"][0]["text"] == tok.decode(prompt + sol)
+        nats, n = per_task[p.task_id]
+        assert n == len(sol)
+        assert -sum(lp["token_logprobs"][len(prompt):]) == pytest.approx(nats, rel=1e-4, abs=1e-3)
+        # top_logprobs (1 per position) hold the argmax; lm-eval's is_greedy reads them
+        for i in range(1, len(lp["tokens"])):
+            (best, value), = lp["top_logprobs"][i].items()
+            assert value >= lp["token_logprobs"][i] - 1e-5
+
+
+def test_logprobs_of_a_generated_completion(server, client, local):
+    """logprobs=3 without echo: the generated tokens, each with its logprob and 3 alternatives; greedy tokens are
+    the top alternative. With echo the text starts with the prompt. The official client parses both."""
+    model, tok = local
+    prompt = PROMPTS[0]
+    r = client.completions.create(model=server["model"], prompt=prompt, max_tokens=8, temperature=0, logprobs=3)
+    choice = r.choices[0]
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text and len(lp.tokens) == r.usage.completion_tokens
+    for tok_text, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert len(top) <= 3 and max(top.values()) == pytest.approx(value, abs=1e-4)
+    assert lp.text_offset[0] == len(prompt)
+    r2 = client.completions.create(model=server["model"], prompt=prompt, max_tokens=8, temperature=0, echo=True,
+                                   logprobs=0)
+    assert r2.choices[0].text == prompt + choice.text
+    assert r2.choices[0].logprobs.token_logprobs[0] is None
+    assert r2.choices[0].logprobs.token_logprobs[-len(lp.tokens):] == pytest.approx(lp.token_logprobs, abs=1e-4)
+
+
+def test_metrics_in_prometheus_text_format(server):
+    """/metrics is Prometheus' text format (read here by prometheus_client's own parser); /metrics.json holds the
+    same numbers as JSON."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    _post(server, "/v1/completions", {"model": server["model"], "prompt": PROMPTS[1], "max_tokens": 4})
+    r = httpx.get(server["base"] + "/metrics", headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    snap = _metrics(server)
+    value = {f.name: f.samples[0].value for f in families.values() if f.samples}
+    assert families["phi1_requests"].type == "counter" and families["phi1_active_sequences"].type == "gauge"
+    assert value["phi1_requests"] == snap["requests"] >= 1
+    assert value["phi1_generation_tokens"] == snap["tokens_generated"] > 0
+    assert value["phi1_max_batch_size"] == 8
+    assert families["phi1_requests"].samples[0].labels == {"model": server["model"]}
+    by_size = {s.labels["batch_size"]: s.value for s in families["phi1_decode_steps_by_batch_size"].samples}
+    assert by_size == {k: float(v) for k, v in snap["batch_size_histogram"].items()}

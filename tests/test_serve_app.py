@@ -33,7 +33,7 @@ def test_failure_mid_stream_ends_with_an_error_event(tiny_model_dir):
         # Non-streaming requests keep working afterwards.
         r = client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 4})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
-        assert client.get("/metrics").json()["sequences_failed"] == 1
+        assert client.get("/metrics.json").json()["sequences_failed"] == 1
 
 
 def test_serve_config_errors_name_the_flag(tmp_path, tiny_model_dir, monkeypatch):

@@ -58,7 +58,7 @@ def _error(r, status) -> dict:
 
 
 def _metrics(base) -> dict:
-    return httpx.get(base + "/metrics", timeout=10).json()
+    return httpx.get(base + "/metrics.json", timeout=10).json()
 
 
 def _read_stream(base, body, out: dict, first: threading.Event):
@@ -454,7 +454,7 @@ def test_a_request_that_faults_mid_decode_fails_alone_over_http(local, monkeypat
         text, finals = _stream_text(good_out["events"])
         ref = alone(local, PROMPTS[4], 240)
         assert text == ref.text and finals == [ref.finish_reason]
-        m = httpx.get(base + "/metrics").json()
+        m = httpx.get(base + "/metrics.json").json()
         assert m["sequences_failed"] == 2 and m["sequences_finished"] == 1 and m["max_batch_occupancy"] >= 2
 
 

@@ -163,6 +163,7 @@ class Engine:
         self.top_p = torch.ones(max_batch, device=self.dev)
         self.live = torch.zeros(max_batch, dtype=torch.long, device=self.dev)  # 1 where a slot is in use
         self._waiting: collections.deque[Sequence] = collections.deque()
+        self._scoring: collections.deque = collections.deque()  # (ids, top_k, Future): score() jobs
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="phi1-engine", daemon=True)
@@ -194,6 +195,43 @@ class Engine:
             self._waiting.extend(seqs)
             self._cv.notify_all()
 
+    def score(self, ids: list[int], top_k: int = 0):
+        """Log-probabilities of every token of `ids` given the ones before it (a Future, filled on the engine
+        thread between decode steps): (token_logprobs with None first, top_logprobs: per position the top_k
+        (token id, logprob) pairs, None first). What `echo`/`logprobs` of /v1/completions report."""
+        import concurrent.futures
+
+        if not 0 < len(ids) <= self.ctx:
+            raise ValueError(f"{len(ids)} tokens to score; it must be 1 to {self.ctx}")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            self._scoring.append((list(ids), int(top_k), fut))
+            self._cv.notify_all()
+        return fut
+
+    def _score_waiting(self) -> None:
+        while True:
+            with self._cv:
+                if not self._scoring:
+                    return
+                ids, top_k, fut = self._scoring.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                logits = self.model(torch.tensor([ids], device=self.dev))[0, :-1].float()
+                lp = torch.log_softmax(logits, dim=-1)
+                nxt = torch.tensor(ids[1:], device=self.dev)
+                chosen = lp.gather(1, nxt[:, None])[:, 0].tolist()
+                top: list = [None]
+                if top_k > 0:
+                    vals, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+                    top += [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+                else:
+                    top += [[] for _ in chosen]
+                fut.set_result(([None] + chosen, top))
+            except Exception as exc:  # this request alone fails
+                fut.set_exception(exc)
+
     def cancel(self, seqs: list[Sequence]) -> None:
         """Stop working on these sequences (a client went away); no further events are sent."""
         with self._cv:
@@ -212,11 +250,12 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._stop and not self._waiting and not any(self.slots):
+                    while not self._stop and not self._waiting and not any(self.slots) and not self._scoring:
                         self._cv.wait()
                     if self._stop:
                         break
                     admitted = self._take_waiting()
+                self._score_waiting()
                 try:
                     self._drop_cancelled()
                     if admitted:
@@ -231,6 +270,8 @@ class Engine:
                         self._fail(s, message)
         for s in list(self._waiting) + [s for s in self.slots if s is not None]:
             self._fail(s, "server is shutting down")
+        for _, _, fut in self._scoring:
+            fut.cancel()
 
     def _take_waiting(self) -> list[Sequence]:
         free = [i for i, s in enumerate(self.slots) if s is None]

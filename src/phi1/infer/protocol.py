@@ -65,10 +65,17 @@ class _Common(_Strict):
         return [s for s in stops if s]
 
 
+MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions API
+
+
 class CompletionRequest(_Common):
-    prompt: str | list[str]
-    echo: bool = False
-    max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)  # OpenAI's default for completions
+    # A prompt is text, several texts, token ids, or several token-id lists (what lm-evaluation-harness
+    # sends with tokenized_requests).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False  # return the prompt before the completion (with its logprobs when logprobs is set)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # the top-N alternatives per token
+    # OpenAI's default for completions; 0 (with echo) scores the prompt without generating
+    max_tokens: int | None = Field(default=16, ge=0, le=INT32_MAX)
 
 
 class ChatMessage(_Strict):

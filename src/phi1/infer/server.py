@@ -11,6 +11,7 @@ Every error is answered as OpenAI-shaped JSON (protocol.APIError).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import errno
 import hmac
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request  # at module level: FastAPI resolves handler annotations from module globals
 
 from phi1.errors import Phi1Error
+from phi1.infer.textstream import ids_for_prefix
 from phi1.infer.protocol import (APIError, ChatRequest, CompletionRequest, chat_messages, new_id, now,
                                  parse_request, sse, usage)
 
@@ -108,6 +110,7 @@ class _Prepared:
     req: object
     encoded: list[list[int]]
     params: SeqParams  # for choice 0 of each prompt; choice j adds j to the seed
+    texts: list[str] = dataclasses.field(default_factory=list)  # the prompts as text (for echo)
 
 
 class _Server:
@@ -158,12 +161,17 @@ class _Server:
             except TemplateError as exc:
                 raise APIError(400, f"messages: {exc}", "messages") from None
         else:
-            if req.echo:
-                raise APIError(400, "echo: echo=true is not supported by this server; leave it out", "echo",
-                               "unsupported_parameter")
+            if req.stream and (req.echo or req.logprobs is not None):
+                raise APIError(400, "stream: echo and logprobs are answered only without streaming; set "
+                                    "stream to false", "stream", "unsupported_parameter")
+            if req.max_tokens == 0 and not req.echo:
+                raise APIError(400, "max_tokens: 0 generates nothing; it is allowed only with echo=true (to score "
+                                    "the prompt)", "max_tokens")
             prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
             if not prompts:
                 raise APIError(400, "prompt: an empty list; give a string or a list of strings", "prompt")
+            if isinstance(prompts[0], int) or isinstance(prompts[0], list):
+                return self._prepare_token_prompts(req, [prompts] if isinstance(prompts[0], int) else prompts)
         total = len(prompts) * req.n
         if total > self.cfg.max_n:
             raise APIError(400, f"n: {req.n} choices x {len(prompts)} prompts = {total}; this server allows at "
@@ -188,7 +196,34 @@ class _Server:
                                     "(and the completion needs room); shorten it", field,
                                "context_length_exceeded")
         params = SeqParams(max_tokens, req.temperature, req.top_p, max(req.top_k, 0), tuple(stop), req.seed)
-        return _Prepared(req, encoded, params)
+        return _Prepared(req, encoded, params, prompts)
+
+    def _prepare_token_prompts(self, req, arrays: list[list[int]]) -> _Prepared:
+        """Prompts given as token ids (OpenAI's token-array form): checked against the vocabulary and context."""
+        from phi1.infer.engine import SeqParams
+
+        vocab = len(self.tok)
+        for arr in arrays:
+            if not arr:
+                raise APIError(400, "prompt: an empty token list; give at least one token id", "prompt")
+            bad = next((t for t in arr if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise APIError(400, f"prompt: token id {bad} is outside this model's vocabulary (0..{vocab - 1})",
+                               "prompt")
+            if len(arr) >= self.ctx + (1 if req.max_tokens == 0 else 0):
+                raise APIError(400, f"prompt: {len(arr)} tokens, but the model's context is {self.ctx}; shorten it",
+                               "prompt", "context_length_exceeded")
+        total = len(arrays) * req.n
+        if total > self.cfg.max_n:
+            raise APIError(400, f"n: {req.n} choices x {len(arrays)} prompts = {total}; this server allows at "
+                                f"most {self.cfg.max_n} per request", "n")
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.max_tokens_limit
+        if max_tokens > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens: {max_tokens} is above this server's limit of "
+                                f"{self.max_tokens_limit}", "max_tokens")
+        params = SeqParams(max_tokens, req.temperature, req.top_p, max(req.top_k, 0), tuple(req.stop_list()),
+                           req.seed)
+        return _Prepared(req, [list(a) for a in arrays], params, [self.tok.decode(a) for a in arrays])
 
     def sequences(self, prep: _Prepared) -> tuple[list[Sequence], asyncio.Queue]:
         """Make a prepared request's sequences (not yet submitted); on the event loop."""
@@ -274,13 +309,26 @@ def create_app(engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_k
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
                                             "owned_by": "phi1", "max_model_len": srv.ctx}]}
 
-    @app.get("/metrics")
-    async def metrics(request: Request):
-        srv.check_auth(request)
+    def snapshot() -> dict:
         snap = engine.snapshot()
         snap["rejected_requests"] = srv.rejected
         snap["max_batch_size"] = engine.max_batch
         return snap
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        """Prometheus' text exposition format (what a scraper reads)."""
+        from fastapi.responses import PlainTextResponse
+
+        srv.check_auth(request)
+        return PlainTextResponse(prometheus_text(snapshot(), model_id),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/metrics.json")
+    async def metrics_json(request: Request):
+        """The same numbers as one JSON object (what bench/serve_load.py reads)."""
+        srv.check_auth(request)
+        return snapshot()
 
     async def handle(request: Request, chat: bool):
         from starlette.concurrency import run_in_threadpool
@@ -290,10 +338,18 @@ def create_app(engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_k
         prep = await run_in_threadpool(srv.prepare, raw, chat)
         del raw
         req = prep.req
-        seqs, queue = srv.sequences(prep)
-        engine.submit(seqs)
         meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": model_id}
         prompt_tokens = sum(len(ids) for ids in prep.encoded)
+        scored = not chat and (req.echo or req.logprobs is not None)
+        if not chat and req.max_tokens == 0:  # echo only: score the prompts, generate nothing
+            return await _score_only(engine, srv.tok, prep, meta, prompt_tokens)
+        seqs, queue = srv.sequences(prep)
+        engine.submit(seqs)
+        if scored:
+            body = await _collect(engine, request, seqs, queue, meta, chat, prompt_tokens)
+            if isinstance(body, dict):
+                await _add_logprobs(engine, srv.tok, prep, seqs, body)
+            return body
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_stream(engine, seqs, queue, meta, chat, prompt_tokens, include_usage),
@@ -311,12 +367,103 @@ def create_app(engine: Engine, tokenizer, model_id: str, cfg: ServeConfig, api_k
     return app
 
 
+# name in the JSON snapshot -> (Prometheus name, type, help)
+_PROMETHEUS = {
+    "requests": ("phi1_requests_total", "counter", "Requests accepted by the engine."),
+    "rejected_requests": ("phi1_rejected_requests_total", "counter", "Requests answered with an error status."),
+    "sequences": ("phi1_sequences_total", "counter", "Sequences (prompt x choice) submitted."),
+    "sequences_finished": ("phi1_sequences_finished_total", "counter", "Sequences that finished."),
+    "sequences_cancelled": ("phi1_sequences_cancelled_total", "counter", "Sequences cancelled (client gone)."),
+    "sequences_failed": ("phi1_sequences_failed_total", "counter", "Sequences that failed."),
+    "prompt_tokens": ("phi1_prompt_tokens_total", "counter", "Prompt tokens prefilled."),
+    "tokens_generated": ("phi1_generation_tokens_total", "counter", "Tokens generated."),
+    "prefill_batches": ("phi1_prefill_batches_total", "counter", "Prefill batches run."),
+    "decode_steps": ("phi1_decode_steps_total", "counter", "Batched decode steps run."),
+    "active_sequences": ("phi1_active_sequences", "gauge", "Sequences holding a cache slot now."),
+    "waiting_sequences": ("phi1_waiting_sequences", "gauge", "Sequences waiting for a slot now."),
+    "max_batch_size": ("phi1_max_batch_size", "gauge", "Cache slots (--max-batch-size)."),
+    "max_batch_occupancy": ("phi1_max_batch_occupancy", "gauge", "Most slots ever in use at once."),
+    "mean_batch_size": ("phi1_mean_batch_size", "gauge", "Mean sequences per decode step."),
+    "decode_tokens_per_second": ("phi1_decode_tokens_per_second", "gauge",
+                                 "Tokens per second of decode-step time."),
+}
+
+
+def prometheus_text(snap: dict, model_id: str) -> str:
+    """A metrics snapshot in Prometheus' text exposition format (version 0.0.4), labelled with the model."""
+    label = 'model="' + model_id.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    lines = []
+    for key, (name, kind, text) in _PROMETHEUS.items():
+        if key in snap:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name}{{{label}}} {float(snap[key])!r}"]
+    hist = snap.get("batch_size_histogram") or {}
+    name = "phi1_decode_steps_by_batch_size_total"
+    lines += [f"# HELP {name} Decode steps run with this many sequences in the batch.", f"# TYPE {name} counter"]
+    lines += [f'{name}{{{label},batch_size="{k}"}} {float(v)!r}' for k, v in hist.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _choice(chat: bool, index: int, text: str, finish: str | None, stream: bool) -> dict:
     if not chat:
         return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
     key = "delta" if stream else "message"
     body = {"content": text} if stream else {"role": "assistant", "content": text}
     return {"index": index, key: body, "logprobs": None, "finish_reason": finish}
+
+
+def _logprobs_block(tok, ids: list[int], token_lps: list, top: list, first: int, text_start: int = 0) -> dict:
+    """OpenAI's legacy `logprobs` object for ids[first:]: tokens, token_logprobs, top_logprobs, text_offset."""
+    tokens, offsets, at = [], [], text_start
+    for t in ids[first:]:
+        piece = tok.decode([t])
+        tokens.append(piece)
+        offsets.append(at)
+        at += len(piece)
+    tops = [None if alts is None else {tok.decode([i]): v for i, v in alts} for alts in top[first:]]
+    return {"tokens": tokens, "token_logprobs": token_lps[first:], "top_logprobs": tops, "text_offset": offsets}
+
+
+async def _scores(engine, ids: list[int], k: int):
+    try:
+        return await asyncio.wrap_future(engine.score(ids, k))
+    except Exception as exc:  # the engine could not score: this request fails, the server goes on
+        raise APIError(500, f"scoring the tokens failed: {type(exc).__name__}: {exc}", None, "engine_error",
+                       type="server_error") from None
+
+
+async def _score_only(engine, tok, prep, meta, prompt_tokens) -> dict:
+    """echo with max_tokens 0: each prompt back, with the logprob of every token given the ones before it."""
+    req, k = prep.req, prep.req.logprobs or 0
+    choices = []
+    for pi, ids in enumerate(prep.encoded):
+        lps, top = await _scores(engine, ids, k)
+        for j in range(req.n):
+            index = pi * req.n + j
+            logprobs = _logprobs_block(tok, ids, lps, top, 0) if req.logprobs is not None else None
+            choices.append({"index": index, "text": prep.texts[pi], "logprobs": logprobs, "finish_reason": "length"})
+    return {"id": meta["id"], "object": "text_completion", "created": meta["created"], "model": meta["model"],
+            "choices": choices, "usage": usage(prompt_tokens, 0)}
+
+
+async def _add_logprobs(engine, tok, prep, seqs, body: dict) -> None:
+    """Fill each choice's `logprobs` (and, with echo, put the prompt before its text) from one scoring pass over
+    prompt + completion: the logprob of every generated token under the model, and the top alternatives."""
+    req, k = prep.req, prep.req.logprobs or 0
+    for choice in body["choices"]:
+        index = choice["index"]
+        pi = index // req.n
+        prompt = prep.encoded[pi]
+        gen = ids_for_prefix(tok, list(seqs[index].stream.ids), choice["text"]) if seqs[index].stream else []
+        ids = prompt + gen
+        first = 0 if req.echo else len(prompt)
+        if req.echo:
+            choice["text"] = prep.texts[pi] + choice["text"]
+        if req.logprobs is not None:
+            if len(ids) > engine.ctx:
+                ids = ids[: engine.ctx]
+            lps, top = await _scores(engine, ids, k)
+            # offsets count from the start of the prompt text, as OpenAI's do
+            choice["logprobs"] = _logprobs_block(tok, ids, lps, top, first, 0 if req.echo else len(prep.texts[pi]))
 
 
 async def _collect(engine, request, seqs, queue, meta, chat, prompt_tokens):
