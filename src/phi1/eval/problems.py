@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert", "\n`
 MBPP_STOP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
 MBPP_SPLITS = {"test": (11, 510), "validation": (511, 600), "train": (601, 974), "prompt": (1, 10), "all": (0, 10**9)}
 BENCHMARKS = ("humaneval", "mbpp")
+PLUS_BENCHMARKS = ("humaneval+", "mbpp+")  # evalplus's HumanEval+ / MBPP+ files (base and plus tests)
+EVALPLUS_URL = "https://github.com/evalplus/humanevalplus_release/releases (HumanEvalPlus.jsonl.gz) and " \
+               "https://github.com/evalplus/mbppplus_release/releases (MbppPlus.jsonl.gz)"
 
 
 @dataclass(frozen=True)
@@ -28,15 +32,20 @@ class Problem:
     benchmark: str
     entry_point: str = ""
     setup: str = ""           # MBPP test_setup_code
+    base_input: tuple = ()    # evalplus: argument lists of the base tests
+    plus_input: tuple = ()    # evalplus: argument lists of the extra ("plus") tests
+    atol: float = 0.0         # evalplus: absolute tolerance for float outputs
 
     @property
     def stop(self) -> list[str]:
-        return MBPP_STOP if self.benchmark == "mbpp" else HUMANEVAL_STOP
+        return MBPP_STOP if self.benchmark.startswith("mbpp") else HUMANEVAL_STOP
 
     def job(self, completion: str) -> dict:
         """The sandbox job for one completion: the program (prompt + completion; MBPP's setup code + completion)
         runs confined and only answers calls; the tests run in the judge, a separate process, which decides
         pass/fail (`phi1.eval.remote`). Same code as `program()`, split at the trust boundary."""
+        if self.benchmark in PLUS_BENCHMARKS:
+            return {"program": self.prompt + completion, "check": evalplus_check(self)}
         if self.benchmark == "humaneval":
             return {"program": self.prompt + completion, "setup": self.prompt,
                     "check": self.test + "\n" + f"check({self.entry_point})\n", "remote": [self.entry_point]}
@@ -132,15 +141,98 @@ def load_exercises(path: str | Path | None, val_fraction: float | None = None) -
     return problems
 
 
+# The judge's code for one evalplus task. The reference solution runs in the judge (it is the benchmark's
+# own code), the completion in the program; outputs are compared as evalplus does: equal, or for float
+# outputs (and any output when the task sets atol) close within atol (1e-6 for floats by default) with
+# rtol 1e-7, same type and length; find_zero is checked by the root it returns. The base tests run first
+# and mark "base" when they all pass; the extra tests then decide the verdict.
+_EVALPLUS_CHECK = """
+import copy as _copy, json as _json, math as _math
+_ref_ns = {}
+exec(%(reference)r, _ref_ns)
+_ref = _ref_ns[%(entry)r]
+_candidate = %(entry)s
+_atol = %(atol)r
+
+
+def _is_floats(x):
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(i, float) for i in x)
+    return False
+
+
+def _close(a, b, atol):
+    if isinstance(b, (list, tuple)):
+        return all(_close(x, y, atol) for x, y in zip(a, b))
+    return abs(a - b) <= atol + 1e-07 * abs(b) or a == b
+
+
+def _check(inputs):
+    for inp in inputs:
+        out = _candidate(*_copy.deepcopy(inp))
+        if %(entry)r == "find_zero":
+            assert abs(_ref_ns["poly"](*inp, out)) <= (_atol or 1e-6), (inp, out)
+            continue
+        exp = _ref(*_copy.deepcopy(inp))
+        atol = 1e-6 if _atol == 0 and _is_floats(exp) else _atol
+        if out == exp:
+            continue
+        assert atol != 0, (inp, out, exp)
+        assert type(out) == type(exp), (inp, out, exp)
+        if isinstance(exp, (list, tuple)):
+            assert len(out) == len(exp), (inp, out, exp)
+        assert _close(out, exp, atol), (inp, out, exp)
+
+
+__phi1_marks__ = {"base": False}
+_check(_json.loads(%(base)r))
+__phi1_marks__["base"] = True
+_check(_json.loads(%(plus)r))
+"""
+
+
+def evalplus_check(p: Problem) -> str:
+    return _EVALPLUS_CHECK % {"reference": p.prompt + p.canonical_solution, "entry": p.entry_point,
+                              "atol": float(p.atol), "base": json.dumps(list(p.base_input)),
+                              "plus": json.dumps(list(p.plus_input))}
+
+
+def load_evalplus(path: str | Path | None, benchmark: str) -> dict[str, Problem]:
+    """evalplus's released HumanEval+ / MBPP+ file (JSONL or .jsonl.gz): prompt, entry_point,
+    canonical_solution, base_input, plus_input, atol."""
+    if path is None:
+        raise Phi1Error(f"{benchmark}: no --data given; download the evalplus release file from {EVALPLUS_URL} "
+                        "and pass --data PATH")
+    problems = {}
+    for lineno, rec in read_benchmark(path, f"download it from {EVALPLUS_URL}"):
+        require(rec, ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input"),
+                path, lineno, "evalplus")
+        for key in ("base_input", "plus_input"):
+            if not isinstance(rec[key], list) or not all(isinstance(a, list) for a in rec[key]):
+                raise Phi1Error(f"{path}:{lineno}: {key} must be a list of argument lists (evalplus's format)")
+        problems[rec["task_id"]] = Problem(
+            task_id=rec["task_id"], prompt=rec["prompt"], test=rec.get("test", ""),
+            canonical_solution=rec["canonical_solution"], benchmark=benchmark, entry_point=rec["entry_point"],
+            base_input=tuple(rec["base_input"]), plus_input=tuple(rec["plus_input"]),
+            atol=float(rec.get("atol") or 0.0))
+    if not problems:
+        raise Phi1Error(f"{path}: no tasks; expected evalplus's HumanEvalPlus/MbppPlus JSONL")
+    return problems
+
+
 def load_problems(benchmark: str, data: str | Path | None = None, split: str = "test",
                   val_fraction: float | None = None) -> dict[str, Problem]:
+    if benchmark in PLUS_BENCHMARKS:
+        return load_evalplus(data, benchmark)
     if benchmark == "humaneval":
         return load_humaneval(data)
     if benchmark == "mbpp":
         return load_mbpp(data, split=split)
     if benchmark == "exercises":
         return load_exercises(data, val_fraction)
-    raise Phi1Error(f"--benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS)}")
+    raise Phi1Error(f"--benchmark: {benchmark!r} is not known; use one of {', '.join(BENCHMARKS + PLUS_BENCHMARKS)}")
 
 
 def describe_problems(benchmark: str, data, split: str, val_fraction: float | None, n: int) -> str:

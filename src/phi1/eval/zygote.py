@@ -401,6 +401,8 @@ def _judged_verdict(rid, status, program_status, timed_out: bool, streams: dict,
     except ValueError:
         verdict = None
     kind = verdict.get("status") if isinstance(verdict, dict) else None
+    if isinstance(verdict, dict) and isinstance(verdict.get("marks"), dict):
+        res["marks"] = verdict["marks"]
     if timed_out or (kind is None and _is_cpu_limit(status)):
         res.update(status="timeout", exc_type=None, message="timed out")
     elif kind in ("passed", "failed", "syntax", "harness"):
