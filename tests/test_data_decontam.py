@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import builtins
 import json
 from pathlib import Path
 
@@ -22,37 +21,11 @@ def humaneval():
     return read_problems()
 
 
-class _Rename(ast.NodeTransformer):
-    """What a copier does to hide a copy: new names everywhere, no docstring."""
-
-    def __init__(self):
-        self.map = {}
-
-    def _new(self, name):
-        if name in dir(builtins) or name in ("List", "Optional", "Tuple", "Any"):
-            return name
-        return self.map.setdefault(name, f"renamed_{len(self.map)}_x")
-
-    def visit_FunctionDef(self, node):
-        node.name = self._new(node.name)
-        body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            node.body = body[1:] or [ast.Pass()]
-        self.generic_visit(node)
-        return node
-
-    def visit_arg(self, node):
-        node.arg = self._new(node.arg)
-        return node
-
-    def visit_Name(self, node):
-        node.id = self._new(node.id)
-        return node
-
-
 def disguise(code: str) -> str:
     """Renamed identifiers, docstrings dropped, reformatted (ast.unparse layout, extra blank lines, comments)."""
-    out = ast.unparse(_Rename().visit(ast.parse(code)))
+    from phi1.data.decontam_eval import renamed
+
+    out = renamed(code, drop_docstrings=True).rstrip("\n")
     return "\n\n".join("# step\n" + block for block in out.split("\n\n"))
 
 
@@ -67,7 +40,7 @@ def test_catches_verbatim_and_disguised_solutions(tmp_path):
         assert hits and hits[0].task_id == tid and hits[0].score >= 0.9, (tid, hits)
         assert {h.method for h in hits} >= {"ngram", "ast"}
         hidden = disguise(full)
-        assert "renamed_" in hidden and probs[tid]["entry_point"] not in hidden
+        assert "v0_" in hidden and probs[tid]["entry_point"] not in hidden
         hits = deco.check(hidden)
         # (HumanEval/59 embeds the same is_prime helper as HumanEval/31, so one copy may match both.)
         assert tid in [h.task_id for h in hits if h.method == "ast" and h.score >= 0.9], (tid, hits)

@@ -35,12 +35,14 @@ class Example:
 
 # -- contaminated -------------------------------------------------------------------------
 
-class _Renamer(ast.NodeTransformer):
-    """Give every function, argument and local variable a new name (builtins and imports keep theirs)."""
+class Renamer(ast.NodeTransformer):
+    """Give every function, argument and local variable a new name (builtins, typing's names and imports keep
+    theirs); with `drop_docstrings`, functions lose their docstrings too (what a copier hiding a copy does)."""
 
-    def __init__(self):
+    def __init__(self, drop_docstrings: bool = False):
         self.names: dict[str, str] = {}
-        self.keep = set(dir(builtins))
+        self.keep = set(dir(builtins)) | {"List", "Optional", "Tuple", "Any", "Dict"}
+        self.drop_docstrings = drop_docstrings
 
     def _new(self, name: str) -> str:
         if name in self.keep:
@@ -56,6 +58,9 @@ class _Renamer(ast.NodeTransformer):
 
     def visit_FunctionDef(self, node):
         node.name = self._new(node.name)
+        body = node.body
+        if self.drop_docstrings and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            node.body = body[1:] or [ast.Pass()]
         self.generic_visit(node)
         return node
 
@@ -68,9 +73,9 @@ class _Renamer(ast.NodeTransformer):
         return node
 
 
-def renamed(code: str) -> str:
+def renamed(code: str, drop_docstrings: bool = False) -> str:
     tree = ast.parse(code)
-    r = _Renamer()
+    r = Renamer(drop_docstrings)
     # imports first, so their names are kept wherever they are used
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):

@@ -172,14 +172,7 @@ class _Server:
                 raise APIError(400, "prompt: an empty list; give a string or a list of strings", "prompt")
             if isinstance(prompts[0], int) or isinstance(prompts[0], list):
                 return self._prepare_token_prompts(req, [prompts] if isinstance(prompts[0], int) else prompts)
-        total = len(prompts) * req.n
-        if total > self.cfg.max_n:
-            raise APIError(400, f"n: {req.n} choices x {len(prompts)} prompts = {total}; this server allows at "
-                                f"most {self.cfg.max_n} per request", "n")
-        max_tokens = req.max_tokens if req.max_tokens is not None else self.max_tokens_limit
-        if max_tokens > self.max_tokens_limit:
-            raise APIError(400, f"max_tokens: {max_tokens} is above this server's limit of "
-                                f"{self.max_tokens_limit}", "max_tokens")
+        max_tokens = self._limits(req, len(prompts))
         stop = req.stop_list() + ([self.chat_stop] if chat and self.chat_stop else [])
         field = "messages" if chat else "prompt"
         for text in prompts:
@@ -198,6 +191,18 @@ class _Server:
         params = SeqParams(max_tokens, req.temperature, req.top_p, max(req.top_k, 0), tuple(stop), req.seed)
         return _Prepared(req, encoded, params, prompts)
 
+    def _limits(self, req, n_prompts: int) -> int:
+        """The request's max_tokens, after checking it and prompts x n against the server's limits."""
+        total = n_prompts * req.n
+        if total > self.cfg.max_n:
+            raise APIError(400, f"n: {req.n} choices x {n_prompts} prompts = {total}; this server allows at "
+                                f"most {self.cfg.max_n} per request", "n")
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.max_tokens_limit
+        if max_tokens > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens: {max_tokens} is above this server's limit of "
+                                f"{self.max_tokens_limit}", "max_tokens")
+        return max_tokens
+
     def _prepare_token_prompts(self, req, arrays: list[list[int]]) -> _Prepared:
         """Prompts given as token ids (OpenAI's token-array form): checked against the vocabulary and context."""
         from phi1.infer.engine import SeqParams
@@ -213,14 +218,7 @@ class _Server:
             if len(arr) >= self.ctx + (1 if req.max_tokens == 0 else 0):
                 raise APIError(400, f"prompt: {len(arr)} tokens, but the model's context is {self.ctx}; shorten it",
                                "prompt", "context_length_exceeded")
-        total = len(arrays) * req.n
-        if total > self.cfg.max_n:
-            raise APIError(400, f"n: {req.n} choices x {len(arrays)} prompts = {total}; this server allows at "
-                                f"most {self.cfg.max_n} per request", "n")
-        max_tokens = req.max_tokens if req.max_tokens is not None else self.max_tokens_limit
-        if max_tokens > self.max_tokens_limit:
-            raise APIError(400, f"max_tokens: {max_tokens} is above this server's limit of "
-                                f"{self.max_tokens_limit}", "max_tokens")
+        max_tokens = self._limits(req, len(arrays))
         params = SeqParams(max_tokens, req.temperature, req.top_p, max(req.top_k, 0), tuple(req.stop_list()),
                            req.seed)
         return _Prepared(req, [list(a) for a in arrays], params, [self.tok.decode(a) for a in arrays])
