@@ -97,3 +97,40 @@ def test_save_model_dir_into_an_existing_dir_keeps_foreign_files(tmp_path, tiny_
     assert (d / "README.md").read_text() == "model card\n"
     assert {"config.json", "model.safetensors", "generation_config.json"} <= {p.name for p in d.iterdir()}
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")] and load_model_dir(d) is not None
+
+
+@pytest.mark.parametrize("flag, value, expect", [
+    ("--temperature", "nan", "--temperature = nan: must be a finite number"),
+    ("--temperature", "-1", "--temperature = -1.0"),
+    ("--seed", "99999999999999999999999", "--seed = 99999999999999999999999: must be an integer in"),
+    ("--top-p", "0", "--top-p = 0.0: must be in (0, 1]"),
+    ("--top-k", "-3", "--top-k = -3"),
+    ("--max-new-tokens", "0", "--max-new-tokens = 0"),
+])
+def test_generate_sampling_flags_are_checked_before_the_model_loads(flag, value, expect, tmp_path, capsys):
+    """One validator (phi1.infer.settings) for generate, serve's engine, eval and the library: a bad setting is
+    one line and exit 2, here before the model directory is even read (it does not exist)."""
+    rc, lines = cli(["generate", "--model", tmp_path / "absent", "--prompt", "x", flag, value], capsys)
+    one_error_line(rc, lines, expect)
+
+
+def test_one_sampling_validator_for_every_entry_point():
+    """The library's SamplingParams, the serving engine's check and eval's GenerationConfig refuse the same
+    settings with the same words."""
+    from phi1.errors import Phi1Error
+    from phi1.eval.benchmark import GenerationConfig
+    from phi1.infer.engine import SeqParams, check_params
+    from phi1.infer.generate import SamplingParams
+
+    bad = [dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_p=0.0), dict(top_p=float("nan")),
+           dict(top_k=-1), dict(seed=2**64), dict(seed=-(2**63) - 1), dict(max_new_tokens=0)]
+    for kw in bad:
+        with pytest.raises(Phi1Error) as lib:
+            SamplingParams(**kw).validate()
+        with pytest.raises(ValueError) as engine:
+            check_params(SeqParams(kw.get("max_new_tokens", 8), kw.get("temperature", 0.0), kw.get("top_p", 1.0),
+                                   kw.get("top_k", 0), (), kw.get("seed")))
+        assert str(lib.value) == str(engine.value)
+    with pytest.raises(Phi1Error, match="temperature = nan"):
+        GenerationConfig(temperature=float("nan")).validate()
+    SamplingParams(seed=2**64 - 1, temperature=0.5).validate()

@@ -68,6 +68,12 @@ def _generate(args) -> int:
     from phi1.model import load_for_inference
     from phi1.model.create import check_tokenizer_fits
 
+    from phi1.infer.settings import sampling_problem
+
+    problem = sampling_problem(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
+    if problem is not None:  # before the model loads: a bad flag costs nothing
+        name = problem.split(" ", 1)[0]
+        raise Phi1Error("--" + name.replace("_", "-") + problem[len(name):])
     prompt = args.prompt
     if prompt.startswith("@"):
         f = Path(prompt[1:])

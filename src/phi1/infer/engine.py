@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -119,22 +118,13 @@ class EngineMetrics:
         }
 
 
-INT64_MAX = 2**63 - 1
-
-
 def check_params(p: SeqParams) -> None:
     """Raise ValueError unless `p` is something the engine can run (the server checks this at the edge)."""
-    if not isinstance(p.max_new_tokens, int) or p.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens {p.max_new_tokens!r}: must be an integer >= 1")
-    if not math.isfinite(p.temperature) or p.temperature < 0:
-        raise ValueError(f"temperature {p.temperature!r}: must be a finite number >= 0")
-    if not math.isfinite(p.top_p) or not 0 < p.top_p <= 1:
-        raise ValueError(f"top_p {p.top_p!r}: must be in (0, 1]")
-    if not isinstance(p.top_k, int) or not 0 <= p.top_k <= INT64_MAX:
-        raise ValueError(f"top_k {p.top_k!r}: must be an integer from 0 (off) to 2**63-1")
-    # torch.Generator.manual_seed takes [-2**63, 2**64).
-    if p.seed is not None and (not isinstance(p.seed, int) or not -(2**63) <= p.seed < 2**64):
-        raise ValueError(f"seed {p.seed!r}: must be an integer in [-2**63, 2**64)")
+    from phi1.infer.settings import sampling_problem
+
+    problem = sampling_problem(p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.seed)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 class Engine:

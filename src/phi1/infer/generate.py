@@ -40,14 +40,11 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise Phi1Error(f"max_new_tokens = {self.max_new_tokens}: must be at least 1")
-        if self.temperature < 0:
-            raise Phi1Error(f"temperature = {self.temperature}: must be >= 0 (0 = greedy)")
-        if not 0 < self.top_p <= 1:
-            raise Phi1Error(f"top_p = {self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise Phi1Error(f"top_k = {self.top_k}: must be >= 0 (0 = off)")
+        from phi1.infer.settings import sampling_problem
+
+        problem = sampling_problem(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed)
+        if problem is not None:
+            raise Phi1Error(problem)
 
 
 def _ensure_cache(model, batch: int, length: int) -> None:
