@@ -5,9 +5,6 @@ same stop sequences) and the solution loss equals the cross-entropy transformers
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +20,18 @@ N_PROBLEMS = 3
 MAX_NEW = 12
 
 
+_TRAINED: dict[bool, str] = {}  # one tokenizer per template, trained once per session
+
+
 def _tokenizer(out: Path, bos: bool) -> None:
     """A small byte-level BPE trained on HumanEval's prompts; with `bos`, a Llama-style template adds <s>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+    if bos in _TRAINED:
+        (out / "tokenizer.json").write_text(_TRAINED[bos])
+        (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>",
+                                                               "bos_token": "<s>" if bos else None}))
+        return
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -35,9 +40,8 @@ def _tokenizer(out: Path, bos: bool) -> None:
     tok.train_from_iterator([p.prompt + p.canonical_solution for p in load_humaneval().values()], trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>",
-                                                           "bos_token": "<s>" if bos else None}))
+    _TRAINED[bos] = tok.to_str()
+    _tokenizer(out, bos)
 
 
 def _config(arch: str, vocab: int):
@@ -121,19 +125,19 @@ def test_any_causal_lm_is_scored_like_transformers_computes_it(tmp_path, arch):
         assert per_task[tid][0] == pytest.approx(nats, rel=1e-4)
 
 
-def test_eval_commands_take_a_llama_directory(tmp_path):
-    """The CLI end to end: `phi1 eval humaneval` and `phi1 eval loss` on a Llama directory (no phi refusal)."""
+def test_eval_commands_take_a_llama_directory(tmp_path, monkeypatch, capsys):
+    """The CLI (in-process, as `phi1` runs it): `phi1 eval humaneval` and `phi1 eval loss` on a Llama directory."""
+    from phi1.cli import main
+
+    monkeypatch.setenv("PHI1_NO_PROGRESS", "1")
     model_dir = _model_dir(tmp_path, "llama")
-    env = {**os.environ, "PHI1_NO_PROGRESS": "1"}
-    run = subprocess.run([sys.executable, "-m", "phi1", "eval", "humaneval", "--model", str(model_dir), "--out",
-                          str(tmp_path / "he"), "--max-problems", "2", "--max-new-tokens", "8", "--device", "cpu",
-                          "--workers", "1"], capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
+    rc = main(["eval", "humaneval", "--model", str(model_dir), "--out", str(tmp_path / "he"), "--max-problems", "2",
+               "--max-new-tokens", "8", "--device", "cpu", "--workers", "1"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
     assert len((tmp_path / "he" / "samples.jsonl").read_text().splitlines()) == 2
-    loss = subprocess.run([sys.executable, "-m", "phi1", "eval", "loss", "--model", str(model_dir), "--max-problems",
-                           "2", "--out", str(tmp_path / "loss.json"), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert loss.returncode == 0, loss.stderr[-2000:]
+    rc = main(["eval", "loss", "--model", str(model_dir), "--max-problems", "2", "--out", str(tmp_path / "loss.json"),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
     result = json.loads((tmp_path / "loss.json").read_text())
     assert result["solution_loss"] > 0 and result["problems"] == 2
 

@@ -521,22 +521,26 @@ def test_unprivileged_caller_path():
         assert "unreachable" in results[2]["message"]
 
 
-def test_k_chooses_the_reported_pass_at_k(tmp_path, problems):
+def test_k_chooses_the_reported_pass_at_k(tmp_path, problems, monkeypatch, capsys):
     """`--k 1,3,10` with n = 5 per task: pass@1 and pass@3 are reported (and only they), pass@10 is named as
     not reportable; bad --k values are one error line."""
+    from phi1.cli import main
+
+    monkeypatch.setenv("PHI1_NO_PROGRESS", "1")
     rows = []
     for tid in ("HumanEval/0", "HumanEval/2"):
         rows += [{"task_id": tid, "completion": problems[tid].canonical_solution}] * 2
         rows += [{"task_id": tid, "completion": "    return None\n"}] * 3
     samples = _write(tmp_path / "k.jsonl", rows)
-    env = {**os.environ, "PHI1_NO_PROGRESS": "1"}
-    cmd = [sys.executable, "-m", "phi1", "eval", "execute", "--samples", str(samples), "--workers", "2"]
-    run = subprocess.run(cmd + ["--k", "1,3,10"], capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
+    cmd = ["eval", "execute", "--samples", str(samples), "--workers", "2"]
+    rc = main(cmd + ["--k", "1,3,10"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-2000:]
     summary = json.loads(Path(str(samples) + "_results.summary.json").read_text())
     assert list(summary["pass_at_k"]) == ["pass@1", "pass@3"] and summary["k_skipped"] == [10]
     assert summary["pass_at_k"]["pass@1"] == pytest.approx(0.4)
     assert summary["pass_at_k"]["pass@3"] == pytest.approx(pass_at_k(5, 2, 3))
-    assert "not reported: pass@10" in run.stdout
-    bad = subprocess.run(cmd + ["--k", "1,x"], capture_output=True, text=True, timeout=300, env=env)
-    assert bad.returncode == 2 and "--k '1,x'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert "not reported: pass@10" in out.out
+    rc = main(cmd + ["--k", "1,x"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "--k '1,x'" in err[0]

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -63,19 +60,21 @@ def test_base_and_plus_scores(tmp_path):
     assert s["base"]["pass_at_k"]["pass@1"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
 
 
-def test_execute_cli_reports_both_scores(tmp_path):
+def test_execute_cli_reports_both_scores(tmp_path, monkeypatch, capsys):
+    from phi1.cli import main
+
+    monkeypatch.setenv("PHI1_NO_PROGRESS", "1")
     data = _plus_file(tmp_path / "HumanEvalPlus.jsonl.gz")
     he = load_humaneval()
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": SHORT_ONLY}) + "\n"
                        + json.dumps({"task_id": "HumanEval/2", "completion": he["HumanEval/2"].canonical_solution})
                        + "\n")
-    env = {**os.environ, "PHI1_NO_PROGRESS": "1"}
-    run = subprocess.run([sys.executable, "-m", "phi1", "eval", "execute", "--benchmark", "humaneval+", "--data",
-                          str(data), "--samples", str(samples), "--workers", "1"],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "base tests only: 2 passed" in run.stdout and "1 passed base + plus tests" in run.stdout, run.stdout
-    missing = subprocess.run([sys.executable, "-m", "phi1", "eval", "execute", "--benchmark", "mbpp+", "--samples",
-                              str(samples)], capture_output=True, text=True, timeout=300, env=env)
-    assert missing.returncode == 2 and "evalplus" in missing.stderr and "--data" in missing.stderr
+    rc = main(["eval", "execute", "--benchmark", "humaneval+", "--data", str(data), "--samples", str(samples),
+               "--workers", "1"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-2000:]
+    assert "base tests only: 2 passed" in out.out and "1 passed base + plus tests" in out.out, out.out
+    rc = main(["eval", "execute", "--benchmark", "mbpp+", "--samples", str(samples)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "evalplus" in err and "--data" in err
