@@ -214,9 +214,8 @@ class Decontaminator:
                 best[key] = hit
 
         toks = code_tokens(text, lower=True, strip_comments=True)
-        counts: Counter = Counter()
-        anchor: dict[tuple[int, str], tuple[int, int]] = {}  # (where in the text, where in the part)
-        shared: dict[tuple[int, str], list[int]] = defaultdict(list)  # text positions of shared n-grams
+        # per benchmark part, each shared n-gram's (position in the text, position in the part), in text order
+        shared: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
         grams, content = _grams(toks, self.ngram)
         if self._full_index:
             full: Counter = Counter()
@@ -229,20 +228,18 @@ class Decontaminator:
                     add(Hit(self.tasks[ti].task_id, "exact", 1.0, part, span=_span(ref)))
         for g, pos in _first_offsets(grams, content).items():
             for ti, part, off in self._ng_index.get(g, ()):
-                counts[(ti, part)] += 1
-                anchor.setdefault((ti, part), (pos, off))
-                shared[(ti, part)].append(pos)
-        for (ti, part), c in counts.items():
-            score = c / self._ng_size[(ti, part)]
+                shared[(ti, part)].append((pos, off))
+        for (ti, part), hits in shared.items():
+            score = len(hits) / self._ng_size[(ti, part)]
             if score >= self.ngram_threshold:
-                lo, hi = min(shared[(ti, part)]), max(shared[(ti, part)]) + self.ngram
+                lo, hi = hits[0][0], hits[-1][0] + self.ngram
                 add(Hit(self.tasks[ti].task_id, "ngram", score, part, span=_span(toks[lo:hi])))
             elif self.ratio_threshold is not None:
                 # Cosmopedia's confirmation: the text's window aligned on the shared n-gram, as long as
                 # the benchmark part, compared on the distinctive tokens only (difflib's ratio), so a
                 # shared signature and docstring layout weigh nothing.
                 ref = self._ng_tokens[(ti, part)]
-                pos, off = anchor[(ti, part)]
+                pos, off = hits[0]  # aligned on the first shared n-gram
                 start = max(0, pos - off)
                 window = toks[start : start + len(ref)]
                 ratio, matched = _content_ratio(ref, window)

@@ -89,8 +89,9 @@ def reformatted(code: str) -> str:
     for line in text.splitlines():
         stripped = line.lstrip(" ")
         depth = (len(line) - len(stripped)) // 4
-        lines.append("  " * depth + stripped.replace("'", '"') if "'" in stripped and '"' not in stripped
-                     else "  " * depth + stripped)
+        if "'" in stripped and '"' not in stripped:  # swap the quotes where that cannot clash
+            stripped = stripped.replace("'", '"')
+        lines.append("  " * depth + stripped)
     return "\n".join(lines) + "\n"
 
 
@@ -121,10 +122,11 @@ def paraphrase(doc: str) -> str:
     return "In other words: " + "\n".join(out).lstrip()
 
 
-def paraphrased(code: str, entry_point: str) -> str:
+def paraphrased(code: str) -> str:
+    """Every function's docstring reworded (a task's helpers, e.g. HumanEval/10's, have docstrings too)."""
     tree = ast.parse(code)
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == entry_point and ast.get_docstring(node):
+        if isinstance(node, ast.FunctionDef) and ast.get_docstring(node):
             node.body[0].value = ast.Constant(paraphrase(ast.get_docstring(node, clean=False)))
     return ast.unparse(tree) + "\n"
 
@@ -133,11 +135,10 @@ def contaminated_set(tasks, filler: list[str]) -> list[Example]:
     """Five copies of every task; `tasks` are `phi1.data.benchmarks.BenchmarkTask`s, `filler` clean functions."""
     out = []
     for i, t in enumerate(tasks):
-        full = t.prompt + t.solution
-        entry = getattr(t, "entry_point", None) or _first_def(full)
+        full = t.solution  # the whole function: HumanEval's prompt + canonical solution, MBPP's code
         try:
             variants = {"verbatim": full, "renamed": renamed(full), "reformatted": reformatted(full),
-                        "paraphrased": paraphrased(full, entry)}
+                        "paraphrased": paraphrased(full)}
         except SyntaxError:
             continue
         before = "\n\n".join(filler[(3 * i) % len(filler):][:3])
@@ -146,10 +147,6 @@ def contaminated_set(tasks, filler: list[str]) -> list[Example]:
         out += [Example(text, t.task_id, name) for name, text in variants.items()]
     return out
 
-
-def _first_def(code: str) -> str:
-    m = re.search(r"^def\s+(\w+)", code, re.M)
-    return m.group(1) if m else ""
 
 
 # -- clean ----------------------------------------------------------------------------------

