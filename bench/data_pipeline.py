@@ -2,8 +2,8 @@
 
     python bench/data_pipeline.py --limit-mb 100 [--baseline-mb 10] [--workers 0] [--out DIR]
 
-Runs collect -> dedup -> annotate (rules) -> classify train/score (hashing) ->
-filter -> decontaminate -> mine-exercises and prints MB/s per stage. Then
+Runs collect -> dedup -> annotate (rules) -> classify, score (hashing) ->
+filter -> decontaminate -> exercises and prints MB/s per stage. Then
 compares the dedup stage with a straightforward datasketch baseline (one
 MinHash per document, `.update` per shingle, serial) on the same first
 `--baseline-mb` of documents, side by side, with the agreement of the kept sets.
@@ -36,14 +36,15 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-baseline", action="store_true")
     args = ap.parse_args(argv)
 
-    from phi1.data.annotate import run_annotate
-    from phi1.data.classify import run_classify_score, run_classify_train
-    from phi1.data.collect import run_collect
-    from phi1.data.decontam import run_decontaminate
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.annotate import run_annotate
+    from phi1.data.stages.classify import run_classify
+    from phi1.data.stages.score import run_score
+    from phi1.data.stages.collect import run_collect
+    from phi1.data.stages.decontaminate import run_decontaminate
+    from phi1.data.stages.dedup import run_dedup
     from reference_dedup import baseline_dedup_ids
-    from phi1.data.filter import run_filter
-    from phi1.data.mine import run_mine
+    from phi1.data.stages.filter import run_filter
+    from phi1.data.stages.exercises import run_exercises
 
     work = Path(args.out or tempfile.mkdtemp(prefix="phi1-data-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -68,16 +69,16 @@ def main(argv=None) -> int:
     stage("annotate(rules)", run_annotate, dd, dd, ann, sample=2000, annotator="rules", workers=w, quiet=True)
     clf = work / "clf.joblib"
     t0 = time.perf_counter()
-    meta = run_classify_train(ann, clf, n_estimators=100, workers=w, quiet=True)
-    rows.append({"stage": "classify-train", "mb_in": None, "seconds": round(time.perf_counter() - t0, 2),
+    meta = run_classify(ann, clf, n_estimators=100, workers=w, quiet=True)
+    rows.append({"stage": "classify", "mb_in": None, "seconds": round(time.perf_counter() - t0, 2),
                  "mb_per_s": None, "held_out": meta["held_out"]})
-    print(f"  classify-train   {meta['n_labelled']} labelled in {time.perf_counter() - t0:.1f} s, "
+    print(f"  classify         {meta['n_labelled']} labelled in {time.perf_counter() - t0:.1f} s, "
           f"held-out acc {meta['held_out']['accuracy']}", file=sys.stderr)
     sc, flt, dc, ex = work / "scored.jsonl", work / "filtered.jsonl", work / "clean.jsonl", work / "exercises.jsonl"
-    stage("classify-score", run_classify_score, dd, dd, sc, classifier=clf, workers=w, quiet=True)
+    stage("score", run_score, dd, dd, sc, classifier=clf, workers=w, quiet=True)
     stage("filter", run_filter, sc, sc, flt, top_fraction=0.5, quiet=True)
     stage("decontaminate", run_decontaminate, flt, flt, dc, workers=w, quiet=True)
-    stage("mine-exercises", run_mine, dd, dd, ex, workers=w, quiet=True)
+    stage("exercises", run_exercises, dd, dd, ex, workers=w, quiet=True)
 
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "limit_mb": args.limit_mb, "stages": rows}

@@ -8,7 +8,7 @@
 Corpus: the interpreter's standard library, then the venv's site-packages (collect's `python_stdlib`
 and `site_packages`, cut at `limit_bytes`, files sorted by path). For every size and task count the
 pipeline collect -> dedup (datatrove MinHash, code-token shingles) -> annotate (rules, sample) ->
-classify-train -> classify-score -> filter (top half) -> decontaminate (HumanEval) runs in a fresh
+classify -> score -> filter (top half) -> decontaminate (HumanEval) runs in a fresh
 work directory, each stage as its own `python -m phi1 data run PIPE --until STAGE` subprocess (earlier
 stages are skipped by fingerprint), with `--tasks T --workers min(T, 2)`. Per stage: wall time, peak
 RSS of the process tree (sum over the runner, datatrove's pool workers and manager, polled from /proc
@@ -46,8 +46,8 @@ from pathlib import Path
 
 os.environ.setdefault("PHI1_NO_PROGRESS", "1")
 
-STAGES = ["collect", "dedup", "annotate", "train", "score", "filter", "decontaminate"]
-INPUT_OF = {"dedup": "collect", "annotate": "dedup", "train": "annotate", "score": "dedup", "filter": "score",
+STAGES = ["collect", "dedup", "annotate", "classify", "score", "filter", "decontaminate"]
+INPUT_OF = {"dedup": "collect", "annotate": "dedup", "classify": "annotate", "score": "dedup", "filter": "score",
             "decontaminate": "filter"}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TOKENS_TARGET = 35e9
@@ -230,8 +230,8 @@ def write_pipeline(path: Path, workdir: Path, limit_mb: float, sample: int) -> N
          "limit_bytes": int(limit_mb * 1e6)},
         {"name": "dedup"},
         {"name": "annotate", "sample": sample, "annotator": "rules"},
-        {"name": "train", "kind": "classify-train", "input": "annotate", "encoder": "hashing", "n_estimators": 100},
-        {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
+        {"name": "classify", "input": "annotate", "encoder": "hashing", "n_estimators": 100},
+        {"name": "score", "input": "dedup", "classifier": "@classify"},
         {"name": "filter", "top_fraction": 0.5},
         {"name": "decontaminate", "benchmarks": ["humaneval"]},
     ]}
@@ -258,12 +258,12 @@ def run_config(root: Path, size: float, tasks: int, sample: int, quiet: bool) ->
         manifest = json.loads((wd / st / "manifest.json").read_text())
         if st == "score":  # the dedup stage's records with a score added: same text
             out_info[st] = {k: v for k, v in out_info["dedup"].items() if k != "ids"}
-        elif st != "train":
+        elif st != "classify":
             out_info[st] = stage_output(wd / st, want_ids=st in ("dedup", "decontaminate"))
         mb_in = collected_source_mb(wd / "collect") if st == "collect" else out_info[INPUT_OF[st]]["mb"]
         row = {"stage": st, "size_mb": size, "tasks": tasks, "workers": workers, "mb_in": mb_in,
                "records_out": manifest["kept"], "dropped": manifest["dropped"], "code": code, **m,
-               "mb_per_s": mb_in / m["wall_s"] if st != "train" else None}
+               "mb_per_s": mb_in / m["wall_s"] if st != "classify" else None}
         rows.append(row)
         if not quiet:
             print(f"  {size:g} MB t{tasks} {st:<14} {mb_in:8.1f} MB {m['wall_s']:7.1f} s {m['cpu_s']:7.1f} cpu-s "
@@ -566,7 +566,7 @@ def render(rows, startups, kept_sets, dedup_cmp, sizes, task_counts, machine, av
             rr = b["peak_rss_mb"] / a["peak_rss_mb"]
             pr = b["peak_pss_mb"] / a["peak_pss_mb"]
             summary["rss_growth"][key][st], summary["pss_growth"][key][st] = rr, pr
-            if st == "train":
+            if st == "classify":
                 L.append(f"| {st} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {rr:.2f} | {pr:.2f} | – | – | "
                          f"– (fixed sample) | – | – | – |")
                 continue
@@ -647,13 +647,13 @@ def cpu_hours(rows, sizes, L) -> dict:
              f"{target_mb / 1e3:.1f} GB = {target_mb:.3g} MB), from the {hi:g} MB run at tasks={tmax} "
              f"(corpus {corpus_mb:.1f} MB after collect). Per-MB rates are per MB of *corpus* (each stage's CPU s / "
              f"{corpus_mb:.1f}), so stages that see less input (filter, decontaminate) are already discounted; "
-             "classify-train works on a fixed sample and is counted once:\n")
+             "classify works on a fixed sample and is counted once:\n")
     L.append("| stage | CPU s measured | CPU s / corpus MB | CPU-h for 120 GB |")
     L.append("|---|---|---|---|")
     per_mb, total_h, stages_out = 0.0, 0.0, {}
     for st in STAGES:
         r = rs[st]
-        if st == "train":
+        if st == "classify":
             h = r["cpu_s"] / 3600
             L.append(f"| {st} | {r['cpu_s']:.1f} | (fixed) | {h:.3f} |")
         else:
@@ -662,11 +662,11 @@ def cpu_hours(rows, sizes, L) -> dict:
             h = rate * target_mb / 3600
             L.append(f"| {st} | {r['cpu_s']:.1f} | {rate:.3f} | {h:,.0f} |")
         total_h += h
-        stages_out[st] = {"cpu_s": r["cpu_s"], "cpu_s_per_corpus_mb": None if st == "train" else r["cpu_s"] / corpus_mb,
+        stages_out[st] = {"cpu_s": r["cpu_s"], "cpu_s_per_corpus_mb": None if st == "classify" else r["cpu_s"] / corpus_mb,
                           "cpu_h_120gb": h}
     L.append(f"| **total** | | {per_mb:.3f} | **{total_h:,.0f}** |")
     L.append(f"\nArithmetic: {per_mb:.3f} CPU-s/MB x {target_mb:.3g} MB = {per_mb * target_mb:,.0f} CPU-s "
-             f"= {per_mb * target_mb / 3600:,.0f} CPU-h (+ classify-train {rs['train']['cpu_s']:.0f} s) "
+             f"= {per_mb * target_mb / 3600:,.0f} CPU-h (+ classify {rs['classify']['cpu_s']:.0f} s) "
              f"= about {total_h:,.0f} CPU-hours; e.g. {total_h / 256:.1f} h wall on 256 cores if the parallel "
              "blocks keep them busy. Caveats: collect here reads files from a local disk (The Stack comes as "
              "Parquet), the fixed per-stage subprocess cost is included (it shrinks per MB on a cluster), and "

@@ -62,7 +62,7 @@ def test_stdlib_files_are_not_flagged(tmp_path):
 
 
 def test_run_decontaminate_reports_hits(tmp_path):
-    from phi1.data.decontam import run_decontaminate
+    from phi1.data.stages.decontaminate import run_decontaminate
 
     probs = humaneval()
     recs = [{"id": f"stdlib/{n}", "text": (STDLIB / n).read_text(), "meta": {}} for n in ("heapq.py", "bisect.py", "textwrap.py")]
@@ -90,8 +90,9 @@ def test_run_decontaminate_reports_hits(tmp_path):
 
 
 def test_mine_exercises_parseable_and_decontaminated(tmp_path):
-    from phi1.data.collect import run_collect
-    from phi1.data.mine import extract_exercises, run_mine
+    from phi1.data.stages.collect import run_collect
+    from phi1.data.mine import extract_exercises
+    from phi1.data.stages.exercises import run_exercises
 
     docs = tmp_path / "docs.jsonl"
     run_collect([copy_slice(tmp_path / "src")], docs, quiet=True)
@@ -100,7 +101,7 @@ def test_mine_exercises_parseable_and_decontaminated(tmp_path):
     with docs.open("a") as fh:
         fh.write(json.dumps({"id": "planted", "text": planted, "meta": {}}) + "\n")
     out = tmp_path / "ex.jsonl"
-    rep = run_mine(docs, out, rejected=str(tmp_path / "rej.jsonl"), quiet=True)
+    rep = run_exercises(docs, out, rejected=str(tmp_path / "rej.jsonl"), quiet=True)
     ex = read(out)
     assert len(ex) >= 10
     names = {e["meta"]["function"] for e in ex}

@@ -64,8 +64,8 @@ def _planted_corpus(root: Path) -> dict[str, set[str]]:
 QUALITY = [  # the sample, the classifier trained on it, scores, the top half: all must not depend on tasks
     {"name": "sampled", "kind": "annotate", "input": "decontaminate", "sample": 30, "annotator": "rules"},
     {"name": "annotate", "input": "decontaminate"},  # all of them, in per-task shards (as in the demo)
-    {"name": "train", "kind": "classify-train", "input": "annotate", "n_estimators": 20, "threshold": 5.0},
-    {"name": "score", "kind": "classify-score", "input": "decontaminate", "classifier": "@train"},
+    {"name": "classify", "input": "annotate", "n_estimators": 20, "threshold": 5.0},
+    {"name": "score", "input": "decontaminate", "classifier": "@classify"},
     {"name": "top", "kind": "filter", "top_fraction": 0.5},
 ]
 
@@ -286,7 +286,8 @@ def test_chunked_signature_equals_datatrove_and_keeps_memory_small(tmp_path):
 
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
-    from phi1.data.steps import CodeMinhashSignature, DedupStage
+    from phi1.data.minhash_steps import CodeMinhashSignature
+    from phi1.data.stages.dedup import DedupStage
 
     step = CodeMinhashSignature(str(tmp_path / "s"), DedupStage().minhash(), str(tmp_path / "i"))
     step._full, step._doc_idx = io.BytesIO(), 0

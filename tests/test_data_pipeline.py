@@ -23,11 +23,11 @@ def pipeline_yaml(tmp_path, src, bench_file, top_fraction=0.5):
             {"name": "collect", "sources": [str(src)]},
             {"name": "dedup", "threshold": 0.85},
             {"name": "annotate"},
-            {"name": "train", "kind": "classify-train", "n_estimators": 20},
-            {"name": "score", "kind": "classify-score", "input": "dedup", "classifier": "@train"},
+            {"name": "classify", "n_estimators": 20},
+            {"name": "score", "input": "dedup", "classifier": "@classify"},
             {"name": "filter", "top_fraction": top_fraction},
             {"name": "decontaminate", "benchmarks": ["humaneval"], "benchmark_files": [str(bench_file)]},
-            {"name": "exercises", "kind": "mine-exercises", "input": "dedup"},
+            {"name": "exercises", "input": "dedup"},
         ],
     }
     path = tmp_path / "pipe.yaml"
@@ -50,13 +50,13 @@ def test_pipeline_resumes_after_interruption(tmp_path):
     with pytest.raises(Exception, match="mbpp.jsonl"):
         run_pipeline(pipe, quiet=True)
     finished = sorted(p.parent.name for p in work.glob("*/manifest.json"))
-    assert finished == ["annotate", "collect", "dedup", "filter", "score", "train"]
+    assert finished == ["annotate", "classify", "collect", "dedup", "filter", "score"]
     assert not (work / "decontaminate" / "manifest.json").exists()
     stamps = {str(p): p.stat().st_mtime_ns for p in work.glob("*/data/*.jsonl.gz")}
     bench.write_text(json.dumps({"task_id": 1, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n"}) + "\n")
     res = run_pipeline(pipe, quiet=True)
     status = {r["stage"]: r["status"] for r in res}
-    assert status == {"collect": "skipped", "dedup": "skipped", "annotate": "skipped", "train": "skipped",
+    assert status == {"collect": "skipped", "dedup": "skipped", "annotate": "skipped", "classify": "skipped",
                       "score": "skipped", "filter": "skipped", "decontaminate": "ran", "exercises": "ran"}
     assert all(Path(n).stat().st_mtime_ns == t for n, t in stamps.items())
     kept = list(iter_records(work / "decontaminate"))
@@ -110,7 +110,7 @@ def test_pipeline_config_errors_and_cli(tmp_path):
     pipe = tmp_path / "p.yaml"
     pipe.write_text(yaml.safe_dump({"workdir": str(tmp_path / "w"), "workers": 1, "stages": [
         {"name": "collect", "sources": [str(src)]}, {"name": "dedup"},
-        {"name": "exercises", "kind": "mine-exercises"}]}))
+        {"name": "exercises"}]}))
     res = phi1("data", "run", pipe)
     assert res.returncode == 0, res.stderr
     assert "exercises: ran" in res.stdout and len(_ids(tmp_path / "w" / "exercises")) == 1

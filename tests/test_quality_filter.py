@@ -51,7 +51,9 @@ def _oracle_mean(model_dir: Path, text: str, max_tokens: int) -> np.ndarray:
 
 @pytest.mark.parametrize("which", ["codegen", "phi"])
 def test_hf_encoder_trains_both_heads_and_scores(tmp_path, which, codegen_dir, tiny_model_dir, monkeypatch):
-    from phi1.data.classify import run_classify_eval, run_classify_score, run_classify_train
+    from phi1.data.classify import run_classify_eval
+    from phi1.data.stages.classify import run_classify
+    from phi1.data.stages.score import run_score
     from phi1.data.features import EncoderOptions, make_encoder
 
     model_dir = codegen_dir if which == "codegen" else tiny_model_dir
@@ -70,12 +72,12 @@ def test_hf_encoder_trains_both_heads_and_scores(tmp_path, which, codegen_dir, t
     recs = synthetic_labelled(60)
     unique = len({r["text"] for r in recs})  # a repeated text is embedded once
     train = write(tmp_path / "train.jsonl", recs)
-    forest = run_classify_train(train, tmp_path / "forest.joblib", encoder=spec, n_estimators=20, max_tokens=64,
+    forest = run_classify(train, tmp_path / "forest.joblib", encoder=spec, n_estimators=20, max_tokens=64,
                                 embed_cache=str(cache), workers=1, quiet=True)
     assert forest["encoder"]["spec"] == spec and forest["encoder"]["options"] == {"pooling": "mean", "max_tokens": 64}
     assert forest["embeddings"]["encoded"] == unique and forest["embeddings"]["forward_passes"] > 0
     # Another head on the same embeddings: no forward pass at all, every embedding from the cache.
-    linear = run_classify_train(train, tmp_path / "linear.joblib", encoder=spec, head="linear", task="regression",
+    linear = run_classify(train, tmp_path / "linear.joblib", encoder=spec, head="linear", task="regression",
                                 max_tokens=64, embed_cache=str(cache), quiet=True)
     assert linear["head"] == "linear" and linear["embeddings"]["forward_passes"] == 0
     assert linear["embeddings"]["cached"] == 60 and linear["embeddings"]["encoded"] == 0
@@ -88,7 +90,7 @@ def test_hf_encoder_trains_both_heads_and_scores(tmp_path, which, codegen_dir, t
     # Scoring through the CLI (two tasks) with the pooling and length the sidecar recorded.
     out = tmp_path / "scored.jsonl"
     env = {**os.environ, "PHI1_CACHE_DIR": str(tmp_path / "unused")}
-    r = subprocess.run([sys.executable, "-m", "phi1", "data", "classify", "score", str(train), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "phi1", "data", "score", str(train), "--out", str(out),
                         "--classifier", str(tmp_path / "linear.joblib"), "--workers", "2", "--batch-size", "4"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -101,7 +103,7 @@ def test_hf_encoder_trains_both_heads_and_scores(tmp_path, which, codegen_dir, t
     long = sum(len(tok(r["text"])["input_ids"]) > 64 for r in recs)
     assert rep["details"]["head"] == "linear" and rep["details"]["truncated"] == long > 0  # cut at the trained 64
     with pytest.raises(Phi1Error, match="score with the same encoder"):
-        run_classify_score(train, tmp_path / "o.jsonl", classifier=tmp_path / "forest.joblib", encoder="hashing",
+        run_score(train, tmp_path / "o.jsonl", classifier=tmp_path / "forest.joblib", encoder="hashing",
                            quiet=True)
 
 
@@ -162,7 +164,7 @@ def _judge_records():
 
 
 def test_judge_parses_real_answers_retries_once_and_counts(tmp_path):
-    from phi1.data.annotate import run_annotate
+    from phi1.data.stages.annotate import run_annotate
 
     inp = write(tmp_path / "in.jsonl", _judge_records())
     with FakeOpenAI(responder=_judge_text) as srv:
@@ -193,7 +195,7 @@ def test_judge_parses_real_answers_retries_once_and_counts(tmp_path):
 
 
 def test_judge_on_a_ten_point_scale_and_a_server_without_json_schema(tmp_path):
-    from phi1.data.annotate import run_annotate
+    from phi1.data.stages.annotate import run_annotate
 
     recs = [{"id": f"r{i}", "text": f"def f{i}():\n    return {i}\n", "meta": {}} for i in range(4)]
     answers = ["8", "Score: 10", "3/5", "7 out of 10"]
@@ -236,7 +238,8 @@ def test_sample_without_a_judge_is_an_error_unless_rules_are_asked_for(tmp_path)
 
 def test_demo_endpoint_drives_annotation(tmp_path):
     from phi1.demo.config import load_demo_config
-    from phi1.demo.pipeline import Layout, data_pipeline
+    from phi1.demo.layout import Layout
+    from phi1.demo.pipeline import data_pipeline
 
     cfg = load_demo_config("demo-tiny.yaml")
     L = Layout(tmp_path)
@@ -253,7 +256,7 @@ def test_demo_endpoint_drives_annotation(tmp_path):
 # ---- the token budget ---------------------------------------------------------------------------
 
 def test_token_budget_keeps_the_best_within_one_document(tmp_path, tokenizer_dir):
-    from phi1.data.filter import run_filter
+    from phi1.data.stages.filter import run_filter
     from phi1.tokenizer import load_tokenizer
 
     rng = np.random.default_rng(0)
@@ -296,25 +299,27 @@ def test_pipeline_stages_with_a_code_model_and_a_token_budget(tmp_path, codegen_
 
     from phi1.data.pipeline import run_pipeline
     from phi1.data.records import iter_records
-    from phi1.data.steps import stage_config
+    from phi1.data.stages.base import check_options
+    from phi1.data.stages.classify import ClassifyStage
+    from phi1.data.stages.filter import FilterStage
 
     with pytest.raises(ConfigError, match="batch_size: expected int"):
-        stage_config("classify-train", {"encoder": f"hf:{codegen_dir}", "batch_size": "8"}, "stages[2]")
+        check_options(ClassifyStage, "classify", {"encoder": f"hf:{codegen_dir}", "batch_size": "8"}, "stages[2]")
     with pytest.raises(ConfigError, match="exactly one of min_score, top_fraction or keep_tokens"):
-        stage_config("filter", {"top_fraction": 0.5, "keep_tokens": 100}, "stages[4]")
+        check_options(FilterStage, "filter", {"top_fraction": 0.5, "keep_tokens": 100}, "stages[4]")
     src = copy_slice(tmp_path / "src")
     pipe = tmp_path / "pipe.yaml"
     pipe.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "workers": 2, "tasks": 2, "stages": [
         {"name": "collect", "sources": [str(src)]},
         {"name": "annotate", "annotator": "rules"},
-        {"name": "train", "kind": "classify-train", "encoder": f"hf:{codegen_dir}", "head": "linear",
+        {"name": "classify", "encoder": f"hf:{codegen_dir}", "head": "linear",
          "task": "regression", "max_tokens": 128, "batch_size": 8, "embed_cache": str(tmp_path / "cache")},
-        {"name": "score", "kind": "classify-score", "input": "collect", "classifier": "@train", "batch_size": 8},
+        {"name": "score", "input": "collect", "classifier": "@classify", "batch_size": 8},
         {"name": "filter", "keep_tokens": 20000},
     ]}))
     run_pipeline(pipe, quiet=True)
     work = tmp_path / "work"
-    train = json.loads((work / "train" / "manifest.json").read_text())
+    train = json.loads((work / "classify" / "manifest.json").read_text())
     assert any(k.endswith("/forward_passes") and v > 0 for k, v in train["counts"].items())
     cut = json.loads((work / "filter" / "cutoff.json").read_text())
     kept = list(iter_records(work / "filter"))

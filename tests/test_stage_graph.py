@@ -227,8 +227,7 @@ def test_demo_recipe_comments_state_the_stage_configs_types_and_defaults():
     import dataclasses
     import typing
 
-    from phi1.data.steps import KINDS
-    from phi1.demo.config import DATA_KINDS, RECIPES, PackSection
+    from phi1.demo.config import RECIPES, PackSection, demo_kinds
     from phi1.utils.config import load_yaml
 
     checked = 0
@@ -236,7 +235,7 @@ def test_demo_recipe_comments_state_the_stage_configs_types_and_defaults():
         for dotted, typ, dflt in _comment_fields((RECIPES / f"{name}.yaml").read_text()):
             parts = dotted.split(".")
             if parts[0] == "data" and len(parts) == 3:
-                cls, key = KINDS[DATA_KINDS[parts[1]]][0], parts[2]
+                cls, key = demo_kinds()[parts[1]].config, parts[2]
             elif parts[0] == "pack" and len(parts) == 2:
                 cls, key = PackSection, parts[1]
             else:

@@ -23,7 +23,7 @@ from phi1.utils.safety import oserror_line
 # installed (the GPU image); the table is checked against what each module registers (tests/test_cli_safety.py).
 COMMAND_MODULES = (
     ("phi1.model.cli", ("model", "tokenizer")),
-    ("phi1.data.cli", ("data",)),         # collect/dedup/annotate/classify/filter/decontaminate/mine-exercises/pack/run
+    ("phi1.data.cli", ("data",)),         # one command per stage kind (phi1.data.stages), run, schema, pack
     ("phi1.train.cli", ("train",)),
     ("phi1.eval.cli", ("eval",)),         # execute/humaneval/mbpp/loss/judge
     ("phi1.infer.cli", ("generate", "serve")),

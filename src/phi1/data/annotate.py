@@ -1,4 +1,4 @@
-"""`phi1 data annotate`: educational-value labels (0-5) for a sample of records.
+"""Educational-value labels (the `annotate` stage, `phi1.data.stages.annotate`) (0-5) for a sample of records.
 
 With `endpoint`, an LLM judge scores each sampled record through any
 OpenAI-compatible server (the shared `phi1.llm.client.LLMClient`: bounded
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from phi1.errors import ConfigError, Phi1Error
+from phi1.errors import Phi1Error
 from phi1.data.edu_rules import rule_score
-from phi1.data.records import StageReport, content_hash, finish_report, given
+from phi1.data.records import content_hash
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
 
@@ -141,97 +138,12 @@ def load_cache(path: Path) -> dict[str, dict]:
     return cache
 
 
-@dataclass
-class AnnotateStage:
-    """`phi1 data annotate` and the `annotate` stage: the only place their defaults live."""
-
-    sample: int = 0  # records to label (0 = all)
-    seed: int = 0
-    only_sampled: bool = True  # with a sample: write only it (False: every record, the sample labelled)
-    annotator: str | None = None  # llm | rules; None: llm with an endpoint, rules for sample 0 without one
-    endpoint: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None  # the environment variable holding the judge's API key
-    scale: int = 5  # the judge scores 0-5 (the paper's), or 0-10 (halved into the label)
-    temperature: float = 0.0
-    top_p: float | None = None
-    max_tokens: int = 512  # the judge's answer; reasoning models need thousands
-    sampling: dict = field(default_factory=dict)  # more request fields, e.g. {seed: 0, reasoning_effort: low}
-    response_format: str = "auto"  # auto: ask for a JSON schema while the server accepts it | json_schema | none
-    price_in_per_1m: float = 0.0  # USD per million prompt tokens, for the report's cost
-    price_out_per_1m: float = 0.0
-    concurrency: int = 8
-    timeout: float = 60.0
-    max_attempts: int = 6
-    cache: str | None = None  # the judge's cache file (default: judge-cache.jsonl in the stage directory)
-
-    def validate(self) -> None:
-        if isinstance(self.sample, bool) or not isinstance(self.sample, int) or self.sample < 0:
-            raise ConfigError(f"annotate.sample: {self.sample!r} must be a whole number >= 0")
-        if self.annotator not in (None, "llm", "rules"):
-            raise ConfigError(f"annotate.annotator: {self.annotator!r} must be llm or rules")
-        if self.annotator == "rules" and self.endpoint:
-            raise ConfigError("annotate: annotator rules and an endpoint; drop one (rules label offline, "
-                              "the endpoint's judge labels with an LLM)")
-        if not self.endpoint and (self.annotator == "llm" or (self.annotator is None and self.sample > 0)):
-            raise ConfigError(
-                f"annotate: sample {self.sample} to label but no endpoint for the LLM judge; give endpoint and model "
-                "(CLI: --endpoint URL --model NAME; phi1 demo: --endpoint), or set annotator: rules "
-                "(CLI: --annotator rules) to label with the offline rules")
-        if self.endpoint and not self.model:
-            raise ConfigError("annotate.model: required with endpoint; give the name the server serves")
-        if self.scale not in SCALES:
-            raise ConfigError(f"annotate.scale: {self.scale!r} must be 5 or 10")
-        if self.response_format not in ("auto", "json_schema", "none"):
-            raise ConfigError(f"annotate.response_format: {self.response_format!r} must be auto, json_schema or none")
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ConfigError(f"annotate.max_tokens: {self.max_tokens!r} must be a whole number >= 1")
-        if self.endpoint and self.api_key_env and not os.environ.get(self.api_key_env):
-            raise ConfigError(f"annotate.api_key_env: environment variable {self.api_key_env} is not set; export it "
-                              "with the judge's key, or set api_key_env to null for a server without one "
-                              "(demo recipes: data.annotate.api_key_env)")
+JUDGE_COUNTS = ("cache_hits", "judge_failed", "judge_unparsable", "judge_retried", "schema_refused")
+"""The judge's counters in a stage's stats (`phi1.data.stages.annotate.EduLabels`)."""
 
 
-def run_annotate(input_path: str | os.PathLike, output_path: str | os.PathLike, *, workers: int = 0,
-                 skip_bad_lines: bool = False, rejected: str | None = None, quiet: bool = False,
-                 overwrite: bool = False, **options) -> StageReport:
-    """Add `meta.edu_label` (0-5), `edu_reason`, `edu_annotator` to a fixed-seed sample of records (all
-    when no sample), through the same blocks as an `annotate` stage of `phi1 data run`. `options` are
-    `AnnotateStage` fields (None keeps the default); the judge's cache defaults to `OUTPUT.cache.jsonl`.
-    The report gives the label histogram, the judge's counts (cache hits, retried, unparsable, failed),
-    the tokens in and out, and with prices the cost and the cost per 1,000 labels."""
-    from phi1.data.pipeline import run_stage_file
-
-    opts = given(**options)
-    if isinstance(opts.get("endpoint"), list):
-        opts["endpoint"] = ",".join(opts["endpoint"])
-    opts["cache"] = str(opts["cache"]) if opts.get("cache") else str(output_path) + ".cache.jsonl"
-    cfg = AnnotateStage(**opts)
-    cfg.validate()
-    hist: dict[str, int] = {}
-
-    def count(rec: dict) -> None:
-        lab = rec["meta"].get("edu_label")
-        if isinstance(lab, (int, float)):
-            hist[str(int(lab))] = hist.get(str(int(lab)), 0) + 1
-
-    report, m = run_stage_file("annotate", opts, input_path, output_path, rejected=rejected,
-                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
-                               on_keep=count)
-    annotator = f"llm:{cfg.model}" if cfg.endpoint else "rules"
-    report.details.update(annotator=annotator, sampled=sum(hist.values()), prompt_version=PROMPT_VERSION,
-                          scale=cfg.scale, label_histogram=dict(sorted(hist.items())))
-    if cfg.endpoint:
-        report.details.update(judge_details(m["counts"], cfg))
-    if not quiet and annotator == "rules":
-        print("annotate: the rule-based annotator labelled the records (meta.edu_annotator = 'rules')", file=sys.stderr)
-    return finish_report(report, quiet)
-
-
-def judge_details(counts: dict, cfg: AnnotateStage) -> dict:
+def judge_details(counts: dict, cfg) -> dict:
     """The judge's counts, tokens and cost from a stage manifest's counters."""
-    from phi1.data.steps import JUDGE_COUNTS
-
     out: dict = {k: 0 for k in JUDGE_COUNTS}
     client: dict[str, int] = {}
     for key, n in counts.items():

@@ -1,4 +1,4 @@
-"""`phi1 data classify train|eval|score`: a random-forest quality classifier over encoder features.
+"""The quality classifier (the `classify` and `score` stages): a random forest over encoder features.
 
 As in the paper, a small set of judge annotations (`meta.edu_label`, 0-5) trains
 a random forest on text embeddings; the forest then scores the whole corpus
@@ -11,63 +11,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
 import numpy as np
 
-from phi1.errors import ConfigError, Phi1Error
+from phi1.errors import Phi1Error
 from phi1.data.features import EncoderOptions, EncoderRun, describe, embed, make_encoder
-from phi1.data.records import StageReport, finish_report, iter_records, given
+from phi1.data.records import StageReport, iter_records
 from phi1.utils.io import atomic_write, atomic_write_json
 
 FORMAT = "phi1-quality-classifier-v1"
 HEADS = ("forest", "linear")
 TASKS = ("classification", "regression")
-
-
-@dataclass
-class ClassifyTrainStage(EncoderOptions):
-    """`phi1 data classify train` and the `classify-train` stage: the only place their defaults live."""
-
-    encoder: str = "hashing"       # see features.ENCODER_HELP; the phi-1 recipes use hf:Salesforce/codegen-350M-mono
-    head: str = "forest"           # forest (the paper's random forest) | linear (FineWeb-Edu's linear head)
-    task: str = "classification"   # classification (label >= threshold) | regression (the label itself)
-    threshold: float = 3.0         # a label >= threshold counts as educational
-    label_field: str = "edu_label"
-    test_fraction: float = 0.2
-    n_estimators: int = 200        # forest: trees
-    max_depth: int | None = None   # forest: tree depth (None = grow fully)
-    alpha: float = 1.0             # linear: L2 penalty (ridge regression; 1/C for logistic regression)
-    seed: int = 0
-
-    def validate(self) -> None:
-        EncoderOptions.validate(self)
-        if self.head not in HEADS:
-            raise ConfigError(f"classify.head: {self.head!r} must be one of {', '.join(HEADS)}")
-        if self.task not in TASKS:
-            raise ConfigError(f"classify.task: {self.task!r} must be 'classification' or 'regression'")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"classify.test_fraction: {self.test_fraction} must be in (0, 1)")
-        if self.n_estimators < 1:
-            raise ConfigError(f"classify.n_estimators: {self.n_estimators} must be >= 1")
-        if not self.alpha > 0:
-            raise ConfigError(f"classify.alpha: {self.alpha} must be > 0")
-
-
-@dataclass
-class ClassifyScoreStage(EncoderRun):
-    """`phi1 data classify score` and the `classify-score` stage. Pooling and length come from the
-    classifier's sidecar: scoring computes the same embeddings the head was trained on."""
-
-    classifier: str = ""  # a classifier file, or "@stage" naming a classify-train stage
-    encoder: str | None = None
-
-    def validate(self) -> None:
-        EncoderRun.validate(self)
-        if not self.classifier:
-            raise ConfigError("classify-score.classifier: required; name the training stage, e.g. classifier: \"@train\"")
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -139,7 +95,7 @@ def _predict(model, task: str, X) -> np.ndarray:
     return np.clip(model.predict(X) / 5.0, 0.0, 1.0)
 
 
-def make_head(cfg: ClassifyTrainStage, sparse: bool, workers: int = 0):
+def make_head(cfg, sparse: bool, workers: int = 0):
     """The paper's random forest, or a FineWeb-Edu-style linear head (standardised features, then ridge
     regression on the label, or logistic regression on label >= threshold)."""
     if cfg.head == "forest":
@@ -161,19 +117,16 @@ def make_head(cfg: ClassifyTrainStage, sparse: bool, workers: int = 0):
     return make_pipeline(scale, Ridge(alpha=cfg.alpha))
 
 
-def run_classify_train(input_path: str | os.PathLike, model_path: str | os.PathLike, *,
-                       cfg: ClassifyTrainStage | None = None, workers: int = 0, skip_bad_lines: bool = False,
-                       quiet: bool = False, **options) -> dict:
+def train_classifier(input_path: str | os.PathLike, model_path: str | os.PathLike, cfg, *, workers: int = 0,
+                     skip_bad_lines: bool = False, quiet: bool = False) -> dict:
     """Train on records with `meta.<label_field>`; save `<model>` (joblib) + `<model>.json`; return the
-    sidecar (held-out metrics, the encoder, how many documents were embedded, cached and cut).
-    `options` are `ClassifyTrainStage` fields; one left as None keeps its default."""
+    sidecar (held-out metrics, the encoder, how many documents were embedded, cached and cut). `cfg` is
+    the classify stage's validated config (`phi1.data.stages.classify.ClassifyStage`)."""
     import scipy.sparse as sp
     from sklearn.model_selection import train_test_split
 
-    cfg = cfg or ClassifyTrainStage(**given(**options))
-    cfg.validate()
     t0 = time.perf_counter()
-    report = StageReport("classify-train", input=str(input_path))
+    report = StageReport("classify", input=str(input_path))
     texts, labels = _labelled(input_path, cfg.label_field, skip_bad_lines, report)
     enc = make_encoder(cfg.encoder, cfg)
     X, emb = embed(enc, texts, cfg.embed_cache, desc="embed (train)")
@@ -195,7 +148,7 @@ def run_classify_train(input_path: str | os.PathLike, model_path: str | os.PathL
         joblib.dump(model, fh)
     atomic_write_json(sidecar_path(model_path), meta)
     if not quiet:
-        print(f"classify train ({cfg.head}, {cfg.task}): {len(texts)} labelled, {emb['encoded']} embedded, "
+        print(f"classify ({cfg.head}, {cfg.task}): {len(texts)} labelled, {emb['encoded']} embedded, "
               f"{emb['cached']} from the cache, {emb['truncated']} cut at {enc.options().get('max_tokens', '-')} tokens; "
               f"held-out precision {held_out['precision']:.3f} recall {held_out['recall']:.3f} F1 {held_out['f1']:.3f}; "
               f"saved {model_path}", file=sys.stderr)
@@ -209,7 +162,7 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None, r
     dtype and batch size."""
     side = sidecar_path(model_path)
     if not Path(model_path).exists() or not side.exists():
-        raise Phi1Error(f"{model_path}: classifier or its sidecar {side.name} not found; run `phi1 data classify train` first")
+        raise Phi1Error(f"{model_path}: classifier or its sidecar {side.name} not found; run `phi1 data classify` first")
     meta = _read_json(side)
     if meta.get("format") != FORMAT:
         raise Phi1Error(f"{side}: not a phi1 quality classifier (format {meta.get('format')!r}, expected {FORMAT})")
@@ -217,7 +170,7 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None, r
     if not isinstance(trained, dict) or not isinstance(trained.get("spec"), str) or "fingerprint" not in trained \
             or not isinstance(meta.get("task"), str) or "label_field" not in meta:
         raise Phi1Error(f"{side}: incomplete classifier sidecar (no encoder/task/label_field); "
-                        "retrain it with `phi1 data classify train`")
+                        "retrain it with `phi1 data classify`")
     saved = trained.get("options") if isinstance(trained.get("options"), dict) else {}
     opts = EncoderOptions(**(run or EncoderRun()).run_fields(), embed_cache=embed_cache,
                           **{k: saved[k] for k in ("pooling", "max_tokens") if k in saved})
@@ -229,7 +182,7 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None, r
             f"encoder now is {enc.spec} (fingerprint {fp}); score with the same encoder or retrain the classifier"
         )
     if Path(model_path).is_dir():
-        raise Phi1Error(f"{model_path}: is a directory; give the classifier file `phi1 data classify train` wrote")
+        raise Phi1Error(f"{model_path}: is a directory; give the classifier file `phi1 data classify` wrote")
     try:
         with open(model_path, "rb") as fh:
             model = joblib.load(fh)
@@ -237,11 +190,11 @@ def load_classifier(model_path: str | os.PathLike, encoder: str | None = None, r
         raise
     except Exception as exc:  # noqa: BLE001 (a truncated or foreign file fails in many ways inside unpickling)
         raise Phi1Error(f"{model_path}: not a readable classifier ({type(exc).__name__}: {str(exc)[:120]}); the file is "
-                        "truncated or not one `phi1 data classify train` wrote; retrain it with `phi1 data classify train`"
+                        "truncated or not one `phi1 data classify` wrote; retrain it with `phi1 data classify`"
                         ) from None
     if not hasattr(model, "predict"):
         raise Phi1Error(f"{model_path}: holds a {type(model).__name__}, not a classifier; "
-                        "retrain it with `phi1 data classify train`")
+                        "retrain it with `phi1 data classify`")
     return model, meta, enc
 
 
@@ -252,10 +205,10 @@ def _read_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Phi1Error(f"{path}: malformed classifier sidecar ({getattr(exc, 'msg', exc)}); retrain the classifier "
-                        "with `phi1 data classify train`") from None
+                        "with `phi1 data classify`") from None
     if not isinstance(data, dict):
         raise Phi1Error(f"{path}: malformed classifier sidecar (not a JSON object); retrain the classifier "
-                        "with `phi1 data classify train`")
+                        "with `phi1 data classify`")
     return data
 
 
@@ -270,32 +223,6 @@ def run_classify_eval(input_path, model_path, *, encoder: str | None = None, run
     m = _metrics(meta["task"], meta["threshold"], labels, _predict(model, meta["task"], X))
     m["embeddings"] = {**emb, "truncated": enc.truncated, "forward_passes": enc.forward_passes}
     if not quiet:
-        print(f"classify eval ({meta.get('head', 'forest')}, {meta['task']}) of {model_path} on {input_path}:\n"
+        print(f"classify-eval ({meta.get('head', 'forest')}, {meta['task']}) of {model_path} on {input_path}:\n"
               + format_confusion(m), file=sys.stderr)
     return m
-
-
-def run_classify_score(input_path: str | os.PathLike, output_path: str | os.PathLike, *,
-                       classifier: str | os.PathLike, workers: int = 0, skip_bad_lines: bool = False,
-                       rejected: str | None = None, quiet: bool = False, overwrite: bool = False,
-                       **options) -> StageReport:
-    """Add `meta.edu_score` in [0, 1] to every record, through the same blocks as a `classify-score`
-    stage of `phi1 data run` (`ClassifyScoreStage`; `options` are its fields, None keeps a default):
-    `workers` tasks score in parallel."""
-    from phi1.data.pipeline import run_stage_file
-
-    opts = given(**options)
-    cfg = ClassifyScoreStage(classifier=str(classifier), **opts)
-    cfg.validate()
-    _, meta, _ = load_classifier(classifier, cfg.encoder, cfg)  # a missing or mismatched classifier fails here, once
-    scores: list[float] = []
-    report, m = run_stage_file("classify-score", {"classifier": str(classifier), **opts}, input_path, output_path,
-                               rejected=rejected, skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite,
-                               workers=workers, on_keep=lambda rec: scores.append(rec["meta"]["edu_score"]))
-    report.details.update(classifier=str(classifier), encoder=meta["encoder"]["spec"], head=meta.get("head", "forest"),
-                          task=meta["task"], truncated=sum(n for k, n in m["counts"].items() if k.endswith("/truncated")))
-    if scores:
-        q = np.quantile(scores, [0.1, 0.5, 0.9])
-        report.details["score_quantiles"] = {"p10": round(float(q[0]), 4), "p50": round(float(q[1]), 4),
-                                             "p90": round(float(q[2]), 4)}
-    return finish_report(report, quiet)

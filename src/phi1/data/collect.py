@@ -1,8 +1,6 @@
-"""`phi1 data collect`: directories of code files, JSONL / .jsonl.gz, Parquet (The Stack's layout),
-saved `datasets` and the Hugging Face hub to records, through the same blocks as a `collect` stage of
-`phi1 data run` (`phi1.data.collect_steps.CollectStage`, where the defaults live). This module holds
-the file checks those steps apply: binary, undecodable, oversized, auto-generated and minified files
-are dropped and counted per reason.
+"""The file checks of the `collect` stage (`phi1.data.stages.collect`): which source files a code
+corpus keeps. Binary, undecodable, oversized, auto-generated and minified files are dropped and
+counted per reason.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import re
 import sysconfig
 from typing import Iterator
 
-from phi1.data.records import StageReport, finish_report, given
 
 # Markers that tools put at the top of files they generate (protobuf, Cython,
 # Qt designer, lex/yacc tables, ...). Such files teach nothing about writing code.
@@ -92,51 +89,3 @@ def text_skip_reason(text: str) -> str | None:
     if max((len(line) for line in text.splitlines()), default=0) > _MAX_LINE_CHARS:
         return "long_lines"
     return None
-
-
-def run_collect(
-    sources: list[str],
-    output: str | os.PathLike,
-    *,
-    python_stdlib: bool = False,
-    site_packages: bool = False,
-    include: list[str] | None = None,
-    exclude: list[str] | None = None,
-    max_bytes: int | None = None,
-    workers: int = 0,
-    text_column: str | None = None,
-    meta_columns: list[str] | None = None,
-    skip_bad_lines: bool = False,
-    rejected: str | None = None,
-    limit_bytes: int | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-) -> StageReport:
-    """Collect records from `sources` into the JSONL file `output`, in `workers` tasks.
-
-    `limit_bytes` > 0 takes only the first code files (sorted by path) up to that many bytes."""
-    from phi1.data.pipeline import run_stage_file
-
-    sources = [str(s) for s in sources]
-    opts = given(sources=sources, python_stdlib=python_stdlib, site_packages=site_packages,
-                 include=None if include is None else list(include), exclude=None if exclude is None else list(exclude),
-                 max_bytes=max_bytes, limit_bytes=limit_bytes or None, text_column=text_column,
-                 meta_columns=None if meta_columns is None else list(meta_columns))
-    all_sources = sources + python_install_sources(python_stdlib, site_packages) if (python_stdlib or site_packages) \
-        else sources
-    per_source: dict[str, int] = {}
-    text_bytes = [0]
-
-    def count(rec: dict) -> None:
-        src = str(rec["meta"].get("source", ""))
-        per_source[src] = per_source.get(src, 0) + 1
-        text_bytes[0] += len(rec["text"].encode("utf-8", "surrogatepass"))
-
-    report, _ = run_stage_file("collect", opts, None, output, rejected=rejected, skip_bad_lines=skip_bad_lines,
-                               quiet=quiet, overwrite=overwrite, workers=workers, inputs=all_sources,
-                               input_label=", ".join(all_sources), on_keep=count)
-    report.bytes_in = text_bytes[0]  # of the kept texts (sources are of any kind: their size means little)
-    report.details["sources"] = dict(sorted(per_source.items()))
-    if limit_bytes:
-        report.details["limit_bytes"] = limit_bytes
-    return finish_report(report, quiet)

@@ -1,4 +1,4 @@
-"""`phi1 data decontaminate`: remove records that overlap benchmark problems.
+"""Finding records that overlap benchmark problems (the `decontaminate` stage, `phi1.data.stages.decontaminate`).
 
 Detectors, as in the phi-1 paper:
 - n-gram overlap: hashed 13-grams of normalised code tokens (lower-cased,
@@ -26,9 +26,8 @@ Precision and recall on a labelled set: `phi1.data.decontam_eval`, docs/eval.md.
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from difflib import SequenceMatcher
 
 from phi1.errors import ConfigError
@@ -36,7 +35,6 @@ import numpy as np
 
 from phi1.data.astnorm import function_source, iter_functions, normalized_tokens, parse_python
 from phi1.data.benchmarks import BenchmarkTask, load_benchmarks
-from phi1.data.records import StageReport, finish_report, given
 from phi1.data.tokens import code_tokens, ngram_set, shingle_hashes, token_hashes
 
 AST_GRAM = 6
@@ -118,31 +116,46 @@ class Hit:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-class Decontaminator:
-    """Index benchmark tasks once; `check(text)` lists the tasks a text overlaps."""
+@dataclass
+class DecontamParams:
+    """How a text is matched against the benchmarks (`Decontaminator`); the decontaminate stage's
+    config adds which benchmarks."""
 
-    def __init__(
-        self,
-        benchmarks: list[str] = ("humaneval",),
-        benchmark_files: list[str] = (),
-        *,
-        tasks: list[BenchmarkTask] | None = None,
-        ngram: int = 13,
-        ngram_threshold: float = 0.5,
-        ast_threshold: float = 0.8,
-        use_ast: bool = True,
-        embedding: str | None = None,
-        embedding_threshold: float = 0.85,
-        embedding_ast_floor: float = 0.4,
-        ratio_threshold: float | None = 0.5,
-    ):
-        if ngram < 3:
-            raise ConfigError(f"decontaminate.ngram: {ngram} too small; use >= 3 (the paper used 13)")
-        for name, v in (("ngram_threshold", ngram_threshold), ("ast_threshold", ast_threshold),
-                        ("embedding_threshold", embedding_threshold), ("embedding_ast_floor", embedding_ast_floor),
-                        ("ratio_threshold", 1.0 if ratio_threshold is None else ratio_threshold)):
-            if not 0.0 < v <= 1.0:
+    ngram: int = 13  # tokens per n-gram
+    ngram_threshold: float = 0.5  # fraction of a task's n-grams that flags a record
+    ast_threshold: float = 0.8  # normalised-AST similarity that flags a function
+    use_ast: bool = True  # also the syntax-tree check (off: n-gram check only)
+    embedding: str | None = None  # also flag functions close to a benchmark's in this encoder (minilm, st:DIR, hf:DIR)
+    embedding_threshold: float = 0.85  # cosine similarity that flags a function (with `embedding`)
+    embedding_ast_floor: float = 0.4  # with `embedding`: the least syntax-tree similarity that an embedding hit needs
+    ratio_threshold: float | None = 0.5  # difflib ratio that confirms a partial n-gram match (None: off)
+
+    def validate(self) -> None:
+        if isinstance(self.ngram, bool) or not isinstance(self.ngram, int) or self.ngram < 3:
+            raise ConfigError(f"decontaminate.ngram: {self.ngram} too small; use >= 3 (the paper used 13)")
+        for name in ("ngram_threshold", "ast_threshold", "embedding_threshold", "embedding_ast_floor",
+                     "ratio_threshold"):
+            v = getattr(self, name)
+            v = 1.0 if v is None and name == "ratio_threshold" else v
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
                 raise ConfigError(f"decontaminate.{name}: {v} must be in (0, 1]")
+
+    def params(self) -> dict:
+        """These settings alone (a subclass's other fields left out), as keywords of `Decontaminator`."""
+        return {f.name: getattr(self, f.name) for f in fields(DecontamParams)}
+
+
+class Decontaminator:
+    """Index benchmark tasks once; `check(text)` lists the tasks a text overlaps. `params` are
+    `DecontamParams` fields (the only place their defaults live)."""
+
+    def __init__(self, benchmarks: list[str] = ("humaneval",), benchmark_files: list[str] = (), *,
+                 tasks: list[BenchmarkTask] | None = None, **params):
+        p = DecontamParams(**params)
+        p.validate()
+        ngram, ngram_threshold, ast_threshold, use_ast = p.ngram, p.ngram_threshold, p.ast_threshold, p.use_ast
+        ratio_threshold, embedding = p.ratio_threshold, p.embedding
+        embedding_threshold, embedding_ast_floor = p.embedding_threshold, p.embedding_ast_floor
         self.tasks = list(tasks) if tasks is not None else load_benchmarks(list(benchmarks), list(benchmark_files))
         self.ngram, self.ngram_threshold, self.ast_threshold, self.use_ast = ngram, ngram_threshold, ast_threshold, use_ast
         self.ratio_threshold = ratio_threshold
@@ -299,45 +312,3 @@ def hits_per_task(hits) -> dict[str, int]:
     c = Counter(h["task_id"] if isinstance(h, dict) else h.task_id for h in hits)
     return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
-
-def run_decontaminate(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    benchmarks: list[str] | None = None,
-    benchmark_files: list[str] | None = None,
-    ngram: int | None = None,
-    ngram_threshold: float | None = None,
-    ast_threshold: float | None = None,
-    use_ast: bool | None = None,
-    embedding: str | None = None,
-    embedding_threshold: float | None = None,
-    embedding_ast_floor: float | None = None,
-    ratio_threshold: float | None = None,
-    workers: int = 0,
-    skip_bad_lines: bool = False,
-    rejected: str | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-) -> StageReport:
-    """Drop records that overlap any benchmark task; the report lists every hit with task and score.
-    Runs the same blocks as a `decontaminate` stage of `phi1 data run`
-    (`phi1.data.steps.DecontaminateStage`), `workers` tasks each holding its own index."""
-    from phi1.data.pipeline import run_stage_file
-    from phi1.data.steps import DecontaminateStage
-
-    opts = given(benchmarks=None if benchmarks is None else list(benchmarks),
-                 benchmark_files=None if benchmark_files is None else list(benchmark_files), ngram=ngram,
-                 ngram_threshold=ngram_threshold, ast_threshold=ast_threshold, use_ast=use_ast, embedding=embedding,
-                 embedding_threshold=embedding_threshold, embedding_ast_floor=embedding_ast_floor,
-                 ratio_threshold=ratio_threshold)
-    deco = Decontaminator(**DecontaminateStage(**opts).decontaminator_kwargs())  # a bad benchmark fails here
-    hits: list[dict] = []
-    report, _ = run_stage_file("decontaminate", opts, input_path, output_path, rejected=rejected,
-                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
-                               on_reject=lambda rec: hits.append({"id": rec["id"],
-                                                                  "hits": rec["meta"].get("contamination", [])}))
-    report.details.update(tasks=len(deco.tasks), ngram=deco.ngram, ngram_threshold=deco.ngram_threshold,
-                          ast_threshold=deco.ast_threshold, ratio_threshold=deco.ratio_threshold, hits=hits,
-                          hits_per_task=hits_per_task(h for rec in hits for h in rec["hits"]))
-    return finish_report(report, quiet)

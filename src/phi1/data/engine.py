@@ -221,6 +221,35 @@ class DieWithParent(PipelineStep):
         return data  # None for the first step: steps that must start a pipeline (MinHash buckets) still can
 
 
+# ---- helpers for the steps of a stage ---------------------------------------------------------------
+
+OUTPUT_WRITER = "phi1 stage output"  # the name of a stage's output writer in its stats (the manifest's text_chars)
+FIRST_PASS = "(first pass)"
+
+
+def renamed(step, name: str):
+    """`step` under another name in its stats (datatrove names a step's stats when it is built)."""
+    from datatrove.utils.stats import Stats
+
+    step.name = name
+    step.stats = Stats(str(step))
+    return step
+
+
+def first_pass(reader: RecordReader) -> RecordReader:
+    """A reader of a block that reads the stage's input before the block that keeps or drops: the
+    lines it skips are counted and listed once, by the later reader, in the manifest."""
+    reader.bad_lines_dir = None
+    return renamed(reader, f"{reader.name} {FIRST_PASS}")
+
+
+def one_thread_per_task() -> None:
+    """torch on one thread in a task: the parallelism is the tasks, and a forked worker whose parent had
+    used torch's OpenMP pool hangs in its first parallel op otherwise."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 # ---- blocks and executors -------------------------------------------------------------------------
 
 @dataclass

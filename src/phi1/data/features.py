@@ -216,7 +216,7 @@ class HFEncoder:
 @dataclass
 class EncoderRun:
     """Where and how fast a neural encoder runs (none of it changes the embeddings beyond dtype rounding).
-    The classify-score stage inherits these; the only place their defaults live."""
+    The score stage inherits these; the only place their defaults live."""
 
     device: str = "auto"            # auto = cuda when available, else cpu | cpu | cuda | cuda:N | mps
     dtype: str = "auto"             # auto = bfloat16 on cuda (if supported), else float32 | float32 | bfloat16 | float16
@@ -236,7 +236,7 @@ class EncoderRun:
 
 @dataclass
 class EncoderOptions(EncoderRun):
-    """What a neural encoder computes, and where its embeddings are cached. The classify-train stage
+    """What a neural encoder computes, and where its embeddings are cached. The classify stage
     inherits these; a classifier's sidecar keeps pooling and max_tokens, so scoring uses the same."""
 
     pooling: str = "mean"           # mean over tokens | last (the final token; for causal LMs)

@@ -1,4 +1,4 @@
-"""`phi1 data mine-exercises`: self-contained documented functions as CodeExercises-style pairs.
+"""Mining exercises (the `exercises` stage, `phi1.data.stages.exercises`): self-contained documented functions as CodeExercises-style pairs.
 
 A top-level function qualifies when it has a docstring, takes no self/cls,
 and every free name in it is a builtin, one of its own arguments/locals, or a
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import ast
 import builtins
-import os
 import sys
 import textwrap
 from dataclasses import dataclass
 
 from phi1.errors import ConfigError
 from phi1.data.astnorm import parse_python
-from phi1.data.decontam import Decontaminator
-from phi1.data.records import StageReport, finish_report, given
 
 _BUILTINS = frozenset(dir(builtins))
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
@@ -28,15 +25,17 @@ _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
 
 @dataclass
 class MineConfig:
-    min_doc_chars: int = 20
-    min_body_lines: int = 2
-    max_body_lines: int = 60
-    max_prompt_chars: int = 2000
-    allow_private: bool = False
+    """Which functions become exercises."""
+
+    min_doc_chars: int = 20  # shortest docstring kept
+    min_body_lines: int = 2  # shortest body kept
+    max_body_lines: int = 60  # longest body kept
+    max_prompt_chars: int = 2000  # longest prompt (imports + signature + docstring) kept
+    allow_private: bool = False  # also mine functions whose name starts with _
 
     def validate(self) -> None:
         if self.min_body_lines < 1 or self.max_body_lines < self.min_body_lines:
-            raise ConfigError(f"mine: body line bounds {self.min_body_lines}..{self.max_body_lines} are not a valid range")
+            raise ConfigError(f"exercises: body line bounds {self.min_body_lines}..{self.max_body_lines} are not a valid range")
 
 
 def _stdlib_imports(tree: ast.Module) -> dict[str, str]:
@@ -130,46 +129,3 @@ def extract_exercises(text: str, cfg: MineConfig | None = None) -> tuple[list[di
                 continue
             out.append({"name": fn.name, "prompt": prompt, "completion": completion})
     return out, skips
-
-
-def run_mine(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    decontaminate: bool | None = None,
-    benchmarks: list[str] | None = None,
-    benchmark_files: list[str] | None = None,
-    min_doc_chars: int | None = None,
-    min_body_lines: int | None = None,
-    max_body_lines: int | None = None,
-    max_prompt_chars: int | None = None,
-    allow_private: bool | None = None,
-    workers: int = 0,
-    skip_bad_lines: bool = False,
-    rejected: str | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-) -> StageReport:
-    """Write one exercise record per qualifying function (text = prompt + completion), deduplicated and
-    decontaminated, through the same blocks as a `mine-exercises` stage of `phi1 data run`
-    (`phi1.data.steps.MineStage`); parsing runs in `workers` tasks."""
-    from phi1.data.pipeline import run_stage_file
-    from phi1.data.steps import MineStage
-
-    opts = given(decontaminate=decontaminate, benchmarks=None if benchmarks is None else list(benchmarks),
-                 benchmark_files=None if benchmark_files is None else list(benchmark_files),
-                 min_doc_chars=min_doc_chars, min_body_lines=min_body_lines, max_body_lines=max_body_lines,
-                 max_prompt_chars=max_prompt_chars, allow_private=allow_private)
-    cfg = MineStage(**opts)
-    if cfg.decontaminate:
-        Decontaminator(list(cfg.benchmarks), list(cfg.benchmark_files))  # a bad benchmark fails here, once
-    report, m = run_stage_file("mine-exercises", opts, input_path, output_path, rejected=rejected,
-                               skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers)
-    # `read` counts source files; kept/dropped count exercises; functions skipped by the rules are in details.
-    skips: dict[str, int] = {}
-    for key, n in m["counts"].items():
-        tail = key.rsplit("/", 1)[-1]
-        if key.startswith("extract/") and tail.startswith("skipped_"):
-            skips[tail[len("skipped_"):]] = skips.get(tail[len("skipped_"):], 0) + n
-    report.details.update(files=report.read, skipped_functions=dict(sorted(skips.items())))
-    return finish_report(report, quiet)

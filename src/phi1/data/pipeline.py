@@ -13,9 +13,7 @@ scripts without submitting). `datatrove` is accepted as another name for `local`
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,13 +23,7 @@ from typing import Any
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_json
-from phi1.utils.safety import OutputLock, clean_stale_temps, user_entries
-
-_TOP = {"workdir", "stages", "workers", "tasks", "skip_bad_lines", "write_rejected", "executor", "description",
-        "slurm", "ray"}
-# What the runner may remove from a stage directory it wrote (its stage.json proves that).
-_OWNED = ("data", "rejected", "work", "logs", "manifest.json", "stage.json", "cutoff.json", "classifier.joblib",
-          "classifier.joblib.json")  # not judge-cache.jsonl: keyed by prompt, model and text, it stays valid
+from phi1.utils.safety import OutputLock
 
 
 @dataclass
@@ -69,7 +61,8 @@ def load_pipeline(path: str | os.PathLike, workdir: str | None = None) -> Pipeli
 
 def parse_pipeline(raw: dict, path: str | os.PathLike, workdir: str | None = None) -> PipelineConfig:
     """A pipeline from its mapping (what the YAML file holds); `path` names it in errors."""
-    from phi1.data.steps import KINDS, stage_config
+    from phi1.data import stages as registry
+    from phi1.data.stages.base import check_options
 
     path = Path(path)
     unknown = set(raw) - _TOP
@@ -99,8 +92,7 @@ def parse_pipeline(raw: dict, path: str | os.PathLike, workdir: str | None = Non
         st = dict(st)
         name = str(st.pop("name"))
         kind = str(st.pop("kind", name))
-        if kind not in KINDS:
-            raise ConfigError(f"{where}.kind: {kind!r} is not a stage; allowed: {sorted(KINDS)}")
+        kind_rec = registry.get(kind, f"{where}.kind")
         if name in names or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{where}.name: {name!r} must be unique and use only letters, digits, - and _")
         inp = st.pop("input", stages[-1].name if stages else None)
@@ -111,7 +103,7 @@ def parse_pipeline(raw: dict, path: str | os.PathLike, workdir: str | None = Non
         for k, v in st.items():
             if isinstance(v, str) and v.startswith("@") and v[1:] not in names:
                 raise ConfigError(f"{where}.{k}: {v!r} names no earlier stage; earlier stages: {sorted(names)}")
-        stage_config(kind, st, f"{path}: stage {name!r} ({kind})")  # "@stage" values are checked when resolved
+        check_options(kind_rec.config, kind, st, f"{path}: stage {name!r} ({kind})")  # "@stage" values: when resolved
         names.add(name)
         stages.append(StageSpec(name, kind, inp, st))
     wd = Path(workdir or raw.get("workdir") or f"runs/{path.stem}")
@@ -170,8 +162,9 @@ def pipeline_stages(cfg: PipelineConfig, ec) -> list:
     (its kind's dataclass, with `@stage` references resolved to paths), the stages it reads, its
     outside input, and the datatrove blocks that carry it out. A stage's `manifest.json` records
     the fingerprint it finished with."""
+    from phi1.data import stages as registry
     from phi1.data.engine import read_manifest
-    from phi1.data.steps import classifier_path, stage_config
+    from phi1.data.stages.base import check_options
     from phi1.utils.stagegraph import Stage
 
     by_name = {s.name: s for s in cfg.stages}
@@ -182,12 +175,11 @@ def pipeline_stages(cfg: PipelineConfig, ec) -> list:
         for k, v in spec.options.items():
             if isinstance(v, str) and v.startswith("@"):
                 ref = by_name[v[1:]]
-                v = str(classifier_path(stage_dir(cfg, ref.name)) if ref.kind == "classify-train"
-                        else stage_dir(cfg, ref.name))
+                v = str(registry.get(ref.kind).ref_path(stage_dir(cfg, ref.name)))
             opts[k] = v
         external = spec.input is not None and spec.input not in by_name
         input_path = (Path(spec.input) if external else stage_dir(cfg, spec.input)) if spec.input else None
-        stage_cfg = stage_config(spec.kind, opts, f"stage {spec.name!r} ({spec.kind})")
+        stage_cfg = check_options(registry.get(spec.kind).config, spec.kind, opts, f"stage {spec.name!r} ({spec.kind})")
         config = {"kind": spec.kind, "options": stage_cfg, "input": str(input_path), "tasks": ec.tasks,
                   "skip_bad_lines": cfg.skip_bad_lines, "write_rejected": cfg.write_rejected}
 
@@ -205,12 +197,14 @@ def pipeline_stages(cfg: PipelineConfig, ec) -> list:
 
 
 def _run_data_stage(cfg: PipelineConfig, ec, spec: StageSpec, sdir: Path, stage_cfg, input_path, fp: str) -> dict:
+    from phi1.data import stages as registry
     from phi1.data.engine import read_manifest, run_blocks
-    from phi1.data.steps import KINDS, StageContext
+    from phi1.data.stages.base import StageContext, claim_stage_dir
 
-    _claim_stage_dir(sdir, spec, fp, ec.tasks)  # a finished stage's manifest is cleared there
+    kind = registry.get(spec.kind)
+    claim_stage_dir(sdir, spec.name, spec.kind, fp, ec.tasks, kind.files)  # a finished stage's manifest is cleared
     ctx = StageContext(spec.name, sdir, input_path, ec.tasks, cfg.skip_bad_lines, cfg.write_rejected, fp, spec.kind)
-    blocks = KINDS[spec.kind][1](ctx, stage_cfg)
+    blocks = kind.build(ctx, stage_cfg)
     if not ec.quiet:
         print(f"[{spec.name}] {spec.kind}: {len(blocks)} block(s), {ec.tasks} task(s) on {ec.executor} -> {sdir}",
               file=sys.stderr)
@@ -227,120 +221,85 @@ def _run_data_stage(cfg: PipelineConfig, ec, spec: StageSpec, sdir: Path, stage_
     return {k: m[k] for k in ("kept", "rejected", "dropped")}
 
 
-def _claim_stage_dir(sdir: Path, spec: StageSpec, fp: str, tasks: int) -> None:
-    """Make `sdir` this stage's: resume when it holds the same unfinished stage, clear what the runner
-    wrote when options changed, refuse a directory the runner did not write."""
-    marker = sdir / "stage.json"
-    if sdir.exists():
-        # A runner killed between creating the directory and renaming its marker into place leaves
-        # only its own pid-named temporary file: that is ours to remove, not a foreign directory.
-        clean_stale_temps(sdir)
-        try:
-            prev = json.loads(marker.read_text())
-        except FileNotFoundError:
-            if user_entries(sdir):
-                raise Phi1Error(f"{sdir}: exists and was not written by stage {spec.name!r} of this pipeline; "
-                                "move it away (or use another --workdir), then rerun") from None
-            prev = None
-        except json.JSONDecodeError:
-            prev = {}
-        if prev is not None and (prev.get("fingerprint") != fp or (sdir / "manifest.json").exists()):
-            for name in _OWNED:
-                p = sdir / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-    sdir.mkdir(parents=True, exist_ok=True)
-    if not marker.exists():
-        atomic_write_json(marker, {"stage": spec.name, "kind": spec.kind, "fingerprint": fp, "tasks": tasks,
-                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-
 def _refs(spec: StageSpec, by_name: dict) -> list[str]:
     refs = [spec.input] if spec.input in by_name else []
     refs += [v[1:] for v in spec.options.values() if isinstance(v, str) and v.startswith("@")]
     return refs
 
 
-# ---- one stage, file in, file out: the single-stage commands --------------------------------------
+# ---- the pipeline YAML's JSON Schema, generated from the registry ----------------------------------
 
-def run_stage_file(kind: str, options: dict, input_path, output_path, *, rejected=None,
-                   skip_bad_lines: bool = False, quiet: bool = False, overwrite: bool = False, workers: int = 0,
-                   inputs=None, input_label: str | None = None, on_keep=None, on_reject=None):
-    """Run one stage kind on this machine through the same blocks as `phi1 data run`, with `workers`
-    tasks, and write its kept records to the JSONL file `output_path` (input order for a one-file
-    input), the dropped ones to `rejected`, and `OUTPUT.report.json`. Returns (report, manifest).
-
-    The stage works in `.OUTPUT.stage/` beside the output, which holds its shards until they are
-    copied: killed, the same command resumes there (finished tasks are kept); changed options or
-    input start it afresh. `on_keep(rec)` / `on_reject(rec)` see each record as it is copied."""
-    from phi1.data.engine import ExecConfig, read_manifest, run_blocks
-    from phi1.data.records import RecordSink, StageReport, check_input_file
-    from phi1.data.shardfiles import expand_record_inputs
-    from phi1.data.steps import KINDS, StageContext, stage_config
-    from phi1.utils.procs import resolve_workers
-    from phi1.utils.stagegraph import fingerprint
-
-    cfg = stage_config(kind, dict(options), kind)
-    inp = Path(input_path) if input_path is not None else None
-    if inp is not None:
-        files = expand_record_inputs([inp]) if inp.is_dir() else [check_input_file(inp)]
-        bytes_in = sum(f.stat().st_size for f in files)
-    else:
-        bytes_in = 0
-    n = resolve_workers(workers)
-    report = StageReport(kind, input=input_label or str(input_path))
-    out = Path(output_path)
-    with RecordSink(out, report, rejected, inputs=inputs, overwrite=overwrite) as sink:
-        sdir = out.parent / f".{out.name}.stage"
-        fp = fingerprint(kind, {"options": cfg, "tasks": n, "skip_bad_lines": skip_bad_lines},
-                         inputs=(inp,) if inp is not None else ())
-        m = read_manifest(sdir)
-        done = m is not None and m.get("fingerprint") == fp
-        if not done:
-            _claim_stage_dir(sdir, StageSpec(kind, kind, None, {}), fp, n)
-        ctx = StageContext(kind, sdir, inp, n, skip_bad_lines, True, fp, kind)
-        try:
-            blocks = KINDS[kind][1](ctx, cfg)
-            if not done:
-                run_blocks(blocks, sdir / "logs", ExecConfig("local", tasks=n, workers=n, quiet=quiet), kind)
-        except Phi1Error:  # bad input or options: nothing worth resuming
-            shutil.rmtree(sdir, ignore_errors=True)
-            raise
-        m = read_manifest(sdir)
-        if m is None or m.get("fingerprint") != fp:
-            raise Phi1Error(f"{kind}: finished without its manifest; see {sdir / 'logs'}")
-        _copy_shards(sdir, m, sink, kind, on_keep, on_reject)
-        report.dropped.update(m["dropped"])
-        report.bad_lines = list(m.get("bad_lines", []))
-        report.read = _records_read(m, blocks[0].name)
-        report.bytes_in = bytes_in
-    shutil.rmtree(sdir, ignore_errors=True)
-    return report, m
+_TOP_SCHEMA = {
+    "workdir": ({"type": "string"}, "where the stage directories go (default runs/<file name>)"),
+    "description": ({"type": "string"}, "what the pipeline does"),
+    "executor": ({"enum": ["local", "ray", "slurm", "datatrove"]}, "where tasks run (datatrove = local)"),
+    "workers": ({"type": "integer", "minimum": 0}, "tasks running at once (0 = one per CPU)"),
+    "tasks": ({"type": "integer", "minimum": 0}, "tasks per parallel block (0 = workers)"),
+    "skip_bad_lines": ({"type": "boolean"}, "count and skip malformed JSONL lines instead of failing"),
+    "write_rejected": ({"type": "boolean"}, "write <stage>/rejected/ beside each stage's data"),
+    "slurm": ({"type": "object"}, "partition, time, cpus_per_task, mem_per_cpu_gb, env_command, sbatch_args"),
+    "ray": ({"type": "object"}, "address of a running Ray cluster"),
+}
+_TOP = {*_TOP_SCHEMA, "stages"}
 
 
-def _copy_shards(sdir: Path, m: dict, sink, kind: str, on_keep, on_reject) -> None:
-    from phi1.data.shardfiles import open_record_lines
+def _type_schema(tp) -> dict:
+    import typing
 
-    for key, keep in (("shards", True), ("rejected_shards", False)):
-        for shard in m[key]:
-            for line in open_record_lines(sdir / shard["path"]):
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                if keep:
-                    if on_keep:
-                        on_keep(rec)
-                    sink.keep(rec)
-                else:
-                    rec["meta"] = {**rec.get("meta", {}), "rejected_by": kind}
-                    if on_reject:
-                        on_reject(rec)
-                    sink.write_rejected(rec)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, type(int | None)):
+        options = [_type_schema(a) for a in args]
+        return {"anyOf": options}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(args[0]) if args else {}}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    return {int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"}, str: {"type": "string"},
+            dict: {"type": "object"}, type(None): {"type": "null"}}.get(origin or tp, {})
 
 
-def _records_read(m: dict, first_block: str) -> int:
-    """Records (and lines skipped) the stage read from its input: the counts of its first block's readers."""
-    return sum(v for k, v in m.get("counts", {}).items()
-               if k.startswith(first_block + "/") and k.endswith(("/read", "/bad_utf8", "/bad_json", "/no_text")))
+def kind_schema(kind) -> dict:
+    """The JSON Schema of one stage of `kind`: name, kind, input, and the kind's config fields (a
+    string starting with @ names an earlier stage's output)."""
+    import dataclasses
+    import typing
+
+    from phi1.utils.config import field_default, field_docs
+
+    hints, docs = typing.get_type_hints(kind.config), field_docs(kind.config)
+    props: dict = {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "the stage's name"},
+                   "kind": {"const": kind.name}, "input": {"type": ["string", "null"],
+                                                           "description": "an earlier stage's name or a path"}}
+    for f in dataclasses.fields(kind.config):
+        sch = _type_schema(hints[f.name])
+        sch = {"anyOf": [sch, {"type": "string", "pattern": "^@"}]} if sch.get("type") != "string" else sch
+        default = field_default(f)
+        if default is not dataclasses.MISSING:
+            sch["default"] = default
+        if docs.get(f.name):
+            sch["description"] = docs[f.name]
+        props[f.name] = sch
+    return {"type": "object", "description": kind.help, "properties": props, "required": ["name"],
+            "additionalProperties": False}
+
+
+def pipeline_schema() -> dict:
+    """The JSON Schema (2020-12) of a pipeline YAML, generated from the stage kinds' records: a stage
+    whose `kind` is left out takes its name as its kind."""
+    from phi1.data import stages as registry
+
+    kinds = registry.kinds()
+    branches = []
+    for name in kinds:
+        is_kind = {"anyOf": [{"required": ["kind"], "properties": {"kind": {"const": name}}},
+                             {"not": {"required": ["kind"]}, "properties": {"name": {"const": name}}}]}
+        branches.append({"if": is_kind, "then": {"$ref": f"#/$defs/{name}"}})
+    stage = {"type": "object", "required": ["name"],
+             "properties": {"kind": {"enum": sorted(kinds)}},
+             "anyOf": [{"required": ["kind"]}, {"properties": {"name": {"enum": sorted(kinds)}}}],
+             "allOf": branches}
+    props = {k: {**sch, "description": doc} for k, (sch, doc) in _TOP_SCHEMA.items()}
+    props["stages"] = {"type": "array", "minItems": 1, "items": stage}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "phi1 data pipeline",
+            "type": "object", "required": ["stages"], "properties": props, "additionalProperties": False,
+            "$defs": {name: kind_schema(k) for name, k in kinds.items()}}

@@ -26,7 +26,8 @@ import numpy as np
 
 from phi1.errors import Phi1Error
 from phi1.utils.io import read_json
-from phi1.utils.safety import describe_oserror, temp_prefix
+from phi1.utils.io import temp_prefix
+from phi1.utils.safety import describe_oserror
 
 MAGIC = b"PHI1TOK\0"
 VERSION = 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from phi1.demo.config import DemoConfig
-from phi1.demo.pipeline import (Layout, data_stages, eval_stages, export_stage, pack_stage, tokenizer_stage,
+from phi1.demo.layout import Layout
+from phi1.demo.pipeline import (data_stages, eval_stages, export_stage, pack_stage, tokenizer_stage,
                                 train_config, train_stage)
 from phi1.demo.runner import own_run_dir
 from phi1.errors import ConfigError
@@ -44,12 +45,12 @@ def _run_ablation(cfg: DemoConfig, run_dir: Path, *, device: str, log) -> Path:
     tok_after: tuple[str, ...] = ()
     if not cfg.tokenizer.path:
         # One tokenizer for every arm, trained on the unfiltered corpus so no arm is favoured.
-        stages.append(tokenizer_stage(L, "tokenizer", [L.dedup], cfg.tokenizer.vocab_size, ("dedup",),
+        stages.append(tokenizer_stage(L, "tokenizer", [L.stage("dedup")], cfg.tokenizer.vocab_size, ("dedup",),
                                       "train the shared tokenizer"))
         tok_after = ("tokenizer",)
     # Held-out textbook-quality data: the val split of the filtered shards, used by every arm.
     val = L.shards / "filtered"
-    sources = {"unfiltered": (L.dedup, "dedup"), "filtered": (L.clean, "decontaminate")}
+    sources = {"unfiltered": (L.stage("dedup"), "dedup"), "filtered": (L.stage("decontaminate"), "decontaminate")}
     for key in dict.fromkeys([a.data for a in cfg.arms] + ["filtered"]):
         src, stage = sources[key]
         what = f"pack {key} shards" + (" (held-out set)" if key not in {a.data for a in cfg.arms} else "")

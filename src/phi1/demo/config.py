@@ -13,31 +13,23 @@ from phi1.utils.config import build, read_yaml_mapping
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
-def _stage(kind: str):
-    from phi1.data.steps import KINDS
+def demo_kinds() -> dict:
+    """The stage kinds of the demo's data half, by name, in the registry's order: every kind whose
+    record has a demo place (`phi1.data.stages.base.DemoPlace`)."""
+    from phi1.data import stages
 
-    return KINDS[kind][0]
+    return {name: kind for name, kind in stages.kinds().items() if kind.demo is not None}
 
 
-@dataclass
 class DataSection:
-    """The data half of the recipe: each field is that stage's own config (`phi1.data.steps`), nested
-    as the dataclass defines it; `phi1 demo` writes them into `RUN/configs/data.yaml` unchanged."""
+    """The data half of the recipe: one attribute per stage kind of the demo (`demo_kinds`), each that
+    kind's own config (its section of the recipe, `data.<kind>`, nested as the dataclass defines it;
+    a section left out is the kind's defaults with the demo's `DemoPlace` options). `phi1 demo`
+    writes them into `RUN/configs/data.yaml` unchanged."""
 
-    collect: Any = field(default_factory=lambda: _stage("collect")())
-    dedup: Any = field(default_factory=lambda: _stage("dedup")())
-    annotate: Any = field(default_factory=lambda: _stage("annotate")())
-    classify: Any = field(default_factory=lambda: _stage("classify-train")())
-    score: Any = field(default_factory=lambda: _stage("classify-score")(classifier="@train"))  # the run's classifier
-    filter: Any = field(default_factory=lambda: _stage("filter")(top_fraction=0.5))  # the half kept when unset
-    decontaminate: Any = field(default_factory=lambda: _stage("decontaminate")())
-    exercises: Any = field(default_factory=lambda: _stage("mine-exercises")())
-
-
-# DataSection field -> the stage kind whose config dataclass it holds.
-DATA_KINDS = {"collect": "collect", "dedup": "dedup", "annotate": "annotate", "classify": "classify-train",
-              "score": "classify-score", "filter": "filter", "decontaminate": "decontaminate",
-              "exercises": "mine-exercises"}
+    def __init__(self):
+        for name, kind in demo_kinds().items():
+            setattr(self, name, kind.config(**kind.demo.defaults, **kind.demo.always))
 
 
 @dataclass
@@ -133,7 +125,7 @@ def load_demo_config(path: str | Path) -> DemoConfig:
 
 def demo_config_from(data: dict, where: str = "demo recipe") -> DemoConfig:
     """Build and check a demo recipe: each data stage's section through its own config class."""
-    from phi1.data.steps import stage_config
+    from phi1.data.stages.base import check_options
 
     data = dict(data)
     for old, new in MOVED.items():
@@ -144,23 +136,26 @@ def demo_config_from(data: dict, where: str = "demo recipe") -> DemoConfig:
     sections = data.pop("data", None) or {}
     if not isinstance(sections, dict):
         raise ConfigError(f"{where}: data: expected a mapping of stage sections, got {type(sections).__name__}")
-    unknown = sorted(set(sections) - set(DATA_KINDS))
+    kinds = demo_kinds()
+    unknown = sorted(set(sections) - set(kinds))
     if unknown:
-        raise ConfigError(f"{where}: data.{unknown[0]}: unknown field; the data stages are {', '.join(DATA_KINDS)}")
+        from phi1.data.stages import RENAMED
+
+        hint = f" (now {RENAMED[unknown[0]]})" if unknown[0] in RENAMED else ""
+        raise ConfigError(f"{where}: data.{unknown[0]}: unknown field{hint}; the data stages are {', '.join(kinds)}")
     cfg = build(DemoConfig, data, where)
-    for name, kind in DATA_KINDS.items():
+    for name, kind in kinds.items():
         if name not in sections:  # the section's default (a data stage needs none but the filter's cut)
-            if kind != "annotate":
+            if name != "annotate":
                 getattr(cfg.data, name).validate()
             continue
         given = sections.get(name) or {}
         if not isinstance(given, dict):
             raise ConfigError(f"{where}: data.{name}: expected a mapping, got {type(given).__name__}")
-        opts = dict(given)
-        if kind == "classify-score":
-            opts.setdefault("classifier", "@train")  # the classifier the run trains; resolved by the runner
+        opts = {**kind.demo.always, **given}  # e.g. the score stage's classifier: the one the run trains
         # annotate is checked once the demo's --endpoint is known (phi1.demo.pipeline.annotate_config)
-        setattr(cfg.data, name, stage_config(kind, opts, f"{where}: data.{name}", validate=kind != "annotate"))
+        setattr(cfg.data, name, check_options(kind.config, name, opts, f"{where}: data.{name}",
+                                              validate=name != "annotate"))
     return cfg
 
 

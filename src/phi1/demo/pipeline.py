@@ -18,49 +18,14 @@ from typing import Callable
 import yaml
 
 from phi1.demo.config import DemoConfig, resolve_recipe
+from phi1.demo.layout import Layout
 from phi1.demo.runner import own_run_dir
 from phi1.errors import ConfigError, Phi1Error
 from phi1.tokenizer import resolve_tokenizer
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text
-from phi1.utils.safety import clean_stale_temps, temp_prefix
-
-
-class Layout:
-    """Where every stage of a run directory writes. The data stages are one `phi1 data run` pipeline
-    (`configs/data.yaml`) whose stage directories are `data/<stage>/` (shards + manifest.json)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.data = d = self.root / "data"
-        self.raw, self.dedup = d / "collect", d / "dedup"
-        self.annotated, self.classifier = d / "annotate", d / "train" / "classifier.joblib"
-        self.scored, self.filtered, self.clean = d / "score", d / "filter", d / "decontaminate"
-        self.exercises = d / "exercises"
-        self.synth = d / "synth"
-        self.tokenizer = self.root / "tokenizer"
-        self.shards = self.root / "shards"
-        self.configs = self.root / "configs"
-        self.runs = self.root / "runs"
-        self.model = self.root / "model"
-        self.eval = self.root / "eval"
-        self.data_pipeline = self.configs / "data.yaml"
-
-    def run_dir(self, name: str) -> Path:
-        return self.runs / name
-
-
-# The demo's data stages: (pipeline stage name, DataSection field, kind, input, what it does).
-DATA_STAGES = [
-    ("collect", "collect", "collect", None, "collect the corpus"),
-    ("dedup", "dedup", "dedup", "collect", "deduplicate (exact + datatrove MinHash)"),
-    ("annotate", "annotate", "annotate", "dedup", "label educational value"),
-    ("train", "classify", "classify-train", "annotate", "train the quality classifier"),
-    ("score", "score", "classify-score", "dedup", "score every document"),
-    ("filter", "filter", "filter", "score", "keep the most educational documents"),
-    ("decontaminate", "decontaminate", "decontaminate", "filter", "decontaminate against benchmarks"),
-    ("exercises", "exercises", "mine-exercises", "dedup", "mine docstring exercises"),
-]
+from phi1.utils.io import temp_prefix
+from phi1.utils.safety import clean_stale_temps
 
 
 def annotate_config(cfg: DemoConfig, endpoint: str | None = None, model: str | None = None,
@@ -80,14 +45,14 @@ def data_pipeline(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | 
     """The demo's data recipe as a `phi1 data run` pipeline (the same steps as recipes/data-demo.yaml):
     each stage's section of the recipe, as its config class has it. `workdir` is written as given
     (`data` for the file in RUN/configs/, run from the run directory)."""
+    from phi1.demo.config import demo_kinds
     from phi1.utils.config import changed_fields
 
     stages = []
-    for name, section, kind, inp, _ in DATA_STAGES:
-        stage_cfg = annotate_config(cfg, endpoint, model, api_key_env) if section == "annotate" else getattr(cfg.data, section)
+    for name, kind in demo_kinds().items():
+        stage_cfg = annotate_config(cfg, endpoint, model, api_key_env) if name == "annotate" else getattr(cfg.data, name)
         entry = {"name": name}
-        if kind != name:
-            entry["kind"] = kind
+        inp = kind.demo.input
         if inp is not None and inp != (stages[-1]["name"] if stages else None):
             entry["input"] = inp
         stages.append({**entry, **changed_fields(stage_cfg)})  # what the file must say
@@ -110,9 +75,11 @@ def data_stages(cfg: DemoConfig, L: Layout, workers: int = 0, endpoint: str | No
         atomic_write_text(L.data_pipeline, text)
     pc = parse_pipeline(data_pipeline(cfg, L, workers, endpoint, model, api_key_env), L.data_pipeline)
     stages = pipeline_stages(pc, exec_config(pc, quiet=True))
-    titles = {name: what for name, _, _, _, what in DATA_STAGES}
+    from phi1.demo.config import demo_kinds
+
+    kinds = demo_kinds()
     for st in stages:
-        st.title = titles[st.name]
+        st.title = kinds[st.name].demo.title
         st.command = f"phi1 data run configs/data.yaml --until {st.name} --quiet"
     return stages
 
@@ -490,7 +457,7 @@ def demo_stages(cfg: DemoConfig, L: Layout, *, device: str, endpoint: str | None
                 api_key_env: str | None) -> list:
     stages = data_stages(cfg, L, endpoint=endpoint, model=model, api_key_env=api_key_env)
     stages += synth_stages(cfg, L, endpoint, model, api_key_env)
-    pre_inputs, ft_inputs = [L.clean], [L.exercises]
+    pre_inputs, ft_inputs = [L.stage("decontaminate")], [L.stage("exercises")]
     after = ["decontaminate", "exercises"]
     if endpoint and cfg.synth.textbooks:
         pre_inputs.append(L.synth / "textbooks.valid.jsonl")

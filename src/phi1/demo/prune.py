@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 
 from phi1.demo.config import DemoConfig
-from phi1.demo.pipeline import (Layout, data_stages, eval_stages, export_stage, pack_stage, train_config,
+from phi1.demo.layout import Layout
+from phi1.demo.pipeline import (data_stages, eval_stages, export_stage, pack_stage, train_config,
                                 train_stage, training_stages)
 from phi1.demo.runner import own_run_dir
 from phi1.errors import ConfigError, Phi1Error
@@ -83,7 +84,7 @@ def _run(cfg: DemoConfig, run_dir: Path, taus: list[float], device: str, log) ->
     L = Layout(run_dir)
     study = L.root / "prune"
     p = cfg.prune
-    sources = [Path(f) for f in p.exercises] or [L.exercises]
+    sources = [Path(f) for f in p.exercises] or [L.stage("exercises")]
     pinned = {"metric": p.metric, "encoder": p.encoder, "exercises": [str(s) for s in sources],
               "base": p.base, "finetune": {"recipe": cfg.finetune.recipe, "set": cfg.finetune.set}}
     _pin(study / "study.json", pinned)
@@ -99,7 +100,7 @@ def _run(cfg: DemoConfig, run_dir: Path, taus: list[float], device: str, log) ->
         base = L.root / "models" / "base"
         tokenizer = Path(cfg.tokenizer.path) if cfg.tokenizer.path else L.tokenizer
         tok_after = () if cfg.tokenizer.path else ("tokenizer",)
-        stages += [s for s in training_stages(cfg, L, pretrain_inputs=[L.clean], finetune_inputs=[L.exercises],
+        stages += [s for s in training_stages(cfg, L, pretrain_inputs=[L.stage("decontaminate")], finetune_inputs=[L.stage("exercises")],
                                               device=device, after=("decontaminate", "exercises"))
                    if s.name in ("tokenizer", "pack-pretrain", "pretrain")]
         # The paper's base is a kept step (phi-1-base: step 24k of 36k) when the recipe keeps one.

@@ -10,13 +10,12 @@ import json
 from pathlib import Path
 
 from phi1.demo.doc import Doc
-from phi1.demo.pipeline import Layout
+from phi1.demo.layout import Layout
 from phi1.errors import Phi1Error
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text, read_jsonl
 
-FUNNEL = [("collect", "raw"), ("dedup", "dedup"), ("classify-score", "scored"), ("filter", "filtered"),
-          ("decontaminate", "clean"), ("mine-exercises", "exercises")]
+NOT_IN_FUNNEL = ("annotate", "classify")  # a labelled sample and a classifier: not a step of the corpus's funnel
 
 
 def _json(path: Path) -> dict | None:
@@ -67,27 +66,29 @@ def bytes_per_token(L: Layout) -> float | None:
 def funnel_rows(L: Layout) -> list[list]:
     bpt = bytes_per_token(L)
     rows = []
-    for stage, attr in FUNNEL:
-        m = _manifest(getattr(L, attr))
+    from phi1.demo.config import demo_kinds
+
+    for stage in (k for k in demo_kinds() if k not in NOT_IN_FUNNEL):
+        m = _manifest(L.stage(stage))
         if not m:
             continue
         dropped = m.get("dropped", {})
         drops = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "-"
         chars = m.get("text_chars", 0)
         toks = f"{chars / bpt / 1e6:.2f}M" if bpt and chars else "-"
-        read = m.get("kept", 0) + sum(dropped.values()) if stage != "mine-exercises" else "-"
+        read = m.get("kept", 0) + sum(dropped.values()) if stage != "exercises" else "-"
         rows.append([stage, read, m.get("kept", 0), drops, f"{chars / 1e6:.2f}", toks, m.get("tasks", "-")])
     return rows
 
 
 def score_histogram(L: Layout, fig_dir: Path) -> tuple[Path | None, list[dict], list[dict], float | None]:
-    recs = [r for r in _records(L.scored) if isinstance(r.get("meta", {}).get("edu_score"), (int, float))]
+    recs = [r for r in _records(L.stage("score")) if isinstance(r.get("meta", {}).get("edu_score"), (int, float))]
     if not recs:
         return None, [], [], None
     scores = [r["meta"]["edu_score"] for r in recs]
     kept_ids = set()
-    if _manifest(L.filtered):
-        kept_ids = {r.get("id") for r in _records(L.filtered)}
+    if _manifest(L.stage("filter")):
+        kept_ids = {r.get("id") for r in _records(L.stage("filter"))}
     cut = min((r["meta"]["edu_score"] for r in recs if r.get("id") in kept_ids), default=None)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -193,7 +194,7 @@ def inside_model(doc: Doc, L: Layout, fig_dir: Path, records: int = 40) -> None:
     from phi1.data.records import iter_records
     from phi1.inspect.quicklook import report_blocks
 
-    src = L.clean if _manifest(L.clean) else None
+    src = L.stage("decontaminate") if _manifest(L.stage("decontaminate")) else None
     texts = [r.get("text", "") for r in islice(iter_records(src, skip_bad_lines=True), records)] if src else []
     for kind, *args in report_blocks(L.model, texts, fig_dir):
         getattr(doc, kind)(*args)
@@ -245,7 +246,7 @@ def build_report(run_dir: str | Path) -> Path:
     doc.h("Educational value")
     if hist:
         doc.image(hist, "classifier scores of every deduplicated document; the dashed line is the filter's cut")
-        ann = _manifest(L.annotated) or {}
+        ann = _manifest(L.stage("annotate")) or {}
         labels = {k.rsplit("/", 1)[1]: v for k, v in ann.get("counts", {}).items()
                   if k.rsplit("/", 1)[1].startswith("label_")}
         if labels:
@@ -260,9 +261,9 @@ def build_report(run_dir: str | Path) -> Path:
         doc.p("No scored records.")
 
     doc.h("Decontamination")
-    dec = _manifest(L.clean)
+    dec = _manifest(L.stage("decontaminate"))
     hits = []
-    for r in _rejected(L.clean):
+    for r in _rejected(L.stage("decontaminate")):
         for h in (r.get("meta", {}).get("contamination") or [])[:1]:
             hits.append({"record": r.get("id"), **h})
     if hits:
@@ -270,7 +271,7 @@ def build_report(run_dir: str | Path) -> Path:
                   [[h.get("record"), h.get("task_id") or h.get("task"), h.get("method"),
                     _fmt(h.get("score"), 3)] for h in hits[:50]])
         if len(hits) > 50:
-            doc.p(f"... and {len(hits) - 50} more (see {L.clean / 'rejected'}).")
+            doc.p(f"... and {len(hits) - 50} more (see {L.stage('decontaminate') / 'rejected'}).")
     else:
         doc.p("No benchmark overlap found." if dec else "No decontamination report.")
 

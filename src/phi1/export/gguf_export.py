@@ -26,7 +26,7 @@ import numpy as np
 
 from phi1.errors import Phi1Error, require_package
 from phi1.utils.io import _umask
-from phi1.utils.safety import temp_prefix
+from phi1.utils.io import temp_prefix
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m")
 NEEDS_LLAMA_QUANTIZE = {"q4_k_m": "Q4_K_M"}  # type -> llama-quantize's name for it

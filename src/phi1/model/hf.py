@@ -30,7 +30,7 @@ from phi1.errors import Phi1Error
 from phi1.model.config import PhiConfig
 from phi1.model.phi import PhiForCausalLM
 from phi1.utils.io import read_json
-from phi1.utils.safety import temp_prefix
+from phi1.utils.io import temp_prefix
 
 TRANSFORMERS_VERSION_WRITTEN = "4.45.0"  # the oldest transformers whose Phi reads what we write
 

@@ -40,7 +40,7 @@ from phi1.llm.client import RETRY_STATUSES, LLMClient, LLMResult, _RetryableErro
 from phi1.synth.prompts import iter_prompts
 from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
-from phi1.utils.safety import temp_prefix
+from phi1.utils.io import temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class _Run:
     """One `run_batches` call: the manifest's batch entries, the API, and the counts."""
 
     def __init__(self, cfg, spec, client, api, sampling, out: Path, manifest: dict, done: dict):
-        from phi1.synth.job import side_paths
+        from phi1.synth.ledger import side_paths
 
         self.cfg, self.spec, self.client, self.api, self.sampling = cfg, spec, client, api, sampling
         self.out, self.manifest, self.done = out, manifest, done
@@ -206,7 +206,7 @@ class _Run:
         self.stopped: str | None = None
 
     def save(self) -> None:
-        from phi1.synth.job import _write_json
+        from phi1.synth.ledger import _write_json
 
         _write_json(self.manifest_path, self.manifest)
 
@@ -243,7 +243,7 @@ class _Run:
 
     def submit_pending(self) -> None:
         """Write the records in no ledger line and no open batch into request files; submit each."""
-        from phi1.synth.job import _pending
+        from phi1.synth.ledger import _pending
 
         owned = {i for e in self.entries if e["state"] in OPEN for i in _expand(e["indices"])}
         chunk: list[int] = []
@@ -359,7 +359,7 @@ class _Run:
     def ingest(self) -> OSError | None:
         """Append the answers of every ended batch to the ledger (skipping indices already there),
         the rest to the failures file; then mark the batches ingested. Returns a write error."""
-        from phi1.synth.job import settle
+        from phi1.synth.ledger import settle
 
         ended = [e for e in self.entries if e["state"] == "ended"]
         lines = {}  # index -> (entry, hash head, line or None)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from phi1.data.dedup import DEDUP_THRESHOLD
+from phi1.data.minhash import DEDUP_THRESHOLD
 from phi1.synth.spec import KINDS
 from phi1.utils.cliio import declare_io, needs_subcommand
 

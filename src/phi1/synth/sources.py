@@ -198,23 +198,3 @@ def _round(n: int, seed: int, r: int, tag: str) -> tuple[int, ...]:
 def dealt(n: int, seed: int, index: int, tag: str) -> int:
     """Item of record `index` when `n` items are dealt out in seeded rounds (see the module docstring)."""
     return _round(n, seed, index // n, tag)[index % n]
-
-
-def tree_of_records(metas: list[dict]) -> TopicTree | None:
-    """The topic tree of the spec the records were made from (`meta.spec`), when that spec has a
-    topics_file and neither it nor the tree changed since (its hash is still `meta.spec_sha256`)."""
-    from phi1.synth.spec import load_spec
-    from phi1.utils.config import read_yaml_mapping
-
-    pairs = dict.fromkeys((str(m["spec"]), m.get("spec_sha256")) for m in metas if m.get("spec"))
-    for spec_path, sha in pairs:
-        try:
-            if "topics_file" not in read_yaml_mapping(spec_path, "synth spec"):
-                continue  # (a seed_documents spec would read every document again)
-            spec = load_spec(spec_path, "textbooks")
-        except Phi1Error:
-            continue
-        src = spec.textbook_source
-        if src is not None and src.tree is not None and spec.sha256 == sha:
-            return src.tree
-    return None

@@ -240,3 +240,21 @@ def read_structured(answer: str, text_field: str) -> tuple[str, dict]:
         got = "missing" if text_field not in obj else f"{type(text).__name__} {text!r:.40}"
         raise ValueError(f"the JSON answer has no non-empty string {text_field!r} ({got}; keys {sorted(obj)[:8]})")
     return text, obj
+
+
+def tree_of_records(metas: list[dict]):
+    """The topic tree of the spec the records were made from (`meta.spec`), when that spec has a
+    topics_file and neither it nor the tree changed since (its hash is still `meta.spec_sha256`);
+    a `phi1.synth.sources.TopicTree`, or None."""
+    pairs = dict.fromkeys((str(m["spec"]), m.get("spec_sha256")) for m in metas if m.get("spec"))
+    for spec_path, sha in pairs:
+        try:
+            if "topics_file" not in read_yaml_mapping(spec_path, "synth spec"):
+                continue  # (a seed_documents spec would read every document again)
+            spec = load_spec(spec_path, "textbooks")
+        except Phi1Error:
+            continue
+        src = spec.textbook_source
+        if src is not None and src.tree is not None and spec.sha256 == sha:
+            return src.tree
+    return None

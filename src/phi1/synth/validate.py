@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phi1.data.dedup import DEDUP_THRESHOLD
+from phi1.data.minhash import DEDUP_THRESHOLD
 from phi1.errors import ConfigError, Phi1Error
 from phi1.synth.checks import check_exercise, check_story, check_textbook
 from phi1.synth.diversity import build_report, embedding_clusters, plot_report_png, topic_coverage
@@ -196,7 +196,8 @@ def _validate_locked(cfg: ValidateConfig) -> dict:
 
 def _diversity_extra(cfg: ValidateConfig, kept: list[dict]) -> dict:
     """Topic coverage (against the tree when it is known) and the embedding-cluster count of the kept records."""
-    from phi1.synth.sources import load_tree, tree_of_records
+    from phi1.synth.sources import load_tree
+    from phi1.synth.spec import tree_of_records
 
     metas = [r.get("meta") or {} for r in kept]
     tree = load_tree(cfg.topics_file) if cfg.topics_file else (tree_of_records(metas) if cfg.kind == "textbooks"
@@ -284,7 +285,7 @@ def _decontaminate(records: list[dict], reasons_of: dict[int, list[str]], cfg: V
 
 def _near_dedup(records: list[dict], reasons_of: dict[int, list[str]], threshold: float) -> tuple[int, int]:
     """Mark exact and near duplicates among the records still kept; return (checked, duplicates)."""
-    from phi1.data.steps import MinhashIndex
+    from phi1.data.minhash_steps import MinhashIndex
 
     index = MinhashIndex(threshold=threshold)
     checked = dups = 0

@@ -31,7 +31,8 @@ from phi1.model.hf import save_model_dir
 from phi1.model.family import build_model
 from phi1.train.distributed import World, barrier, broadcast_object, unwrap
 from phi1.utils.io import atomic_write_json, atomic_write_text
-from phi1.utils.safety import clean_stale_temps, temp_prefix
+from phi1.utils.io import temp_prefix
+from phi1.utils.safety import clean_stale_temps
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
 

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from phi1.errors import Phi1Error
-from phi1.utils.safety import temp_prefix
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix for `tempfile.mkstemp/mkdtemp(prefix=...)`: `.NAME.phi1-PID-` (add suffix='.tmp');
+    `phi1.utils.safety.clean_stale_temps` removes those whose writer died."""
+    return f".{name}.phi1-{os.getpid()}-"
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from phi1.errors import Phi1Error
+from phi1.utils.io import atomic_write_json
 
 MARKER = ".phi1-output.json"
 DIR_LOCK = ".phi1.lock"
@@ -144,8 +145,6 @@ def claim_output_dir(path: str | os.PathLike, owner: str, *, overwrite: bool = F
         raise Phi1Error(f"{flag} {p}: cannot create the directory: {describe_oserror(exc)}") from None
     marker = read_marker(p) or {}
     if marker.get("owner") != owner:
-        from phi1.utils.io import atomic_write_json
-
         atomic_write_json(p / MARKER, {"owner": owner, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()})
     return p
 
@@ -237,11 +236,6 @@ class OutputLock:
 
 # ---------------------------------------------------------------------------------------------
 # Temporary files that name their writer
-
-
-def temp_prefix(name: str) -> str:
-    """Prefix for `tempfile.mkstemp/mkdtemp(prefix=...)`: `.NAME.phi1-PID-` (add suffix='.tmp')."""
-    return f".{name}.phi1-{os.getpid()}-"
 
 
 def _pid_alive(pid: int) -> bool:

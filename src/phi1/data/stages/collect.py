@@ -1,11 +1,12 @@
-"""The collect stage as datatrove steps: sources (directories of code files, JSONL / .jsonl.gz,
-Parquet in The Stack's layout, saved `datasets`, the Hugging Face hub) to records, with the file checks."""
+"""The `collect` stage: sources (directories of code files, JSONL / .jsonl.gz, Parquet in The Stack's
+layout, saved `datasets`, the Hugging Face hub) to records, with the file checks of `phi1.data.collect`."""
 
 from __future__ import annotations
 
 import glob as _glob
 import json
 import os
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,12 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-from phi1.data.collect import read_source
-from phi1.data.engine import Block
+from phi1.data.collect import python_install_sources, read_source, text_skip_reason, walk_dir
+from phi1.data.engine import Block, block_counts
+from phi1.data.records import StageReport, finish_report
+from phi1.data.stages.base import Commit, DemoPlace, StageContext, StageKind, config_of, run_stage_file
 from phi1.errors import ConfigError, Phi1Error
+from phi1.utils.io import atomic_write_json
 
 
 # ---- collect: file checks -------------------------------------------------------------------------
@@ -32,8 +36,6 @@ class CollectChecks(BaseFilter):
         self.max_bytes = max_bytes
 
     def filter(self, doc: Document):
-        from phi1.data.collect import text_skip_reason
-
         problem = doc.metadata.pop("collect_problem", None)
         if problem:
             return False, problem
@@ -79,12 +81,12 @@ class CollectStage:
     Table rows take their text from `text_column` (default: 'content' when the table has it, else
     'text') and keep in `meta` only the columns listed in `meta_columns`; see `phi1.data.readers`."""
 
-    sources: list[str] = field(default_factory=list)
-    python_stdlib: bool = False
-    site_packages: bool = False
-    include: list[str] = field(default_factory=lambda: ["*.py"])
-    exclude: list[str] = field(default_factory=list)
-    max_bytes: int = 1_000_000
+    sources: list[str] = field(default_factory=list)  # directories (recursive), .jsonl(.gz), .parquet, globs of them, saved datasets, hf:NAME[:CONFIG]
+    python_stdlib: bool = False  # add the running Python's standard library
+    site_packages: bool = False  # add the running Python's installed packages (hundreds of MB of real code)
+    include: list[str] = field(default_factory=lambda: ["*.py"])  # filename globs of the code files to read
+    exclude: list[str] = field(default_factory=list)  # filename or relative-path globs to skip
+    max_bytes: int = 1_000_000  # skip larger files
     limit_bytes: int = 0  # > 0: only the first code files (sorted by path) up to this many source bytes
     text_column: str | None = None  # None: 'content' if a table has it, else 'text'
     meta_columns: list[str] = field(default_factory=list)  # table columns kept in meta (e.g. max_stars_repo_name)
@@ -117,8 +119,6 @@ class KeptCheck(PipelineStep):
         self.read_logs, self.sources = Path(read_logs), list(sources)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from phi1.data.engine import block_counts
-
         counts = block_counts(self.read_logs)
         checks = {k.rsplit("/", 1)[1]: v for k, v in counts.items()
                   if k.rsplit("/", 1)[0].endswith(CollectChecks.name)}  # datatrove prefixes the step type
@@ -146,9 +146,6 @@ def _plan(ctx, cfg: CollectStage, sources: list[str]) -> dict:
     """List every source once (code files in `work/files.jsonl`, table files in `work/tables-*.txt`) and
     check it: a resumed run reads the same files in the same tasks. Raises before any task starts."""
     from phi1.data import readers as rd
-    from phi1.data.collect import walk_dir
-
-    import sysconfig
 
     dirs = {os.path.abspath(s) for s in sources if os.path.isdir(s)}
     if cfg.python_stdlib:
@@ -207,16 +204,12 @@ def _plan(ctx, cfg: CollectStage, sources: list[str]) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     plan = {"sources": entries, "files": n_files}
-    from phi1.utils.io import atomic_write_json
-
     atomic_write_json(ctx.work / "sources.json", plan)
     return plan
 
 
-def build_collect(ctx, cfg: CollectStage) -> list[Block]:
-    from phi1.data.collect import python_install_sources
+def build_collect(ctx: StageContext, cfg: CollectStage) -> list[Block]:
     from phi1.data.readers import make_reader
-    from phi1.data.steps import Commit
 
     sources = [str(s) for s in cfg.sources]
     if cfg.python_stdlib or cfg.site_packages:
@@ -239,3 +232,38 @@ def build_collect(ctx, cfg: CollectStage) -> list[Block]:
     steps = [*readers, CollectChecks(cfg.max_bytes, ctx.rejected_writer()), ctx.writer()]
     return [Block("read", steps, tasks=ctx.tasks),
             Block("commit", [KeptCheck(ctx.dir / "logs" / "read", sources), Commit(ctx)], tasks=1)]
+
+
+def run_collect(sources: list[str] | None, output: str | os.PathLike, *, cfg: CollectStage | None = None,
+                workers: int = 0, skip_bad_lines: bool = False, rejected: str | None = None, quiet: bool = False,
+                overwrite: bool = False, **options) -> StageReport:
+    """Collect records from `sources` (and `cfg.sources`) into the JSONL file `output`, in `workers`
+    tasks. `options` are `CollectStage` fields (None keeps the default)."""
+    if sources is not None:
+        options["sources"] = sources
+    cfg = config_of(KIND, cfg, options)
+    all_sources = list(cfg.sources) + python_install_sources(cfg.python_stdlib, cfg.site_packages) \
+        if (cfg.python_stdlib or cfg.site_packages) else list(cfg.sources)
+    per_source: dict[str, int] = {}
+    text_bytes = [0]
+
+    def count(rec: dict) -> None:
+        src = str(rec["meta"].get("source", ""))
+        per_source[src] = per_source.get(src, 0) + 1
+        text_bytes[0] += len(rec["text"].encode("utf-8", "surrogatepass"))
+
+    report, _ = run_stage_file(KIND, cfg, None, output, rejected=rejected, skip_bad_lines=skip_bad_lines,
+                               quiet=quiet, overwrite=overwrite, workers=workers, inputs=all_sources,
+                               input_label=", ".join(all_sources), on_keep=count)
+    report.bytes_in = text_bytes[0]  # of the kept texts (sources are of any kind: their size means little)
+    report.details["sources"] = dict(sorted(per_source.items()))
+    if cfg.limit_bytes:
+        report.details["limit_bytes"] = cfg.limit_bytes
+    return finish_report(report, quiet)
+
+
+KIND = StageKind(
+    "collect", CollectStage, build_collect, run_collect,
+    help="gather source files / JSONL / Parquet / HF datasets into records",
+    positional="sources", inputs=("sources",),
+    demo=DemoPlace(None, "collect the corpus"))
