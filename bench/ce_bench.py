@@ -22,7 +22,7 @@ def one(impl: str, n: int, v: int, dtype: str, device: str, repeats: int) -> dic
     import torch
     import torch.nn.functional as F
 
-    from phi1.model.phi import chunked_cross_entropy
+    from phi1.model.losses import chunked_cross_entropy
 
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     g = torch.Generator().manual_seed(0)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phi1.model.phi import chunked_cross_entropy
+from phi1.model.losses import chunked_cross_entropy
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SIZES = [(8192, 4096), (4096, 1024)]  # (N tokens, V vocabulary): N*V where fp16's 2**-24 floor bites

@@ -17,8 +17,9 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from phi1.infer.decode import DecodeStep, kv_buckets  # noqa: E402
-from phi1.model.config import PhiConfig  # noqa: E402
-from phi1.model.phi import PhiForCausalLM, chunked_cross_entropy  # noqa: E402
+from phi1.model.phi.config import PhiConfig  # noqa: E402
+from phi1.model.losses import chunked_cross_entropy
+from phi1.model.phi.network import PhiForCausalLM  # noqa: E402
 
 CACHE = 1024  # slots: buckets 256, 512, 768, 1024
 

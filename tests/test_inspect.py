@@ -72,8 +72,9 @@ def test_attention_probs_equal_transformers_eager(tiny_model_dir, local):
 
 def _hand_built_model(tokenizer_dir):
     """Micro model whose layer-0 heads are set by hand: head 0 reads the previous token, head 1 itself."""
-    from phi1.model.config import PhiConfig
-    from phi1.model.phi import PhiForCausalLM, apply_partial_rotary
+    from phi1.model.phi.config import PhiConfig
+    from phi1.model.base import apply_partial_rotary
+    from phi1.model.phi.network import PhiForCausalLM
     from phi1.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)

@@ -108,6 +108,75 @@ def test_no_upward_imports():
     assert not bad, "upward imports (move the code to its role's package):\n" + "\n".join(bad)
 
 
+def import_graph(root: Path = SRC) -> dict[str, set[str]]:
+    """module -> the phi1 modules it imports (any depth, lazy imports included)."""
+    mods = {module_name(p): p for p in root.rglob("*.py")}
+    return {m: {t for t, _ in imports_of(p) if t in mods and t != m} for m, p in mods.items()}
+
+
+def circles(root: Path = SRC) -> list[list[str]]:
+    """The import circles inside a package: strongly connected components (Tarjan) of the graph of
+    imports between modules of one package, of two or more modules."""
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(v: str) -> None:  # iterative enough: the package graphs are small
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if package_of(w) != package_of(v):
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_inside_a_package():
+    found = circles()
+    assert not found, "import circles (move what both need into a lower module of the package):\n" + \
+        "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_a_circle_is_caught(tmp_path):
+    import shutil
+
+    root = tmp_path / "phi1"
+    shutil.copytree(SRC, root, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "data" / "zz_a.py").write_text("def f():\n    from phi1.data.zz_b import g\n")
+    (root / "data" / "zz_b.py").write_text("from phi1.data.zz_a import f\n")
+    found = _with_root(root, circles)
+    assert ["phi1.data.zz_a", "phi1.data.zz_b"] in found, found
+
+
+def graph_figures(root: Path = SRC) -> dict:
+    """Modules, layers, upward imports and circles: the figures docs/architecture.md states."""
+    graph = import_graph(root)
+    return {"modules": len(graph), "imports": sum(len(v) for v in graph.values()), "layers": len(LAYERS),
+            "upward": len(upward_imports(root)), "circles": len(circles(root))}
+
+
 def test_exceptions_are_still_needed():
     found = {(module_name(p), t) for p in SRC.rglob("*.py") for t, _ in imports_of(p)}
     stale = sorted(set(EXCEPTIONS) - found)

@@ -78,7 +78,8 @@ def test_codegen_layout_gives_transformers_ids(codegen_dir, stdlib_slice):
 
 
 def test_preset_vocab_wins_over_padding(codegen_dir, tokenizer_dir, tmp_path):
-    from phi1.model.config import PRESETS, preset_vocab_size
+    from phi1.model.family import preset_vocab_size
+    from phi1.model.phi.config import PRESETS
     from phi1.train.setup import initial_model_config, load_tokenizer_for
 
     tok = load_tokenizer(codegen_dir)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from phi1.model.hf import load_model_dir, save_model_dir
-from phi1.model.phi3 import Phi3ForCausalLM
-from phi1.model.phi3_config import Phi3Config
+from phi1.model.phi3.network import Phi3ForCausalLM
+from phi1.model.phi3.config import Phi3Config
 
 transformers = pytest.importorskip("transformers")
 

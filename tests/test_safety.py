@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from phi1.errors import Phi1Error
-from phi1.utils.io import atomic_write_text
+from phi1.utils.io import atomic_write_text, temp_prefix
 from phi1.utils.safety import (
     MARKER,
     OutputLock,
@@ -22,7 +22,6 @@ from phi1.utils.safety import (
     refuse_overlap,
     remove_own_files,
     same_file,
-    temp_prefix,
 )
 
 

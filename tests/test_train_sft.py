@@ -57,7 +57,7 @@ def test_mask_covers_assistant_content_and_end_marker_only(tok):
 def test_prompt_tokens_contribute_zero_gradient(tok, tmp_path):
     from phi1.data.chat import ChatSampler
     from phi1.model.family import config_from_preset
-    from phi1.model.phi3 import Phi3ForCausalLM
+    from phi1.model.phi3.network import Phi3ForCausalLM
 
     data = write_jsonl(tmp_path / "chat.jsonl", conversations(30))
     s = ChatSampler([str(data)], tok, ChatTemplate(PHI3_TEMPLATE, eos_token=tok.eos_token), 48, seed=1)

@@ -132,7 +132,7 @@ def split_story(text: str) -> tuple[str, str] | None:
 
 def grid(scale: ScaleSection, vocab: int, seq_len: int) -> list[dict]:
     """The models of a scale: every (width, depth) whose parameter count is in [min, max]."""
-    from phi1.model.config import PhiConfig
+    from phi1.model.phi.config import PhiConfig
 
     out = []
     for d in scale.depths:
@@ -264,7 +264,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, scale: str = "toy", devi
     out = Path(out)
     with own_run_dir(out, OWNER):
         tok, shards, beginnings = prepare_data(cfg, sc, out, log)
-        from phi1.model.config import preset_vocab_size
+        from phi1.model.family import preset_vocab_size
         from phi1.tokenizer import load_tokenizer
 
         seq_len = int((training_recipe(cfg, sc).get("data") or {}).get("seq_len", 2048))

@@ -1,9 +1,9 @@
 """`phi1 export gguf`: a model directory as one GGUF file for llama.cpp, Ollama and LM Studio.
 
-The file is written with the `gguf` package. phi models map to llama.cpp's `phi2` architecture
-(parallel attention + MLP from one LayerNorm, fused `attn_qkv`, NEOX-style partial rotary), phi-3
-models to `phi3` (RMSNorm, fused qkv and gate/up, LongRoPE factors as `rope_factors_*`). Tensor
-names and shapes are those llama.cpp's loader asks for (src/llama-model.cpp, LLM_ARCH_PHI2/PHI3).
+The file is written with the `gguf` package. Each model family's GGUF mapping is its own
+(`phi1.model.<family>.gguf`: the llama.cpp architecture, what it refuses, tensor names, its
+hyper-parameters): phi models map to llama.cpp's `phi2` architecture, phi-3 models to `phi3`.
+Tensor names and shapes are those llama.cpp's loader asks for (src/llama-model.cpp).
 
 Types: f32, f16, bf16, q8_0 and q4_0 are quantized here by `gguf.quants`; q4_k_m, which that
 package cannot quantize, goes through llama.cpp's own quantizer (`llama-quantize` on PATH, else
@@ -71,47 +71,11 @@ def check_type(qtype: str) -> str | None:
     return route
 
 
-# ---------------------------------------------------------------- architectures
+# ---------------------------------------------------------------- hyper-parameters
 
 
-def check_arch(cfg, family: str) -> None:
-    """Refuse what llama.cpp's phi2 / phi3 graphs do not compute."""
-    if family == "phi" and cfg.qk_layernorm:
-        raise Phi1Error("config.json: qk_layernorm=true; llama.cpp's phi2 architecture has no q/k layernorm, so "
-                        "this model cannot be exported to GGUF")
-
-
-def _phi_tensors(sd: dict, cfg) -> tuple[str, dict[str, np.ndarray], list[str]]:
-    notes = []
-    if cfg.hidden_act == "gelu":
-        notes.append("hidden_act is exact GELU; llama.cpp's phi2 uses the tanh approximation (small logit differences)")
-    t = {"token_embd.weight": sd["embed.weight"],
-         "output_norm.weight": sd["final_ln.weight"], "output_norm.bias": sd["final_ln.bias"],
-         "output.weight": sd["lm_head.weight"], "output.bias": sd["lm_head.bias"]}
-    names = {"ln": "attn_norm", "attn.qkv": "attn_qkv", "attn.dense": "attn_output",
-             "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
-    for i in range(cfg.num_hidden_layers):
-        for ours, theirs in names.items():
-            for p in ("weight", "bias"):
-                t[f"blk.{i}.{theirs}.{p}"] = sd[f"layers.{i}.{ours}.{p}"]
-    return "phi2", t, notes
-
-
-def _phi3_tensors(sd: dict, cfg) -> tuple[str, dict[str, np.ndarray], list[str]]:
-    t = {"token_embd.weight": sd["embed.weight"], "output_norm.weight": sd["final_norm.weight"],
-         "output.weight": sd["lm_head.weight"]}
-    names = {"input_norm": "attn_norm", "attn.qkv_proj": "attn_qkv", "attn.o_proj": "attn_output",
-             "post_attn_norm": "ffn_norm", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for i in range(cfg.num_hidden_layers):
-        for ours, theirs in names.items():
-            t[f"blk.{i}.{theirs}.weight"] = sd[f"layers.{i}.{ours}.weight"]
-    if getattr(cfg, "longrope", False):
-        for kind in ("long", "short"):
-            t[f"rope_factors_{kind}.weight"] = np.asarray(cfg.rope_scaling[f"{kind}_factor"], dtype=np.float32)
-    return "phi3", t, []
-
-
-def _hparams(w, arch: str, cfg) -> None:
+def _hparams(w, gg, cfg) -> None:
+    """The keys every architecture has, then the family's own (`gg`: its GGUF mapping module)."""
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_feed_forward_length(cfg.intermediate_size)
@@ -120,15 +84,7 @@ def _hparams(w, arch: str, cfg) -> None:
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_dimension_count(cfg.rotary_dim)
     w.add_rope_freq_base(float(cfg.rope_theta))
-    if arch == "phi2":
-        w.add_layer_norm_eps(float(cfg.layer_norm_eps))
-        return
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
-    if getattr(cfg, "longrope", False):
-        w.add_rope_scaling_attn_factors(float(cfg.rope_attention_factor))
-    if cfg.sliding_window:
-        w.add_sliding_window(cfg.sliding_window)
+    gg.hparams(w, cfg)
 
 
 def _tokenizer(w, vocab) -> None:
@@ -181,15 +137,15 @@ FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_
               "q4_0": "MOSTLY_Q4_0", "q4_k_m": "ALL_F32"}
 
 
-def _write(path: Path, arch: str, cfg, tensors: dict, vocab, qtype: str, name: str) -> int:
+def _write(path: Path, gg, cfg, tensors: dict, vocab, qtype: str, name: str) -> int:
     gguf = require_gguf()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs each file it opens at INFO
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), gg.ARCH)
     w.add_name(name)
     w.add_string(OWNER_KEY, "phi1 export gguf")  # so a later export knows this file is its own to replace
     w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[qtype])))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _hparams(w, arch, cfg)
+    _hparams(w, gg, cfg)
     _tokenizer(w, vocab)
     Q = gguf.GGMLQuantizationType
     for tname, arr in tensors.items():
@@ -252,19 +208,17 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
         raise Phi1Error(f"--out {out}: exists and was not written by `phi1 export gguf`; choose another path, "
                         "or pass --overwrite to replace it")
     cfg = read_config(model_dir)  # the architecture and the tokenizer are checked before any weight is read
-    family = family_of(cfg)
-    if family not in ("phi", "phi3"):
-        raise Phi1Error(f"{model_dir}: model family {family!r} has no GGUF mapping; supported: phi (llama.cpp "
-                        "phi2), phi3 (llama.cpp phi3)")
-    to_tensors = _phi3_tensors if family == "phi3" else _phi_tensors
-    check_arch(cfg, family)
+    gg = family_of(cfg).gguf()
+    if gg is None:
+        raise Phi1Error(f"{model_dir}: model family {family_of(cfg).name!r} has no GGUF mapping")
+    gg.check(cfg)
     tok = load_tokenizer(model_dir)
     vocab = vocab_from_tokenizer(tok, cfg.vocab_size, model_dir)
     model = load_model_dir(model_dir, dtype=torch.float32)
     with torch.no_grad():
         sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     del model
-    arch, tensors, notes = to_tensors(sd, cfg)
+    tensors, notes = gg.tensors(sd, cfg)
     if vocab.chat_template is None:
         notes.append("no chat template (a base model): tokenizer.chat_template not written")
 
@@ -273,7 +227,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
     tmp = Path(tmp_name)
     stage = tmp.with_name(tmp.name + ".f32") if route else None
     try:
-        n = _write(stage or tmp, arch, cfg, tensors, vocab, qtype, model_dir.name)
+        n = _write(stage or tmp, gg, cfg, tensors, vocab, qtype, model_dir.name)
         if route:
             _llama_quantize(route, stage, tmp, qtype)
         with open(tmp, "rb") as fh:  # mkstemp makes 0600; give the usual mode, and make it durable first
@@ -284,6 +238,6 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
         for p in (tmp, stage):
             if p is not None and p.exists():
                 p.unlink()
-    return ExportResult(path=out, type=qtype, arch=arch, size_bytes=out.stat().st_size, n_tensors=n,
+    return ExportResult(path=out, type=qtype, arch=gg.ARCH, size_bytes=out.stat().st_size, n_tensors=n,
                         quantizer="gguf" if not route else ("llama_cpp" if route == "llama_cpp" else "llama-quantize"),
                         notes=notes)

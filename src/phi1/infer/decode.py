@@ -15,7 +15,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from phi1.model.phi import KVCache
+from phi1.model.base import KVCache
 
 
 def weight_bytes(model) -> int:

@@ -6,19 +6,18 @@ hook on the MLP's first linear applies the MLP's activation to its output. Both 
 a `Capture` is open, and a `Capture` stops the forward pass as soon as the layers it needs have
 been seen, so inspecting layer 0 of a deep model costs one block.
 
-An architecture plugs in by registering an `Adapter` (`register_adapter(ModelClass, adapter)`)
-that says where its blocks, attention modules and MLP activations are; only phi's is here.
+Each model family says where its blocks, attention modules and MLP activations are in its `probes`
+module (`phi1.model.<family>.probes`, from the family's record); another network plugs in by
+registering an `Adapter` (`register_adapter(ModelClass, adapter)`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from phi1.errors import ConfigError, Phi1Error
 
@@ -46,72 +45,31 @@ class Adapter:
 
 
 _ADAPTERS: list[tuple[type, Adapter]] = []
+_FIELDS = ("attention_probs", "mlp_pre", "mlp_act")  # what a family's probes module defines
+_DEFAULTS = {"layers": lambda m: list(m.layers), "attention": lambda blk: blk.attn,  # unless it defines them
+             "n_heads": lambda m: m.config.num_attention_heads, "n_neurons": lambda m: m.config.intermediate_size}
 
 
 def register_adapter(model_class: type, adapter: Adapter) -> None:
+    """An adapter for a network that is no model family's (a family brings its own: its `probes`)."""
     _ADAPTERS.append((model_class, adapter))
 
 
 def adapter_for(model: nn.Module) -> Adapter:
+    """The registered adapter of the model's class, else its model family's probes
+    (`phi1.model.<family>.probes`, found through the family record)."""
     for cls, adapter in _ADAPTERS:
         if isinstance(model, cls):
             return adapter
-    raise Phi1Error(f"inspection does not know the architecture {type(model).__name__}; "
-                    "register an Adapter for it in phi1.inspect.hooks")
+    from phi1.model.family import families
 
-
-# ---- phi -----------------------------------------------------------------------------
-
-
-def phi_attention_probs(attn: nn.Module, args: tuple) -> torch.Tensor:
-    """softmax(QK^T/sqrt(D)) of phi's `Attention` for a plain causal call (x, cos, sin, mask=None)."""
-    from phi1.model.phi import apply_partial_rotary
-
-    x, cos, sin = args[0], args[1], args[2]
-    mask = args[3] if len(args) > 3 else None
-    if mask is not None or (len(args) > 4 and args[4] is not None):
-        raise Phi1Error("attention inspection needs a plain causal forward (no KV cache, no mask)")
-    B, T, _ = x.shape
-    H, Hkv, D = attn.n_head, attn.n_kv, attn.head_dim
-    w, b = attn.qkv.weight.float(), attn.qkv.bias.float()
-    q = F.linear(x.float(), w[: H * D], b[: H * D]).view(B, T, H, D).transpose(1, 2)              # (B, H, T, D)
-    k = F.linear(x.float(), w[H * D:(H + Hkv) * D], b[H * D:(H + Hkv) * D]).view(B, T, Hkv, D).transpose(1, 2)
-    if attn.qk_layernorm:
-        q, k = _float_ln(attn.q_layernorm, q), _float_ln(attn.k_layernorm, k)
-    q = apply_partial_rotary(q, cos.float(), sin.float())
-    k = apply_partial_rotary(k, cos.float(), sin.float())
-    if Hkv != H:
-        k = k.repeat_interleave(H // Hkv, dim=1)  # query head h reads kv head h // (H / Hkv), as SDPA's GQA
-    scores = q @ k.transpose(-1, -2) / math.sqrt(D)                                               # (B, H, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-
-
-def _float_ln(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    # F.layer_norm on float copies: calling .float() on the module would change the model's dtype.
-    return F.layer_norm(x, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
-
-
-def _phi_act(block: nn.Module, pre: torch.Tensor) -> torch.Tensor:
-    return F.gelu(pre.float(), approximate=block.mlp.approximate)
-
-
-def _register_phi() -> None:
-    from phi1.model.phi import PhiForCausalLM
-
-    register_adapter(PhiForCausalLM, Adapter(
-        name="phi",
-        layers=lambda m: list(m.layers),
-        attention=lambda blk: blk.attn,
-        attention_probs=phi_attention_probs,
-        mlp_pre=lambda blk: blk.mlp.fc1,
-        mlp_act=_phi_act,
-        n_heads=lambda m: m.config.num_attention_heads,
-        n_neurons=lambda m: m.config.intermediate_size,
-    ))
-
-
-_register_phi()
+    for family in families().values():
+        if isinstance(model, family.network()) and family.probes() is not None:
+            probes = family.probes()
+            return Adapter(name=family.name, **{f: getattr(probes, f) for f in _FIELDS},
+                           **{f: getattr(probes, f, d) for f, d in _DEFAULTS.items()})
+    raise Phi1Error(f"inspection does not know the architecture {type(model).__name__}; it reads phi1's model "
+                    "families (" + ", ".join(families()) + "); register an Adapter for others (phi1.inspect.hooks)")
 
 
 # ---- capture -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The phi model, its presets and Hugging Face-format model directories."""
+"""The model families (`phi1.model.family`: phi, phi3), their networks and Hugging Face-format model
+directories."""
 
-from phi1.model.config import PRESETS, PhiConfig
+from phi1.model.phi.config import PRESETS, PhiConfig
 
 __all__ = ["PRESETS", "PhiConfig", "PhiForCausalLM", "load_for_inference"]
 
@@ -36,7 +37,7 @@ def load_for_inference(model_dir, device: str = "auto", dtype: str = "auto", qua
 def __getattr__(name):
     # torch is imported only when the network is needed, so `phi1 --help` stays fast.
     if name == "PhiForCausalLM":
-        from phi1.model.phi import PhiForCausalLM
+        from phi1.model.phi.network import PhiForCausalLM
 
         return PhiForCausalLM
     raise AttributeError(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.model.config import PhiConfig
+from phi1.model.phi.config import PhiConfig
 from phi1.model.family import build_model, config_from_preset, family_of, preset_vocab_size
 from phi1.model.hf import check_weights, read_config, save_model_dir
 from phi1.tokenizer import load_tokenizer, resolve_tokenizer
@@ -64,10 +64,10 @@ def model_info(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir)
     cfg = read_config(path)
     check_weights(path)  # header and size only: a truncated model.safetensors fails here
-    from phi1.model.family import ALL_PRESETS
+    from phi1.model.family import all_presets
 
     preset = None
-    for name in ALL_PRESETS:
+    for name in all_presets():
         probe = config_from_preset(name)
         if family_of(probe) == family_of(cfg) and all(getattr(cfg, k) == getattr(probe, k) for k in
                ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -83,7 +83,7 @@ def model_info(model_dir: str | os.PathLike) -> dict:
         tok_info = {"error": str(exc)}
     return {
         "path": str(path),
-        "family": family_of(cfg),
+        "family": family_of(cfg).name,
         "preset": preset,
         "layers": cfg.num_hidden_layers,
         "hidden_size": cfg.hidden_size,

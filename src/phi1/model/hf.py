@@ -1,17 +1,11 @@
-"""Hugging Face-format model directories: save ours, load theirs (and the legacy phi layouts).
+"""Hugging Face-format model directories of every family: save ours, load theirs.
 
-Saved directories hold config.json (model_type `phi`, architectures
-`PhiForCausalLM`), model.safetensors, generation_config.json and the tokenizer
-files, so `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads them
-with no custom code. Loading accepts:
-
-- transformers' `PhiForCausalLM` layout (microsoft/phi-1, phi-1_5, phi-2), from
-  one or sharded safetensors files (with an index) or `.bin` files;
-- the first phi-1 release's `mixformer-sequential` layout
-  (`layers.0.wte`, `layers.N.mixer.Wqkv`, ..., final `layers.L+1.ln/linear`);
-- the `phi-msft` layout (`transformer.embd.wte`, `transformer.h.N.*`, `lm_head.ln/linear`);
-- transformers' `Phi3ForCausalLM` (model_type `phi3`; names and config.json in `phi1.model.hf3`),
-  which phi-3 models are also saved as.
+Saved directories hold config.json (the family's model_type and architectures), model.safetensors
+(or transformers' shards with an index), generation_config.json and the tokenizer files, so
+`transformers.AutoModelForCausalLM.from_pretrained(dir)` loads them with no custom code. What a
+family's files are (config.json fields, tensor names, legacy layouts) is its HF adapter
+(`phi1.model.<family>.hf`, found through `phi1.model.family`); this module reads and writes
+the files, one or sharded safetensors (with an index) or `.bin`, for any family.
 """
 
 from __future__ import annotations
@@ -27,272 +21,7 @@ from typing import Any
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.model.config import PhiConfig
-from phi1.model.phi import PhiForCausalLM
-from phi1.utils.io import read_json
-from phi1.utils.io import temp_prefix
-
-TRANSFORMERS_VERSION_WRITTEN = "4.45.0"  # the oldest transformers whose Phi reads what we write
-
-# ---------------------------------------------------------------- config.json
-
-
-def config_to_hf(cfg: PhiConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """config.json for PhiForCausalLM, readable by transformers 4.x and 5.x.
-
-    4.x reads rope_theta/partial_rotary_factor at the top level, 5.x reads the
-    nested rope_parameters; both forms are written.
-    """
-    dtype_name = str(dtype).removeprefix("torch.")
-    return {
-        "architectures": ["PhiForCausalLM"],
-        "model_type": "phi",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "hidden_act": cfg.hidden_act,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "resid_pdrop": cfg.resid_pdrop,
-        "embd_pdrop": cfg.embd_pdrop,
-        "attention_dropout": cfg.attention_dropout,
-        "qk_layernorm": cfg.qk_layernorm,
-        "initializer_range": cfg.initializer_range,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "rope_theta": cfg.rope_theta,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta,
-                            "partial_rotary_factor": cfg.partial_rotary_factor},
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
-        "use_cache": True,
-        "dtype": dtype_name,
-        "torch_dtype": dtype_name,
-        "transformers_version": TRANSFORMERS_VERSION_WRITTEN,
-    }
-
-
-def _num(d: dict, *names: str, default=None):
-    for n in names:
-        if n in d and d[n] is not None:
-            return d[n]
-    return default
-
-
-def config_from_hf(d: dict[str, Any], source: str = "config.json") -> PhiConfig:
-    """Read a PhiConfig from any of the phi config.json dialects."""
-    mt = d.get("model_type")
-    try:
-        if mt == "phi3":
-            from phi1.model.hf3 import config_from_hf3
-
-            return config_from_hf3(d)
-        if mt == "phi":
-            rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-            if not isinstance(rope, dict):
-                rope = {}
-            heads = d["num_attention_heads"]
-            return PhiConfig(
-                vocab_size=d["vocab_size"],
-                hidden_size=d["hidden_size"],
-                intermediate_size=d["intermediate_size"],
-                num_hidden_layers=d["num_hidden_layers"],
-                num_attention_heads=heads,
-                num_key_value_heads=_num(d, "num_key_value_heads", default=heads),
-                max_position_embeddings=_num(d, "max_position_embeddings", default=2048),
-                partial_rotary_factor=float(_num(rope, "partial_rotary_factor",
-                                                 default=_num(d, "partial_rotary_factor", default=0.5))),
-                rope_theta=float(_num(rope, "rope_theta", default=_num(d, "rope_theta", default=10000.0))),
-                layer_norm_eps=_num(d, "layer_norm_eps", default=1e-5),
-                hidden_act=_num(d, "hidden_act", default="gelu_new"),
-                resid_pdrop=_num(d, "resid_pdrop", default=0.0),
-                embd_pdrop=_num(d, "embd_pdrop", default=0.0),
-                attention_dropout=_num(d, "attention_dropout", default=0.0),
-                qk_layernorm=bool(d.get("qk_layernorm", False)),
-                initializer_range=_num(d, "initializer_range", default=0.02),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                bos_token_id=d.get("bos_token_id"),
-                eos_token_id=_first(d.get("eos_token_id")),
-                pad_token_id=d.get("pad_token_id"),
-            )
-        if mt in ("mixformer-sequential", "phi-msft"):
-            n_embd, n_head = d["n_embd"], d["n_head"]
-            return PhiConfig(
-                vocab_size=d["vocab_size"],
-                hidden_size=n_embd,
-                intermediate_size=_num(d, "n_inner", default=4 * n_embd),
-                num_hidden_layers=d["n_layer"],
-                num_attention_heads=n_head,
-                num_key_value_heads=_num(d, "n_head_kv", default=n_head),
-                max_position_embeddings=_num(d, "n_positions", default=2048),
-                partial_rotary_factor=_num(d, "rotary_dim", default=32) / (n_embd // n_head),
-                rope_theta=float(_num(d, "rotary_base", "rope_theta", default=10000.0)),
-                layer_norm_eps=_num(d, "layer_norm_epsilon", default=1e-5),
-                hidden_act=_num(d, "activation_function", default="gelu_new"),
-                resid_pdrop=_num(d, "resid_pdrop", default=0.0),
-                embd_pdrop=_num(d, "embd_pdrop", default=0.0),
-                attention_dropout=_num(d, "attn_pdrop", default=0.0),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                bos_token_id=d.get("bos_token_id"),
-                eos_token_id=_first(d.get("eos_token_id")),
-            )
-    except KeyError as exc:
-        raise Phi1Error(f"{source}: missing required field {exc.args[0]!r} for model_type {mt!r}") from None
-    except Phi1Error as exc:
-        raise Phi1Error(f"{source}: {exc}") from None
-    raise Phi1Error(
-        f"{source}: model_type {mt!r} is not a phi model; expected 'phi', 'phi3', 'phi-msft' or 'mixformer-sequential'"
-    )
-
-
-def _first(v):
-    return v[0] if isinstance(v, list) and v else v
-
-
-# ---------------------------------------------------------------- key layouts
-
-_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_HF_LAYER_MAP = {
-    "input_layernorm": "ln",
-    "self_attn.dense": "attn.dense",
-    "self_attn.q_layernorm": "attn.q_layernorm",
-    "self_attn.k_layernorm": "attn.k_layernorm",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-
-
-def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: PhiConfig) -> dict[str, torch.Tensor]:
-    """Our keys -> transformers PhiForCausalLM keys (the fused qkv split into q, k, v)."""
-    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    out: dict[str, torch.Tensor] = {}
-    inv = {v: k for k, v in _HF_LAYER_MAP.items()}
-    for key, t in sd.items():
-        if key == "embed.weight":
-            out["model.embed_tokens.weight"] = t
-        elif key.startswith("final_ln."):
-            out["model.final_layernorm." + key.split(".", 1)[1]] = t
-        elif key.startswith("lm_head."):
-            out[key] = t
-        elif key.startswith("layers."):
-            _, i, rest = key.split(".", 2)
-            mod, param = rest.rsplit(".", 1)
-            if mod == "attn.qkv":
-                q, k, v = t.split([H * D, Hkv * D, Hkv * D], dim=0)
-                for name, part in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
-                    out[f"model.layers.{i}.self_attn.{name}.{param}"] = part.contiguous()
-            else:
-                out[f"model.layers.{i}.{inv[mod]}.{param}"] = t
-        else:
-            raise KeyError(key)
-    return out
-
-
-def _from_hf_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, t in sd.items():
-        if key == "model.embed_tokens.weight":
-            out["embed.weight"] = t
-        elif key.startswith("model.final_layernorm."):
-            out["final_ln." + key.rsplit(".", 1)[1]] = t
-        elif key.startswith("lm_head."):
-            out[key] = t
-        elif m := _HF_LAYER.match(key):
-            i, rest = m.groups()
-            mod, param = rest.rsplit(".", 1)
-            if mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                qkv.setdefault((i, param), {})[mod[-6]] = t
-            elif mod in _HF_LAYER_MAP:
-                out[f"layers.{i}.{_HF_LAYER_MAP[mod]}.{param}"] = t
-            else:
-                out["<unexpected>" + key] = t
-        elif "rotary_emb" in key:
-            continue  # buffers some versions saved
-        else:
-            out["<unexpected>" + key] = t
-    for (i, param), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise Phi1Error(f"layer {i}: q/k/v projections incomplete ({sorted(parts)} present)")
-        out[f"layers.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out
-
-
-_LEGACY_SUB = {"ln": "ln", "mixer.Wqkv": "attn.qkv", "mixer.out_proj": "attn.dense",
-               "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-
-
-def _from_msft_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, t in sd.items():
-        if key == "transformer.embd.wte.weight":
-            out["embed.weight"] = t
-        elif key.startswith("lm_head.ln."):
-            out["final_ln." + key.rsplit(".", 1)[1]] = t
-        elif key.startswith("lm_head.linear."):
-            out["lm_head." + key.rsplit(".", 1)[1]] = t
-        elif m := re.match(r"^transformer\.h\.(\d+)\.(.+)\.(weight|bias)$", key):
-            i, mod, param = m.groups()
-            out[f"layers.{i}.{_LEGACY_SUB.get(mod, '<unexpected>' + mod)}.{param}"] = t
-        elif "rotary_emb" in key or key.endswith("inv_freq"):
-            continue
-        else:
-            out["<unexpected>" + key] = t
-    return out
-
-
-def _from_mixformer_layout(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, t in sd.items():
-        m = re.match(r"^layers\.(\d+)\.(.+)\.(weight|bias)$", key)
-        if not m:
-            if "rotary_emb" in key or key.endswith("inv_freq"):
-                continue
-            out["<unexpected>" + key] = t
-            continue
-        idx, mod, param = int(m.group(1)), m.group(2), m.group(3)
-        if idx == 0 and mod == "wte":
-            out["embed.weight"] = t
-        elif idx == n_layers + 1 and mod in ("ln", "linear"):
-            out[("final_ln." if mod == "ln" else "lm_head.") + param] = t
-        elif 1 <= idx <= n_layers:
-            out[f"layers.{idx - 1}.{_LEGACY_SUB.get(mod, '<unexpected>' + mod)}.{param}"] = t
-        else:
-            out["<unexpected>" + key] = t
-    return out
-
-
-def detect_layout(keys) -> str:
-    keys = list(keys)
-    if any(k.startswith("model.layers.") or k == "model.embed_tokens.weight" for k in keys):
-        return "hf"
-    if any(k.startswith("transformer.h.") or k.startswith("transformer.embd.") for k in keys):
-        return "phi-msft"
-    if any(re.match(r"^layers\.\d+\.(mixer|wte)", k) for k in keys):
-        return "mixformer-sequential"
-    if any(k.startswith("layers.") and ".attn.qkv." in k for k in keys):
-        return "phi1"
-    return "unknown"
-
-
-def convert_state_dict(sd: dict[str, torch.Tensor], cfg: PhiConfig, source: str = "weights") -> dict[str, torch.Tensor]:
-    """Any supported layout -> our keys."""
-    layout = detect_layout(sd.keys())
-    if layout == "hf":
-        return _from_hf_layout(sd)
-    if layout == "phi-msft":
-        return _from_msft_layout(sd)
-    if layout == "mixformer-sequential":
-        return _from_mixformer_layout(sd, cfg.num_hidden_layers)
-    if layout == "phi1":
-        return dict(sd)
-    sample = ", ".join(list(sd)[:5])
-    raise Phi1Error(f"{source}: unrecognised weight layout (first keys: {sample})")
-
+from phi1.utils.io import read_json, temp_prefix
 
 # ---------------------------------------------------------------- files
 
@@ -393,7 +122,20 @@ def check_weights(path: str | os.PathLike) -> None:
                         "model.safetensors.index.json, or pytorch_model.bin)")
 
 
-def read_config(path: str | os.PathLike) -> PhiConfig:
+def config_from_hf(d: dict[str, Any], source: str = "config.json"):
+    """The config of any family from its config.json (the family that reads its model_type)."""
+    from phi1.model.family import for_model_type
+
+    family = for_model_type(d.get("model_type"), source)
+    try:
+        return family.hf().config_from_hf(d)
+    except KeyError as exc:
+        raise Phi1Error(f"{source}: missing required field {exc.args[0]!r} for model_type {d.get('model_type')!r}") from None
+    except Phi1Error as exc:
+        raise Phi1Error(f"{source}: {exc}") from None
+
+
+def read_config(path: str | os.PathLike):
     path = Path(path)
     if not path.is_dir():
         raise Phi1Error(f"{path}: model directory not found")
@@ -404,23 +146,19 @@ def read_config(path: str | os.PathLike) -> PhiConfig:
 
 
 def load_model_dir(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = torch.float32,
-                   **config_overrides) -> PhiForCausalLM:
-    """Load a model directory in any supported layout (either family); shapes are checked against config.json."""
-    from phi1.model.family import family_of, model_class
+                   **config_overrides):
+    """Load a model directory of any family, in any layout its adapter reads; shapes are checked
+    against config.json."""
+    from phi1.model.family import family_of
 
     path = Path(path)
     cfg = read_config(path)
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
-    raw = _read_weights(path)
-    if family_of(cfg) == "phi3":
-        from phi1.model.hf3 import from_hf3_state_dict
-
-        sd = from_hf3_state_dict(raw)
-    else:
-        sd = convert_state_dict(raw, cfg, source=str(path))
+    family = family_of(cfg)
+    sd = family.hf().from_hf_state_dict(_read_weights(path), cfg, str(path))
     with torch.device("meta"):
-        model = model_class(cfg)(cfg)
+        model = family.network()(cfg)
     expected = model.state_dict()
     if cfg.tie_word_embeddings and "lm_head.weight" not in sd and "embed.weight" in sd:
         sd["lm_head.weight"] = sd["embed.weight"]
@@ -483,7 +221,7 @@ def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch
     return pieces
 
 
-def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=None,
+def save_model_dir(model, out_dir: str | os.PathLike, tokenizer=None,
                    dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write an HF-format model directory without ever deleting a file phi1 did not write.
 
@@ -511,13 +249,10 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    phi3 = getattr(cfg, "family", "phi") == "phi3"
-    if phi3:
-        from phi1.model.hf3 import config_to_hf3, to_hf3_state_dict
+    from phi1.model.family import family_of
 
-        hf_sd = to_hf3_state_dict(sd)
-    else:
-        hf_sd = to_hf_state_dict(sd, cfg)
+    adapter = family_of(cfg).hf()
+    hf_sd = adapter.to_hf_state_dict(sd, cfg)
     dtype = dtype or next(model.parameters()).dtype
     hf_sd = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in hf_sd.items()}
     if max_shard_bytes < 1:
@@ -550,12 +285,12 @@ def save_model_dir(model: PhiForCausalLM, out_dir: str | os.PathLike, tokenizer=
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in hf_sd.values())},
                      "weight_map": {k: name for name, piece in zip(names, pieces) for k in piece}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        hf_cfg = config_to_hf3(cfg, dtype) if phi3 else config_to_hf(cfg, dtype)
+        hf_cfg = adapter.config_to_hf(cfg, dtype)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         eos = cfg.eos_token_id
         gen = {"bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else eos,
                "eos_token_id": eos, "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else eos,
-               "transformers_version": TRANSFORMERS_VERSION_WRITTEN}
+               "transformers_version": adapter.TRANSFORMERS_VERSION_WRITTEN}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer is not None:
             from phi1.chat import PHI3_TEMPLATE

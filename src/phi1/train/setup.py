@@ -18,12 +18,11 @@ import torch
 from phi1.data.loader import Source, WindowSampler
 from phi1.data.shards import MANIFEST, read_manifest
 from phi1.errors import ConfigError, Phi1Error
-from phi1.model.config import PhiConfig
-from phi1.model.family import ALL_PRESETS as PRESETS
+from phi1.model.phi.config import PhiConfig
+from phi1.model.family import all_presets, config_from_preset, preset_vocab_size
 from phi1.model.family import build_model as build_network
-from phi1.model.family import config_from_preset, preset_vocab_size
 from phi1.model.hf import load_model_dir, read_config
-from phi1.model.phi import PhiForCausalLM
+from phi1.model.phi.network import PhiForCausalLM
 from phi1.tokenizer import load_tokenizer, resolve_tokenizer
 from phi1.train.checkpoint import checkpoint_ref
 from phi1.train.config import TrainConfig
@@ -58,13 +57,13 @@ def initial_model_config(cfg: TrainConfig, tokenizer) -> PhiConfig:
     init = init_source(cfg)
     if Path(init).is_dir():
         mcfg = read_config(init)
-    elif init in PRESETS:
+    elif init in all_presets():
         eos = tokenizer.eos_id
         vocab = preset_vocab_size(init, len(tokenizer), "config.model.tokenizer")
         mcfg = config_from_preset(init, vocab_size=vocab, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     else:
         raise ConfigError(f"config.model.init = {init!r}: neither a model directory, a RUN@STEP checkpoint nor a "
-                          f"preset (presets: {', '.join(PRESETS)})")
+                          f"preset (presets: {', '.join(all_presets())})")
     mcfg = mcfg.replace(**dropout_overrides(cfg))
     mcfg.validate()
     if len(tokenizer) > mcfg.vocab_size:

@@ -2,7 +2,8 @@
 
 Our module names are transformers' with shorter prefixes (`embed` for `model.embed_tokens`,
 `input_norm` for `input_layernorm`, ...); the fused `qkv_proj` and `gate_up_proj` are fused in
-both, so no tensor is split or joined. `phi1.model.hf` calls these for model_type `phi3`.
+both, so no tensor is split or joined. `phi1.model.hf` calls these for model_type `phi3`
+(the phi3 family's record, `phi1.model.phi3`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from typing import Any
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.model.hf import _num
-from phi1.model.phi3_config import Phi3Config
+from phi1.model.hfconfig import first as _first, value as _num
+from phi1.model.phi3.config import Phi3Config
 
 TRANSFORMERS_VERSION_WRITTEN = "4.48.0"  # LongRoPE with partial rotary reads correctly from here on
 
 
-def config_to_hf3(cfg: Phi3Config, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def config_to_hf(cfg: Phi3Config, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """config.json for Phi3ForCausalLM, readable by transformers 4.x (rope_scaling) and 5.x (rope_parameters)."""
     dtype_name = str(dtype).removeprefix("torch.")
     rope_params = {"rope_type": "default", "rope_theta": cfg.rope_theta,
@@ -63,7 +64,7 @@ def config_to_hf3(cfg: Phi3Config, dtype: torch.dtype = torch.float32) -> dict[s
     }
 
 
-def config_from_hf3(d: dict[str, Any]) -> Phi3Config:
+def config_from_hf(d: dict[str, Any]) -> Phi3Config:
     """A Phi3Config from a phi3 config.json (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
     rope = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
     scaling = d.get("rope_scaling") if isinstance(d.get("rope_scaling"), dict) else None
@@ -108,10 +109,6 @@ def config_from_hf3(d: dict[str, Any]) -> Phi3Config:
     )
 
 
-def _first(v):
-    return v[0] if isinstance(v, list) and v else v
-
-
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_MAP = {  # transformers' name inside a layer -> ours
     "input_layernorm": "input_norm",
@@ -124,7 +121,7 @@ _LAYER_MAP = {  # transformers' name inside a layer -> ours
 _LAYER_INV = {v: k for k, v in _LAYER_MAP.items()}
 
 
-def to_hf3_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: Phi3Config | None = None) -> dict[str, torch.Tensor]:
     """Our keys -> transformers Phi3ForCausalLM keys."""
     out = {}
     for key, t in sd.items():
@@ -143,7 +140,8 @@ def to_hf3_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def from_hf3_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: Phi3Config | None = None,
+                       source: str = "weights") -> dict[str, torch.Tensor]:
     """transformers Phi3ForCausalLM keys -> ours (unknown keys marked `<unexpected>` for the caller's message)."""
     out = {}
     for key, t in sd.items():

@@ -2,7 +2,7 @@
 
 Each block computes `h = x + attn(norm1(x)); h + mlp(norm2(h))`; no linear has a bias. q, k and v
 are one fused `qkv_proj` and gate and up one fused `gate_up_proj` (transformers' layout too, so
-the weights map 1:1 in hf3.py). The interface is PhiForCausalLM's (`hidden_states`, `forward`,
+the weights map 1:1 in phi3/hf.py). The interface is `phi1.model.base.CausalLM`'s (`hidden_states`, `forward`,
 `setup_caches`, `layers[i].attn.kv_cache`, `lm_head`), so generation, the server, the trainer and
 eval run either family unchanged.
 
@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from phi1.model.phi import KVCache, PhiForCausalLM, apply_partial_rotary, rotate_half
-from phi1.model.phi3_config import Phi3Config
+from phi1.model.base import CausalLM, KVCache, apply_partial_rotary, rotate_half
+from phi1.model.phi3.config import Phi3Config
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -98,14 +98,8 @@ class Block3(nn.Module):
         return x + self.resid_dropout(self.mlp(self.post_attn_norm(x)))
 
 
-class Phi3ForCausalLM(nn.Module):
-    # The cache, the logits/loss and the accounting are PhiForCausalLM's: they read the same attribute
-    # names (layers[i].attn.{kv_cache, n_kv, head_dim}, lm_head, hidden_states, _rope_len, config).
-    setup_caches = PhiForCausalLM.setup_caches
-    cache_shape = PhiForCausalLM.cache_shape
-    forward = PhiForCausalLM.forward
-    num_parameters = PhiForCausalLM.num_parameters
-    flops_per_token = PhiForCausalLM.flops_per_token
+class Phi3ForCausalLM(CausalLM):
+    """The cache, the logits/loss and the accounting are `CausalLM`'s (`phi1.model.base`)."""
 
     def __init__(self, config: Phi3Config):
         super().__init__()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phi1.errors import ConfigError
-from phi1.model.config import HeadShape, check_shape, config_error
+from phi1.model.shape import HeadShape, check_shape, config_error
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Phi3Config(HeadShape):
 
     family = "phi3"  # class attribute, not a field: which network and file format
 
-    # head_dim, rotary_dim and __post_init__: HeadShape (phi1.model.config)
+    # head_dim, rotary_dim and __post_init__: HeadShape (phi1.model.shape)
 
     @property
     def longrope(self) -> bool:

@@ -18,92 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from phi1.model.config import PhiConfig
-
-
-class KVCache(nn.Module):
-    """A preallocated (static) key/value cache written at per-sequence positions."""
-
-    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device=None):
-        super().__init__()
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # input_pos: (B, T) absolute positions; k, v: (B, Hkv, T, D)
-        # Indexed assignment into the whole buffer (no slice of it first): compiled, this is one in-place
-        # index_put_ that writes B*T slots, never a copy of the cache (a scatter_ into self.k[:B] was).
-        B = k.shape[0]
-        rows = torch.arange(B, device=input_pos.device)[:, None]           # (B, 1)
-        self.k[rows, :, input_pos] = k.transpose(1, 2)                      # indexed dims first: (B, T, H, D)
-        self.v[rows, :, input_pos] = v.transpose(1, 2)
-        return self.k[:B], self.v[:B]
-
-
-CE_CHUNK_ELEMENTS = 1 << 24  # fp32 elements upcast at a time by chunked_cross_entropy (64 MiB)
-
-
-class _ChunkedCE(torch.autograd.Function):
-    """Mean cross-entropy (ignore_index -100) over logits (N, V), upcast to fp32 one row-chunk at a time.
-
-    The forward keeps only the per-row logsumexp (N fp32 values) beside the logits autograd already
-    holds. The backward forms softmax - onehot chunk by chunk in fp32, multiplies it by the upstream
-    gradient (the loss scale of fp16 training) and 1/n_valid in fp32, and only then casts to the
-    logits' dtype: the same order of operations as `F.cross_entropy(logits.float())`, so fp16 gradients
-    neither underflow to zero before the scale is applied nor overflow from casting the scale itself.
-    No full fp32 copy of the logits (nor an fp32 log-softmax) ever exists."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, rows: int, need_grad: bool):
-        valid = targets != -100
-        n_valid = valid.sum()
-        safe = targets.clamp(min=0)
-        total = logits.new_zeros((), dtype=torch.float32)
-        lse_all = torch.empty(logits.shape[0], 1, dtype=torch.float32, device=logits.device) if need_grad else None
-        for s in range(0, logits.shape[0], rows):
-            x = logits[s : s + rows].float()
-            lse = torch.logsumexp(x, dim=-1, keepdim=True)
-            total = total + ((lse - x.gather(1, safe[s : s + rows, None])) * valid[s : s + rows, None]).sum()
-            if need_grad:
-                lse_all[s : s + rows] = lse
-        if need_grad:
-            ctx.save_for_backward(logits, safe, valid, lse_all, n_valid)
-            ctx.rows = rows
-        return total / n_valid
-
-    @staticmethod
-    def backward(ctx, go):
-        logits, safe, valid, lse_all, n_valid = ctx.saved_tensors
-        rows = ctx.rows
-        coef = go.float() / n_valid  # fp32: the loss scale is applied before any cast to the logits' dtype
-        grad = torch.empty_like(logits)
-        for s in range(0, logits.shape[0], rows):
-            g = logits[s : s + rows].to(torch.float32, copy=True).sub_(lse_all[s : s + rows]).exp_()  # softmax (fp32)
-            t = safe[s : s + rows, None]
-            g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
-            g.mul_(valid[s : s + rows, None] * coef)
-            grad[s : s + rows] = g
-        return grad, None, None, None
-
-
-def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_elements: int = CE_CHUNK_ELEMENTS):
-    """F.cross_entropy(logits.float(), targets, ignore_index=-100) without a full fp32 copy of logits (N, V)."""
-    rows = max(1, chunk_elements // logits.shape[-1])
-    return _ChunkedCE.apply(logits, targets, rows, torch.is_grad_enabled() and logits.requires_grad)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first cos.shape[-1] dims of x (B, H, T, D); pass the rest through."""
-    r = cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    x_rot = x_rot * cos + rotate_half(x_rot) * sin
-    return torch.cat((x_rot, x_pass), dim=-1)
+from phi1.model.base import CausalLM, KVCache, apply_partial_rotary
+from phi1.model.phi.config import PhiConfig
 
 
 class Attention(nn.Module):
@@ -175,7 +91,7 @@ class Block(nn.Module):
         return x + a + m
 
 
-class PhiForCausalLM(nn.Module):
+class PhiForCausalLM(CausalLM):
     def __init__(self, config: PhiConfig):
         super().__init__()
         self.config = config
@@ -224,22 +140,6 @@ class PhiForCausalLM(nn.Module):
                 nn.init.ones_(mod.weight)
                 nn.init.zeros_(mod.bias)
 
-    def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype=None, device=None) -> None:
-        """Allocate a static KV cache for incremental decoding."""
-        if max_seq_len > self._rope_len:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds the rotary table ({self._rope_len})")
-        p = self.lm_head.weight
-        dtype = dtype or p.dtype
-        device = device or p.device
-        for blk in self.layers:
-            a = blk.attn
-            blk.attn.kv_cache = KVCache(max_batch_size, a.n_kv, max_seq_len, a.head_dim, dtype, device)
-
-    @property
-    def cache_shape(self) -> tuple[int, int] | None:
-        c = self.layers[0].attn.kv_cache
-        return None if c is None else (c.k.shape[0], c.k.shape[2])
-
     # ---- forward ---------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                       kv_len: int | None = None, causal: bool = False) -> torch.Tensor:
@@ -273,22 +173,3 @@ class PhiForCausalLM(nn.Module):
             else:
                 x = blk(x, cos, sin, mask, input_pos, kv_len)
         return self.final_ln(x)
-
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
-                input_pos: torch.Tensor | None = None, kv_len: int | None = None):
-        """Logits (B, T, V); with `targets` (B, T), returns (logits, mean CE loss)."""
-        h = self.hidden_states(input_ids, input_pos, kv_len)
-        logits = self.lm_head(h)  # (B, T, V)
-        if targets is None:
-            return logits
-        return logits, chunked_cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-
-    # ---- accounting ------------------------------------------------------
-    def num_parameters(self, *, include_embeddings: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if not include_embeddings:
-            n -= self.embed.weight.numel()
-        return n
-
-    def flops_per_token(self, seq_len: int, *, training: bool = True) -> float:
-        return self.config.flops_per_token(seq_len, training=training)
