@@ -50,3 +50,15 @@ def local(tiny_model_dir):
     from phi1.model import load_for_inference
 
     return load_for_inference(tiny_model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """2 shared cores: one intra-op thread avoids oversubscription stalls. A module that trains asks for
+    it once: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

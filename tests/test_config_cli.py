@@ -176,3 +176,61 @@ def test_recipe_comment_checker(tmp_path):
     assert len(problems) == 3, problems
     assert "type str" in problems[0] and "default 0.05" in problems[1] and "0.02" in problems[1]
     assert "not a field" in problems[2]
+
+
+# ---- every default written once: no argparse default repeats a dataclass's -------------------------
+
+def _dataclass_defaults() -> dict:
+    """field name -> [(class, default)] over every dataclass of phi1 (every module imported)."""
+    import importlib
+    import pkgutil
+
+    index: dict = {}
+    for m in pkgutil.walk_packages(phi1.__path__, "phi1."):
+        if m.name.endswith("__main__"):
+            continue
+        try:
+            mod = importlib.import_module(m.name)
+        except ImportError:  # an optional package of another area
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__.startswith("phi1"):
+                for f in dataclasses.fields(obj):
+                    d = field_default(f)
+                    if d is not dataclasses.MISSING:
+                        index.setdefault(f.name, []).append((f"{obj.__module__}.{obj.__qualname__}", d))
+    return index
+
+
+def duplicated_defaults(parser, index: dict) -> list[str]:
+    """Options whose argparse default is a literal equal to a dataclass field's default of the same
+    name: the default would be written twice (flags of a config take None, so its default applies)."""
+    from phi1.utils.cliio import walk_commands
+
+    flag_actions = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+                    argparse._VersionAction)
+    bad = []
+    for prefix, leaf in walk_commands(parser):
+        for a in leaf._actions:
+            if a.default in (None, argparse.SUPPRESS) or isinstance(a, flag_actions):
+                continue
+            for cls, d in index.get(a.dest, []):
+                if type(d) is type(a.default) and d == a.default:
+                    flag = a.option_strings[0] if a.option_strings else a.dest
+                    bad.append(f"phi1 {' '.join(prefix)} {flag}: default {a.default!r} repeats {cls}.{a.dest}")
+                    break
+    return bad
+
+
+def test_no_argparse_default_repeats_a_dataclass_default():
+    from phi1.cli import build_parser
+
+    index = _dataclass_defaults()
+    assert {"timeout", "max_new_tokens", "port", "num_buckets"} <= set(index)
+    bad = duplicated_defaults(build_parser(), index)
+    assert not bad, "give these flags default=None and let the dataclass's default apply:\n" + "\n".join(bad)
+    # ... and the check does catch one
+    p = argparse.ArgumentParser(prog="t")
+    p.add_subparsers().add_parser("x").add_argument("--timeout", type=float, default=120.0)
+    assert duplicated_defaults(p, index) == [
+        "phi1 x --timeout: default 120.0 repeats " + next(c for c, d in index["timeout"] if d == 120.0) + ".timeout"]

@@ -16,12 +16,9 @@ from phi1.model.family import build_model, config_from_preset
 from phi1.train import trainer as trainer_mod
 from phi1.train.config import load_config
 from phi1.train.distributed import World, eager_modules, prepare_model
-from test_train_support import micro_config, one_thread, run, stdlib_shards  # noqa: F401 (fixtures)
+from test_train_support import micro_config, run, stdlib_shards  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

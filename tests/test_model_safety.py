@@ -114,6 +114,19 @@ def test_generate_sampling_flags_are_checked_before_the_model_loads(flag, value,
     one_error_line(rc, lines, expect)
 
 
+@pytest.mark.parametrize("flag, value, expect", [
+    ("--temperature", "nan", "sampling temperature = nan: must be a finite number"),
+    ("--top-p", "1.5", "sampling top_p = 1.5: must be in (0, 1]"),
+    ("--max-tokens", "0", "sampling max_tokens = 0: must be an integer >= 1"),
+])
+def test_synth_sampling_goes_through_the_same_validator(flag, value, expect, tmp_path, capsys):
+    """`phi1 synth` checks its spec's sampling with the flags' overrides before any request is sent."""
+    rc, lines = cli(["synth", "stories", "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--count", "2",
+                     "--out", tmp_path / "s.jsonl", flag, value], capsys)
+    one_error_line(rc, lines, expect)
+    assert not (tmp_path / "s.jsonl").exists()
+
+
 def test_one_sampling_validator_for_every_entry_point():
     """The library's SamplingParams, the serving engine's check and eval's GenerationConfig refuse the same
     settings with the same words."""

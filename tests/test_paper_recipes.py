@@ -16,14 +16,11 @@ import phi1
 from phi1.errors import ConfigError, Phi1Error
 from phi1.tokenizer import PAPER_TOKENIZER, load_tokenizer, resolve_tokenizer, whitespace_tokens
 from phi1.train.config import load_config
-from test_train_support import micro_config, one_thread, pack_stdlib  # noqa: F401 (fixture)
+from test_train_support import micro_config, pack_stdlib  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = Path(phi1.__file__).parent / "recipes"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from phi1.demo.config import RECIPES
+
 from fake_openai import FakeOpenAI, prompt_of_body
 from phi1.errors import Phi1Error
 from phi1.demo.sweep import grid, iter_stories, load_sweep_config, split_story
@@ -96,5 +98,21 @@ def test_tinystories_end_to_end(tmp_path):
                   "--judge-model", "judge-1")
         assert r2.returncode == 0, r2.stderr[-2000:]
         assert len(srv.requests) == before and json.loads((out / "sweep.json").read_text()) == result
+        # an edited recipe reruns what the edit touches: a new vocab_size makes a new tokenizer, new shards
+        # and new models (and a grid cut to one model reports one)
+        marks = {n: json.loads((out / ".stages" / f"{n}.json").read_text())["fingerprint"] for n in ("stories", "tokenizer")}
+        text = (RECIPES / "tinystories.yaml").read_text()
+        text = text.replace("vocab_size: 512 ", "vocab_size: 384 ").replace("widths: [32, 64] ", "widths: [32] ")
+        text = text.replace("depths: [1, 2] ", "depths: [1] ")
+        (tmp_path / "edited.yaml").write_text(text)
+        r3 = phi1("sweep", "--recipe", tmp_path / "edited.yaml", "--stories", stories, "--out", out, "--scale", "toy",
+                  "--judge-endpoint", srv.url, "--judge-model", "judge-1")
+        assert r3.returncode == 0, r3.stderr[-2000:]
+        now = {n: json.loads((out / ".stages" / f"{n}.json").read_text())["fingerprint"] for n in ("stories", "tokenizer")}
+        assert now["stories"] == marks["stories"] and now["tokenizer"] != marks["tokenizer"]
+        assert len(json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]) <= 384
+        edited = json.loads((out / "sweep.json").read_text())
+        assert [m["name"] for m in edited["models"]] == ["w32-d1"] and edited["models"][0]["params"] < rows[0]["params"]
+        assert len(srv.requests) == before + len(beginnings)  # the one retrained model graded again
     bad = phi1("sweep", "--stories", tmp_path / "none.jsonl", "--out", tmp_path / "s2")
     assert bad.returncode == 2 and "none.jsonl: not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -141,7 +141,7 @@ def test_dead_endpoint_fails_over_to_a_live_one():
 
 def test_usage_and_cost_accounting():
     with FakeOpenAI() as srv:
-        client = fast_client(srv.url, price_per_1k_prompt=2.0, price_per_1k_completion=4.0)
+        client = fast_client(srv.url, price_in_per_1m=2000.0, price_out_per_1m=4000.0)
         results = client.run_chat_many([MSG] * 3)
         pt = sum(r.usage["prompt_tokens"] for r in results)
         ct = sum(r.usage["completion_tokens"] for r in results)

@@ -15,13 +15,10 @@ from phi1.model.hf import load_model_dir
 from phi1.train import checkpoint as ckpt_io
 from phi1.train.config import load_config
 from phi1.train.trainer import train
-from test_train_support import (env_one_thread, micro_config, one_thread, pack_stdlib,  # noqa: F401
+from test_train_support import (env_one_thread, micro_config, pack_stdlib,  # noqa: F401
                                 phi1_cmd, write_config)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

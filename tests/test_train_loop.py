@@ -12,12 +12,9 @@ from phi1.model.hf import load_model_dir
 from phi1.train import checkpoint as ckpt_io
 from phi1.train.config import load_config
 from phi1.train.trainer import train
-from test_train_support import losses, micro_config, one_thread, pack_stdlib  # noqa: F401 (fixture)
+from test_train_support import losses, micro_config, pack_stdlib  # noqa: F401 (fixture)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, write_shard
 from phi1.errors import Phi1Error
 from phi1.train.config import load_config
 from phi1.train.trainer import train
-from test_train_support import losses, micro_config, one_thread, pack_stdlib  # noqa: F401 (fixture)
+from test_train_support import losses, micro_config, pack_stdlib  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEQ = 8
 
@@ -88,11 +90,6 @@ def test_a_weight_too_small_for_a_block_is_refused(tmp_path):
     with pytest.raises(Phi1Error, match=r"config\.data\.train\[1\]\.weight = 1e-05: less than 1/4096"):
         WindowSampler([Source(str(a), 1.0), Source(str(b), 1e-5)], "train", SEQ)
     assert block_counts([0.86, 0.14]).tolist() == [3523, 573] and block_counts([1, 1, 1]).sum() == MIX_BLOCK
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
 
 
 def test_resume_with_two_sources_is_bit_identical(tmp_path, tokenizer_dir, stdlib_slice):

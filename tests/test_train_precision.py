@@ -16,17 +16,14 @@ import pytest
 
 from phi1.train.config import load_config
 from phi1.train.trainer import train
-from test_train_support import RECIPE, micro_config, one_thread, phi1_cmd, run, stdlib_shards  # noqa: F401
+from test_train_support import RECIPE, micro_config, phi1_cmd, run, stdlib_shards  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # max over 20 steps of |loss_p - loss_fp32| / loss_fp32. Measured on CPU (micro preset, torch 2.13):
 # fp16 1.8e-5, bf16 6.4e-5; the bounds leave ~50x for other BLAS builds. A skipped or wrongly scaled
 # step moves the curve by far more (the fp16 bug's skipped first step: ~1e-1).
 LOSS_TOLERANCE = {"fp16": 1e-3, "bf16": 3e-3}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
 
 
 def _records(run_dir):

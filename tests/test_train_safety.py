@@ -18,14 +18,11 @@ import pytest
 import phi1
 from phi1.cli import main
 from safety_support import cli, one_error_line, small_tmpfs
-from test_train_support import env_one_thread, one_thread, pack_stdlib, phi1_cmd  # noqa: F401 (fixture)
+from test_train_support import env_one_thread, pack_stdlib, phi1_cmd  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPE = Path(phi1.__file__).parent / "recipes" / "test-micro.yaml"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread(one_thread):
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -76,15 +76,6 @@ def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return r
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """2 shared cores: one intra-op thread avoids oversubscription stalls (use with autouse in a module)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- distributed tests (test_train_ddp.py, test_train_fsdp.py) ------------------------------------
 
 RECIPE = Path(phi1.__file__).parent / "recipes" / "test-micro.yaml"

@@ -219,15 +219,11 @@ class _Judge:
 
 def _llm_labels(texts, cfg, cache_path, report, quiet):
     """Labels for `texts` from the judge in `cfg` (an `AnnotateStage`), through the cache at `cache_path`."""
-    from phi1.llm.client import LLMClient
-
     cache = load_cache(cache_path)
     keys = [cache_key(t, cfg.model, cfg.scale) for t in texts]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cache}.items(), key=lambda kv: kv[1])
     report.details["cache_hits"] = len(texts) - len(todo)
-    client = LLMClient(cfg.endpoint, cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                       timeout=cfg.timeout, max_attempts=cfg.max_attempts,
-                       price_per_1k_prompt=cfg.price_in_per_1m / 1000, price_per_1k_completion=cfg.price_out_per_1m / 1000)
+    client = cfg.make_client()
     judge = _Judge(client, cfg)
     failures: list[str] = []
 

@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--scale", default="toy", help="the recipe's scale: toy (CPU) or paper (GPU, 1M-33M parameters)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--judge-endpoint", default=None, help="OpenAI-compatible URL of the judge (none: no grades)")
-    p.add_argument("--judge-model", default="default", help="the judge's model name")
+    p.add_argument("--judge-model", help="the judge's model name (default: \"default\", what a one-model server answers to)")
     p.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the judge's key")
     declare_io(p, inputs=("recipe", "stories"), out_dirs=("out",))
 
@@ -67,7 +67,9 @@ def register(sub) -> None:
         cfg = load_sweep_config(args.recipe)
         if args.stories:
             cfg.stories = list(args.stories)
-        judge = ({"endpoint": args.judge_endpoint, "model": args.judge_model, "api_key_env": args.api_key_env}
+        from phi1.llm.client import ANY_MODEL
+
+        judge = ({"endpoint": args.judge_endpoint, "model": args.judge_model or ANY_MODEL, "api_key_env": args.api_key_env}
                  if args.judge_endpoint else None)
         result = run_sweep(cfg, args.out, scale=args.scale, device=args.device, judge=judge)
         print(format_table(result), end="")

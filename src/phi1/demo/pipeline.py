@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -21,10 +20,11 @@ from phi1.demo.config import DemoConfig, resolve_recipe
 from phi1.demo.layout import Layout
 from phi1.demo.runner import own_run_dir
 from phi1.errors import ConfigError, Phi1Error
+from phi1.llm.client import ANY_MODEL
 from phi1.tokenizer import resolve_tokenizer
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_text
-from phi1.utils.io import temp_prefix
+from phi1.utils.io import directory_commit
 from phi1.utils.safety import clean_stale_temps
 
 
@@ -36,7 +36,7 @@ def annotate_config(cfg: DemoConfig, endpoint: str | None = None, model: str | N
 
     a = cfg.data.annotate
     if a.endpoint is None and endpoint and a.annotator != "rules":
-        a = replace(a, endpoint=endpoint, model=a.model or model or "default", api_key_env=api_key_env or a.api_key_env)
+        a = replace(a, endpoint=endpoint, model=a.model or model or ANY_MODEL, api_key_env=api_key_env or a.api_key_env)
     return a
 
 
@@ -95,7 +95,7 @@ def synth_stages(cfg: DemoConfig, L: Layout, endpoint: str | None, model: str | 
         if count <= 0:
             continue
         raw, valid = L.synth / f"{kind}.jsonl", L.synth / f"{kind}.valid.jsonl"
-        job = {"kind": kind, "endpoint": endpoint, "model": model or "default", "count": count, "out": str(raw),
+        job = {"kind": kind, "endpoint": endpoint, "model": model or ANY_MODEL, "count": count, "out": str(raw),
                "concurrency": cfg.synth.concurrency, "api_key_env": api_key_env}
         key = f" --api-key-env {api_key_env}" if api_key_env else ""
         out.append(Stage(
@@ -275,30 +275,8 @@ def export_model(src: Path, dst: Path) -> None:
     legacy = dst.with_name(f".{dst.name}.tmp")  # the temp name of phi1 before pid-named temps
     if legacy.is_dir() and not legacy.is_symlink():
         shutil.rmtree(legacy, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name), suffix=".tmp", dir=dst.parent))
-    old = None
-    try:
+    with directory_commit(dst, replace=True, mode=0o755) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
-        os.chmod(tmp, 0o755 & ~_umask())  # mkdtemp makes 0700; give the usual mode
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name), suffix=".tmp", dir=dst.parent))
-            os.replace(dst, old)  # onto the empty directory
-        os.replace(tmp, dst)
-    except BaseException:
-        if old is not None and not dst.exists():
-            os.replace(old, dst)
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def tokenizer_stage(L: Layout, name: str, inputs: list[Path], vocab_size: int, after: tuple[str, ...],

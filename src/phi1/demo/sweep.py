@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import yaml
 
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.config import build, read_yaml_mapping
-from phi1.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from phi1.utils.io import atomic_write_json, atomic_write_text, directory_commit, read_jsonl, write_jsonl
 
 OWNER = "sweep"
 
@@ -149,60 +147,62 @@ def grid(scale: ScaleSection, vocab: int, seq_len: int) -> list[dict]:
     return sorted(out, key=lambda r: r["params"])
 
 
-# ---- the run ----------------------------------------------------------------------------------------
+# ---- the run: one stage graph (phi1.utils.stagegraph), like phi1 data run, demo and ablate ----------
 
-def _once(target: Path, make) -> Path:
-    """Build a directory at `target` through a temp sibling, renamed when complete (a rerun skips it)."""
-    if target.exists():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        make(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+def _clear(*paths: Path):
+    """A stage's `clear`: remove what an earlier run of it wrote (it reruns because its config, or
+    a stage it reads, changed)."""
+    import shutil
+
+    def clear() -> None:
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return clear
 
 
-def prepare_data(cfg: SweepConfig, sc: ScaleSection, out: Path, log) -> tuple[Path, Path, Path]:
-    """(tokenizer dir, shard dir, held-out beginnings JSONL) under `out`, each made once."""
-    from phi1.data.pack import is_val, pack
+def _tokenizer(texts: Path, vocab_size: int, out: Path) -> None:
     from phi1.tokenizer import train_tokenizer
 
-    data = out / "data"
+    with directory_commit(out, replace=True) as tmp:
+        train_tokenizer([texts], vocab_size=vocab_size, out_dir=tmp)
+
+
+def _shards(tok: Path, stories: Path, out: Path, val_fraction: float) -> None:
+    from phi1.data.pack import pack
+
+    pack(tok, [stories], out, workers=1, val_fraction=val_fraction)  # resumable, its manifest written last
+
+
+def write_stories(cfg: SweepConfig, data: Path, log) -> None:
+    """data/stories.jsonl, data/train-stories.jsonl (what the tokenizer reads: no held-out story) and
+    data/beginnings.jsonl (held-out beginnings and their true endings)."""
+    from phi1.data.pack import is_val
+
     data.mkdir(parents=True, exist_ok=True)
     stories = data / "stories.jsonl"
-    if not stories.exists():
-        n = write_jsonl(stories, ({"id": f"story/{i}", "text": t} for i, t in enumerate(iter_stories(cfg.stories))
-                                  if t.strip()))
-        if n == 0:
-            raise Phi1Error(f"stories {' '.join(cfg.stories) or '(none given)'}: no story texts found; give "
-                            "`phi1 synth stories` JSONL or TinyStories Parquet/JSON files (a `text` field)")
-        log(f"sweep: {n} stories -> {stories}")
-    held = [r for r in read_jsonl(stories) if is_val(r["text"], cfg.val_fraction)]
-    train_texts = stories.with_name("train-stories.jsonl")  # the tokenizer never sees a held-out story
-    if not train_texts.exists():
-        write_jsonl(train_texts, (r for r in read_jsonl(stories) if not is_val(r["text"], cfg.val_fraction)))
-    tok = _once(out / "tokenizer", lambda d: train_tokenizer([train_texts], vocab_size=sc.vocab_size, out_dir=d))
-    shards = out / "shards"
-    if not (shards / "manifest.json").exists():
-        pack(tok, [stories], shards, workers=1, val_fraction=cfg.val_fraction)
-    beginnings = data / "beginnings.jsonl"
-    if not beginnings.exists():
-        rows = []
-        for r in held:
-            parts = split_story(r["text"])
-            if parts:
-                rows.append({"id": r["id"], "prompt": parts[0], "ending": parts[1]})
-        if not rows:
-            raise Phi1Error(f"{stories}: no held-out story of two or more sentences; give more stories or raise "
-                            "val_fraction")
-        write_jsonl(beginnings, rows[: cfg.beginnings])
-    return tok, shards, beginnings
+    n = write_jsonl(stories, ({"id": f"story/{i}", "text": t} for i, t in enumerate(iter_stories(cfg.stories))
+                              if t.strip()))
+    if n == 0:
+        raise Phi1Error(f"stories {' '.join(cfg.stories) or '(none given)'}: no story texts found; give "
+                        "`phi1 synth stories` JSONL or TinyStories Parquet/JSON files (a `text` field)")
+    log(f"sweep: {n} stories -> {stories}")
+    write_jsonl(data / "train-stories.jsonl", (r for r in read_jsonl(stories) if not is_val(r["text"], cfg.val_fraction)))
+    rows = []
+    for r in read_jsonl(stories):
+        parts = split_story(r["text"]) if is_val(r["text"], cfg.val_fraction) else None
+        if parts:
+            rows.append({"id": r["id"], "prompt": parts[0], "ending": parts[1]})
+    if not rows:
+        raise Phi1Error(f"{stories}: no held-out story of two or more sentences; give more stories or raise "
+                        "val_fraction")
+    write_jsonl(data / "beginnings.jsonl", rows[: cfg.beginnings])
 
 
 def train_one(cfg: SweepConfig, scale: ScaleSection, m: dict, out: Path, tok: Path, shards: Path, device: str) -> Path:
-    """Train one model of the grid; its final model directory."""
+    """Train one model of the grid (resuming its run when one was killed); its final model directory."""
     from phi1.demo.pipeline import checkpoint_model_dir
     from phi1.model.create import init_model_dir
     from phi1.train.config import load_config
@@ -253,34 +253,103 @@ def evaluate_one(m: dict, model_dir: Path, run_dir: Path, beginnings: Path, out:
     return res
 
 
+def sweep_stages(cfg: SweepConfig, sc: ScaleSection, scale: str, out: Path, device: str, judge: dict | None,
+                 log) -> list:
+    """The sweep as stages: stories -> tokenizer -> shards -> (train, evaluate) per model -> report.
+
+    Each stage's config is what decides its output, so editing the recipe reruns exactly the stages it
+    touches and everything downstream (a new vocab_size: the tokenizer, the shards and every model)."""
+    from phi1.model.family import preset_vocab_size
+    from phi1.tokenizer import load_tokenizer
+    from phi1.utils.stagegraph import Stage
+
+    data, tok, shards = out / "data", out / "tokenizer", out / "shards"
+    beginnings = data / "beginnings.jsonl"
+    stages = [
+        Stage("stories", "sweep-stories", {"stories": list(cfg.stories), "val_fraction": cfg.val_fraction,
+                                           "beginnings": cfg.beginnings},
+              run=lambda fp: write_stories(cfg, data, log), inputs=tuple(cfg.stories), clear=_clear(data),
+              title="stories, held-out beginnings"),
+        Stage("tokenizer", "sweep-tokenizer", {"vocab_size": sc.vocab_size}, after=("stories",),
+              run=lambda fp: _tokenizer(data / "train-stories.jsonl", sc.vocab_size, tok),
+              clear=_clear(tok), title="the stories' BPE tokenizer"),
+        Stage("shards", "sweep-shards", {"val_fraction": cfg.val_fraction}, after=("stories", "tokenizer"),
+              run=lambda fp: _shards(tok, data / "stories.jsonl", shards, cfg.val_fraction),
+              clear=_clear(shards), title="token shards"),
+    ]
+    seq_len = int((training_recipe(cfg, sc).get("data") or {}).get("seq_len", 2048))
+
+    def models() -> list[dict]:  # the vocab is the trained tokenizer's: known once it exists
+        return grid(sc, preset_vocab_size("micro", len(load_tokenizer(tok))), seq_len)
+
+    probe = grid(sc, preset_vocab_size("micro", sc.vocab_size), seq_len)  # the grid's names and shapes
+    log(f"sweep {cfg.name} ({scale}): {len(probe)} models, {probe[0]['params'] / 1e6:.2f}M to "
+        f"{probe[-1]['params'] / 1e6:.2f}M parameters")
+    results = out / "results"
+    for guess in probe:
+        name = guess["name"]
+
+        def model_of(name=name) -> dict:
+            return next(m for m in models() if m["name"] == name)
+
+        def outside(name=name) -> str | None:  # the trained tokenizer's vocab moved it out of the range
+            return None if any(m["name"] == name for m in models()) else "outside the parameter range"
+
+        def train_it(fp, name=name) -> dict:
+            m = model_of()
+            log(f"sweep: {name} ({m['params'] / 1e6:.2f}M parameters)")
+            return {"model": str(train_one(cfg, sc, m, out, tok, shards, device))}
+
+        def evaluate(fp, name=name) -> dict:
+            from phi1.demo.pipeline import checkpoint_model_dir
+
+            m = model_of()
+            res = evaluate_one(m, checkpoint_model_dir(out / "runs" / name, "latest"), out / "runs" / name,
+                               beginnings, out, cfg, sc, device, judge)
+            atomic_write_json(results / f"{name}.json", res)
+            if res.get("judge_failures"):  # not done: a rerun grades only what is missing
+                return {"incomplete": f"{res['judge_failures']} judge requests failed; rerun to grade them"}
+            return None
+
+        train_cfg = {"shape": guess["shape"], "recipe": training_recipe(cfg, sc), "device": device}
+        stages.append(Stage(f"train-{name}", "sweep-train", train_cfg, after=("tokenizer", "shards"), run=train_it,
+                            clear=_clear(out / "models" / name, out / "runs" / name, out / "configs" / f"{name}.yaml"),
+                            skip=outside, title=f"train {name}"))
+        eval_cfg = {"judge": {k: v for k, v in (judge or {}).items() if k != "api_key_env"},
+                    "judge_settings": cfg.judge, "continuation_tokens": sc.continuation_tokens}
+        stages.append(Stage(f"eval-{name}", "sweep-eval", eval_cfg, after=("stories", f"train-{name}"), run=evaluate,
+                            clear=_clear(results / f"{name}.json", out / "judge" / name), skip=outside,
+                            title=f"evaluate {name}"))
+
+    def report(fp) -> None:
+        rows = [json.loads((results / f"{m['name']}.json").read_text()) for m in models()]
+        result = {"name": cfg.name, "scale": scale, "judge": (judge or {}).get("model"), "models": rows}
+        atomic_write_json(out / "sweep.json", result)
+        atomic_write_text(out / "sweep.md", format_table(result))
+        plot(rows, out / "sweep.png", cfg.name)
+
+    results.mkdir(parents=True, exist_ok=True)
+    stages.append(Stage("report", "sweep-report", {"name": cfg.name, "scale": scale},
+                        after=tuple(s.name for s in stages if s.name.startswith("eval-")), run=report,
+                        inputs=(results,),  # regraded results (a rerun after judge failures) rebuild it
+                        title="sweep.json, sweep.md, sweep.png"))
+    return stages
+
+
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike, scale: str = "toy", device: str = "cpu",
               judge: dict | None = None, log=print) -> dict:
     """Run (or resume) the sweep into `out`; returns {"models": [row per model], ...}."""
     from phi1.demo.runner import own_run_dir
+    from phi1.utils.stagegraph import StageGraph
 
     if scale not in cfg.scales:
         raise ConfigError(f"--scale {scale!r}: the recipe has scales {', '.join(cfg.scales) or '(none)'}")
     sc = cfg.scales[scale]
     out = Path(out)
     with own_run_dir(out, OWNER):
-        tok, shards, beginnings = prepare_data(cfg, sc, out, log)
-        from phi1.model.family import preset_vocab_size
-        from phi1.tokenizer import load_tokenizer
-
-        seq_len = int((training_recipe(cfg, sc).get("data") or {}).get("seq_len", 2048))
-        models = grid(sc, preset_vocab_size("micro", len(load_tokenizer(tok))), seq_len)
-        log(f"sweep {cfg.name} ({scale}): {len(models)} models, {models[0]['params'] / 1e6:.2f}M to "
-            f"{models[-1]['params'] / 1e6:.2f}M parameters")
-        rows = []
-        for m in models:
-            log(f"sweep: {m['name']} ({m['params'] / 1e6:.2f}M parameters)")
-            model_dir = train_one(cfg, sc, m, out, tok, shards, device)
-            rows.append(evaluate_one(m, model_dir, out / "runs" / m["name"], beginnings, out, cfg, sc, device, judge))
-        result = {"name": cfg.name, "scale": scale, "judge": (judge or {}).get("model"), "models": rows}
-        atomic_write_json(out / "sweep.json", result)
-        atomic_write_text(out / "sweep.md", format_table(result))
-        plot(rows, out / "sweep.png", cfg.name)
-    return result
+        StageGraph(sweep_stages(cfg, sc, scale, out, device, judge, log), out / ".stages",
+                   log=lambda msg: log(msg)).run()
+        return json.loads((out / "sweep.json").read_text())
 
 
 def training_recipe(cfg: SweepConfig, sc: ScaleSection, extra: dict | None = None) -> dict:

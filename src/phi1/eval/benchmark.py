@@ -28,13 +28,13 @@ from phi1.utils.safety import OutputLock, claim_output_dir, read_marker
 class GenerationConfig:
     """How completions are sampled."""
 
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    batch_size: int = 16
-    seed: int = 1234
-    max_problems: int | None = None
+    n: int = 1  # samples per task
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 0.95  # nucleus sampling (with temperature > 0)
+    max_new_tokens: int = 512  # tokens per completion at most
+    batch_size: int = 16  # prompts decoded together
+    seed: int = 1234  # the sampling seed
+    max_problems: int | None = None  # only the first N tasks
 
     def validate(self) -> "GenerationConfig":
         from phi1.infer.generate import SamplingParams

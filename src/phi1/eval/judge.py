@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from phi1.errors import ConfigError, Phi1Error
-from phi1.llm.client import LLMClient
+from phi1.llm.client import ClientSettings, LLMClient
 from phi1.eval.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
 from phi1.utils.cliio import declare_io
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
@@ -33,26 +33,32 @@ CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(ClientSettings):
+    """One LLM-judged eval; the judge client's fields (concurrency, timeout, retries, api_key_env) are
+    `ClientSettings`'."""
+
     model_dir: str
     task: str
     judge_endpoint: str
     judge_model: str
-    out: str | None = None
-    n: int | None = None
+    out: str | None = None  # output folder (None: runs/judge/MODEL-TASK)
+    n: int | None = None  # grade only the first N prompts
     prompts: str | None = None  # JSONL with id, prompt (and notes) instead of the shipped set
-    api_key_env: str | None = None
-    concurrency: int = 8
-    timeout: float = 120.0
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    max_new_tokens: int | None = None  # default: 200 for stories, 320 for problems
-    temperature: float = 0.0
-    seed: int = 0
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    judge_max_tokens: int = 500
+    max_new_tokens: int | None = None  # completion length (None: 200 for stories, 320 for problems)
+    temperature: float = 0.0  # the model's sampling temperature (0 = greedy)
+    seed: int = 0  # the sampling and bootstrap seed
+    batch_size: int = 8  # prompts the model completes together
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
+    judge_max_tokens: int = 500  # the judge's answer length
+
+    @property
+    def endpoint(self) -> str:  # what ClientSettings.make_client reads
+        return self.judge_endpoint
+
+    @property
+    def model(self) -> str:
+        return self.judge_model
 
     def validate(self) -> None:
         if self.task not in RUBRICS:
@@ -119,9 +125,7 @@ def run_judge(cfg: JudgeConfig, generate_fn=None, client: LLMClient | None = Non
     if todo:
         gen = generate_fn or model_generate_fn(cfg)
         completions = gen([it["prompt"] for it in todo])
-        client = client or LLMClient(cfg.judge_endpoint, cfg.judge_model, api_key_env=cfg.api_key_env,
-                                     concurrency=cfg.concurrency, timeout=cfg.timeout,
-                                     max_attempts=cfg.max_attempts, base_delay=cfg.base_delay)
+        client = client or cfg.make_client()
         msgs = [judge_messages(rubric, it["prompt"], text, it.get("notes", "")) for it, (text, _) in zip(todo, completions)]
         results = client.run_chat_many(msgs, temperature=0.0, max_tokens=cfg.judge_max_tokens)
         with JsonlAppender(judged_path) as fh:
@@ -174,12 +178,9 @@ def format_summary(s: dict) -> str:
 
 
 def _cmd(args) -> int:
-    cfg = JudgeConfig(model_dir=args.model_dir, task=args.task, judge_endpoint=args.judge_endpoint,
-                      judge_model=args.judge_model, out=args.out, n=args.n, prompts=args.prompts,
-                      api_key_env=args.api_key_env, concurrency=args.concurrency, timeout=args.timeout,
-                      max_attempts=args.max_attempts, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype)
+    from phi1.utils.config import fields_from_args
+
+    cfg = JudgeConfig(**fields_from_args(JudgeConfig, args))
     summary = run_judge(cfg)
     print(format_summary(summary), end="")
     print(f"details: {cfg.out_dir / 'judged.jsonl'}")
@@ -190,23 +191,13 @@ def _cmd(args) -> int:
 
 
 def register_eval(sub) -> None:
+    from phi1.utils.config import add_config_flags
+
     p = sub.add_parser("judge", help="LLM-graded eval: the model completes stories or coding problems, a judge grades them")
     p.add_argument("--model-dir", required=True, help="model under test (HF-format directory)")
     p.add_argument("--task", choices=tuple(RUBRICS), required=True)
     p.add_argument("--judge-endpoint", required=True, help="OpenAI-compatible base URL of the judge")
     p.add_argument("--judge-model", required=True, help="judge model name")
-    p.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the judge's API key")
-    p.add_argument("--n", type=int, default=None, help="grade only the first N prompts")
-    p.add_argument("--prompts", default=None, help="JSONL of {id, prompt[, notes]} instead of the shipped set")
-    p.add_argument("--out", default=None, help="output folder (default runs/judge/MODEL-TASK)")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--max-attempts", type=int, default=6)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="completion length (default 200 stories, 320 problems)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_config_flags(p, JudgeConfig, skip=("model_dir", "task", "judge_endpoint", "judge_model"))
     declare_io(p, inputs=("model_dir", "prompts"), out_dirs=("out",))
     p.set_defaults(func=_cmd)

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from phi1.errors import Phi1Error, require_package
-from phi1.utils.io import _umask
-from phi1.utils.io import temp_prefix
+from phi1.utils.io import temp_prefix, umask
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m")
 NEEDS_LLAMA_QUANTIZE = {"q4_k_m": "Q4_K_M"}  # type -> llama-quantize's name for it
@@ -231,7 +230,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
         if route:
             _llama_quantize(route, stage, tmp, qtype)
         with open(tmp, "rb") as fh:  # mkstemp makes 0600; give the usual mode, and make it durable first
-            os.fchmod(fh.fileno(), 0o644 & ~_umask())
+            os.fchmod(fh.fileno(), 0o644 & ~umask())
             os.fsync(fh.fileno())
         os.replace(tmp, out)
     finally:

@@ -8,17 +8,17 @@ from phi1.utils.cliio import declare_io
 
 
 def register(sub) -> None:
+    from phi1.infer.generate import SamplingParams
+    from phi1.infer.server import ServeConfig
+    from phi1.utils.config import add_config_flags
+
     p = sub.add_parser("generate", help="complete a prompt with a model directory")
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", required=True, help="prompt text, or @FILE to read it from a file")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", nargs="*", default=[])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_config_flags(p, SamplingParams, skip=("stop",))
+    p.add_argument("--stop", nargs="*", default=None, help="strings that end the completion")
+    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="weight-only group-wise quantization of the linear layers (less memory; see docs/export.md)")
@@ -28,35 +28,17 @@ def register(sub) -> None:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("serve", help="serve a model directory over an OpenAI-compatible HTTP API")
-    p.add_argument("--model", required=True, help="HF-format model directory")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key-env", default=None, metavar="VAR",
-                   help="require 'Authorization: Bearer <key>' with the key read from this environment variable")
-    p.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together (KV-cache slots)")
-    p.add_argument("--max-tokens-limit", type=int, default=None,
-                   help="largest max_tokens a request may ask for (default: the model's context)")
-    p.add_argument("--max-n", type=int, default=16, help="most choices per request (prompts x n)")
-    p.add_argument("--max-body-mb", type=float, default=8.0, metavar="MIB",
-                   help="largest request body in MiB; bigger ones get 413 (default: 8)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--compile", action="store_true", help="CUDA: compile the decode step into a CUDA graph")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="weight-only group-wise quantization of the linear layers (less memory; see docs/export.md)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    declare_io(p, inputs=("model",))
+    p.add_argument("--model", required=True, dest="model_dir", help="HF-format model directory")
+    add_config_flags(p, ServeConfig, skip=("model_dir",))
+    declare_io(p, inputs=("model_dir",))
     p.set_defaults(func=_serve)
 
 
 def _serve(args) -> int:
     from phi1.infer.server import ServeConfig, serve
+    from phi1.utils.config import config_from_args
 
-    serve(ServeConfig(model_dir=args.model, host=args.host, port=args.port, api_key_env=args.api_key_env,
-                      max_batch_size=args.max_batch_size, max_tokens_limit=args.max_tokens_limit,
-                      max_n=args.max_n, max_body_mb=args.max_body_mb, device=args.device, dtype=args.dtype,
-                      compile=args.compile, log_level=args.log_level,
-                      quantize=args.quantize))
+    serve(config_from_args(ServeConfig, args, where="serve", validate=False))  # serve() validates
     return 0
 
 
@@ -64,13 +46,14 @@ def _generate(args) -> int:
     from pathlib import Path
 
     from phi1.errors import Phi1Error
-    from phi1.infer.generate import generate
+    from phi1.infer.generate import SamplingParams, generate
+    from phi1.infer.settings import sampling_problem
     from phi1.model import load_for_inference
     from phi1.model.create import check_tokenizer_fits
+    from phi1.utils.config import config_from_args
 
-    from phi1.infer.settings import sampling_problem
-
-    problem = sampling_problem(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
+    sp = config_from_args(SamplingParams, args, where="generate", validate=False)
+    problem = sampling_problem(sp.max_new_tokens, sp.temperature, sp.top_p, sp.top_k, sp.seed)
     if problem is not None:  # before the model loads: a bad flag costs nothing
         name = problem.split(" ", 1)[0]
         raise Phi1Error("--" + name.replace("_", "-") + problem[len(name):])
@@ -81,16 +64,17 @@ def _generate(args) -> int:
             raise Phi1Error(f"--prompt {prompt}: file not found")
         prompt = f.read_text()
     check_tokenizer_fits(args.model)
-    model, tok = load_for_inference(args.model, args.device, args.dtype, quantize=args.quantize)
-    stop = list(args.stop)
+    load = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    model, tok = load_for_inference(args.model, quantize=args.quantize, **load)
+    stop = list(args.stop or [])
     if args.chat:
         from phi1.chat import PHI3_TEMPLATE
 
         template = tok.chat(default=PHI3_TEMPLATE)
         prompt = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
         stop += [template.end_marker()] if template.end_marker() else []
-    [c] = generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_p=args.top_p, top_k=args.top_k, stop=stop, seed=args.seed, batch_size=1)
+    [c] = generate(model, tok, [prompt], max_new_tokens=sp.max_new_tokens, temperature=sp.temperature,
+                   top_p=sp.top_p, top_k=sp.top_k, stop=stop, seed=sp.seed, batch_size=1)
     if args.echo:
         sys.stdout.write(prompt)
     sys.stdout.write(c.text + "\n")

@@ -32,12 +32,14 @@ class Completion:
 
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: Sequence[str] = field(default_factory=tuple)
-    seed: int | None = None
+    """How a completion is sampled: the one place these defaults live (library, `phi1 generate`)."""
+
+    max_new_tokens: int = 256  # tokens generated at most
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this much probability
+    top_k: int = 0  # only the k most likely tokens (0 = all)
+    stop: Sequence[str] = field(default_factory=tuple)  # strings that end the completion
+    seed: int | None = None  # the sampling seed (None: random)
 
     def validate(self) -> None:
         from phi1.infer.settings import sampling_problem

@@ -42,18 +42,18 @@ class ServeConfig:
     """Settings of `phi1 serve` (see docs/infer.md)."""
 
     model_dir: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key_env: str | None = None
-    max_batch_size: int = 8
-    max_tokens_limit: int | None = None  # default: the model's context
-    max_n: int = 16                     # choices per request (prompts x n)
-    max_body_mb: float = 8.0            # request bodies above this many MiB get 413
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
-    log_level: str = "info"
-    quantize: str | None = None         # int8 / int4 weight-only (phi1.model.quantize)
+    host: str = "127.0.0.1"  # bind address (loopback only by default)
+    port: int = 8000  # TCP port (0: any free one)
+    api_key_env: str | None = None  # require 'Authorization: Bearer <key>', the key read from this environment variable
+    max_batch_size: int = 8  # sequences decoded together (KV-cache slots)
+    max_tokens_limit: int | None = None  # largest max_tokens a request may ask for (None: the model's context)
+    max_n: int = 16  # most choices per request (prompts x n)
+    max_body_mb: float = 8.0  # request bodies above this many MiB get 413
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
+    compile: bool = False  # CUDA: compile the decode step into a CUDA graph
+    log_level: str = "info"  # debug | info | warning | error
+    quantize: str | None = None  # int8 | int4: weight-only group-wise quantization of the linears (phi1.model.quantize)
 
     def validate(self) -> None:
         if not Path(self.model_dir, "config.json").exists():
@@ -70,6 +70,8 @@ class ServeConfig:
             raise Phi1Error(f"--max-body-mb {self.max_body_mb}: must be above 0 and at most 4096")
         if self.quantize not in (None, "int8", "int4"):
             raise Phi1Error(f"--quantize {self.quantize}: choose int8 or int4")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise Phi1Error(f"--log-level {self.log_level}: choose debug, info, warning or error")
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

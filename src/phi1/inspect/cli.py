@@ -9,17 +9,26 @@ from phi1.utils.cliio import declare_io, needs_subcommand
 
 def _model_args(p) -> None:
     p.add_argument("--model", required=True, help="model directory (HF format)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
 
 
-def _stream_args(p, seq_len: int, batch: int) -> None:
-    p.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per window (default {seq_len})")
-    p.add_argument("--batch-size", type=int, default=batch, help=f"windows per forward pass (default {batch})")
+def _stream_args(p) -> None:
+    p.add_argument("--seq-len", type=int, help="tokens per window (default 256)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default: the inspection's own)")
     p.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of the corpus")
 
 
+def _given(args, *names) -> dict:
+    """The options given on the command line (a flag left out: the library's default)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def register(sub) -> None:
+    from phi1.inspect.attention import HeadRules
+    from phi1.inspect.compare import CompareConfig
+    from phi1.utils.config import add_config_flags
+
     g = sub.add_parser("inspect", help="look inside a model: attention heads, MLP neurons",
                        description="Look inside a model through forward hooks (docs/inspect.md).")
     gsub = g.add_subparsers(dest="inspect_command", metavar="COMMAND")
@@ -31,10 +40,10 @@ def register(sub) -> None:
     src.add_argument("--prompt", help="the text itself")
     p.add_argument("--out", required=True, help="output directory: attention.png, heads.json/.md, attention.html")
     p.add_argument("--layers", default="all", help="'all' (default), 'middle' or indices like 0,2,-1")
-    p.add_argument("--grid-tokens", type=int, default=32, help="tokens shown in each heat map (default 32)")
-    p.add_argument("--window", type=int, default=3, help="'local' means within this many tokens (default 3)")
-    p.add_argument("--top", type=int, default=10, help="most-attended tokens listed per long-range head")
-    _stream_args(p, 256, 4)
+    p.add_argument("--grid-tokens", type=int, help="tokens shown in each heat map (default 32)")
+    add_config_flags(p, HeadRules, only=("window",))
+    p.add_argument("--top", type=int, help="most-attended tokens listed per long-range head (default 10)")
+    _stream_args(p)
     declare_io(p, inputs=("model", "text"), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_attention)
 
@@ -43,12 +52,12 @@ def register(sub) -> None:
     p.add_argument("--corpus", required=True, help="a UTF-8 text file or a JSONL file of records with \"text\"")
     p.add_argument("--out", required=True, help="output directory: neurons.json, neurons.html")
     p.add_argument("--layers", default="middle", help="'middle' (default), 'all' or indices like 0,2,-1")
-    p.add_argument("--top-k", type=int, default=10, help="activations kept per neuron (default 10)")
-    p.add_argument("--context", type=int, default=8, help="tokens shown before each token (half as many after)")
-    p.add_argument("--threshold", type=float, default=0.8,
+    p.add_argument("--top-k", type=int, dest="k", help="activations kept per neuron (default 10)")
+    p.add_argument("--context", type=int, help="tokens shown before each token, half as many after (default 8)")
+    p.add_argument("--threshold", type=float,
                    help="monosemantic: one token class covers at least this share of the top k (default 0.8)")
     p.add_argument("--html-rows", type=int, default=256, help="neurons per layer on the HTML page (all in the JSON)")
-    _stream_args(p, 256, 8)
+    _stream_args(p)
     declare_io(p, inputs=("model", "corpus"), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_neurons)
     g.set_defaults(func=needs_subcommand(g))
@@ -59,18 +68,7 @@ def register(sub) -> None:
     p.add_argument("--base", required=True, help="the first model directory (e.g. the pretrained base)")
     p.add_argument("--tuned", required=True, help="the second model directory (e.g. the finetuned model)")
     p.add_argument("--out", required=True, help="output directory: compare.json, compare.md, compare.html")
-    p.add_argument("--humaneval", type=int, default=20, help="the first N HumanEval tasks (default 20; 0 = none)")
-    p.add_argument("--limit", type=int, default=None, help="at most N prompts of each set")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--workers", type=int, default=2, help="sandbox executors (default 2)")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per test program (default 3)")
-    p.add_argument("--judge-endpoint", default=None, help="OpenAI-compatible URL of an LLM judge (optional)")
-    p.add_argument("--judge-model", default="default", help="the judge's model name")
-    p.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable with the judge's key")
-    p.add_argument("--exercises", default=None, help="exercises JSONL: count the records that mention each library")
+    add_config_flags(p, CompareConfig, skip=("base", "tuned", "out", "overwrite", "judge_concurrency"))
     declare_io(p, inputs=("base", "tuned", "exercises"), out_dirs=("out",), overwrite=True)
     p.set_defaults(func=_compare)
 
@@ -109,21 +107,19 @@ def _attention(args) -> int:
     from phi1.inspect.attention import HeadRules, inspect_attention, summary_counts, write_attention
     from phi1.inspect.corpus import check_text_file, documents, text_documents
 
-    _positive(seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens,
-              grid_tokens=args.grid_tokens, top=args.top, window=args.window)
+    _positive(**_given(args, "seq_len", "batch_size", "max_tokens", "grid_tokens", "top", "window"))
     _check_model(args.model)
     if args.prompt is not None and not args.prompt.strip():
         raise Phi1Error("--prompt: empty; give some text (or --text FILE)")
     if args.text is not None:
         check_text_file(args.text, "--text")
-    rules = HeadRules(window=args.window).validate()
+    rules = HeadRules(**_given(args, "window")).validate()
     _check_layers(args.model, args.layers, "all")
     with _claimed(args, "inspect attention") as out:
         model, tok = _load(args)
         docs = documents(args.text, "--text") if args.text is not None else text_documents([args.prompt])
-        rep = inspect_attention(model, tok, docs, layers=args.layers, seq_len=args.seq_len,
-                                batch_size=args.batch_size, max_tokens=args.max_tokens, grid_tokens=args.grid_tokens,
-                                rules=rules, top=args.top, model_name=str(args.model))
+        rep = inspect_attention(model, tok, docs, layers=args.layers, rules=rules, model_name=str(args.model),
+                                **_given(args, "seq_len", "batch_size", "max_tokens", "grid_tokens", "top"))
         paths = write_attention(rep, out)
     counts = summary_counts(rep)
     print(f"{rep.tokens} tokens, {len(rep.heads)} heads: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -139,16 +135,15 @@ def _neurons(args) -> int:
     from phi1.inspect.corpus import check_text_file, documents
     from phi1.inspect.neurons import inspect_neurons, summary_line, write_neurons
 
-    _positive(seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens, top_k=args.top_k,
-              html_rows=args.html_rows)
+    _positive(**_given(args, "seq_len", "batch_size", "max_tokens", "html_rows"), top_k=args.k)
     _check_model(args.model)
     check_text_file(args.corpus, "--corpus")
     _check_layers(args.model, args.layers, "middle")
     with _claimed(args, "inspect neurons") as out:
         model, tok = _load(args)
-        rep = inspect_neurons(model, tok, documents(args.corpus, "--corpus"), layers=args.layers, k=args.top_k,
-                              context=args.context, seq_len=args.seq_len, batch_size=args.batch_size,
-                              max_tokens=args.max_tokens, threshold=args.threshold, model_name=str(args.model))
+        rep = inspect_neurons(model, tok, documents(args.corpus, "--corpus"), layers=args.layers,
+                              model_name=str(args.model),
+                              **_given(args, "k", "context", "seq_len", "batch_size", "max_tokens", "threshold"))
         paths = write_neurons(rep, out, max_rows=args.html_rows)
     print(f"{rep.tokens} tokens in {rep.windows} windows")
     for layer in rep.layers:
@@ -160,11 +155,9 @@ def _neurons(args) -> int:
 def _compare(args) -> int:
     from phi1.inspect.compare import CompareConfig, run_compare
 
-    cfg = CompareConfig(base=args.base, tuned=args.tuned, out=args.out, humaneval=args.humaneval, limit=args.limit,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=args.device,
-                        dtype=args.dtype, workers=args.workers, timeout=args.timeout,
-                        judge_endpoint=args.judge_endpoint, judge_model=args.judge_model,
-                        api_key_env=args.api_key_env, exercises=args.exercises, overwrite=args.overwrite)
+    from phi1.utils.config import fields_from_args
+
+    cfg = CompareConfig(**fields_from_args(CompareConfig, args))
     cfg.validate()
     for flag, d in (("--base", args.base), ("--tuned", args.tuned)):
         _check_model(d, flag)
@@ -183,7 +176,7 @@ def _compare(args) -> int:
 def _load(args):
     from phi1.model import load_for_inference
 
-    return load_for_inference(args.model, device=args.device, dtype=args.dtype)
+    return load_for_inference(args.model, **_given(args, "device", "dtype"))
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from phi1.errors import ConfigError, Phi1Error
+from phi1.llm.client import ANY_MODEL
 from phi1.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from phi1.utils.safety import OutputLock, claim_output_dir
 
@@ -54,19 +55,19 @@ class CompareConfig:
     base: str
     tuned: str
     out: str
-    humaneval: int = 20
-    limit: int | None = None
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    workers: int = 2
-    timeout: float = 3.0
-    judge_endpoint: str | None = None
-    judge_model: str = "default"
-    api_key_env: str | None = None
+    humaneval: int = 20  # the first N HumanEval tasks (0 = none)
+    limit: int | None = None  # at most N prompts of each set
+    max_new_tokens: int = 256  # tokens per greedy completion at most
+    batch_size: int = 8  # prompts completed together
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
+    workers: int = 2  # sandbox executors
+    timeout: float = 3.0  # seconds per test program
+    judge_endpoint: str | None = None  # OpenAI-compatible URL of an LLM judge (optional)
+    judge_model: str = ANY_MODEL  # the judge's model name
+    api_key_env: str | None = None  # environment variable with the judge's key
     judge_concurrency: int = 8
-    exercises: str | None = None
+    exercises: str | None = None  # exercises JSONL: count the records that mention each library
     overwrite: bool = False
 
     def validate(self) -> "CompareConfig":

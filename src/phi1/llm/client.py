@@ -121,6 +121,9 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+ANY_MODEL = "default"  # the model name sent when none is given (a server that serves one model answers to it)
+
+
 @dataclass(kw_only=True)
 class ClientSettings:
     """The client fields a job config carries (keyword-only, so a config keeps its own positional fields).
@@ -129,20 +132,20 @@ class ClientSettings:
     builds its client with `make_client()`.
     """
 
-    concurrency: int = 8
-    api_key_env: str | None = None
-    timeout: float = 120.0
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    routing: str = "least-busy"
-    price_per_1k_prompt: float = 0.0
-    price_per_1k_completion: float = 0.0
+    concurrency: int = 8  # most requests in flight at once, over all endpoints
+    api_key_env: str | None = None  # the environment variable holding the API key (the key is never written anywhere)
+    timeout: float = 120.0  # seconds per HTTP attempt
+    max_attempts: int = 6  # attempts per request before it is recorded as failed
+    base_delay: float = 0.5  # first retry backoff in seconds (doubles each retry)
+    routing: str = "least-busy"  # least-busy | round-robin: how requests are spread over the endpoints
+    price_in_per_1m: float = 0.0  # USD per million prompt tokens, for the cost estimate
+    price_out_per_1m: float = 0.0  # USD per million completion tokens
 
     def make_client(self) -> "LLMClient":
         return LLMClient(self.endpoint, self.model, api_key_env=self.api_key_env, concurrency=self.concurrency,
                          timeout=self.timeout, max_attempts=self.max_attempts, routing=self.routing,
-                         base_delay=self.base_delay, price_per_1k_prompt=self.price_per_1k_prompt,
-                         price_per_1k_completion=self.price_per_1k_completion)
+                         base_delay=self.base_delay, price_in_per_1m=self.price_in_per_1m,
+                         price_out_per_1m=self.price_out_per_1m)
 
 
 class LLMClient:
@@ -158,13 +161,13 @@ class LLMClient:
         endpoints: str | list[str],
         model: str,
         api_key_env: str | None = None,
-        concurrency: int = 8,
-        timeout: float = 60.0,
-        max_attempts: int = 6,
-        routing: str = "least-busy",
-        price_per_1k_prompt: float = 0.0,
-        price_per_1k_completion: float = 0.0,
-        base_delay: float = 0.5,
+        concurrency: int = ClientSettings.concurrency,  # every default is ClientSettings'
+        timeout: float = ClientSettings.timeout,
+        max_attempts: int = ClientSettings.max_attempts,
+        routing: str = ClientSettings.routing,
+        price_in_per_1m: float = ClientSettings.price_in_per_1m,
+        price_out_per_1m: float = ClientSettings.price_out_per_1m,
+        base_delay: float = ClientSettings.base_delay,
         max_delay: float = 30.0,
         max_retry_after: float = 300.0,
         allow_empty: bool = False,
@@ -185,8 +188,8 @@ class LLMClient:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.routing = routing
-        self.price_per_1k_prompt = price_per_1k_prompt
-        self.price_per_1k_completion = price_per_1k_completion
+        self.price_in_per_1m = price_in_per_1m
+        self.price_out_per_1m = price_out_per_1m
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_retry_after = max_retry_after
@@ -362,7 +365,7 @@ class LLMClient:
         ct = int(res.usage.get("completion_tokens") or 0)
         st.prompt_tokens += pt
         st.completion_tokens += ct
-        st.estimated_cost += pt / 1000 * self.price_per_1k_prompt + ct / 1000 * self.price_per_1k_completion
+        st.estimated_cost += pt / 1e6 * self.price_in_per_1m + ct / 1e6 * self.price_out_per_1m
         return res
 
     async def _attempt(self, pool: httpx.AsyncHTTPTransport, url: str, data: bytes, chat: bool):

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory or a hub name in the HF cache (the model's vocab: the preset's 51200 for "
                         "phi-1/phi-1-small/phi-1.5/phi-2, else the tokenizer's size padded to 64)")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="the initial weights' seed (default 0)")
     p.add_argument("--chat-template", default=None,
                    help="the chat template the model carries: a name (phi-3) or a .jinja file (default: the "
                         "tokenizer's own, else phi-3's)")
@@ -47,8 +47,9 @@ def register(sub) -> None:
 def _init(args) -> int:
     from phi1.model.create import init_model_dir, model_info
 
-    out = init_model_dir(args.preset, args.tokenizer, args.out, seed=args.seed, overwrite=args.overwrite,
-                         chat_template=args.chat_template)
+    seed = {} if args.seed is None else {"seed": args.seed}
+    out = init_model_dir(args.preset, args.tokenizer, args.out, overwrite=args.overwrite,
+                         chat_template=args.chat_template, **seed)
     info = model_info(out)
     print(f"wrote {out} ({info['preset'] or 'custom'}, {info['parameters'] / 1e6:.2f}M parameters)")
     return 0

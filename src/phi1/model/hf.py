@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.utils.io import read_json, temp_prefix
+from phi1.utils.io import directory_commit, read_json, temp_prefix
 
 # ---------------------------------------------------------------- files
 
@@ -262,15 +262,8 @@ def save_model_dir(model, out_dir: str | os.PathLike, tokenizer=None,
     if len(pieces) > 1 and not fresh:
         raise Phi1Error(f"{out_dir}: exists; a model of this size is saved sharded ({len(pieces)} files), which "
                         "phi1 writes only into a new directory: choose a new path")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # New directory: build it beside and rename it in. Existing one: build inside, move files over.
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir.name or "model"), suffix=".tmp",
-                                    dir=out_dir.parent if fresh else out_dir))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a model directory gets the usual mode
-    except OSError as exc:
-        raise _with_path(exc, out_dir) from None
-    try:
+
+    def write_files(tmp: Path) -> None:
         names = (["model.safetensors"] if len(pieces) == 1 else
                  [f"model-{i:05d}-of-{len(pieces):05d}.safetensors" for i in range(1, len(pieces) + 1)])
         for name, piece in zip(names, pieces):
@@ -285,8 +278,7 @@ def save_model_dir(model, out_dir: str | os.PathLike, tokenizer=None,
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in hf_sd.values())},
                      "weight_map": {k: name for name, piece in zip(names, pieces) for k in piece}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        hf_cfg = adapter.config_to_hf(cfg, dtype)
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(adapter.config_to_hf(cfg, dtype), indent=2) + "\n")
         eos = cfg.eos_token_id
         gen = {"bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else eos,
                "eos_token_id": eos, "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else eos,
@@ -297,28 +289,27 @@ def save_model_dir(model, out_dir: str | os.PathLike, tokenizer=None,
 
             tokenizer.save(tmp, default_chat_template=PHI3_TEMPLATE)  # every model we save can chat
         _fsync_dir_files(tmp)
-        if fresh:
-            os.replace(tmp, out_dir)
-        else:
-            # Weights first, config.json last: until config.json is replaced an interrupted save
-            # reads as the old model's config with a mismatched-shape error, never silently.
-            names = sorted(os.listdir(tmp), key=lambda n: (n == "config.json", n))
-            for name in names:
+
+    try:
+        if fresh:  # a new directory: built beside it and renamed in
+            with directory_commit(out_dir) as tmp:
+                write_files(tmp)
+            return out_dir
+        # An existing one: built inside, then each file renamed over its own name; weights first,
+        # config.json last: until config.json is replaced an interrupted save reads as the old model's
+        # config with a mismatched-shape error, never silently.
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir.name or "model"), suffix=".tmp", dir=out_dir))
+        try:
+            write_files(tmp)
+            for name in sorted(os.listdir(tmp), key=lambda n: (n == "config.json", n)):
                 os.replace(tmp / name, out_dir / name)
             os.rmdir(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise _with_path(exc, out_dir) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _with_path(exc: OSError, where: Path) -> OSError:

@@ -55,17 +55,13 @@ class JobConfig(ClientSettings):
     count: int
     out: str
     spec: str | None = None
-    seed: int = 0
+    seed: int = 0  # record i's prompt depends only on (seed, i)
     sampling: dict = field(default_factory=dict)  # overrides the spec's sampling
     api: str | None = None  # chat | completions; None = the spec's
-    # Stop the run after this many failed requests in a row (0 = never): a dead endpoint
-    # should not burn through the whole job writing failures.
-    max_consecutive_failures: int = 50
-    # OpenAI Batch mode (`phi1.synth.batch`): the pending records go out as batch files of at
-    # most `batch_size` requests, polled every `poll_interval` seconds.
-    batch: bool = False
-    batch_size: int = 50_000
-    poll_interval: float = 30.0
+    max_consecutive_failures: int = 50  # stop the run after this many failed requests in a row (0 = never)
+    batch: bool = False  # the OpenAI Batch API (half price, answers within 24 h); rerun to resume the same batches
+    batch_size: int = 50_000  # with batch: most requests per batch file (the API's limit; files stay under 200 MB)
+    poll_interval: float = 30.0  # with batch: seconds between polls
 
     def validate(self) -> None:
         if self.count < 1:
@@ -108,6 +104,17 @@ class JobReport:
         return max(0, self.requested - have)
 
 
+def _check_sampling(sampling: dict, source: str) -> None:
+    """The spec's sampling with the command's overrides, through the one sampling check
+    (`phi1.infer.settings`): a nan temperature is one error line, not a request the server refuses."""
+    from phi1.infer.settings import sampling_problem
+
+    problem = sampling_problem(sampling.get("max_tokens", 1), sampling.get("temperature", 0.0),
+                               sampling.get("top_p", 1.0), 0, sampling.get("seed"))
+    if problem is not None:
+        raise ConfigError(f"{source} + flags: sampling " + problem.replace("max_new_tokens", "max_tokens", 1))
+
+
 def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
     """Generate `cfg.count` records into `cfg.out`, resuming whatever a previous run finished.
 
@@ -116,6 +123,7 @@ def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
     """
     cfg.validate()
     spec = load_spec(cfg.spec, cfg.kind)
+    _check_sampling({**spec.sampling, **{k: v for k, v in cfg.sampling.items() if v is not None}}, spec.source)
     out = Path(cfg.out)
     if out.is_dir():
         raise Phi1Error(f"--out {out}: is a directory; give the path of a JSONL file")

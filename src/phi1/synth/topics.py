@@ -57,8 +57,8 @@ class TopicsConfig(ClientSettings):
     out: str
     branching: int = 10  # subtopics asked for per node (and most kept)
     depth: int = 4  # levels below the seed subjects
-    temperature: float = 0.7
-    max_tokens: int = 600
+    temperature: float = 0.7  # sampling temperature of the expansions
+    max_tokens: int = 600  # longest answer per expansion
 
     def validate(self) -> None:
         for name, lo in (("target", 1), ("branching", 2), ("depth", 1), ("max_tokens", 1)):

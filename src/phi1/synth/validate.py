@@ -49,17 +49,17 @@ class ValidateConfig:
     report: str | None = None  # default: <out>.report.json (+ .png)
     execute: bool = True  # exercises: run their asserts in the sandbox
     timeout: float = 5.0  # seconds per exercise run
-    workers: int = 2  # sandbox processes
-    dedup_threshold: float = DEDUP_THRESHOLD
+    workers: int = 2  # sandbox processes for executing exercises
+    dedup_threshold: float = DEDUP_THRESHOLD  # MinHash Jaccard above which texts are near-duplicates
     decontaminate: bool = True
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])  # built in: humaneval
     benchmark_files: list[str] = field(default_factory=list)  # HumanEval- or MBPP-format JSONL files
     keep_truncated: bool = False  # records cut by max_tokens are rejected unless set
-    min_words: int = 40  # stories and textbook prose
+    min_words: int = 40  # shortest story / textbook prose kept, in words
     # Diversity report: embedding clusters of a seeded sample of the kept texts (sample 0 = skip), and
     # the topic tree whose coverage is reported (default: the tree of the records' spec, if unchanged).
-    encoder: str = "hashing"  # phi1.data.features.make_encoder spec
-    cluster_sample: int = 2000
+    encoder: str = "hashing"  # embeddings for the report's clusters: hashing (no model) | minilm | st:DIR | hf:NAME
+    cluster_sample: int = 2000  # kept texts (a seeded sample) clustered for the report; 0 = skip
     cluster_threshold: float = 0.7  # cosine distance under which average-linkage merges clusters
     topics_file: str | None = None
 

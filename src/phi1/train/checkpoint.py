@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from phi1.model.hf import save_model_dir
 from phi1.model.family import build_model
 from phi1.train.distributed import World, barrier, broadcast_object, unwrap
 from phi1.utils.io import atomic_write_json, atomic_write_text
-from phi1.utils.io import temp_prefix
+from phi1.utils.io import directory_commit
 from phi1.utils.safety import clean_stale_temps
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -133,11 +132,6 @@ _FIX = {errno.ENOSPC: "free disk space and rerun with --resume",
         errno.EPERM: "check the permissions of the run directory and rerun with --resume"}
 
 
-def _old_name(step: int) -> str:
-    """A pid-named temp name for a checkpoint being replaced (removed at the next start if orphaned)."""
-    return f".step-{step}.old.phi1-{os.getpid()}-{os.urandom(4).hex()}.tmp"
-
-
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenizer, state: dict,
                     world: World, keep_last_k: int = 0, keep_steps=()) -> Path:
     """Write checkpoint step-N (rank 0 writes; every rank must call). Returns its path.
@@ -151,35 +145,22 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenize
     final = root / f"step-{step}"
     error, raise_here = None, None
     if world.is_main:
-        tmp = None
         try:
             root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f"step-{step}"), suffix=".tmp", dir=root))
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a checkpoint gets the usual mode
-            cfg = unwrap(model).config
-            with torch.device("meta"):
-                shell = build_model(cfg)
-            shell.load_state_dict(msd, assign=True)
-            save_model_dir(shell, tmp / "model", tokenizer=tokenizer)
-            trainer = {"optimizer": osd, "scaler": scaler.state_dict() if scaler is not None else None,
-                       "rng": rng_state()}
-            _write_trainer_state(tmp / "trainer.pt", trainer)
-            atomic_write_json(tmp / "state.json", {**state, "step": step})
-            if final.exists():  # a rerun reaching the same step: swap, never delete first
-                old = root / _old_name(step)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            tmp = None
+            # A rerun reaching the same step swaps the old checkpoint out, never deletes it first.
+            with directory_commit(final, replace=True) as tmp:
+                cfg = unwrap(model).config
+                with torch.device("meta"):
+                    shell = build_model(cfg)
+                shell.load_state_dict(msd, assign=True)
+                save_model_dir(shell, tmp / "model", tokenizer=tokenizer)
+                trainer = {"optimizer": osd, "scaler": scaler.state_dict() if scaler is not None else None,
+                           "rng": rng_state()}
+                _write_trainer_state(tmp / "trainer.pt", trainer)
+                atomic_write_json(tmp / "state.json", {**state, "step": step})
             atomic_write_text(root / "latest", f"step-{step}\n")
             prune(root, keep_last_k, keep_steps)
         except Exception as exc:  # noqa: BLE001 (every rank must hear about it, whatever it is)
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
             disk = _disk_error(exc)
             prev = latest_checkpoint(run_dir)
             intact = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint"
@@ -189,10 +170,6 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scaler, tokenize
             else:
                 error = f"{final}: checkpoint not written ({type(exc).__name__}: {exc}); {intact}"
                 raise_here = exc
-        except BaseException:  # KeyboardInterrupt mid-save: no temp left behind
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
     error = broadcast_object(error, world)
     if raise_here is not None:
         raise raise_here

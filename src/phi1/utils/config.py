@@ -277,22 +277,24 @@ def _list_action():
     return ListAction
 
 
-def add_config_flags(parser, cls, *, skip=(), rename: dict | None = None, aliases: dict | None = None) -> list[str]:
+def add_config_flags(parser, cls, *, skip=(), only=None, rename: dict | None = None, aliases: dict | None = None,
+                     helps: dict | None = None) -> list[str]:
     """One `--field-name` flag per field of dataclass `cls` (dest = the field name, default None so
-    the dataclass default applies); `rename` gives a field another flag name, `aliases` extra option
-    strings (old flag names). Returns the field names that got a flag."""
+    the dataclass default applies); `only` limits them to those fields, `rename` gives a field another
+    flag name, `aliases` extra option strings (old flag names), `helps` a help text other than the
+    field's doc. Returns the field names that got a flag."""
     import argparse
 
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     names = []
     for f in _fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         tp, optional = _strip_optional(hints[f.name])
         default = field_default(f)
         flag = flag_name(f.name, rename)
-        doc = docs.get(f.name, "")
+        doc = (helps or {}).get(f.name) or docs.get(f.name, "")
         shown = "required" if default is dataclasses.MISSING else ("none" if default is None else default)
         if isinstance(shown, list):
             shown = " ".join(map(str, shown)) or "none"
@@ -317,15 +319,21 @@ def add_config_flags(parser, cls, *, skip=(), rename: dict | None = None, aliase
     return names
 
 
-def config_from_args(cls, args, where: str = "config", validate: bool = True):
-    """The typed config from parsed flags: flags left out keep the dataclass default; `build` checks
-    the types (naming the field) and `.validate()` runs when the class has one."""
+def fields_from_args(cls, args) -> dict:
+    """The fields of dataclass `cls` that the parsed flags give (a flag left out is not there, so the
+    dataclass default applies; `none` given is None)."""
     given = {}
     for f in _fields(cls):
         v = getattr(args, f.name, None)
         if v is not None:
             given[f.name] = None if v is NONE else v
-    cfg = build(cls, given, where)
+    return given
+
+
+def config_from_args(cls, args, where: str = "config", validate: bool = True, **fixed):
+    """The typed config from parsed flags (and `fixed` fields): flags left out keep the dataclass
+    default; `build` checks the types (naming the field) and `.validate()` runs when the class has one."""
+    cfg = build(cls, {**fields_from_args(cls, args), **fixed}, where)
     if validate and hasattr(cfg, "validate"):
         cfg.validate()
     return cfg

@@ -35,7 +35,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
             yield fh
             fh.flush()
-            os.fchmod(fh.fileno(), 0o644 & ~_umask())  # mkstemp makes 0600; give the usual mode
+            os.fchmod(fh.fileno(), 0o644 & ~umask())  # mkstemp makes 0600; give the usual mode
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -44,10 +44,47 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def directory_commit(target: str | os.PathLike, *, replace: bool = False, mode: int = 0o777):
+    """Build a directory at `target` whole or not at all: yields an empty temp sibling named after
+    this process (`.NAME.phi1-PID-*.tmp`, which `phi1.utils.safety.clean_stale_temps` removes once the
+    writer is dead), renamed to `target` when the block ends without an error, removed when it raises.
+
+    An existing `target` is an error unless `replace`: then it is moved aside under a temp name, the
+    new directory renamed in, and only then the old one removed (put back if the rename fails).
+    The directory gets `mode` less the umask (mkdtemp makes 0700)."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(tmp, mode & ~umask())
+        yield tmp
+        if not target.exists():
+            os.replace(tmp, target)
+            return
+        if not replace:
+            raise FileExistsError(errno.EEXIST, "exists; phi1 builds a new directory only where there is none",
+                                  str(target))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
+        os.replace(target, old)  # onto the empty directory
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

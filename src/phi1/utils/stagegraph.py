@@ -187,6 +187,11 @@ class StageGraph:
         dt = time.time() - t0
         if summary and summary.get("submitted"):  # handed to a cluster scheduler: it finishes later
             return {"stage": st.name, "status": "submitted", "fingerprint": fp}
+        if summary and summary.get("incomplete"):  # ran, but part of its work failed: not done, a rerun resumes it
+            if not quiet:
+                self.log(f"  incomplete after {dt:.1f}s: {summary['incomplete']}")
+            return {"stage": st.name, "status": "incomplete", "fingerprint": fp, "seconds": round(dt, 2),
+                    "summary": summary}
         if st.finished is not None and not st.finished(fp):
             raise Phi1Error(f"stage {st.name!r} finished without its completion record")
         record = {**record, "command": st.render(), "status": "done", "seconds": round(dt, 2),

@@ -21,11 +21,13 @@ from phi1.data.records import StageReport, finish_report
 from phi1.data.stages.base import (DemoPlace, StageContext, StageKind, commit_block, config_of, one_block,
                                    run_stage_file)
 from phi1.errors import ConfigError
+from phi1.llm.client import ClientSettings
 
 
 @dataclass
-class AnnotateStage:
-    """The annotate stage's settings: which records the judge labels, and how it is asked."""
+class AnnotateStage(ClientSettings):
+    """The annotate stage's settings: which records the judge labels, and how it is asked; the client's
+    (concurrency, timeout, retries, api_key_env, prices per 1M tokens) are `ClientSettings`'."""
 
     sample: int = 0  # records to label: the N smallest hash(seed, id), any task count (0 = all)
     seed: int = 0  # the sample's seed
@@ -33,18 +35,12 @@ class AnnotateStage:
     annotator: str | None = None  # llm | rules; None: llm with an endpoint, rules for sample 0 without one
     endpoint: str | None = None  # OpenAI-compatible base URL of the LLM judge (comma-separated for several)
     model: str | None = None  # the judge's model name on the endpoint
-    api_key_env: str | None = None  # the environment variable holding the judge's API key
     scale: int = 5  # the judge scores 0-5 (the paper's), or 0-10 (halved into the label)
     temperature: float = 0.0  # the judge's sampling temperature
     top_p: float | None = None  # the judge's nucleus sampling (None: the server's)
     max_tokens: int = 512  # the judge's answer; reasoning models need thousands
     sampling: dict = field(default_factory=dict)  # more request fields, e.g. {seed: 0, reasoning_effort: low}
     response_format: str = "auto"  # auto: ask for a JSON schema while the server accepts it | json_schema | none
-    price_in_per_1m: float = 0.0  # USD per million prompt tokens, for the report's cost
-    price_out_per_1m: float = 0.0  # USD per million completion tokens
-    concurrency: int = 8  # judge requests at once
-    timeout: float = 60.0  # seconds per judge request
-    max_attempts: int = 6  # tries per judge request
     cache: str | None = None  # the judge's cache file (default: judge-cache.jsonl in the stage directory)
 
     def validate(self) -> None:

@@ -32,7 +32,7 @@ def add_kind_command(sub, kind) -> None:
         p.add_argument("--rejected", help="also write the dropped records (with the reason in meta) to this file")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed JSONL lines (counted) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
-    p.add_argument("--workers", type=int, default=0, help=kind.workers_help)
+    p.add_argument("--workers", type=int, help=kind.workers_help)
     add_config_flags(p, kind.config, skip=skip, aliases=kind.aliases)
     outputs = (kind.output, *(("rejected",) if kind.rejected else ()), *kind.outputs)
     declare_io(p, inputs=(kind.positional, *kind.inputs), outputs=outputs, derived={kind.output: kind.derived},
@@ -48,8 +48,9 @@ def run_kind_command(name: str, args) -> int:
     if getattr(args, "benchmark_files", None) and getattr(args, "benchmarks", "") is None:
         args.benchmarks = []  # a benchmark file alone means no built-in benchmark
     cfg = config_from_args(kind.config, args, where=name)
-    kw = dict(cfg=cfg, workers=args.workers, skip_bad_lines=args.skip_bad_lines, quiet=args.quiet,
-              overwrite=args.overwrite)
+    kw = dict(cfg=cfg, skip_bad_lines=args.skip_bad_lines, quiet=args.quiet, overwrite=args.overwrite)
+    if args.workers is not None:
+        kw["workers"] = args.workers
     if kind.rejected:
         kw["rejected"] = args.rejected
     result = kind.run(getattr(args, kind.positional), getattr(args, kind.output), **kw)
