@@ -163,6 +163,15 @@ def _clear(*paths: Path):
     return clear
 
 
+def _check_stories(paths: list[str]) -> None:
+    if not paths:
+        raise Phi1Error("stories: none given; pass --stories FILE... (`phi1 synth stories` JSONL, TinyStories "
+                        "Parquet or JSON) or set the recipe's stories")
+    for src in paths:
+        if not Path(src).exists():
+            raise Phi1Error(f"stories: {src}: not found")
+
+
 def _tokenizer(texts: Path, vocab_size: int, out: Path) -> None:
     from phi1.tokenizer import train_tokenizer
 
@@ -269,7 +278,7 @@ def sweep_stages(cfg: SweepConfig, sc: ScaleSection, scale: str, out: Path, devi
         Stage("stories", "sweep-stories", {"stories": list(cfg.stories), "val_fraction": cfg.val_fraction,
                                            "beginnings": cfg.beginnings},
               run=lambda fp: write_stories(cfg, data, log), inputs=tuple(cfg.stories), clear=_clear(data),
-              title="stories, held-out beginnings"),
+              validate=lambda: _check_stories(cfg.stories), title="stories, held-out beginnings"),
         Stage("tokenizer", "sweep-tokenizer", {"vocab_size": sc.vocab_size}, after=("stories",),
               run=lambda fp: _tokenizer(data / "train-stories.jsonl", sc.vocab_size, tok),
               clear=_clear(tok), title="the stories' BPE tokenizer"),
@@ -286,24 +295,25 @@ def sweep_stages(cfg: SweepConfig, sc: ScaleSection, scale: str, out: Path, devi
     log(f"sweep {cfg.name} ({scale}): {len(probe)} models, {probe[0]['params'] / 1e6:.2f}M to "
         f"{probe[-1]['params'] / 1e6:.2f}M parameters")
     results = out / "results"
+
+    def model_of(name: str) -> dict:
+        return next(m for m in models() if m["name"] == name)
+
     for guess in probe:
         name = guess["name"]
-
-        def model_of(name=name) -> dict:
-            return next(m for m in models() if m["name"] == name)
 
         def outside(name=name) -> str | None:  # the trained tokenizer's vocab moved it out of the range
             return None if any(m["name"] == name for m in models()) else "outside the parameter range"
 
         def train_it(fp, name=name) -> dict:
-            m = model_of()
+            m = model_of(name)
             log(f"sweep: {name} ({m['params'] / 1e6:.2f}M parameters)")
             return {"model": str(train_one(cfg, sc, m, out, tok, shards, device))}
 
         def evaluate(fp, name=name) -> dict:
             from phi1.demo.pipeline import checkpoint_model_dir
 
-            m = model_of()
+            m = model_of(name)
             res = evaluate_one(m, checkpoint_model_dir(out / "runs" / name, "latest"), out / "runs" / name,
                                beginnings, out, cfg, sc, device, judge)
             atomic_write_json(results / f"{name}.json", res)

@@ -9,7 +9,7 @@ from phi1.utils.cliio import declare_io
 
 def register(sub) -> None:
     from phi1.infer.generate import SamplingParams
-    from phi1.infer.server import ServeConfig
+    from phi1.infer.settings import ServeConfig
     from phi1.utils.config import add_config_flags
 
     p = sub.add_parser("generate", help="complete a prompt with a model directory")
@@ -35,7 +35,8 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
-    from phi1.infer.server import ServeConfig, serve
+    from phi1.infer.server import serve
+    from phi1.infer.settings import ServeConfig
     from phi1.utils.config import config_from_args
 
     serve(config_from_args(ServeConfig, args, where="serve", validate=False))  # serve() validates

@@ -17,7 +17,6 @@ import errno
 import hmac
 import json
 import logging
-import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request  # at module level: FastAPI resolves handler annotations from module globals
 
 from phi1.errors import Phi1Error
+from phi1.infer.settings import ServeConfig  # noqa: F401 (the server's config; light, no fastapi)
 from phi1.infer.textstream import ids_for_prefix
 from phi1.infer.protocol import (APIError, ChatRequest, CompletionRequest, chat_messages, new_id, now,
                                  parse_request, sse, usage)
@@ -35,52 +35,6 @@ if TYPE_CHECKING:  # torch comes with the engine: imported when the model loads,
     from phi1.infer.engine import Engine, SeqParams, Sequence
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeConfig:
-    """Settings of `phi1 serve` (see docs/infer.md)."""
-
-    model_dir: str
-    host: str = "127.0.0.1"  # bind address (loopback only by default)
-    port: int = 8000  # TCP port (0: any free one)
-    api_key_env: str | None = None  # require 'Authorization: Bearer <key>', the key read from this environment variable
-    max_batch_size: int = 8  # sequences decoded together (KV-cache slots)
-    max_tokens_limit: int | None = None  # largest max_tokens a request may ask for (None: the model's context)
-    max_n: int = 16  # most choices per request (prompts x n)
-    max_body_mb: float = 8.0  # request bodies above this many MiB get 413
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
-    compile: bool = False  # CUDA: compile the decode step into a CUDA graph
-    log_level: str = "info"  # debug | info | warning | error
-    quantize: str | None = None  # int8 | int4: weight-only group-wise quantization of the linears (phi1.model.quantize)
-
-    def validate(self) -> None:
-        if not Path(self.model_dir, "config.json").exists():
-            raise Phi1Error(f"--model {self.model_dir}: no config.json there; give a model directory")
-        if not 0 <= self.port <= 65535:
-            raise Phi1Error(f"--port {self.port}: must be 0..65535")
-        if not 1 <= self.max_batch_size <= 1024:
-            raise Phi1Error(f"--max-batch-size {self.max_batch_size}: must be 1..1024")
-        if self.max_tokens_limit is not None and self.max_tokens_limit < 1:
-            raise Phi1Error(f"--max-tokens-limit {self.max_tokens_limit}: must be at least 1")
-        if self.max_n < 1:
-            raise Phi1Error(f"--max-n {self.max_n}: must be at least 1")
-        if not 0 < self.max_body_mb <= 4096:
-            raise Phi1Error(f"--max-body-mb {self.max_body_mb}: must be above 0 and at most 4096")
-        if self.quantize not in (None, "int8", "int4"):
-            raise Phi1Error(f"--quantize {self.quantize}: choose int8 or int4")
-        if self.log_level not in ("debug", "info", "warning", "error"):
-            raise Phi1Error(f"--log-level {self.log_level}: choose debug, info, warning or error")
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        key = os.environ.get(self.api_key_env, "")
-        if not key:
-            raise Phi1Error(f"--api-key-env {self.api_key_env}: that environment variable is unset or empty; "
-                            "export the key in it first")
-        return key
 
 
 def max_token_bytes(tokenizer) -> int | None:

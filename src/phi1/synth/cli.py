@@ -65,8 +65,7 @@ def _validate(args) -> int:
     if args.benchmark is not None or args.benchmark_file:
         given["benchmarks"] = args.benchmark or []  # a benchmark file alone means no built-in benchmark
     rep = validate_file(ValidateConfig(execute=not args.no_execute, decontaminate=not args.no_decontam,
-                                       keep_truncated=args.keep_truncated, benchmark_files=args.benchmark_file,
-                                       **given))
+                                       benchmark_files=args.benchmark_file, **given))  # given: keep_truncated too
     print(json.dumps(rep["counts"]))
     return 0
 
@@ -113,7 +112,7 @@ def register(subparsers) -> None:
     v.add_argument("--no-execute", action="store_true", help="exercises: only parse, do not run the asserts")
     add_config_flags(v, ValidateConfig, only=("timeout", "dedup_threshold", "workers", "min_words", "encoder",
                                               "cluster_sample", "cluster_threshold"),
-                     rename={"timeout": "--exec-timeout"})
+                     rename={"timeout": "exec_timeout"})
     v.add_argument("--no-decontam", action="store_true", help="skip the decontamination (13-gram, sequence ratio, AST)")
     v.add_argument("--benchmark", action="append", default=None,
                    help="built-in benchmark to protect (humaneval, the default); repeatable")
