@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -37,8 +38,14 @@ VALID_INPUTS = {("directory", ("data", "collect"))}  # collect's sources are dir
 ENDPOINT = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
 
 
+@functools.cache
+def _leaves() -> tuple:
+    return tuple(walk_commands(build_parser()))
+
+
 def leaves():
-    return list(walk_commands(build_parser()))
+    """Every leaf command: the whole CLI built once (half a second) for the hundreds of cases."""
+    return list(_leaves())
 
 
 def _required_fill(parser: argparse.ArgumentParser, spec: dict, paths: dict[str, str]) -> list[str]:

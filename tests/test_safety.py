@@ -56,6 +56,32 @@ def test_second_writer_fails_naming_the_holder_and_the_lock_dies_with_it(tmp_pat
         pass
 
 
+def test_a_rerun_right_after_kill_9_waits_for_the_dead_writers_workers(tmp_path):
+    """kill -9 of a writer leaves its lock held for a moment by its worker processes (they die with it):
+    a rerun then waits for them instead of refusing; a live writer's lock is still refused at once."""
+    import time
+
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from phi1.utils.safety import OutputLock
+        OutputLock({str(tmp_path)!r}, is_dir=True).acquire()
+        if os.fork() == 0:  # a worker: it inherits the locked descriptor, outlives the writer by 1.5 s
+            os.setsid()
+            time.sleep(1.5)
+            os._exit(0)
+        print("locked", flush=True)
+        time.sleep(600)
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "locked"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    t0 = time.monotonic()
+    with OutputLock(tmp_path, is_dir=True):  # the writer is dead, its worker holds the lock a little longer
+        waited = time.monotonic() - t0
+    assert 0.2 < waited < OutputLock.ORPHAN_WAIT, waited
+
+
 def test_lock_is_exclusive_within_one_process_too(tmp_path):
     with OutputLock(tmp_path, is_dir=True):
         with pytest.raises(Phi1Error, match=str(os.getpid())):

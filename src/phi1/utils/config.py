@@ -8,6 +8,7 @@ dataclass may set `_shorthand_field = "name"` so that a bare string stands for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -162,7 +163,13 @@ NONE = _NoneValue()
 
 def field_docs(cls) -> dict[str, str]:
     """The docs of a dataclass's fields, inherited classes' too: an attribute docstring (a string
-    literal right after the field), else the `# comment` that ends the field's line."""
+    literal right after the field), else the `# comment` that ends the field's line. Read once per
+    class (parsing the source is most of the time a CLI takes to build its parser)."""
+    return dict(_field_docs(cls))
+
+
+@functools.lru_cache(maxsize=None)
+def _field_docs(cls) -> dict[str, str]:
     import ast
     import inspect
     import textwrap

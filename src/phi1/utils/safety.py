@@ -193,10 +193,10 @@ class OutputLock:
         except OSError as exc:
             raise Phi1Error(f"{self.lock_path}: cannot create the lock file: {describe_oserror(exc)}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock(fd)
         except BlockingIOError:
             try:
-                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             finally:
                 os.close(fd)
             raise Phi1Error(
@@ -216,6 +216,28 @@ class OutputLock:
         else:
             clean_stale_temps(self.target.parent, stem=self.target.name)
         return self
+
+    ORPHAN_WAIT = 30.0  # seconds a dead holder's worker processes get to die (they die with their parent)
+
+    def _lock(self, fd: int) -> None:
+        """flock, or BlockingIOError when another live writer holds it. A writer killed with kill -9
+        leaves the lock held for a moment by its worker processes, which die with it: when the pid in
+        the lock file is dead, wait for them (up to ORPHAN_WAIT) instead of refusing a rerun."""
+        import time
+
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                if not holder.isdigit() or _pid_alive(int(holder)):
+                    raise
+                deadline = deadline or time.monotonic() + self.ORPHAN_WAIT
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def release(self) -> None:
         if self.fd >= 0:
