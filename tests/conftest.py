@@ -62,3 +62,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def micro_demo(tmp_path_factory, stdlib_slice):
+    """The micro demo run once per test process (test_demo.py and test_stage_graph.py read it; their tests
+    share an xdist group so one process runs both): killed with SIGKILL as soon as its dedup stage is done,
+    then rerun to the end. Returns (recipe, run dir, {stage marker: mtime} finished before the kill,
+    the rerun's CompletedProcess)."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from test_demo import micro_recipe, phi1_cmd
+
+    root = tmp_path_factory.mktemp("micro_demo")
+    recipe = micro_recipe(root, stdlib_slice)
+    run = root / "run"
+    env = {**os.environ, "PHI1_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(phi1_cmd("demo", "--recipe", recipe, "--out", run), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run / ".stages" / "dedup.json"
+
+    def dedup_done() -> bool:
+        try:
+            return json.loads(marker.read_text()).get("status") == "done"
+        except (OSError, ValueError):
+            return False
+
+    deadline = time.time() + 240
+    while not dedup_done() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert dedup_done(), "the demo never finished its dedup stage"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [p for p in (run / ".stages").glob("*.json") if json.loads(p.read_text())["status"] == "done"]
+    before = {p.name: p.stat().st_mtime_ns for p in done}
+    rerun = subprocess.run(phi1_cmd("demo", "--recipe", recipe, "--out", run), env=env, capture_output=True,
+                           text=True, timeout=900)
+    return recipe, run, before, rerun

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -43,34 +40,12 @@ def phi1_cmd(*args) -> list[str]:
 
 
 @pytest.mark.slow
-def test_demo_micro_end_to_end_with_resume(tmp_path, stdlib_slice):
-    recipe = micro_recipe(tmp_path, stdlib_slice)
-    run = tmp_path / "run"
-    env = {**os.environ, "PHI1_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    # First attempt: killed (SIGKILL) as soon as the dedup stage has finished.
-    proc = subprocess.Popen(phi1_cmd("demo", "--recipe", recipe, "--out", run), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = run / ".stages" / "dedup.json"
-
-    def dedup_done() -> bool:
-        try:
-            return json.loads(marker.read_text()).get("status") == "done"
-        except (OSError, ValueError):
-            return False
-
-    deadline = time.time() + 240
-    while not dedup_done() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert dedup_done(), "the demo never finished its dedup stage"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = [p for p in (run / ".stages").glob("*.json") if json.loads(p.read_text())["status"] == "done"]
-    before = {p.name: p.stat().st_mtime_ns for p in done}
+@pytest.mark.xdist_group("micro_demo")
+def test_demo_micro_end_to_end_with_resume(micro_demo):
+    recipe, run, before, r = micro_demo  # killed as soon as its dedup stage finished, then rerun
     assert "collect.json" in before and "report.json" not in before
 
-    # Rerun the same command: finished stages are skipped, the rest completes.
-    r = subprocess.run(phi1_cmd("demo", "--recipe", recipe, "--out", run), env=env, capture_output=True,
-                       text=True, timeout=900)
+    # The rerun of the same command: finished stages are skipped, the rest completes.
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "collect: done earlier, skipping" in r.stdout or "collect the corpus: done earlier" in r.stdout
     for name, mtime in before.items():

@@ -48,6 +48,14 @@ def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     return torch.cat((x_rot, x_pass), dim=-1)
 
 
+def split_heads(qkv: torch.Tensor, H: int, Hkv: int, D: int):
+    """q (B, H, T, D), k and v (B, Hkv, T, D) from a fused projection's output (B, T, (H + 2 Hkv) D)."""
+    B, T, _ = qkv.shape
+    q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+    return (q.view(B, T, H, D).transpose(1, 2), k.view(B, T, Hkv, D).transpose(1, 2),
+            v.view(B, T, Hkv, D).transpose(1, 2))
+
+
 def softmax_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) under `mask` (bool, True = attend) or the causal one; k's heads are
     repeated for grouped-query attention (query head h reads kv head h // (H / Hkv), as SDPA's GQA)."""
@@ -61,7 +69,25 @@ def softmax_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) 
 
 
 class CausalLM(nn.Module):
-    """The shared half of a family's network: the cache, the logits and loss, the accounting."""
+    """The shared half of a family's network: the embedding, blocks and head, the cache, the logits and
+    loss, the accounting. A family's network calls `__init__` with its block class, its final norm (and
+    the attribute name its files use for it) and whether its head has a bias, and provides
+    `_build_rope`, `reset_parameters` and `hidden_states`."""
+
+    def __init__(self, config, block: type, norm_name: str, norm: nn.Module, head_bias: bool):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_dropout = nn.Dropout(config.embd_pdrop)
+        self.layers = nn.ModuleList(block(config) for _ in range(config.num_hidden_layers))
+        setattr(self, norm_name, norm)  # registered here: the state dict keeps the files' order
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=head_bias)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.activation_checkpointing = False
+        self._rope_len = 0
+        self._build_rope(config.max_position_embeddings)
+        self.reset_parameters()
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype=None, device=None) -> None:
         """Allocate a static KV cache for incremental decoding."""

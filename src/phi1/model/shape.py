@@ -54,6 +54,15 @@ class HeadShape:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    PRESETS = {}  # set by each family's config module: preset name -> fields
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any):
+        """The config of preset `name`, with `overrides`."""
+        if name not in cls.PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides, "preset": name})
+
     def replace(self, **changes: Any):
         """A copy with `changes` (validated again, by __post_init__)."""
         return dataclasses.replace(self, **changes)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from phi1.errors import ConfigError
 from phi1.model.shape import HeadShape, check_shape
 
 
@@ -40,16 +39,6 @@ class PhiConfig(HeadShape):
 
     def validate(self) -> None:
         check_shape(self, ("gelu_new", "gelu_pytorch_tanh", "gelu"))
-
-    # ---- construction --------------------------------------------------
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "PhiConfig":
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
-        kw = dict(PRESETS[name])
-        kw.update(overrides)
-        kw["preset"] = name
-        return cls(**kw)
 
     # ---- accounting ----------------------------------------------------
     def num_parameters(self, *, include_embeddings: bool = True) -> int:
@@ -98,9 +87,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "micro": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                   vocab_size=512, max_position_embeddings=256, partial_rotary_factor=0.5),
 }
+PhiConfig.PRESETS = PRESETS
 
 # The presets of released models (microsoft/phi-1, phi-1_5, phi-2 all have 51200 rows): their
 # vocab_size is part of the shape. codegen-350M-mono's tokenizer has 50295 tokens, which padding
 # to 64 would make 50304; the preset's 51200 wins. tiny and micro are sized to the tokenizer.
 FIXED_VOCAB_PRESETS = ("phi-1", "phi-1-small", "phi-1.5", "phi-2")
-

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.model.hfconfig import first as _first, value as _num
+from phi1.model.hfconfig import config_json, first as _first, shape_fields, value as _num
 from phi1.model.phi.config import PhiConfig
 
 TRANSFORMERS_VERSION_WRITTEN = "4.45.0"  # the oldest transformers whose Phi reads what we write
@@ -31,37 +31,10 @@ def config_to_hf(cfg: PhiConfig, dtype: torch.dtype = torch.float32) -> dict[str
     4.x reads rope_theta/partial_rotary_factor at the top level, 5.x reads the
     nested rope_parameters; both forms are written.
     """
-    dtype_name = str(dtype).removeprefix("torch.")
-    return {
-        "architectures": ["PhiForCausalLM"],
-        "model_type": "phi",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "hidden_act": cfg.hidden_act,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "resid_pdrop": cfg.resid_pdrop,
-        "embd_pdrop": cfg.embd_pdrop,
-        "attention_dropout": cfg.attention_dropout,
-        "qk_layernorm": cfg.qk_layernorm,
-        "initializer_range": cfg.initializer_range,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "rope_theta": cfg.rope_theta,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta,
-                            "partial_rotary_factor": cfg.partial_rotary_factor},
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
-        "use_cache": True,
-        "dtype": dtype_name,
-        "torch_dtype": dtype_name,
-        "transformers_version": TRANSFORMERS_VERSION_WRITTEN,
-    }
+    return config_json(cfg, "PhiForCausalLM", "phi", dtype, TRANSFORMERS_VERSION_WRITTEN,
+                       layer_norm_eps=cfg.layer_norm_eps, qk_layernorm=cfg.qk_layernorm,
+                       rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta,
+                                        "partial_rotary_factor": cfg.partial_rotary_factor})
 
 
 def config_from_hf(d: dict[str, Any]) -> PhiConfig:
@@ -72,14 +45,8 @@ def config_from_hf(d: dict[str, Any]) -> PhiConfig:
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         if not isinstance(rope, dict):
             rope = {}
-        heads = d["num_attention_heads"]
         return PhiConfig(
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            intermediate_size=d["intermediate_size"],
-            num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=_num(d, "num_key_value_heads", default=heads),
+            **shape_fields(d),
             max_position_embeddings=_num(d, "max_position_embeddings", default=2048),
             partial_rotary_factor=float(_num(rope, "partial_rotary_factor",
                                              default=_num(d, "partial_rotary_factor", default=0.5))),

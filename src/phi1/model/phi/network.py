@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from phi1.model.base import CausalLM, KVCache, apply_partial_rotary
+from phi1.model.base import CausalLM, KVCache, apply_partial_rotary, split_heads
 from phi1.model.phi.config import PhiConfig
 
 
@@ -40,10 +40,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask=None, input_pos=None, kv_len=None):
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)      # (B, H, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)    # (B, Hkv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        q, k, v = split_heads(self.qkv(x), H, Hkv, D)  # (B, H, T, D), (B, Hkv, T, D) x 2
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         q = apply_partial_rotary(q, cos, sin)
@@ -93,19 +90,8 @@ class Block(nn.Module):
 
 class PhiForCausalLM(CausalLM):
     def __init__(self, config: PhiConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_dropout = nn.Dropout(config.embd_pdrop)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.final_ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.embed.weight
-        self.activation_checkpointing = False
-        self._rope_len = 0
-        self._build_rope(config.max_position_embeddings)
-        self.reset_parameters()
+        super().__init__(config, Block, "final_ln", nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+                         head_bias=True)
 
     # ---- set-up ----------------------------------------------------------
     def _build_rope(self, length: int, device=None) -> None:

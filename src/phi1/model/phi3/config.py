@@ -85,16 +85,6 @@ class Phi3Config(HeadShape):
                     raise bad("rope_scaling", f"'{key}' must be a list of {self.rotary_dim // 2} numbers "
                                               "(rotary_dim / 2)")
 
-    # ---- construction --------------------------------------------------
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "Phi3Config":
-        if name not in PRESETS3:
-            raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS3)}")
-        kw = dict(PRESETS3[name])
-        kw.update(overrides)
-        kw["preset"] = name
-        return cls(**kw)
-
     # to_dict and replace: HeadShape
 
     # ---- accounting ----------------------------------------------------
@@ -151,6 +141,7 @@ PRESETS3: dict[str, dict[str, Any]] = {
                   original_max_position_embeddings=128, rope_scaling=_longrope(16, 4.0),
                   bos_token_id=None, eos_token_id=None, pad_token_id=None),
 }
+Phi3Config.PRESETS = PRESETS3
 
 # The released shapes' vocab_size is part of the shape; tiny3 is sized to the tokenizer.
 FIXED_VOCAB_PRESETS3 = ("phi-3-mini", "phi-3-mini-128k", "phi-3-medium", "phi-4-mini")

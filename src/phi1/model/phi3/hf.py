@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from phi1.errors import Phi1Error
-from phi1.model.hfconfig import first as _first, value as _num
+from phi1.model.hfconfig import config_json, first as _first, shape_fields, value as _num
 from phi1.model.phi3.config import Phi3Config
 
 TRANSFORMERS_VERSION_WRITTEN = "4.48.0"  # LongRoPE with partial rotary reads correctly from here on
@@ -22,7 +22,6 @@ TRANSFORMERS_VERSION_WRITTEN = "4.48.0"  # LongRoPE with partial rotary reads co
 
 def config_to_hf(cfg: Phi3Config, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """config.json for Phi3ForCausalLM, readable by transformers 4.x (rope_scaling) and 5.x (rope_parameters)."""
-    dtype_name = str(dtype).removeprefix("torch.")
     rope_params = {"rope_type": "default", "rope_theta": cfg.rope_theta,
                    "partial_rotary_factor": cfg.partial_rotary_factor}
     rope_scaling = None
@@ -31,37 +30,10 @@ def config_to_hf(cfg: Phi3Config, dtype: torch.dtype = torch.float32) -> dict[st
         rope_scaling["type"] = "longrope"
         rope_params.update({k: v for k, v in rope_scaling.items() if k != "type"}, rope_type="longrope",
                            original_max_position_embeddings=cfg.original_max_position_embeddings)
-    return {
-        "architectures": ["Phi3ForCausalLM"],
-        "model_type": "phi3",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "original_max_position_embeddings": cfg.original_max_position_embeddings,
-        "hidden_act": cfg.hidden_act,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "resid_pdrop": cfg.resid_pdrop,
-        "embd_pdrop": cfg.embd_pdrop,
-        "attention_dropout": cfg.attention_dropout,
-        "sliding_window": cfg.sliding_window,
-        "initializer_range": cfg.initializer_range,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "rope_theta": cfg.rope_theta,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "rope_scaling": rope_scaling,
-        "rope_parameters": rope_params,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
-        "use_cache": True,
-        "dtype": dtype_name,
-        "torch_dtype": dtype_name,
-        "transformers_version": TRANSFORMERS_VERSION_WRITTEN,
-    }
+    return config_json(cfg, "Phi3ForCausalLM", "phi3", dtype, TRANSFORMERS_VERSION_WRITTEN,
+                       original_max_position_embeddings=cfg.original_max_position_embeddings,
+                       rms_norm_eps=cfg.rms_norm_eps, sliding_window=cfg.sliding_window, rope_scaling=rope_scaling,
+                       rope_parameters=rope_params)
 
 
 def config_from_hf(d: dict[str, Any]) -> Phi3Config:
@@ -79,15 +51,9 @@ def config_from_hf(d: dict[str, Any]) -> Phi3Config:
                 rope_scaling[k] = src[k]
     elif kind not in (None, "default"):
         raise Phi1Error(f"rope type {kind!r} is not supported for phi3; supported: default, longrope")
-    heads = d["num_attention_heads"]
     max_pos = _num(d, "max_position_embeddings", default=4096)
     return Phi3Config(
-        vocab_size=d["vocab_size"],
-        hidden_size=d["hidden_size"],
-        intermediate_size=d["intermediate_size"],
-        num_hidden_layers=d["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=_num(d, "num_key_value_heads", default=heads),
+        **shape_fields(d),
         max_position_embeddings=max_pos,
         original_max_position_embeddings=_num(d, "original_max_position_embeddings",
                                               default=_num(rope, "original_max_position_embeddings", default=max_pos)),

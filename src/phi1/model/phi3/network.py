@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from phi1.model.base import CausalLM, KVCache, apply_partial_rotary, rotate_half
+from phi1.model.base import CausalLM, KVCache, apply_partial_rotary, split_heads, rotate_half
 from phi1.model.phi3.config import Phi3Config
 
 
@@ -56,10 +56,7 @@ class Attention3(nn.Module):
     def forward(self, x, cos, sin, mask=None, input_pos=None, kv_len=None):
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv, self.head_dim
-        q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)      # (B, H, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)    # (B, Hkv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        q, k, v = split_heads(self.qkv_proj(x), H, Hkv, D)  # (B, H, T, D), (B, Hkv, T, D) x 2
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
@@ -102,19 +99,8 @@ class Phi3ForCausalLM(CausalLM):
     """The cache, the logits/loss and the accounting are `CausalLM`'s (`phi1.model.base`)."""
 
     def __init__(self, config: Phi3Config):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_dropout = nn.Dropout(config.embd_pdrop)
-        self.layers = nn.ModuleList(Block3(config) for _ in range(config.num_hidden_layers))
-        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.embed.weight
-        self.activation_checkpointing = False
-        self._rope_len = 0
-        self._build_rope(config.max_position_embeddings)
-        self.reset_parameters()
+        super().__init__(config, Block3, "final_norm", RMSNorm(config.hidden_size, config.rms_norm_eps),
+                         head_bias=False)
 
     # ---- set-up ----------------------------------------------------------
     def _build_rope(self, length: int, device=None) -> None:
