@@ -27,10 +27,3 @@ class Layout:
     def stage(self, kind: str) -> Path:
         """The stage directory of one data stage: `data/<kind>/` (a demo stage is named as its kind)."""
         return self.data / kind
-
-    def output(self, kind: str) -> Path:
-        """What "@<kind>" names: the stage directory, or the file a kind's record points at in it
-        (the classify stage's classifier)."""
-        from phi1.data import stages
-
-        return stages.get(kind).ref_path(self.stage(kind))

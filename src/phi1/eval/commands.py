@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from phi1.utils.cliio import declare_io
+from phi1.utils.device import add_device_flags, device_options
 
 
 def _k_arg(p: argparse.ArgumentParser) -> None:
@@ -30,16 +31,6 @@ def _sandbox_config(args):
     from phi1.utils.config import config_from_args
 
     return config_from_args(SandboxConfig, args, where="sandbox", validate=False).validate()
-
-
-def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
-
-
-def _device(args) -> dict:
-    """--device / --dtype as given (left out: the loader's auto)."""
-    return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k) is not None}
 
 
 def _refuse_dir(flag: str, path) -> None:
@@ -78,7 +69,7 @@ def _benchmark(args) -> int:
     if args.plus:  # evalplus's prompts, base and plus tests
         bench, data = bench + "+", args.plus
     summary = run_benchmark(args.model, bench, args.out, gen=gen, sandbox_config=_sandbox_config(args),
-                            data=data, ks=ks, **_device(args))
+                            data=data, ks=ks, **device_options(args))
     print(format_summary(summary))
     print(f"summary: {Path(args.out) / 'summary.json'} and summary.md")
     return 0
@@ -89,7 +80,7 @@ def _loss(args) -> int:
     from phi1.eval.loss import write_solution_loss
 
     given = {k: getattr(args, k) for k in ("max_problems", "batch_size") if getattr(args, k) is not None}
-    result = write_solution_loss(args.model, args.benchmark, args.out, data=args.data, **given, **_device(args))
+    result = write_solution_loss(args.model, args.benchmark, args.out, data=args.data, **given, **device_options(args))
     print(json.dumps(result))
     return 0
 
@@ -117,7 +108,7 @@ def register_eval(sub) -> None:
                        "any other causal LM (GPT-2, Llama, CodeGen, Qwen2, StarCoder2...) through transformers")
         p.add_argument("--out", required=True, help="output directory (rerun to resume)")
         add_config_flags(p, GenerationConfig)
-        _device_args(p)
+        add_device_flags(p)
         if bench == "mbpp":
             p.add_argument("--data", required=False, default=None, help="path to the original mbpp.jsonl")
         p.add_argument("--plus", default=None, metavar="FILE",
@@ -134,7 +125,7 @@ def register_eval(sub) -> None:
     p.add_argument("--max-problems", type=int, default=None, help="only the first N tasks")
     p.add_argument("--batch-size", type=int, default=None, help="problems per forward pass (default: the library's, "
                    "phi1.eval.loss.solution_loss)")
-    _device_args(p)
+    add_device_flags(p)
     p.add_argument("--out", default=None, help="also write the result as JSON to this file")
     declare_io(p, inputs=("model", "data"), outputs=("out",))
     p.set_defaults(func=_loss)

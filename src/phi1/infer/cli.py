@@ -11,14 +11,14 @@ def register(sub) -> None:
     from phi1.infer.generate import SamplingParams
     from phi1.infer.settings import ServeConfig
     from phi1.utils.config import add_config_flags
+    from phi1.utils.device import add_device_flags
 
     p = sub.add_parser("generate", help="complete a prompt with a model directory")
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", required=True, help="prompt text, or @FILE to read it from a file")
     add_config_flags(p, SamplingParams, skip=("stop",))
     p.add_argument("--stop", nargs="*", default=None, help="strings that end the completion")
-    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
+    add_device_flags(p)
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="weight-only group-wise quantization of the linear layers (less memory; see docs/export.md)")
@@ -52,6 +52,7 @@ def _generate(args) -> int:
     from phi1.model import load_for_inference
     from phi1.model.create import check_tokenizer_fits
     from phi1.utils.config import config_from_args
+    from phi1.utils.device import device_options
 
     sp = config_from_args(SamplingParams, args, where="generate", validate=False)
     problem = sampling_problem(sp.max_new_tokens, sp.temperature, sp.top_p, sp.top_k, sp.seed)
@@ -65,8 +66,7 @@ def _generate(args) -> int:
             raise Phi1Error(f"--prompt {prompt}: file not found")
         prompt = f.read_text()
     check_tokenizer_fits(args.model)
-    load = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
-    model, tok = load_for_inference(args.model, quantize=args.quantize, **load)
+    model, tok = load_for_inference(args.model, quantize=args.quantize, **device_options(args))
     stop = list(args.stop or [])
     if args.chat:
         from phi1.chat import PHI3_TEMPLATE

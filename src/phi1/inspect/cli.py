@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 
 from phi1.utils.cliio import declare_io, needs_subcommand
+from phi1.utils.device import add_device_flags, device_options
 
 
 def _model_args(p) -> None:
     p.add_argument("--model", required=True, help="model directory (HF format)")
-    p.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16")
+    add_device_flags(p)
 
 
 def _stream_args(p) -> None:
@@ -176,7 +176,7 @@ def _compare(args) -> int:
 def _load(args):
     from phi1.model import load_for_inference
 
-    return load_for_inference(args.model, **_given(args, "device", "dtype"))
+    return load_for_inference(args.model, **device_options(args))
 
 
 @contextlib.contextmanager

@@ -123,18 +123,18 @@ def run_job(cfg: JobConfig, client: LLMClient | None = None) -> JobReport:
     """
     cfg.validate()
     spec = load_spec(cfg.spec, cfg.kind)
-    _check_sampling({**spec.sampling, **{k: v for k, v in cfg.sampling.items() if v is not None}}, spec.source)
+    sampling = {**spec.sampling, **{k: v for k, v in cfg.sampling.items() if v is not None}}
+    _check_sampling(sampling, spec.source)
     out = Path(cfg.out)
     if out.is_dir():
         raise Phi1Error(f"--out {out}: is a directory; give the path of a JSONL file")
     with OutputLock(out, is_dir=False, what="synth output"):
         for side in side_paths(out):  # the lock cleaned OUT's own stale temps; these are the manifest's
             clean_stale_temps(out.parent, stem=side.name)
-        return _run_locked(cfg, spec, out, client)
+        return _run_locked(cfg, spec, sampling, out, client)
 
 
-def _run_locked(cfg: JobConfig, spec: Spec, out: Path, client: LLMClient | None) -> JobReport:
-    sampling = {**spec.sampling, **{k: v for k, v in cfg.sampling.items() if v is not None}}
+def _run_locked(cfg: JobConfig, spec: Spec, sampling: dict, out: Path, client: LLMClient | None) -> JobReport:
     api = cfg.api or spec.api
     manifest_path, failures_path = side_paths(out)
     pinned = {"kind": cfg.kind, "seed": cfg.seed, "spec_sha256": spec.sha256, "model": cfg.model,

@@ -21,6 +21,18 @@ DTYPE_CHOICES = "auto, " + ", ".join(DTYPES)
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
+def add_device_flags(parser) -> None:
+    """--device and --dtype for a command that loads a model; left out, the loader's auto applies."""
+    parser.add_argument("--device", help="auto (default: cuda when available) | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--dtype", help="auto (default: bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | "
+                        "float16")
+
+
+def device_options(args) -> dict:
+    """The --device / --dtype given on the command line (those left out: the loader's defaults)."""
+    return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None) is not None}
+
+
 def device_ok(name: object) -> bool:
     """Whether `name` is a device name this project accepts (without looking at the hardware)."""
     return isinstance(name, str) and _DEVICE.fullmatch(name) is not None
