@@ -171,6 +171,17 @@ def test_every_kind_has_one_name_and_the_old_names_say_the_new_one(tmp_path):
             parse_pipeline({"stages": [{"name": "x", "kind": old, "input": "in.jsonl"}]}, tmp_path / "p.yaml")
 
 
+def test_schema_out_never_replaces_a_file_it_was_not_told_to(tmp_path, capsys):
+    from phi1.cli import main
+
+    out = tmp_path / "pipeline.schema.json"
+    out.write_text("my notes\n")
+    assert main(["data", "schema", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == "my notes\n"
+    assert main(["data", "schema", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["title"] == "phi1 data pipeline"
+
+
 def test_the_schema_accepts_the_shipped_pipelines_and_names_bad_options():
     import jsonschema
 

@@ -74,9 +74,18 @@ def _schema(args) -> int:
     from phi1.data.pipeline import pipeline_schema
     from phi1.utils.io import atomic_write_text
 
+    from pathlib import Path
+
+    from phi1.errors import Phi1Error
+
     text = json.dumps(pipeline_schema(), indent=2) + "\n"
     if args.out:
-        atomic_write_text(args.out, text)
+        out = Path(args.out)
+        if out.is_dir():
+            raise Phi1Error(f"--out {out}: is a directory; give the schema file's path")
+        if out.exists() and not args.overwrite:
+            raise Phi1Error(f"--out {out}: exists; choose another path, or pass --overwrite to replace it")
+        atomic_write_text(out, text)
     else:
         print(text, end="")
     return 0
@@ -106,5 +115,5 @@ def register_data(sub) -> None:
 
     p = sub.add_parser("schema", help="the JSON Schema of a pipeline YAML (every stage kind and its options)")
     p.add_argument("--out", help="write it to this file (default: stdout); editors validate YAML with it")
-    declare_io(p, outputs=("out",))
+    declare_io(p, outputs=("out",), overwrite=True)
     p.set_defaults(func=_schema)
