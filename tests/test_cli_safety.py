@@ -1,9 +1,10 @@
 """The CLI's promises, checked over the whole command table so that a new command is covered too.
 
 - Every leaf command declares its path arguments (`declare_io`).
-- Output equals input: for every command and every output it declares (and the files it
-  writes beside an output), pointing it at an input (directly, through `./`, or through a
-  symlink) is refused with exit 2 before the command runs, and the input is untouched.
+- Every declared write (named outputs and the files derived from them): an existing foreign file
+  there, an input equal to it, or an output inside an input folder is refused with exit 2
+  before the command runs, and nothing changes; a file the command's ledger proves it wrote passes.
+- Output equals input through `./` or a symlink is refused as well.
 - Fuzz: every command run with bad files (missing, a directory, empty, random bytes, garbage
   text) and bad flag values exits 2 with exactly one line on stderr and no traceback.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from phi1.cli import build_parser, main
-from phi1.utils.cliio import io_spec, walk_commands
+from phi1.utils.cliio import io_spec, planned_writes, walk_commands
 
 # Leaf commands that read or write no path a user gives.
 NO_PATHS: set[tuple[str, ...]] = set()
@@ -141,67 +144,166 @@ def test_every_command_declares_its_paths():
     assert not undeclared, f"path arguments missing from declare_io: {undeclared}"
 
 
-def _output_cases():
+def _argv_for(prefix, parser, spec, paths: dict[str, str]) -> list[str]:
+    """argv for `prefix` with the required arguments filled, and every path dest in `paths` given
+    (optional path flags included)."""
+    argv = list(prefix) + _required_fill(parser, spec, paths)
+    for d, value in paths.items():
+        a = _option_for(parser, d)
+        if a is not None and a.option_strings and not set(a.option_strings) & set(argv):
+            argv += [a.option_strings[0], value]
+    return argv
+
+
+def _writes(argv: list[str]):
+    """The parsed command line's declared writes, derived ones included (phi1.utils.cliio.planned_writes)."""
+    args = build_parser(argv).parse_args(argv)
+    return planned_writes(args), args
+
+
+def _plan_cases():
+    """(command, attack) for the attacks that run over every declared write of every command."""
     for prefix, p in leaves():
         spec = io_spec(p)
-        if not spec:
-            continue
-        targets = [(d, "") for d in spec["outputs"] + spec["out_dirs"]]
-        targets += [(d, suf) for d, sufs in spec["derived"].items() for suf in sufs]
-        for dest, suffix in targets:
-            if not spec["inputs"]:
+        if not spec or not (spec["outputs"] or spec["out_dirs"] or spec["derived"]):
+            continue  # writes nothing the command line names (model info, generate, serve, train's config)
+        for attack in ("foreign", "foreign-overwrite", "proven", "input-equal", "inside-input"):
+            if attack in ("input-equal", "inside-input") and not spec["inputs"]:
                 continue
-            for how in ("same", "dot", "symlink"):
-                yield pytest.param(prefix, dest, suffix, how, id=f"{'-'.join(prefix)}:{dest}{suffix}:{how}")
+            if attack == "foreign-overwrite" and not spec["overwrite"]:
+                continue
+            yield pytest.param(prefix, attack, id=f"{'-'.join(prefix)}:{attack}")
 
 
-@pytest.mark.parametrize("prefix,dest,suffix,how", list(_output_cases()))
-def test_output_equal_to_input_is_refused(prefix, dest, suffix, how, tmp_path, capsys, monkeypatch):
+def _snapshot(root: Path) -> dict:
+    return {f: f.read_bytes() for f in root.rglob("*") if f.is_file() and not f.is_symlink()}
+
+
+PAYLOAD = b'{"id": "a", "text": "def f():\\n    return 1\\n", "meta": {}}\n' * 10
+
+
+def _refused(argv, capsys, word: str | None = None):
+    rc, err = _run_in_process(argv, capsys, func_guard=True)
+    lines = err.strip().splitlines()
+    assert rc == 2, f"{argv}: exit {rc}, stderr {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("phi1: error:"), err
+    if word:
+        assert word in lines[0], err
+    return lines[0]
+
+
+def _let_through(argv, capsys):
+    rc, err = _run_in_process(argv, capsys, func_guard=True)
+    assert rc == 1 and "_Ran" in err, f"{argv}: the guard refused: exit {rc}, stderr {err!r}"
+
+
+@pytest.mark.parametrize("prefix,attack", list(_plan_cases()))
+def test_every_declared_write_is_guarded(prefix, attack, tmp_path, capsys, monkeypatch):
+    """Over the whole command table and every path each command declares it writes (derived files
+    such as OUT.summary.json included, computed from the command line as the command computes them):
+
+    - foreign: an existing file (or a non-empty folder) that phi1 did not write is refused, exit 2;
+    - foreign-overwrite: with --overwrite a named output may be replaced, a derived file never;
+    - proven: a file the command's ledger entry proves it wrote (a folder its marker names) passes;
+    - input-equal: an input that is a derived or named output path is refused ("same");
+    - inside-input: an output inside an input folder is refused ("inside").
+
+    The command itself never runs (its function is replaced): the guard must act before any work."""
+    from phi1.utils.safety import MARKER
+    from phi1.utils.writes import record
+
     parser = dict(leaves())[prefix]
     spec = io_spec(parser)
     monkeypatch.chdir(tmp_path)
-    in_dest = spec["inputs"][0]
-    base = "victim.jsonl"
-    victim = tmp_path / (base + suffix)
-    payload = b'{"id": "a", "text": "def f():\\n    return 1\\n", "meta": {}}\n' * 10
-    if dest in spec["out_dirs"]:
-        victim = tmp_path / "victimdir"
-        victim.mkdir()
-        (victim / "keep.txt").write_bytes(payload)
-        input_value, out_value = str(victim), victim.name
-    else:
-        victim.write_bytes(payload)
-        input_value = str(victim)
-        out_value = base  # OUT + suffix == the input
-        if not suffix:
-            out_value = victim.name
-    if how == "dot":
-        out_value = "./" + out_value
-    elif how == "symlink":
-        link = tmp_path / "link"
-        target = victim if not suffix else tmp_path / base
-        if suffix:
-            # OUT is a symlink whose derived file lands on the input: link the directory instead.
-            (tmp_path / "sub").symlink_to(tmp_path)
-            out_value = "sub/" + base
-        else:
-            link.symlink_to(target)
-            out_value = str(link)
     paths = {d: str(tmp_path / f"fresh-{d}") for d in _path_dests(spec)}
-    paths[in_dest] = input_value
-    paths[dest] = out_value
-    argv = list(prefix) + _required_fill(parser, spec, paths)
-    for d in (in_dest, dest):  # optional path flags are not filled by _required_fill
-        a = _option_for(parser, d)
-        if a is not None and a.option_strings and a.option_strings[0] not in argv:
-            argv += [a.option_strings[0], paths[d]]
-    before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file() and not f.is_symlink()}
-    rc, err = _run_in_process(argv, capsys, func_guard=True)
-    assert rc == 2, f"{argv}: exit {rc}, stderr {err!r}"
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("phi1: error:") and "same" in lines[0], err
-    after = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file() and not f.is_symlink()}
-    assert after == before
+    for d in spec["updates"]:  # an input folder the command adds its own files to
+        (tmp_path / f"fresh-{d}").mkdir()
+    argv = _argv_for(prefix, parser, spec, paths)
+    writes, args = _writes(argv)
+    assert writes, f"{prefix}: declares no write"
+    if attack == "inside-input":
+        folder = tmp_path / "an-input-folder"
+        folder.mkdir()
+        (folder / "keep.txt").write_bytes(PAYLOAD)
+        in_dest = spec["inputs"][0]
+        named = [d for d in spec["outputs"] + spec["out_dirs"]]
+        if in_dest in spec["updates"] or not named:
+            pytest.skip("writes only inside its updated input")
+        for d in named:
+            case = dict(paths, **{in_dest: str(folder), d: str(folder / "sub" / "out")})
+            before = _snapshot(tmp_path)
+            _refused(_argv_for(prefix, parser, spec, case), capsys, "inside")
+            assert _snapshot(tmp_path) == before and not (folder / "sub").exists()
+        return
+    for w in writes:
+        if attack == "input-equal":
+            if w.dir:
+                continue
+            victim = Path(w.path)
+            victim.parent.mkdir(parents=True, exist_ok=True)
+            victim.write_bytes(PAYLOAD)
+            in_dest = spec["inputs"][0]
+            case = _argv_for(prefix, parser, spec, dict(paths, **{in_dest: str(victim)}))
+            again, _ = _writes(case)
+            if not any(os.path.abspath(x.path) == os.path.abspath(victim) for x in again):
+                victim.unlink()
+                continue  # this derived path moves with the input (SAMPLES_results.jsonl): it cannot be it
+            before = _snapshot(tmp_path)
+            _refused(case, capsys, "same")
+            assert _snapshot(tmp_path) == before
+            victim.unlink()
+            continue
+        target = Path(w.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if w.dir:
+            target.mkdir()
+            (target / "keep.txt").write_bytes(PAYLOAD)
+            if attack == "proven":
+                (target / MARKER).write_text(json.dumps({"owner": spec["owner"]}))
+        else:
+            target.write_bytes(PAYLOAD)
+            if attack == "proven":
+                record(target, spec["owner"])
+        before = _snapshot(tmp_path)
+        if attack == "proven":
+            _let_through(argv, capsys)
+        elif attack == "foreign":
+            _refused(argv, capsys, str(target.name))
+        else:  # foreign-overwrite
+            case = argv + ["--overwrite"]
+            if w.named:
+                _let_through(case, capsys)
+            else:
+                _refused(case, capsys, "never replaces")
+        assert _snapshot(tmp_path) == before, f"{argv}: {w.label} changed"
+        if w.dir:
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def test_a_proof_is_only_as_good_as_the_file_it_describes(tmp_path, capsys, monkeypatch):
+    """A ledger entry proves a file only while it is the same file: replaced by the user (same name,
+    new inode) or edited to another size, it is foreign again; another command's entry is no proof."""
+    from phi1.utils.writes import record, written_by
+
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "loss.json"
+    f.write_text("{}")
+    record(f, "eval loss")
+    assert written_by(f) == "eval loss"
+    f.unlink()
+    f.write_text('{"mine": 1}')
+    assert written_by(f) is None
+    record(f, "data schema")
+    line = _refused(["eval", "loss", "--model", "m", "--out", str(f)], capsys, "data schema")
+    assert "was written by `phi1 data schema`" in line
+    appended = tmp_path / "out.jsonl"
+    appended.write_text("")
+    record(appended, "synth textbooks", append=True)
+    with appended.open("a") as fh:
+        fh.write("{}\n")
+    assert written_by(appended) == "synth textbooks"  # an appended file is proven by its inode alone
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,3 +427,43 @@ def test_the_command_tables_name_what_each_module_registers():
         for word in prefix:
             alone = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
         assert [a.dest for a in alone._actions] == [a.dest for a in leaf._actions], prefix
+
+
+@pytest.mark.parametrize("how", ["dot", "symlink"])
+def test_an_output_reaching_an_input_through_dot_or_symlink_is_refused(how, tmp_path, capsys, monkeypatch):
+    """The guard compares real files: `./in.jsonl` and a symlink to it are the input too, for named
+    outputs and for derived ones (OUT.report.json landing on the input through a linked folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_bytes(PAYLOAD)
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "in.jsonl")
+    (tmp_path / "sub").symlink_to(tmp_path)
+    (tmp_path / "x.jsonl.report.json").write_bytes(PAYLOAD)
+    out = "./in.jsonl" if how == "dot" else "link.jsonl"
+    before = _snapshot(tmp_path)
+    _refused(["data", "dedup", "in.jsonl", "--out", out], capsys, "same")
+    _refused(["data", "dedup", "x.jsonl.report.json", "--out", "sub/x.jsonl"], capsys, "same")
+    _refused(["eval", "execute", "--samples", "r.summary.json", "--out", "r.jsonl"]
+             if how == "dot" else ["eval", "execute", "--samples", "sub/r.summary.json", "--out", "r.jsonl"],
+             capsys, None)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_rerun_replaces_its_own_file_and_nothing_else(tmp_path):
+    """End to end in real processes: `data schema --out` writes and records its file; the same command
+    replaces it without --overwrite; once the user has replaced the file it is refused again; another
+    command refuses it as `data schema`'s."""
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "phi1", *argv], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PHI1_NO_PROGRESS": "1"})
+
+    assert run("data", "schema", "--out", "s.json").returncode == 0
+    first = (tmp_path / "s.json").read_text()
+    assert json.loads((tmp_path / ".phi1-files.json").read_text())["files"]["s.json"]["owner"] == "data schema"
+    assert run("data", "schema", "--out", "s.json").returncode == 0 and (tmp_path / "s.json").read_text() == first
+    (tmp_path / "s.json").unlink()
+    (tmp_path / "s.json").write_text("my notes\n")
+    r = run("data", "schema", "--out", "s.json")
+    assert r.returncode == 2 and "no phi1 record" in r.stderr and (tmp_path / "s.json").read_text() == "my notes\n"
+    assert run("data", "schema", "--out", "t.json").returncode == 0
+    r = run("eval", "execute", "--samples", "s.json", "--out", "t.json")
+    assert r.returncode == 2 and "was written by `phi1 data schema`" in r.stderr, r.stderr

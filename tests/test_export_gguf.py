@@ -120,12 +120,17 @@ def test_an_existing_file_is_replaced_only_when_an_export_wrote_it(tmp_path, tin
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not written by `phi1 export gguf`" in err and "--overwrite" in err, err
     assert out.read_text() == "someone else's file\n" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    # The model's own files are never an output, --overwrite or not (D5).
+    weights = tiny_model_dir / "model.safetensors"
+    before = weights.read_bytes()
+    assert main(["export", "gguf", "--model", str(tiny_model_dir), "--out", str(weights), "--overwrite"]) == 2
+    assert "lies inside the input folder" in capsys.readouterr().err and weights.read_bytes() == before
     assert main(argv + ["--overwrite"]) == 0
     first = out.read_bytes()
     assert first[:4] == b"GGUF"
     assert main(argv[:-2] + ["f16", "--no-check"]) == 0  # its own file: replaced without --overwrite
     assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_size < len(first)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.lock", ".phi1-files.json", "m.gguf"]
 
 
 def test_bad_architecture_is_refused(tmp_path, tiny_model_dir, capsys):

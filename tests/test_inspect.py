@@ -412,10 +412,11 @@ def test_pages_open_in_headless_chromium(neuron_page, tiny_model_dir, second_mod
     (["inspect", "attention", "--model", "{model}", "--text", "{binary}"], "not a text file (NUL byte"),
     (["inspect", "neurons", "--model", "{model}", "--corpus", "{latin1}"], "not UTF-8 text (invalid byte at offset 3)"),
     (["compare", "--base", "{model}", "--tuned", "{model}", "--limit", "0"], "--limit 0"),
-    (["compare", "--base", "{model}", "--tuned", "{tmp}"], "is not a model directory"),
+    (["compare", "--base", "{model}", "--tuned", "{tmp}/plain"], "is not a model directory"),
 ])
 def test_bad_input_is_one_line(argv, message, tiny_model_dir, tmp_path, capsys):
     (tmp_path / "c.txt").write_text("x = 1\n")
+    (tmp_path / "plain").mkdir()
     (tmp_path / "b.bin").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
     (tmp_path / "l.txt").write_bytes(b"caf\xe9\n")
     fill = {"tmp": str(tmp_path), "model": str(tiny_model_dir), "corpus": str(tmp_path / "c.txt"),

@@ -89,3 +89,48 @@ def test_bad_input_is_one_clear_line(case, tmp_path, tiny_model_dir, tokenizer_d
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert expect in lines[0], lines[0]
+
+
+def test_a_sharded_preset_saves_into_the_folder_model_init_claims(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    """B1: `model init` claims --out (its marker) before saving; a model over MAX_SHARD_BYTES is saved
+    sharded into that claimed folder, and a rerun replaces its own shards. A folder holding another
+    layout's weights is refused before any weight is built. (MAX_SHARD_BYTES made small: a micro
+    preset stands in for phi-3-mini.)"""
+    import json
+
+    import torch
+    import transformers
+
+    from phi1.cli import main
+    from phi1.model import family, hf
+    from phi1.model.hf import load_model_dir
+
+    monkeypatch.setattr(hf, "MAX_SHARD_BYTES", 200_000)
+    out = tmp_path / "m"
+    argv = ["model", "init", "--preset", "micro", "--tokenizer", str(tokenizer_dir), "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    ids = torch.arange(12).view(1, 12)
+    ours = load_model_dir(out).eval()(ids)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()(ids).logits
+    assert (ours - ref).abs().max().item() < 1e-5
+    first = {f: (out / f).read_bytes() for f in shards}
+    assert main(argv + ["--seed", "1"]) == 0, capsys.readouterr().err  # a rerun: its own shards replaced
+    assert sorted(p.name for p in out.glob("model-*.safetensors")) == shards
+    assert any((out / f).read_bytes() != first[f] for f in shards)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"user weights")
+    built = []
+    real_build = family.build_model
+    monkeypatch.setattr("phi1.model.create.build_model",
+                        lambda cfg: built.append(cfg) or real_build(cfg))
+    rc = main(["model", "init", "--preset", "micro", "--tokenizer", str(tokenizer_dir), "--out", str(other),
+               "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.safetensors, which would be loaded instead" in err, err
+    assert not built and (other / "model.safetensors").read_bytes() == b"user weights"

@@ -86,7 +86,8 @@ def test_phi3_parity_both_directions(name, tmp_path):
 
 def test_we_save_sharded_safetensors_that_transformers_loads(tmp_path, tiny_model_dir):
     """Over max_shard_bytes our save writes transformers' shard files and index, for both families; an
-    existing directory is refused for a sharded save (its single model.safetensors would win)."""
+    existing directory takes a re-save of the same shards, and is refused where the other layout's
+    weights would be loaded instead of ours."""
     from phi1.errors import Phi1Error
 
     x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(3))
@@ -108,11 +109,15 @@ def test_we_save_sharded_safetensors_that_transformers_loads(tmp_path, tiny_mode
         with torch.no_grad():
             ours, ref, again = model(ids), hf(ids).logits, back(ids)
         assert (ours - ref).abs().max().item() < 1e-5 and (again - ours).abs().max().item() == 0.0
-        with pytest.raises(Phi1Error, match="would be loaded instead"):  # our own index: a new directory
-            save_model_dir(model, out, max_shard_bytes=40_000)
+        save_model_dir(model, out, max_shard_bytes=40_000)  # the same shards: each replaced by name
+        assert sorted(p.name for p in out.glob("model-*.safetensors")) == files
+        with pytest.raises(Phi1Error, match="would be loaded instead"):  # the index would shadow one file
+            save_model_dir(model, out)
+        with pytest.raises(Phi1Error, match="naming other shards"):  # another shard count
+            save_model_dir(model, out, max_shard_bytes=80_000)
         single = tmp_path / f"{name}-single"
         save_model_dir(model, single)
-        with pytest.raises(Phi1Error, match="saved sharded"):
+        with pytest.raises(Phi1Error, match="model.safetensors, which would be loaded instead"):
             save_model_dir(model, single, max_shard_bytes=40_000)
         assert sorted(p.name for p in single.glob("*.safetensors")) == ["model.safetensors"]
     save_model_dir(model, tmp_path / "one")  # under the default limit: one file, as before

@@ -131,7 +131,7 @@ def _outputs(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file():
+        if not p.is_file() or p.name.startswith(".phi1"):  # phi1's bookkeeping: markers, ledgers
             continue
         if rel.startswith("data/") and "/data/" in rel[5:] and p.name.endswith(".jsonl.gz"):
             out[rel] = hashlib.sha256(gzip.decompress(p.read_bytes())).hexdigest()

@@ -8,13 +8,14 @@ The CLI only parses arguments and calls one library function per command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 
 from phi1 import __version__
 from phi1.errors import Phi1Error, missing_package
-from phi1.utils.cliio import check_io
+from phi1.utils.cliio import write_plan
 from phi1.utils.groups import register_table
 from phi1.utils.safety import oserror_line
 
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        check_io(args)
-        result = args.func(args)
+        plan = write_plan(args)
+        with plan or contextlib.nullcontext():
+            result = args.func(args)
     except Phi1Error as exc:
         if debug:
             raise

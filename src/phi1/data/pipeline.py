@@ -23,7 +23,7 @@ from typing import Any
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.config import read_yaml_mapping
 from phi1.utils.io import atomic_write_json
-from phi1.utils.safety import OutputLock
+from phi1.utils.safety import OutputLock, claim_output_dir
 
 
 @dataclass
@@ -146,7 +146,7 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
     names = [s.name for s in cfg.stages]
     if until is not None and until not in names:
         raise ConfigError(f"--until {until}: no stage of that name in {path}; stages: {', '.join(names)}")
-    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    _claim_workdir(cfg)
     graph = StageGraph(pipeline_stages(cfg, ec), log=lambda msg: print(msg, file=sys.stderr))
     with OutputLock(cfg.workdir, is_dir=True, what="pipeline workdir"):
         results = [{**r, "output": str(stage_dir(cfg, r["stage"]))}
@@ -155,6 +155,17 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
                       {"pipeline": str(path), "executor": ec.executor, "tasks": ec.tasks, "workers": ec.workers,
                        "stages": results})
     return results
+
+
+def _claim_workdir(cfg: PipelineConfig) -> None:
+    """The workdir is new, empty, or a pipeline's (its marker names `data run`); one that holds only
+    this pipeline's stage folders (each with its own claim, checked per stage) is adopted."""
+    from phi1.utils.safety import read_marker, user_entries
+
+    wd = Path(cfg.workdir)
+    ours = {s.name for s in cfg.stages} | {"pipeline.report.json"}
+    adopt = wd.is_dir() and read_marker(wd) is None and set(user_entries(wd)) <= ours
+    claim_output_dir(wd, "data run", flag="workdir", overwrite=adopt)
 
 
 def pipeline_stages(cfg: PipelineConfig, ec) -> list:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from phi1.errors import Phi1Error
 from phi1.utils.io import atomic_write, atomic_write_json
-from phi1.utils.safety import OutputLock, clean_stale_temps, describe_oserror, refuse_overlap
+from phi1.utils.safety import OutputLock, clean_stale_temps, describe_oserror
 
 MAX_BAD_LINES_LISTED = 20
 
@@ -195,61 +195,16 @@ def _iter_file_records(path: Path, rep: "StageReport", skip_bad_lines: bool, req
         yield rec
 
 
-def _written_by_stage(output: Path, key: str = "output") -> bool:
-    """Whether `<output's report>` (ours) names `output` as this stage's `key` file."""
-    try:
-        rep = json.loads(report_path(output).read_text())
-    except (OSError, ValueError):
-        return False
-    named = rep.get(key) if isinstance(rep, dict) else None
-    return isinstance(named, str) and bool(named) and Path(named).name == output.name and "stage" in rep
+def stage_plan(stage: str, inputs: object, output: str | os.PathLike, rejected: str | os.PathLike | None = None,
+               *, overwrite: bool = False):
+    """The files a data stage writes (`OUT`, `--rejected`, `OUT.report.json`) as a `WritePlan` owned by
+    `phi1 data STAGE`: entering it refuses outputs that are inputs, and existing files that this stage
+    cannot prove it wrote (unless `overwrite`, which never covers a foreign report)."""
+    from phi1.utils.writes import Write, WritePlan
 
-
-def _rejected_written_by_stage(rejected: Path, output: Path) -> bool:
-    try:
-        rep = json.loads(report_path(output).read_text())
-    except (OSError, ValueError):
-        return False
-    named = rep.get("rejected") if isinstance(rep, dict) else None
-    return isinstance(named, str) and bool(named) and Path(named).name == rejected.name
-
-
-def check_stage_outputs(
-    stage: str,
-    inputs: object,
-    output: str | os.PathLike,
-    rejected: str | os.PathLike | None = None,
-    *,
-    overwrite: bool = False,
-) -> None:
-    """Refuse outputs that are inputs, and existing files this stage did not write (unless `overwrite`).
-
-    A stage proves it wrote `OUT` by `OUT.report.json` naming it (and naming `--rejected`).
-    """
-    refuse_overlap({"input": inputs},
-                   {"--out": output, "--rejected": rejected, "--out report": str(report_path(output))})
-    out = Path(output)
-    for label, f in (("--out", out), ("--rejected", Path(rejected) if rejected else None)):
-        if f is None:
-            continue
-        if f.is_dir():
-            raise Phi1Error(f"{label} {f}: is a directory; give a file path")
-        if not f.exists() or overwrite:
-            continue
-        ours = _written_by_stage(out) if f is out else _rejected_written_by_stage(f, out)
-        if not ours:
-            raise Phi1Error(
-                f"{label} {f}: exists and was not written by a phi1 data stage (no {report_path(out).name} "
-                f"naming it); choose a new path or pass --overwrite to replace it"
-            )
-    rp = report_path(out)
-    if rp.exists() and not overwrite:
-        try:
-            ok = isinstance(json.loads(rp.read_text()), dict)
-        except (OSError, ValueError):
-            ok = False
-        if not ok:
-            raise Phi1Error(f"{rp}: exists and is not a phi1 stage report; move it away or pass --overwrite")
+    writes = [Write("--out", Path(output))] + ([Write("--rejected", Path(rejected))] if rejected else [])
+    writes.append(Write("--out's report", report_path(output), named=False))
+    return WritePlan(f"data {stage}", writes, inputs={"input": inputs}, overwrite=overwrite)
 
 
 class RecordSink:
@@ -275,7 +230,8 @@ class RecordSink:
         report.rejected = str(rejected) if rejected else ""
         if inputs is None:
             inputs = [report.input] if report.input else []
-        check_stage_outputs(report.stage, inputs, output, rejected, overwrite=overwrite)
+        self._plan = stage_plan(report.stage, inputs, output, rejected, overwrite=overwrite).__enter__()
+        report._plan = self._plan  # left by finish_report, once the report is written too
         self._lock = OutputLock(self.output, is_dir=False).acquire()
         self._out_cm = self._rej_cm = None
         self._out = self._rej = None
@@ -364,6 +320,10 @@ class RecordSink:
             self._claimed = False
         if getattr(self, "_lock", None) is not None:
             self._lock.release()
+            self._lock = None
+        if (not ok or error is not None) and getattr(self.report, "_plan", None) is not None:
+            self.report._plan.__exit__(None, None, None)
+            self.report._plan = None
         if error is not None:
             raise error
 
@@ -380,6 +340,10 @@ def finish_report(report: StageReport, quiet: bool = False) -> StageReport:
     report.finish()
     if report.output:
         report.write()
+    plan = getattr(report, "_plan", None)
+    if plan is not None:  # the stage's files are recorded as its own (phi1.utils.writes)
+        plan.__exit__(None, None, None)
+        report._plan = None
     if not quiet:
         print(report.summary(), file=sys.stderr)
     return report

@@ -40,7 +40,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("report", help="(re)write report.md and report.html for a run directory")
     p.add_argument("run_dir")
-    declare_io(p, inputs=("run_dir",))
+    declare_io(p, inputs=("run_dir",), updates=("run_dir",), derived=lambda args: _report_files(args.run_dir))
     p.set_defaults(func=_report)
 
     p = sub.add_parser(
@@ -112,6 +112,12 @@ def _ablate(args) -> int:
     out = run_ablation(load_demo_config(args.config or "ablation-tiny.yaml"), Path(args.out), device=args.device)
     print(f"comparison: {out} (and {out.with_suffix('.html')}, {out.parent / 'ablation.json'})")
     return 0
+
+
+def _report_files(run_dir):
+    from phi1.demo.report import report_files
+
+    return report_files(run_dir)
 
 
 def _report(args) -> int:

@@ -306,6 +306,19 @@ def build_report(run_dir: str | Path) -> Path:
                        + ["phi1 report ."]), "bash")
 
     md = doc.markdown(L.root)
-    atomic_write_text(L.root / "report.md", md)
-    atomic_write_text(L.root / "report.html", doc.html())
+    with report_plan(L.root):
+        atomic_write_text(L.root / "report.md", md)
+        atomic_write_text(L.root / "report.html", doc.html())
     return L.root / "report.md"
+
+
+def report_files(run_dir: str | Path) -> dict[str, Path]:
+    return {"the report": Path(run_dir) / "report.md", "the HTML report": Path(run_dir) / "report.html"}
+
+
+def report_plan(run_dir: str | Path):
+    """The report's files, for the one guard: a report.md that `phi1 report` did not write is never replaced."""
+    from phi1.utils.writes import Write, WritePlan
+
+    return WritePlan("report", [Write(k, v, named=False) for k, v in report_files(run_dir).items()],
+                     inputs={"RUN_DIR": str(run_dir)}, updates=(run_dir,), overwrite_flag=False)

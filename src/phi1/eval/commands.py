@@ -33,27 +33,26 @@ def _sandbox_config(args):
     return config_from_args(SandboxConfig, args, where="sandbox", validate=False).validate()
 
 
-def _refuse_dir(flag: str, path) -> None:
-    """An output file flag that names a directory: one line, before any work is done."""
-    from phi1.errors import Phi1Error
-    if path and Path(path).is_dir():
-        raise Phi1Error(f"{flag} {path}: is a directory; give a file path (e.g. {Path(path) / 'results.jsonl'})")
+def _execute_writes(args) -> dict[str, object]:
+    """What `eval execute` writes besides a given --out: the default results file, the summary and
+    the partial results that a rerun resumes from."""
+    from phi1.eval.execute import default_results_path, partial_path, summary_path
+
+    out = Path(args.out) if args.out else default_results_path(Path(args.samples))
+    return {**({} if args.out else {"the results (default: SAMPLES_results.jsonl)": out}),
+            "--out's summary": summary_path(out), "--out's partial results": partial_path(out)}
 
 
 def _execute(args) -> int:
-    from phi1.eval.execute import default_results_path, execute_samples, format_summary, write_summary
-    out = Path(args.out) if args.out else default_results_path(Path(args.samples))
-    _refuse_dir("--out", out)
-    _refuse_dir("--out (its summary)", str(out).removesuffix(".jsonl") + ".summary.json")
-    _refuse_dir("--out (its partial results)", out.with_name(out.name + ".partial"))
+    from phi1.eval.execute import execute_samples, format_summary, summary_path, write_summary
     from phi1.eval.passk import parse_ks
     ks = parse_ks(args.k)
     res = execute_samples(args.samples, args.benchmark, out_path=args.out, data=args.data,
                           config=_sandbox_config(args), ks=ks)
-    summary_path = Path(str(res.results_path).removesuffix(".jsonl") + ".summary.json")
-    write_summary(summary_path, res.summary)
+    summary = summary_path(res.results_path)
+    write_summary(summary, res.summary)
     print(format_summary(res.summary))
-    print(f"results: {res.results_path}\nsummary: {summary_path}")
+    print(f"results: {res.results_path}\nsummary: {summary}")
     return 0
 
 
@@ -76,7 +75,6 @@ def _benchmark(args) -> int:
 
 
 def _loss(args) -> int:
-    _refuse_dir("--out", args.out)
     from phi1.eval.loss import write_solution_loss
 
     given = {k: getattr(args, k) for k in ("max_problems", "batch_size") if getattr(args, k) is not None}
@@ -99,7 +97,7 @@ def register_eval(sub) -> None:
                                                 "humaneval+/mbpp+: evalplus's release file)")
     p.add_argument("--out", default=None, help="per-sample results JSONL (default: SAMPLES_results.jsonl)")
     _sandbox_args(p)
-    declare_io(p, inputs=("samples", "data"), outputs=("out",))
+    declare_io(p, inputs=("samples", "data"), outputs=("out",), derived=_execute_writes)
     p.set_defaults(func=_execute)
 
     for bench in ("humaneval", "mbpp"):

@@ -32,6 +32,16 @@ def default_results_path(samples: Path) -> Path:
     return Path(str(samples) + "_results.jsonl")
 
 
+def summary_path(results: str | os.PathLike) -> Path:
+    """`r.jsonl` -> `r.summary.json`: the pass@k summary written beside the results."""
+    return Path(str(results).removesuffix(".jsonl") + ".summary.json")
+
+
+def partial_path(results: str | os.PathLike) -> Path:
+    """The results appended as they arrive (`OUT.partial`), which a rerun resumes from."""
+    return Path(str(results) + ".partial")
+
+
 def _key(rec: dict, index: int) -> str:
     digest = hashlib.sha1(f"{rec['task_id']}\0{rec['completion']}".encode()).hexdigest()[:16]
     return f"{index}:{digest}"
@@ -75,7 +85,7 @@ def execute_samples(
     problems = problems if problems is not None else load_problems(benchmark, data)
     samples = load_samples(samples_path, benchmark, problems)
     out_path = Path(out_path) if out_path else default_results_path(samples_path)
-    partial = out_path.with_name(out_path.name + ".partial")
+    partial = partial_path(out_path)
 
     done: dict[str, dict] = {}
     if partial.exists():

@@ -22,6 +22,7 @@ from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ClientSettings, LLMClient
 from phi1.eval.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
 from phi1.utils.cliio import declare_io
+from phi1.utils.safety import claim_output_dir
 from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def run_judge(cfg: JudgeConfig, generate_fn=None, client: LLMClient | None = Non
     rubric = RUBRICS[cfg.task]
     items = load_items(cfg.task, cfg.prompts, cfg.n)
     out = cfg.out_dir
+    claim_output_dir(out, "eval judge")  # new, empty or an earlier judge run's (resumed)
     judged_path = out / "judged.jsonl"
     done = {}
     if judged_path.exists():

@@ -122,14 +122,11 @@ def _tensor_type(gguf, name: str, arr: np.ndarray, qtype: str):
 OWNER_KEY = "phi1.exported_by"
 
 
-def _ours(path: Path) -> bool:
-    """Whether `path` is a GGUF file `phi1 export gguf` wrote (llama-quantize keeps the key too)."""
-    try:
-        from gguf import GGUFReader
-
-        return OWNER_KEY in GGUFReader(str(path), "r").fields
-    except Exception:  # not GGUF, truncated, unreadable: not ours
-        return False
+def _temp_beside(out: Path) -> Path:
+    """A new empty temp file beside `out`, named after this process (`.OUT.phi1-PID-*.tmp`)."""
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    return Path(name)
 
 
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
@@ -141,7 +138,7 @@ def _write(path: Path, gg, cfg, tensors: dict, vocab, qtype: str, name: str) -> 
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs each file it opens at INFO
     w = gguf.GGUFWriter(str(path), gg.ARCH)
     w.add_name(name)
-    w.add_string(OWNER_KEY, "phi1 export gguf")  # so a later export knows this file is its own to replace
+    w.add_string(OWNER_KEY, "phi1 export gguf")  # provenance (the ledger, phi1.utils.writes, proves ownership)
     w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[qtype])))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _hparams(w, gg, cfg)
@@ -188,13 +185,11 @@ def _llama_quantize(route: str, src: Path, dst: Path, qtype: str) -> None:
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str = "f16",
                 overwrite: bool = False) -> ExportResult:
     """Write `model_dir` as a GGUF file of type `qtype` at `out` (atomically: nothing is left on failure).
-    An existing `out` is replaced only when an earlier export wrote it, or with `overwrite`."""
-    import torch
-
-    from phi1.export.vocab import vocab_from_tokenizer
-    from phi1.model.family import family_of
-    from phi1.model.hf import load_model_dir, read_config
-    from phi1.tokenizer import load_tokenizer
+    An existing `out` is replaced only when an earlier export wrote it, or with `overwrite`; never
+    when it is, or lies inside, the model directory (phi1.utils.writes). One export per output at a
+    time (OutputLock); a killed export's temps are removed by the next one."""
+    from phi1.utils.safety import OutputLock
+    from phi1.utils.writes import Write, WritePlan
 
     route = check_type(qtype)
     require_gguf()
@@ -203,16 +198,34 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
         raise Phi1Error(f"--out {out}: is a directory; give the .gguf file to write")
     if not out.parent.is_dir():
         raise Phi1Error(f"--out {out}: directory {out.parent} does not exist")
-    if out.exists() and not overwrite and not _ours(out):
-        raise Phi1Error(f"--out {out}: exists and was not written by `phi1 export gguf`; choose another path, "
-                        "or pass --overwrite to replace it")
-    cfg = read_config(model_dir)  # the architecture and the tokenizer are checked before any weight is read
+    plan = WritePlan("export gguf", [Write("--out", out)], inputs={"--model": model_dir}, overwrite=overwrite)
+    with plan:
+        cfg, gg, vocab = _checked_source(model_dir)  # the architecture and the tokenizer, before any weight
+        with OutputLock(out, is_dir=False, what="GGUF output"):  # also removes dead exports' temps
+            return _export_locked(model_dir, out, qtype, route, cfg, gg, vocab)
+
+
+def _checked_source(model_dir: Path):
+    from phi1.export.vocab import vocab_from_tokenizer
+    from phi1.model.family import family_of
+    from phi1.model.hf import read_config
+    from phi1.tokenizer import load_tokenizer
+
+    cfg = read_config(model_dir)
     gg = family_of(cfg).gguf()
     if gg is None:
         raise Phi1Error(f"{model_dir}: model family {family_of(cfg).name!r} has no GGUF mapping")
     gg.check(cfg)
     tok = load_tokenizer(model_dir)
-    vocab = vocab_from_tokenizer(tok, cfg.vocab_size, model_dir)
+    return cfg, gg, vocab_from_tokenizer(tok, cfg.vocab_size, model_dir)
+
+
+def _export_locked(model_dir: Path, out: Path, qtype: str, route, cfg, gg, vocab) -> ExportResult:
+    import torch
+
+    from phi1.model.hf import load_model_dir
+    from phi1.utils.io import note_written
+
     model = load_model_dir(model_dir, dtype=torch.float32)
     with torch.no_grad():
         sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
@@ -221,10 +234,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
     if vocab.chat_template is None:
         notes.append("no chat template (a base model): tokenizer.chat_template not written")
 
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    stage = tmp.with_name(tmp.name + ".f32") if route else None
+    # Both temps carry this process's pid (.OUT.phi1-PID-*.tmp): a killed export's are removed by the
+    # next export of the same output (OutputLock), whatever point it was killed at.
+    tmp = _temp_beside(out)
+    stage = _temp_beside(out) if route else None
     try:
         n = _write(stage or tmp, gg, cfg, tensors, vocab, qtype, model_dir.name)
         if route:
@@ -233,6 +246,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, qtype: str
             os.fchmod(fh.fileno(), 0o644 & ~umask())
             os.fsync(fh.fileno())
         os.replace(tmp, out)
+        note_written(out)  # recorded as this command's at once: a kill from here on loses no proof
     finally:
         for p in (tmp, stage):
             if p is not None and p.exists():

@@ -10,7 +10,8 @@ import torch
 from phi1.errors import Phi1Error
 from phi1.model.phi.config import PhiConfig
 from phi1.model.family import build_model, config_from_preset, family_of, preset_vocab_size
-from phi1.model.hf import check_weights, read_config, save_model_dir
+from phi1.model import hf
+from phi1.model.hf import check_save_target, check_weights, planned_weight_files, read_config, save_model_dir
 from phi1.tokenizer import load_tokenizer, resolve_tokenizer
 from phi1.utils.io import read_json
 from phi1.utils.safety import OutputLock, claim_output_dir
@@ -41,11 +42,14 @@ def init_model_dir(preset: str, tokenizer_dir: str | os.PathLike, out_dir: str |
     elif cfg.vocab_size < len(tok):
         raise Phi1Error(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
     cfg = cfg.replace(bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+    # Before the weights are built (minutes and ~16 GB for phi-3-mini): the files this save writes
+    # must not be shadowed by other weights already in the directory.
+    check_save_target(out_dir, planned_weight_files(cfg, max_shard_bytes=hf.MAX_SHARD_BYTES))
     out = claim_output_dir(out_dir, INIT_OWNER, overwrite=overwrite)
     with OutputLock(out, is_dir=True, what="model directory"):
         torch.manual_seed(seed)
         model = build_model(cfg)
-        return save_model_dir(model, out, tokenizer=tok)
+        return save_model_dir(model, out, tokenizer=tok, max_shard_bytes=hf.MAX_SHARD_BYTES)
 
 
 def check_tokenizer_fits(model_dir: str | os.PathLike, cfg: PhiConfig | None = None) -> None:

@@ -221,13 +221,74 @@ def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch
     return pieces
 
 
+def _weight_layout(model, dtype, max_shard_bytes: int) -> tuple[list[str], list[dict]]:
+    """The weight files a save writes (one `model.safetensors`, or transformers' shard names) and their
+    tensors, in the HF layout and `dtype`. On a model built on the meta device this costs nothing."""
+    from phi1.model.family import family_of
+
+    if max_shard_bytes < 1:
+        raise Phi1Error(f"max_shard_bytes = {max_shard_bytes}: must be at least 1")
+    cfg = model.config
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    hf_sd = family_of(cfg).hf().to_hf_state_dict(sd, cfg)
+    hf_sd = {k: v.to(dtype=dtype) if v.is_meta else v.to(device="cpu", dtype=dtype).contiguous()
+             for k, v in hf_sd.items()}
+    pieces = _shards(hf_sd, max_shard_bytes)
+    names = (["model.safetensors"] if len(pieces) == 1 else
+             [f"model-{i:05d}-of-{len(pieces):05d}.safetensors" for i in range(1, len(pieces) + 1)])
+    return names, pieces
+
+
+def planned_weight_files(cfg, dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None) -> list[str]:
+    """The weight file names `save_model_dir` would write for a model of `cfg`, without building its
+    weights (a meta-device model): lets `model init` check its output before a 16 GB build."""
+    from phi1.model.family import build_model
+
+    with torch.device("meta"):
+        probe = build_model(cfg)
+    return _weight_layout(probe, dtype, MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes)[0]
+
+
+def check_save_target(out_dir: str | os.PathLike, names: list[str]) -> None:
+    """Refuse an existing directory whose other weight files would be loaded instead of `names`.
+
+    transformers loads `model.safetensors` before an index, and an index (ours or not) before a single
+    file; phi1 never deletes a file it did not write, so a directory holding the other layout is refused.
+    An index of ours is replaced when it lists exactly the shards this save writes."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise Phi1Error(f"{out}: exists and is not a directory; choose a directory path")
+    if not out.is_dir():
+        return
+    sharded = len(names) > 1
+    shadow = [n for n in _SHADOWING if (out / n).exists() and not (sharded and n == "model.safetensors.index.json")]
+    if sharded:
+        if (out / "model.safetensors").exists():
+            shadow.insert(0, "model.safetensors")
+        index = out / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                listed = None
+            if listed != set(names):
+                shadow.append("model.safetensors.index.json (naming other shards)")
+    if shadow:
+        what = f"a model saved in {len(names)} files" if sharded else "the single model.safetensors phi1 writes"
+        raise Phi1Error(f"{out}: holds {', '.join(shadow)}, which would be loaded instead of {what}; "
+                        "choose a new directory (phi1 does not delete files it did not write)")
+
+
 def save_model_dir(model, out_dir: str | os.PathLike, tokenizer=None,
                    dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write an HF-format model directory without ever deleting a file phi1 did not write.
 
     Weights over `max_shard_bytes` are written as transformers writes them: `model-0000i-of-0000N.safetensors`
-    plus `model.safetensors.index.json`; that is done only into a new directory (an existing one's
-    single `model.safetensors` would be loaded instead of the shards).
+    plus `model.safetensors.index.json`. An existing directory (one `model init` has just claimed, or an
+    earlier save's) is written into when no weight file of another layout would shadow ours
+    (`check_save_target`).
 
     A new directory is assembled under a pid-named temp name beside it and renamed into place
     (atomic). Into an existing directory, each of our files is written to a pid-named temp file
@@ -238,34 +299,17 @@ def save_model_dir(model, out_dir: str | os.PathLike, tokenizer=None,
     from safetensors.torch import save_file
 
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise Phi1Error(f"{out_dir}: exists and is not a directory; choose a directory path")
-    if out_dir.is_dir():
-        shadow = [n for n in _SHADOWING if (out_dir / n).exists()]
-        if shadow:
-            raise Phi1Error(f"{out_dir}: holds {', '.join(shadow)}, which would be loaded instead of the weights "
-                            "phi1 writes; choose a new directory (phi1 does not delete files it did not write)")
-    cfg = model.config
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    if cfg.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
     from phi1.model.family import family_of
 
+    cfg = model.config
     adapter = family_of(cfg).hf()
-    hf_sd = adapter.to_hf_state_dict(sd, cfg)
     dtype = dtype or next(model.parameters()).dtype
-    hf_sd = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in hf_sd.items()}
-    if max_shard_bytes < 1:
-        raise Phi1Error(f"max_shard_bytes = {max_shard_bytes}: must be at least 1")
-    pieces = _shards(hf_sd, max_shard_bytes)
+    names, pieces = _weight_layout(model, dtype, max_shard_bytes)
+    check_save_target(out_dir, names)
+    hf_sd = {k: v for piece in pieces for k, v in piece.items()}
     fresh = not out_dir.exists()
-    if len(pieces) > 1 and not fresh:
-        raise Phi1Error(f"{out_dir}: exists; a model of this size is saved sharded ({len(pieces)} files), which "
-                        "phi1 writes only into a new directory: choose a new path")
 
     def write_files(tmp: Path) -> None:
-        names = (["model.safetensors"] if len(pieces) == 1 else
-                 [f"model-{i:05d}-of-{len(pieces):05d}.safetensors" for i in range(1, len(pieces) + 1)])
         for name, piece in zip(names, pieces):
             try:
                 save_file(piece, str(tmp / name), metadata={"format": "pt"})

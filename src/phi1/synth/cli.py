@@ -56,6 +56,12 @@ def _topics(args) -> int:
     return 0
 
 
+def _validate_writes(args) -> dict:
+    from phi1.synth.validate import ValidateConfig
+
+    return ValidateConfig(kind=args.kind, input=args.input, out=args.out, report=args.report).derived()
+
+
 def _validate(args) -> int:
     from phi1.synth.validate import ValidateConfig, validate_file
 
@@ -121,6 +127,6 @@ def register(subparsers) -> None:
     v.add_argument("--keep-truncated", action="store_true", help="keep records cut off by max_tokens")
     v.add_argument("--topics-file", default=None,
                    help="topic tree whose leaf coverage is reported (default: the records' spec's topics_file)")
-    declare_io(v, inputs=("input", "benchmark_file", "topics_file"), outputs=("out", "report"), derived={"out": (".rejected.jsonl", ".report.json")})
+    declare_io(v, inputs=("input", "benchmark_file", "topics_file"), outputs=("out", "report"), derived=_validate_writes)
     v.set_defaults(func=_validate)
     parser.set_defaults(func=needs_subcommand(parser))

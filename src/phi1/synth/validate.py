@@ -36,7 +36,7 @@ from phi1.synth.diversity import build_report, embedding_clusters, plot_report_p
 from phi1.synth.spec import KINDS
 from phi1.utils.io import atomic_write, read_jsonl
 from phi1.utils.progress import progress
-from phi1.utils.safety import OutputLock, oserror_line, refuse_overlap
+from phi1.utils.safety import OutputLock, oserror_line
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ValidateConfig:
             from phi1.synth.sources import load_tree
 
             load_tree(self.topics_file)  # a bad tree fails now, not after the checks
-        refuse_overlap({"--input": self.input}, self.outputs())
+        self.write_plan().check()
         if not Path(self.input).is_file():  # before the output is locked (which creates its lock file)
             what = "is a directory; give a JSONL file" if Path(self.input).is_dir() else "file not found"
             raise Phi1Error(f"--input {self.input}: {what}")
@@ -93,12 +93,19 @@ class ValidateConfig:
         return {"out": out, "rejected": out.with_name(out.name + ".rejected.jsonl"), "report": report,
                 "png": report.with_suffix(".png")}
 
-    def outputs(self) -> dict[str, str]:
-        """Every file validate writes, labelled as the CLI names it."""
+    def derived(self) -> dict[str, Path]:
+        """The files validate writes that the user did not name, labelled for messages."""
         p = self.paths()
-        return {"--out": str(p["out"]), "--out.rejected.jsonl": str(p["rejected"]),
-                "--report" if self.report else "--out.report.json": str(p["report"]),
-                "report PNG": str(p["png"])}
+        return {"--out.rejected.jsonl": p["rejected"], **({} if self.report else {"--out.report.json": p["report"]}),
+                "the report's PNG": p["png"]}
+
+    def write_plan(self):
+        """Every file validate writes, for the one guard (phi1.utils.writes)."""
+        from phi1.utils.writes import Write, WritePlan
+
+        named = [Write("--out", Path(self.out))] + ([Write("--report", Path(self.report))] if self.report else [])
+        return WritePlan("synth validate", named + [Write(k, v, named=False) for k, v in self.derived().items()],
+                         inputs={"--input": self.input}, overwrite_flag=False)
 
 
 def _write_all(files: list[tuple[Path, object]]) -> None:
@@ -129,7 +136,7 @@ def _write_all(files: list[tuple[Path, object]]) -> None:
 def validate_file(cfg: ValidateConfig) -> dict:
     """Run the filters over `cfg.input`; write kept, rejected and the report; return the report."""
     cfg.validate()
-    with OutputLock(Path(cfg.out), is_dir=False, what="validate output"):
+    with cfg.write_plan(), OutputLock(Path(cfg.out), is_dir=False, what="validate output"):
         return _validate_locked(cfg)
 
 

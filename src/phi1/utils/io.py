@@ -13,6 +13,21 @@ from typing import Any, Iterable, Iterator
 
 from phi1.errors import Phi1Error
 
+# Called as hook(path, append) once a file is complete under its name (`atomic_write`) or opened for
+# appending (`JsonlAppender`): `phi1.utils.writes` records the files a command declared the moment
+# they appear, so that a run killed later can still prove they are its own.
+WRITE_HOOKS: set = set()
+
+
+def note_written(path: os.PathLike, append: bool = False) -> None:
+    """Tell the active write plans that `path` is now complete (or open for appending); for writers
+    that rename a file into place themselves instead of using `atomic_write`."""
+    for hook in list(WRITE_HOOKS):
+        hook(path, append)
+
+
+_wrote = note_written
+
 
 def temp_prefix(name: str) -> str:
     """Prefix for `tempfile.mkstemp/mkdtemp(prefix=...)`: `.NAME.phi1-PID-` (add suffix='.tmp');
@@ -42,6 +57,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _wrote(path)
 
 
 def umask() -> int:
@@ -199,6 +215,7 @@ class JsonlAppender:
         self.sync = sync
         repair_torn_tail(self.path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _wrote(self.path, append=True)
 
     def write(self, record: dict) -> None:
         """Append one line whole or not at all: after a short write (a full disk) the file is cut

@@ -31,6 +31,7 @@ from phi1.utils.io import atomic_write_json
 
 MARKER = ".phi1-output.json"
 DIR_LOCK = ".phi1.lock"
+LEDGER = ".phi1-files.json"  # which files in a folder phi1 wrote (phi1.utils.writes)
 _TEMP_RE = re.compile(r"^\..*\.phi1-(\d+)-[A-Za-z0-9_]+\.tmp$")
 
 
@@ -116,7 +117,7 @@ def owned_by(path: str | os.PathLike, owner: str) -> bool:
 
 def user_entries(path: str | os.PathLike) -> list[str]:
     """What a directory holds besides phi1's own marker, lock and pid-named temporary files."""
-    return sorted(e for e in os.listdir(path) if e not in (MARKER, DIR_LOCK) and not _TEMP_RE.match(e))
+    return sorted(e for e in os.listdir(path) if e not in (MARKER, DIR_LOCK, LEDGER) and not _TEMP_RE.match(e))
 
 
 def claim_output_dir(path: str | os.PathLike, owner: str, *, overwrite: bool = False, flag: str = "--out") -> Path:

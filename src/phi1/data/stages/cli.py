@@ -74,18 +74,9 @@ def _schema(args) -> int:
     from phi1.data.pipeline import pipeline_schema
     from phi1.utils.io import atomic_write_text
 
-    from pathlib import Path
-
-    from phi1.errors import Phi1Error
-
     text = json.dumps(pipeline_schema(), indent=2) + "\n"
-    if args.out:
-        out = Path(args.out)
-        if out.is_dir():
-            raise Phi1Error(f"--out {out}: is a directory; give the schema file's path")
-        if out.exists() and not args.overwrite:
-            raise Phi1Error(f"--out {out}: exists; choose another path, or pass --overwrite to replace it")
-        atomic_write_text(out, text)
+    if args.out:  # checked by the command's WritePlan (phi1.utils.writes) before this runs
+        atomic_write_text(args.out, text)
     else:
         print(text, end="")
     return 0

@@ -1,0 +1,260 @@
+"""Every path a command writes, declared up front and checked by one guard (docs/guarantees.md §1).
+
+A `WritePlan` is the list of everything a command will write: the output files and folders the
+user named, and the files it derives from them (`OUT.report.json`, `OUT.summary.json`, a ledger,
+a PNG beside a report). Entering the plan checks all of them before any work starts:
+
+1. No written path is one of the command's inputs, or lies inside an input folder (`--out m/x`
+   with `--model m`), and no two written paths are the same file.
+2. An existing file is written only when the ledger of its folder (`.phi1-files.json`) proves
+   that this command wrote it and nobody has replaced it since (same inode; for a whole file also
+   the same size and modification time). Anything else needs `--overwrite`, which applies only to
+   the paths the user named: a derived file that phi1 cannot prove it wrote is never replaced.
+3. An existing folder is written only when it is empty or its marker (`.phi1-output.json`) names
+   this command, or with `--overwrite` (which then adds and replaces the command's own names only).
+
+Leaving the plan (also on an error or Ctrl-C) records in the ledgers every declared file the
+command created or changed, and files written through `phi1.utils.io` (`atomic_write`,
+`JsonlAppender`) are recorded the moment they appear, so that a run killed with SIGKILL can still
+prove its outputs when it is resumed. The CLI builds each command's plan from `declare_io`
+(`phi1.utils.cliio.write_plan`); library writers (`RecordSink`, `export_gguf`, `build_report`)
+enter the same plan with the same owner, so a file written by either is provably the command's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi1.errors import Phi1Error
+from phi1.utils import io as _io
+from phi1.utils.safety import LEDGER, read_marker, resolve, same_file, user_entries
+
+
+@dataclass(frozen=True)
+class Write:
+    """One path a command writes. `named`: the user gave it (so `--overwrite` may replace it)."""
+
+    label: str
+    path: Path
+    dir: bool = False
+    named: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger: which files in a folder phi1 wrote, and by which command
+
+
+def _stat_key(st: os.stat_result) -> dict:
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_ledger(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def written_by(path: str | os.PathLike) -> str | None:
+    """The phi1 command whose ledger entry proves it wrote `path` as it is now, else None."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    entry = read_ledger(p.parent).get(p.name)
+    if not isinstance(entry, dict):
+        return None
+    now = _stat_key(st)
+    keys = ("dev", "ino") if entry.get("append") else ("dev", "ino", "size", "mtime_ns")
+    if all(entry.get(k) == now[k] for k in keys):
+        return entry.get("owner") or None
+    return None
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path):
+    """An exclusive flock on the folder itself, so that two commands never lose each other's entries."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def record(path: str | os.PathLike, owner: str, *, append: bool = False) -> None:
+    """Note in its folder's ledger that `owner` wrote `path` (as it is now). Entries of files that
+    are gone are dropped. A ledger that cannot be written (a read-only folder) is skipped: the file
+    then simply cannot be proven phi1's later."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return
+    folder = p.parent
+    with _folder_locked(folder):
+        files = read_ledger(folder)
+        files = {n: e for n, e in files.items() if n != p.name and (folder / n).exists()}
+        files[p.name] = {"owner": owner, **_stat_key(st), **({"append": True} if append else {})}
+        with contextlib.suppress(OSError):
+            _io.atomic_write_json(folder / LEDGER, {"about": "files phi1 wrote here (docs/guarantees.md)",
+                                                   "files": dict(sorted(files.items()))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files written while a plan is active are recorded at once (a SIGKILL later loses nothing)
+
+
+_ACTIVE: dict[Path, list[str]] = {}
+
+
+def _on_write(path: os.PathLike, append: bool) -> None:
+    owners = _ACTIVE.get(resolve(path))
+    if owners:
+        record(path, owners[-1], append=append)
+
+
+def _within(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return child != parent
+    except ValueError:
+        return False
+
+
+class WritePlan:
+    """Everything one command writes, checked before it starts and recorded as it is written."""
+
+    def __init__(self, owner: str, writes: list[Write], *, inputs: dict[str, object] | None = None,
+                 overwrite: bool = False, overwrite_flag: bool = True, updates: tuple = ()):
+        self.owner = owner
+        self.writes = [w for w in writes if w.path is not None and os.fspath(w.path) not in ("", "-")]
+        self.inputs = [(label, os.fspath(p)) for label, v in (inputs or {}).items() for p in _flat(v)
+                       if p and os.fspath(p) != "-"]
+        self.overwrite = overwrite
+        self.overwrite_flag = overwrite_flag  # the command has --overwrite (its messages may suggest it)
+        self.updates = [resolve(u) for u in updates if u]  # input folders the command adds its own files to
+        self._before: dict[Path, dict | None] = {}
+        self._appended: set[Path] = set()
+
+    # -- the guard ----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        self._check_overlap()
+        for w in self.writes:
+            (self._check_dir if w.dir else self._check_file)(w)
+
+    def _check_overlap(self) -> None:
+        for w in self.writes:
+            rw = resolve(w.path)
+            for ilabel, i in self.inputs:
+                if same_file(w.path, i):
+                    raise Phi1Error(f"{w.label} {w.path} is the same file as the input {i} ({ilabel}); "
+                                    "write to a new path (phi1 never writes over its own input)")
+                ri = resolve(i)
+                if ri.is_dir() and _within(rw, ri) and not any(_within(rw, u) for u in self.updates):
+                    raise Phi1Error(f"{w.label} {w.path} lies inside the input folder {i} ({ilabel}); "
+                                    "write outside it (phi1 never writes into its own input)")
+        for k, a in enumerate(self.writes):
+            for b in self.writes[:k]:
+                if same_file(a.path, b.path):
+                    raise Phi1Error(f"{a.label} {a.path} and {b.label} {b.path} are the same path; "
+                                    "give each output its own path")
+
+    def _check_file(self, w: Write) -> None:
+        p = Path(w.path)
+        if p.is_dir():
+            raise Phi1Error(f"{w.label} {p}: is a directory; give a file path")
+        if not p.exists() and not p.is_symlink():
+            return
+        owner = written_by(p)
+        if owner == self.owner:
+            return
+        if w.named and self.overwrite:
+            return
+        who = (f"was written by `phi1 {owner}`, not `phi1 {self.owner}`" if owner
+               else f"was not written by `phi1 {self.owner}` (no phi1 record of it)")
+        if w.named:
+            fix = ("choose another path, or pass --overwrite to replace it" if self.overwrite_flag
+                   else "choose another path or move the file away")
+        else:
+            fix = "move it away or choose another output path (phi1 never replaces a file it did not write)"
+        raise Phi1Error(f"{w.label} {p}: exists and {who}; {fix}")
+
+    def _check_dir(self, w: Write) -> None:
+        p = Path(w.path)
+        if p.exists() and not p.is_dir():
+            raise Phi1Error(f"{w.label} {p}: exists and is not a directory; choose a directory path")
+        if not p.is_dir() or self.overwrite:
+            return
+        entries = user_entries(p)
+        marker = read_marker(p) or {}
+        if entries and marker.get("owner") != self.owner:
+            what = (f"was written by `phi1 {marker['owner']}`" if marker.get("owner")
+                    else "was not written by phi1")
+            fix = " or pass --overwrite" if self.overwrite_flag else ""
+            raise Phi1Error(f"{w.label} {p}: directory is not empty ({len(entries)} entries) and {what}, "
+                            f"not `phi1 {self.owner}`; choose a new directory{fix} "
+                            "(phi1 never deletes files it did not write)")
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def __enter__(self) -> "WritePlan":
+        self.check()
+        for w in self.writes:
+            if not w.dir:
+                rp = resolve(w.path)
+                self._before[rp] = _stat_or_none(rp)
+                _ACTIVE.setdefault(rp, []).append(self.owner)
+        _io.WRITE_HOOKS.add(_on_write)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for rp, before in self._before.items():
+            owners = _ACTIVE.get(rp)
+            if owners:
+                owners.remove(self.owner)
+                if not owners:
+                    del _ACTIVE[rp]
+            now = _stat_or_none(rp)
+            if now is None or now == before:
+                continue  # not written by this run (a foreign file is never adopted by accident)
+            entry = read_ledger(rp.parent).get(rp.name)
+            if isinstance(entry, dict) and entry.get("owner") == self.owner and \
+                    all(entry.get(k) == now[k] for k in ("dev", "ino", "size", "mtime_ns")):
+                continue  # recorded when it was written
+            append = bool(isinstance(entry, dict) and entry.get("append") and entry.get("ino") == now["ino"])
+            record(rp, self.owner, append=append)
+        if not _ACTIVE:
+            _io.WRITE_HOOKS.discard(_on_write)
+
+
+def _stat_or_none(p: Path) -> dict | None:
+    try:
+        return _stat_key(p.stat())
+    except OSError:
+        return None
+
+
+def _flat(values) -> list:
+    if values is None:
+        return []
+    if isinstance(values, (str, os.PathLike)):
+        return [values]
+    out = []
+    for v in values:
+        out.extend(_flat(v))
+    return out
