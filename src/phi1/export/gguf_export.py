@@ -245,8 +245,9 @@ def _export_locked(model_dir: Path, out: Path, qtype: str, route, cfg, gg, vocab
         with open(tmp, "rb") as fh:  # mkstemp makes 0600; give the usual mode, and make it durable first
             os.fchmod(fh.fileno(), 0o644 & ~umask())
             os.fsync(fh.fileno())
+        note_written(out, staged=tmp)  # the ledger knows the file before and after the rename
         os.replace(tmp, out)
-        note_written(out)  # recorded as this command's at once: a kill from here on loses no proof
+        note_written(out)
     finally:
         for p in (tmp, stage):
             if p is not None and p.exists():

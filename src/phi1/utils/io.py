@@ -19,11 +19,13 @@ from phi1.errors import Phi1Error
 WRITE_HOOKS: set = set()
 
 
-def note_written(path: os.PathLike, append: bool = False) -> None:
+def note_written(path: os.PathLike, append: bool = False, staged: os.PathLike | None = None) -> None:
     """Tell the active write plans that `path` is now complete (or open for appending); for writers
-    that rename a file into place themselves instead of using `atomic_write`."""
+    that rename a file into place themselves instead of using `atomic_write`. With `staged`, the
+    complete temp file that is about to be renamed onto `path` (call it again after the rename):
+    a kill between the two leaves either file provably the command's."""
     for hook in list(WRITE_HOOKS):
-        hook(path, append)
+        hook(path, append, staged)
 
 
 _wrote = note_written
@@ -52,6 +54,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             fh.flush()
             os.fchmod(fh.fileno(), 0o644 & ~umask())  # mkstemp makes 0600; give the usual mode
             os.fsync(fh.fileno())
+        if WRITE_HOOKS:
+            note_written(path, staged=tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -74,8 +74,9 @@ def written_by(path: str | os.PathLike) -> str | None:
         return None
     now = _stat_key(st)
     keys = ("dev", "ino") if entry.get("append") else ("dev", "ino", "size", "mtime_ns")
-    if all(entry.get(k) == now[k] for k in keys):
-        return entry.get("owner") or None
+    for known in (entry, entry.get("next") or {}):  # next: a complete temp file that was being renamed in
+        if all(known.get(k) == now[k] for k in keys):
+            return entry.get("owner") or None
     return None
 
 
@@ -95,20 +96,29 @@ def _folder_locked(folder: Path):
         os.close(fd)
 
 
-def record(path: str | os.PathLike, owner: str, *, append: bool = False) -> None:
-    """Note in its folder's ledger that `owner` wrote `path` (as it is now). Entries of files that
-    are gone are dropped. A ledger that cannot be written (a read-only folder) is skipped: the file
-    then simply cannot be proven phi1's later."""
+def record(path: str | os.PathLike, owner: str, *, append: bool = False,
+           staged: str | os.PathLike | None = None) -> None:
+    """Note in its folder's ledger that `owner` wrote `path` (as it is now). With `staged`, the
+    complete temp file about to be renamed onto `path`: both the current file (if it was already
+    proven the owner's) and the staged one are then proofs, so a kill on either side of the rename
+    loses nothing. Entries of files that are gone are dropped. A ledger that cannot be written (a
+    read-only folder) is skipped: the file then simply cannot be proven phi1's later."""
     p = Path(path)
     try:
-        st = p.stat()
+        st = Path(staged).stat() if staged is not None else p.stat()
     except OSError:
         return
     folder = p.parent
     with _folder_locked(folder):
         files = read_ledger(folder)
+        entry = {"owner": owner, **_stat_key(st), **({"append": True} if append else {})}
+        if staged is not None:
+            entry = {"owner": owner, "next": _stat_key(st)}
+            if written_by(p) == owner:  # the file the rename replaces stays proven until then
+                with contextlib.suppress(OSError):
+                    entry.update(_stat_key(p.stat()))
         files = {n: e for n, e in files.items() if n != p.name and (folder / n).exists()}
-        files[p.name] = {"owner": owner, **_stat_key(st), **({"append": True} if append else {})}
+        files[p.name] = entry
         with contextlib.suppress(OSError):
             _io.atomic_write_json(folder / LEDGER, {"about": "files phi1 wrote here (docs/guarantees.md)",
                                                    "files": dict(sorted(files.items()))})
@@ -121,10 +131,10 @@ def record(path: str | os.PathLike, owner: str, *, append: bool = False) -> None
 _ACTIVE: dict[Path, list[str]] = {}
 
 
-def _on_write(path: os.PathLike, append: bool) -> None:
+def _on_write(path: os.PathLike, append: bool, staged: os.PathLike | None = None) -> None:
     owners = _ACTIVE.get(resolve(path))
     if owners:
-        record(path, owners[-1], append=append)
+        record(path, owners[-1], append=append, staged=staged)
 
 
 def _within(child: Path, parent: Path) -> bool:
