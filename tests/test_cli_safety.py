@@ -317,7 +317,11 @@ def _bad_files(root: Path) -> dict[str, str]:
     (root / "random.bin").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
     (root / "garbage.jsonl").write_text("not json {{{\n\x00\x01 nope\n")
     (root / "a_directory").mkdir(exist_ok=True)
+    deep = 100_000  # past every JSON parser's recursion limit (json: RecursionError; orjson: depth 1024)
+    (root / "nested.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "x", "text": '
+                                       + "[" * deep + "]" * deep + '}\n')
     return {
+        "nested": str(root / "nested.jsonl"),
         "missing": str(root / "does-not-exist.jsonl"),
         "directory": str(root / "a_directory"),
         "empty": str(root / "empty.jsonl"),
@@ -331,9 +335,10 @@ def _fuzz_cases():
         spec = io_spec(p)
         if spec is None or not spec["inputs"]:
             continue
-        for kind in ("missing", "directory", "empty", "random", "garbage"):
+        for kind in ("missing", "directory", "empty", "random", "garbage", "nested"):
             yield pytest.param(prefix, kind, id=f"{'-'.join(prefix)}:{kind}")
         yield pytest.param(prefix, "flag-values", id=f"{'-'.join(prefix)}:flag-values")
+        yield pytest.param(prefix, "absurd-values", id=f"{'-'.join(prefix)}:absurd-values")
 
 
 @contextlib.contextmanager
@@ -371,6 +376,33 @@ def test_fuzz_bad_input_gives_one_error_line(prefix, kind, tmp_path, capsys, mon
             rc, err = _run_in_process(case, capsys)
             lines = err.strip().splitlines()
             assert rc == 2 and len(lines) == 1 and "Traceback" not in err, f"{case}: exit {rc}, stderr {err!r}"
+        return
+    if kind == "absurd-values":
+        # Well-typed but absurd: every numeric flag at 2**64, 1e8, 0 and -1, one at a time. The command
+        # may run (exit 0) or refuse (exit 2, one line); it never crashes (exit 1) or hangs.
+        typed = [a for a in parser._actions if a.option_strings and a.type in (int, float)]
+        if not typed:
+            pytest.skip("no typed flags")
+        for d in spec["inputs"]:
+            paths[d] = bad["missing"]
+        # Every input (optional ones too) is missing, so nothing slow starts (a synth job against a dead
+        # endpoint); what is exercised is the checking of values that happens before inputs are read.
+        argv = _argv_for(prefix, parser, spec, {d: bad["missing"] for d in spec["inputs"]} | paths)
+        crashed = []
+        for a in typed:
+            for value in (str(2**64), "100000000", "0", "-1"):
+                case = [x for x in argv]
+                if a.option_strings[0] in case:  # a required flag: replace its filled value
+                    i = case.index(a.option_strings[0])
+                    case[i + 1] = value
+                else:
+                    case += [a.option_strings[0], value]
+                with _deadline(60, " ".join(case)):
+                    rc, err = _run_in_process(case, capsys)
+                lines = err.strip().splitlines()
+                if not (rc in (0, 2) and len(lines) <= 1 and "Traceback" not in err):
+                    crashed.append(f"{a.option_strings[0]} {value}: exit {rc}, {err.strip()[:200]!r}")
+        assert not crashed, crashed
         return
     for d in spec["inputs"]:
         paths[d] = bad[kind]

@@ -190,3 +190,46 @@ def test_minilm_encoder_offline(tmp_path, monkeypatch):
                               n_estimators=20, workers=1, quiet=True)
     assert meta["encoder"]["class"] == "SentenceTransformerEncoder" and meta["encoder"]["fingerprint"].startswith("st-")
     assert meta["held_out"]["accuracy"] >= 0.75
+
+
+def test_a_judge_that_never_answers_usably_is_a_failure_not_a_success(tmp_path, capsys):
+    """Issue 30 §5: against an endpoint whose every answer is unparsable, `phi1 data annotate --sample`
+    exits non-zero naming the reason; its summary line and report count the sampled records it could not
+    label (`sampled` is the records tried, not 0). A judge that answers some records still succeeds,
+    and its summary counts the ones it could not label."""
+    from phi1.cli import main
+
+    recs = stdlib_records() + [{"id": f"x{i}", "text": f"x{i} = {i}\n", "meta": {}} for i in range(10)]
+    inp = write(tmp_path / "in.jsonl", recs)
+    out = tmp_path / "ann.jsonl"
+    with FakeOpenAI(responder=lambda body: "I am a teapot and refuse to rate code.", retry_after=0.01) as srv:
+        rc = main(["data", "annotate", str(inp), "--out", str(out), "--endpoint", srv.url, "--model", "judge",
+                   "--sample", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert "could not process 8 (judge_unparsable=8)" in err[-2], err
+    assert err[-1].startswith("phi1: error: annotate: all 8 records failed (judge_unparsable); no answer of the judge")
+    rep = json.loads((tmp_path / "ann.jsonl.report.json").read_text())
+    assert rep["details"]["sampled"] == 8 and rep["details"]["labelled"] == 0
+    assert rep["failed"] == {"judge_unparsable": 8}
+
+    half = lambda body: judge(body) if "x1" in prompt_of_body(body) else "no idea"  # noqa: E731
+    with FakeOpenAI(responder=half, retry_after=0.01) as srv:
+        rc = main(["data", "annotate", str(inp), "--out", str(tmp_path / "b.jsonl"), "--endpoint", srv.url,
+                   "--model", "judge"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "could not process" in err and "judge_unparsable=" in err, err
+
+
+def test_a_stage_whose_every_line_is_unreadable_fails(tmp_path, capsys):
+    """Every line malformed with --skip-bad-lines: the stage skips and counts them, then exits 2 naming
+    the reason instead of writing an empty output as a success."""
+    from phi1.cli import main
+
+    (tmp_path / "bad.jsonl").write_text("not json\n{broken\n")
+    rc = main(["data", "dedup", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o.jsonl"), "--skip-bad-lines"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "all 2 records failed (bad_json)" in err[-1], err
+    (tmp_path / "mixed.jsonl").write_text('not json\n{"text": "x = 1\\n"}\n')
+    assert main(["data", "dedup", str(tmp_path / "mixed.jsonl"), "--out", str(tmp_path / "m.jsonl"),
+                 "--skip-bad-lines"]) == 0

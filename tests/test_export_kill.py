@@ -64,15 +64,21 @@ def _export(*argv, cwd):
                           env={**os.environ, "PHI1_NO_PROGRESS": "1"})
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir) -> bytes:
+    """An uninterrupted export's bytes."""
+    d = tmp_path_factory.mktemp("ref")
+    r = _export("-m", "phi1", "export", "gguf", "--model", str(tiny_model_dir), "--type", "f16", "--no-check",
+                "--out", str(d / "m.gguf"), cwd=d)
+    assert r.returncode == 0, r.stderr
+    return (d / "m.gguf").read_bytes()
+
+
 @pytest.mark.parametrize("point", ["temp", "mid-write", "staged", "before-rename", "after-rename"])
-def test_a_killed_export_reruns_to_the_same_bytes_and_leaves_no_temp(point, tmp_path, tiny_model_dir):
-    ref_dir, out_dir = tmp_path / "ref", tmp_path / "out"
-    ref_dir.mkdir()
+def test_a_killed_export_reruns_to_the_same_bytes_and_leaves_no_temp(point, tmp_path, tiny_model_dir, reference):
+    out_dir = tmp_path / "out"
     out_dir.mkdir()
     cmd = ["-m", "phi1", "export", "gguf", "--model", str(tiny_model_dir), "--type", "f16", "--no-check"]
-    r = _export(*cmd, "--out", str(ref_dir / "m.gguf"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    reference = (ref_dir / "m.gguf").read_bytes()
 
     out = out_dir / "m.gguf"
     if point in ("before-rename", "after-rename"):  # an earlier export of ours is there: it must stay provable

@@ -143,7 +143,9 @@ def template_source(name_or_path: str) -> str:
     if not p.is_file():
         raise Phi1Error(f"--chat-template {name_or_path}: neither a template name ({', '.join(NAMED_TEMPLATES)}) "
                         "nor a template file")
-    return p.read_text()
+    from phi1.utils.io import read_text_file
+
+    return read_text_file(p, "--chat-template")
 
 
 def read_chat_template(model_dir: str | os.PathLike) -> str | None:
@@ -151,14 +153,18 @@ def read_chat_template(model_dir: str | os.PathLike) -> str | None:
     d = Path(model_dir)
     jinja = d / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text()
+        from phi1.utils.io import read_text_file
+
+        return read_text_file(jinja, "chat template")
     cfg_file = d / "tokenizer_config.json"
     if not cfg_file.is_file():
         return None
     try:
-        cfg = json.loads(cfg_file.read_text())
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None  # load_tokenizer reports a malformed file
+    except UnicodeDecodeError as exc:
+        raise Phi1Error(f"{cfg_file}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
     t = cfg.get("chat_template") if isinstance(cfg, dict) else None
     if isinstance(t, list):
         named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}

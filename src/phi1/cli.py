@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phi1: error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
               "convert it to UTF-8 or check the path", file=sys.stderr)
         return 2
+    except RecursionError:  # a reader that met it should have named the file; still one line
+        if debug:
+            raise
+        print("phi1: error: an input is nested too deeply to read (JSON or YAML nesting past Python's recursion "
+              "limit); check the input files", file=sys.stderr)
+        return 2
     except MemoryError:
         if debug:
             raise

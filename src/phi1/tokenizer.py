@@ -252,6 +252,26 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int | None = None
                 return
 
 
+MAX_VOCAB = 1 << 20  # a BPE's ids fit u32, but a vocabulary past a million tokens is a typo
+
+
+def check_train_args(vocab_size: int, min_frequency: int, max_bytes: int | None) -> list[str]:
+    """Refuse impossible training settings (before any output folder is made); returns the
+    whitespace tokens the vocabulary starts with."""
+    ws = whitespace_tokens()
+    n_fixed = 256 + 1 + len(ws)
+    if vocab_size < n_fixed + 64:
+        raise Phi1Error(f"--vocab-size {vocab_size}: too small; needs at least {n_fixed + 64} "
+                        f"(256 bytes + EOS + {len(ws)} whitespace tokens + merges)")
+    if vocab_size > MAX_VOCAB:
+        raise Phi1Error(f"--vocab-size {vocab_size}: too large; at most {MAX_VOCAB} (phi-1 uses 51200, phi-3 32064)")
+    if not 0 <= min_frequency <= 2**32 - 1:
+        raise Phi1Error(f"--min-frequency {min_frequency}: use a count from 0 to {2**32 - 1}")
+    if max_bytes is not None and max_bytes <= 0:
+        raise Phi1Error(f"--max-mb: must be above 0 (got {max_bytes / 1e6:g})")
+    return ws
+
+
 def train_tokenizer(inputs: Iterable[str | os.PathLike], vocab_size: int = 8192, out_dir=None,
                     min_frequency: int = 2, max_bytes: int | None = None, *,
                     skip_bad_lines: bool = False) -> PhiTokenizer:
@@ -266,11 +286,7 @@ def train_tokenizer(inputs: Iterable[str | os.PathLike], vocab_size: int = 8192,
     from tokenizers.pre_tokenizers import ByteLevel
     from tokenizers.trainers import BpeTrainer
 
-    ws = whitespace_tokens()
-    n_fixed = 256 + 1 + len(ws)
-    if vocab_size < n_fixed + 64:
-        raise Phi1Error(f"--vocab-size {vocab_size}: too small; needs at least {n_fixed + 64} "
-                        f"(256 bytes + EOS + {len(ws)} whitespace tokens + merges)")
+    ws = check_train_args(vocab_size, min_frequency, max_bytes)
     tok = Tokenizer(BPE())
     tok.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = ByteLevelDecoder()

@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from phi1.utils.io import json_loads
 from phi1.errors import Phi1Error
 from phi1.data.edu_rules import rule_score
 from phi1.data.records import content_hash
@@ -131,7 +132,7 @@ def load_cache(path: Path) -> dict[str, dict]:
         with path.open("r", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
-                    row = json.loads(line)
+                    row = json_loads(line)
                     cache[row["key"]] = row
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a torn tail from a crash; JsonlAppender repairs it on open

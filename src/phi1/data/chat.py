@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phi1.utils.io import json_loads
 from phi1.errors import Phi1Error
 
 IGNORE = -100
@@ -42,12 +43,17 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
         rows = [(i + 1, m) for i, m in enumerate(table.column("messages").to_pylist())]
     else:
         rows = []
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
+        with open(p, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if not raw.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise Phi1Error(f"{p}:{n}: not UTF-8 (byte {exc.start + 1} of the line); convert the chat data "
+                                    "to UTF-8") from None
+                try:
+                    rec = json_loads(line)
                 except json.JSONDecodeError as exc:
                     raise Phi1Error(f"{p}:{n}: not JSON ({exc.msg}); each line is one {{\"messages\": [...]}}") from None
                 rows.append((n, rec.get("messages") if isinstance(rec, dict) else None))

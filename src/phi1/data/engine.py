@@ -288,6 +288,22 @@ class ExecConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} {v!r}: must be a whole number >= 1")
         if self.executor == "slurm" and not self.slurm_partition and not self.dry_run:
             raise ConfigError("--executor slurm needs --slurm-partition NAME (or --dry-run to only write the job scripts)")
+        self.check_available()
+
+    def check_available(self) -> None:
+        """The executor's own software is here, checked before any stage folder is made: Ray's package
+        for `ray`, Slurm's `sbatch` for `slurm` (not needed for a dry run)."""
+        import shutil
+
+        if self.executor == "ray":
+            try:
+                import ray  # noqa: F401 (the package Ray tasks need; raises the error the CLI turns into one line)
+            except ImportError:
+                raise ConfigError("--executor ray needs the package ray (not installed; pip install 'phi1[ray]'), "
+                                  "or use --executor local") from None
+        if self.executor == "slurm" and not self.dry_run and shutil.which("sbatch") is None:
+            raise ConfigError("--executor slurm: sbatch not found on PATH (Slurm is not installed here); run on a "
+                              "Slurm login node, pass --dry-run to only write the job scripts, or use --executor local")
 
 
 def _console_format(record) -> str:

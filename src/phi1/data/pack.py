@@ -46,6 +46,7 @@ from typing import Iterator
 
 import numpy as np
 
+from phi1.utils.io import json_loads
 from phi1.utils.procs import guarded_initializer
 from phi1.data.shardfiles import expand_record_inputs, open_record_lines
 from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, ShardWriter, dtype_for_vocab
@@ -133,7 +134,7 @@ def iter_documents(files: list[Path], stats: dict, skip_bad_lines: bool = False)
                     yield "", n
                     continue
                 try:
-                    rec = json.loads(decoded)
+                    rec = json_loads(decoded)
                 except json.JSONDecodeError as exc:
                     bad("bad_json", f"{f}:{lineno}", f"malformed JSONL line ({exc.msg})")
                     yield "", n

@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import glob as _glob
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +37,7 @@ from typing import Any, Iterable
 from datatrove.data import Document
 from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
 
+from phi1.utils.io import json_loads
 from phi1.errors import Phi1Error
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.gz": "jsonl"}
@@ -284,7 +284,7 @@ def _jsonl_columns(path: Path) -> list[str] | None:
                 if i >= 100:
                     return None
                 if raw.strip():
-                    row = json.loads(raw)
+                    row = json_loads(raw)
                     return list(row) if isinstance(row, dict) else None
     except (OSError, ValueError, EOFError):
         return None  # the reader reports the bad line with its number, or skips it with skip_bad_lines

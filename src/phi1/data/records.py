@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from phi1.utils.io import json_loads
 from phi1.errors import Phi1Error
 from phi1.utils.io import atomic_write, atomic_write_json
 from phi1.utils.safety import OutputLock, clean_stale_temps, describe_oserror
@@ -35,6 +36,17 @@ def given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+FAILURE_REASONS = frozenset({"bad_json", "bad_utf8", "no_text"})  # input lines a stage could not read
+FAILURE_HINTS = {
+    "bad_json": "no line of the input is a JSON object; is this the right file?",
+    "bad_utf8": "no line of the input is UTF-8 text; convert the file to UTF-8",
+    "no_text": "no record has a string 'text' field; name the text field or fix the records",
+    "judge_unparsable": "no answer of the judge held a score; check the judge model and its prompt "
+                        "(the answers are in the judge cache)",
+    "judge_failed": "every request to the judge failed; check the endpoint and rerun",
+}
+
+
 @dataclass
 class StageReport:
     """What a stage kept, dropped and why; written as `<out>.report.json`."""
@@ -51,10 +63,27 @@ class StageReport:
     seconds: float = 0.0
     bad_lines: list = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    failed: Counter = field(default_factory=Counter)  # records the stage tried and could not process, by reason
+    attempted: int | None = None  # records the stage tried to process (None: every record read)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
+
+    def failures(self) -> Counter:
+        """Records that could not be processed, by reason: unreadable input lines and the stage's own
+        failures (an unparsable judge answer), as opposed to records a stage dropped by decision."""
+        out = Counter({k: v for k, v in self.dropped.items() if k in FAILURE_REASONS and v})
+        out.update({k: v for k, v in self.failed.items() if v})
+        return out
+
+    def all_failed(self) -> str | None:
+        """The reason, when every record the stage tried failed for that one reason; else None."""
+        fails = self.failures()
+        tried = self.read if self.attempted is None else self.attempted
+        if tried > 0 and len(fails) == 1 and sum(fails.values()) >= tried:
+            return next(iter(fails))
+        return None
 
     @property
     def n_dropped(self) -> int:
@@ -82,13 +111,17 @@ class StageReport:
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.mb_per_s, 3),
             "bad_lines": self.bad_lines,
+            "failed": dict(sorted(self.failures().items())),
             "details": self.details,
         }
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
+        fails = self.failures()
+        failed = (f", could not process {sum(fails.values())} ("
+                  + ", ".join(f"{k}={v}" for k, v in sorted(fails.items())) + ")") if fails else ""
         return (
-            f"{self.stage}: read {self.read}, kept {self.kept}, dropped {self.n_dropped} ({drops}); "
+            f"{self.stage}: read {self.read}, kept {self.kept}, dropped {self.n_dropped} ({drops}){failed}; "
             f"{self.bytes_in / 1e6:.1f} MB in {self.seconds:.1f}s ({self.mb_per_s:.2f} MB/s)"
         )
 
@@ -130,7 +163,7 @@ def parse_object_line(raw: bytes) -> tuple[dict | None, str, str | None]:
     if line is None:
         return None, "bad_utf8", why
     try:
-        obj = json.loads(line)
+        obj = json_loads(line)
     except json.JSONDecodeError as exc:
         return None, "bad_json", f"malformed JSONL line ({exc.msg})"
     if not isinstance(obj, dict):
@@ -346,4 +379,10 @@ def finish_report(report: StageReport, quiet: bool = False) -> StageReport:
         report._plan = None
     if not quiet:
         print(report.summary(), file=sys.stderr)
+    reason = report.all_failed()
+    if reason is not None:  # nothing usable came out: a non-zero exit that names the cause, not a quiet success
+        tried = report.read if report.attempted is None else report.attempted
+        hint = FAILURE_HINTS.get(reason, "see the report")
+        raise Phi1Error(f"{report.stage}: all {tried} records failed ({reason}); {hint} "
+                        f"(report: {report_path(report.output) if report.output else 'none'})")
     return report

@@ -12,12 +12,12 @@ reports each criterion's mean with 95% confidence intervals.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from phi1.utils.io import json_loads
 from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ClientSettings, LLMClient
 from phi1.eval.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
@@ -81,7 +81,7 @@ def load_items(task: str, path: str | None = None, n: int | None = None) -> list
         where = path
     else:
         ref = RESOURCES / DEFAULT_ITEMS[task]
-        items = [json.loads(line) for line in ref.read_text(encoding="utf-8").splitlines() if line.strip()]
+        items = [json_loads(line) for line in ref.read_text(encoding="utf-8").splitlines() if line.strip()]
         where = str(ref)
     for i, it in enumerate(items):
         if not isinstance(it.get("prompt"), str) or not it["prompt"].strip():

@@ -122,6 +122,23 @@ def _tensor_type(gguf, name: str, arr: np.ndarray, qtype: str):
 OWNER_KEY = "phi1.exported_by"
 
 
+def _write_error(exc: OSError, out: Path) -> OSError:
+    """An OSError that names `out` and its cause. numpy's short write ("262144 requested and 168704
+    written") carries no errno: on a disk with next to no room left it is ENOSPC."""
+    import errno
+    import shutil
+
+    if exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or str(exc), str(out))
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free >> 20} MiB free; {exc})", str(out))
+    return OSError(errno.EIO, f"the write failed: {exc}", str(out))
+
+
 def _temp_beside(out: Path) -> Path:
     """A new empty temp file beside `out`, named after this process (`.OUT.phi1-PID-*.tmp`)."""
     fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent)
@@ -239,9 +256,12 @@ def _export_locked(model_dir: Path, out: Path, qtype: str, route, cfg, gg, vocab
     tmp = _temp_beside(out)
     stage = _temp_beside(out) if route else None
     try:
-        n = _write(stage or tmp, gg, cfg, tensors, vocab, qtype, model_dir.name)
-        if route:
-            _llama_quantize(route, stage, tmp, qtype)
+        try:
+            n = _write(stage or tmp, gg, cfg, tensors, vocab, qtype, model_dir.name)
+            if route:
+                _llama_quantize(route, stage, tmp, qtype)
+        except OSError as exc:
+            raise _write_error(exc, out) from None
         with open(tmp, "rb") as fh:  # mkstemp makes 0600; give the usual mode, and make it durable first
             os.fchmod(fh.fileno(), 0o644 & ~umask())
             os.fsync(fh.fileno())

@@ -14,12 +14,12 @@ Programs run in phi1's sandbox (phi1.eval.sandbox); with `--judge-endpoint`, phi
 from __future__ import annotations
 
 import gc
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from phi1.utils.io import json_loads
 from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ANY_MODEL
 from phi1.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
@@ -84,6 +84,13 @@ class CompareConfig:
             raise ConfigError("--max-new-tokens and --batch-size must be >= 1")
         if self.exercises is not None and not Path(self.exercises).is_file():
             raise Phi1Error(f"--exercises {self.exercises}: file not found; give the exercises JSONL")
+        from phi1.eval.sandbox import SandboxConfig
+
+        try:  # the sandbox's settings, checked now rather than after both models have generated
+            SandboxConfig(workers=self.workers, timeout=self.timeout).validate()
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("sandbox.workers", "--workers").replace("sandbox.timeout", "--timeout")) \
+                from None
         return self
 
 
@@ -100,7 +107,7 @@ def _doctest_program(prompt: str) -> Callable[[str], str] | None:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json_loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def load_items(cfg: CompareConfig) -> list[Item]:

@@ -128,6 +128,9 @@ class NeuronReport:
                 "neurons": {str(k): v for k, v in self.per_layer.items()}}
 
 
+MAX_TOPK_BYTES = 4 << 30  # the top-k tables of all neurons: past this, --top-k is a typo
+
+
 def inspect_neurons(model, tokenizer, docs, *, layers=None, k: int = 10, context: int = 8, seq_len: int = 256,
                     batch_size: int = 8, max_tokens: int | None = None, threshold: float = 0.8,
                     model_name: str = "") -> NeuronReport:
@@ -145,6 +148,10 @@ def inspect_neurons(model, tokenizer, docs, *, layers=None, k: int = 10, context
     seq_len = min(seq_len, model.config.max_position_embeddings)
     dev = model_device(model)
     N = adapter.n_neurons(model)
+    need = len(layers) * N * k * (12 + 12 * (context + 1))  # values, positions, contexts and weights kept
+    if need > MAX_TOPK_BYTES:
+        raise ConfigError(f"--top-k {k}: keeping {k} activations of each of {N} neurons in {len(layers)} layer(s) "
+                          f"needs about {need / 2**30:.1f} GiB; use a smaller --top-k (10 to 100 is usual)")
     rankers = {layer: NeuronRanker(N, k, context, context // 2, dev) for layer in layers}
     vocab = max(len(tokenizer), model.config.vocab_size)
     id_counts = torch.zeros(vocab, dtype=torch.long, device=dev)

@@ -81,11 +81,12 @@ def _info(args) -> int:
 
 
 def _tok_train(args) -> int:
-    from phi1.tokenizer import train_tokenizer
+    from phi1.tokenizer import check_train_args, train_tokenizer
     from phi1.utils.safety import claim_output_dir
 
+    max_bytes = int(args.max_mb * 1e6) if args.max_mb is not None else None
+    check_train_args(args.vocab_size, args.min_frequency, max_bytes)
     claim_output_dir(args.out, "tokenizer train", overwrite=args.overwrite)  # its marker: a rerun may replace it
-    max_bytes = int(args.max_mb * 1e6) if args.max_mb else None
     tok = train_tokenizer(args.input, vocab_size=args.vocab_size, out_dir=args.out,
                           min_frequency=args.min_frequency, max_bytes=max_bytes, skip_bad_lines=args.skip_bad_lines)
     bad = getattr(tok, "skipped_lines", {}) or {}

@@ -31,6 +31,8 @@ def init_model_dir(preset: str, tokenizer_dir: str | os.PathLike, out_dir: str |
     only the model's own files are replaced: nothing else in the directory is deleted.
     `chat_template` (a name such as phi-3, or a .jinja file) replaces the tokenizer's own template.
     """
+    if not -(2**63) <= seed <= 2**64 - 1:
+        raise Phi1Error(f"--seed {seed}: use an integer from 0 to {2**64 - 1} (torch's seed range)")
     tok = load_tokenizer(resolve_tokenizer(tokenizer_dir, "--tokenizer"))
     if chat_template is not None:
         from phi1.chat import ChatTemplate, template_source

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from phi1.utils.io import json_loads
 from phi1.errors import ConfigError, Phi1Error
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def load_tree(path: str | Path) -> TopicTree:
         raise Phi1Error(f"{p}: topic tree file not found; build it with `phi1 synth topics --out {p}`")
     raw = p.read_bytes()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json_loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise Phi1Error(f"{p}: not a topic tree ({type(exc).__name__}: {str(exc)[:80]}); "
                         "give the JSON written by `phi1 synth topics`") from None

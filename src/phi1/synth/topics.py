@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
+from phi1.utils.io import json_loads
+from phi1.utils.config import load_yaml
 from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ClientSettings, LLMClient
 from phi1.synth.job import _check_manifest, _write_json
@@ -138,7 +140,7 @@ def _seed_file(p: Path) -> list:
     import yaml
 
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json_loads(text) if p.suffix.lower() == ".json" else load_yaml(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise Phi1Error(f"--seeds {p}: malformed {p.suffix[1:].upper()} ({' '.join(str(exc).split())[:120]})") from None
     if isinstance(data, dict):  # {seeds: [...]}, a textbook spec's {topics: {...}}, or {subject: ...}

@@ -87,6 +87,7 @@ class DpoSection:
     label_smoothing: float = 0.0  # assumed probability that a pair's preference is flipped, in [0, 0.5)
     reference: str | None = None  # model directory of the frozen reference; None = model.init
     precompute_ref: bool = True  # reference log-probs computed once into RUN/ref_logps*.pt; false = keep it loaded
+    identical: str = "skip"  # pairs whose chosen equals rejected (nothing to learn): skip (counted) | refuse | keep
 
 
 @dataclass
@@ -160,6 +161,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(dp.beta > 0, "config.dpo.beta", dp.beta, "must be > 0")
     _check(dp.loss in ("sigmoid", "ipo", "robust"), "config.dpo.loss", dp.loss, "allowed: sigmoid, ipo, robust")
     _check(0 <= dp.label_smoothing < 0.5, "config.dpo.label_smoothing", dp.label_smoothing, "must be in [0, 0.5)")
+    _check(dp.identical in ("skip", "refuse", "keep"), "config.dpo.identical", dp.identical,
+           "allowed: skip, refuse, keep")
     _check(t.micro_batch > 0, "config.train.micro_batch", t.micro_batch, "must be a positive integer")
     _check(t.global_batch > 0 and t.global_batch % t.micro_batch == 0, "config.train.global_batch", t.global_batch,
            f"must be a positive multiple of train.micro_batch ({t.micro_batch})")

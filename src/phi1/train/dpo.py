@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from phi1.utils.io import json_loads
 from phi1.errors import Phi1Error
 
 LOSSES = ("sigmoid", "ipo", "robust")
@@ -47,11 +48,16 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
         rows = list(enumerate(pq.read_table(p).to_pylist(), 1))
     else:
         rows = []
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
+        with open(p, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if raw.strip():
                     try:
-                        rows.append((n, json.loads(line)))
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise Phi1Error(f"{p}:{n}: not UTF-8 (byte {exc.start + 1} of the line); convert the "
+                                        "preference data to UTF-8") from None
+                    try:
+                        rows.append((n, json_loads(line)))
                     except json.JSONDecodeError as exc:
                         raise Phi1Error(f"{p}:{n}: not JSON ({exc.msg}); each line is one "
                                         "{\"prompt\", \"chosen\", \"rejected\"} record") from None
@@ -101,19 +107,38 @@ class PreferenceData:
     """Tokenized pairs; the pairs of global sample g are a pure function of (seed, g), as for token windows."""
 
     def __init__(self, paths: list[str], tokenizer, template, max_len: int, seed: int = 0, split: str = "train",
-                 pad_id: int = 0):
+                 pad_id: int = 0, identical: str = "skip"):
+        """`identical`: what to do with a pair whose chosen and rejected completions are the same tokens
+        (its DPO gradient is zero; a sign of a broken preference file): skip it (counted in
+        `self.identical`, logged), refuse the data, or keep it."""
         if not paths:
             raise Phi1Error(f"data.{split}: no preference data files given")
         self.pairs, digest = [], hashlib.sha256()
+        self.identical = 0
         for path in paths:
-            for rec in read_pairs(path):
+            for n, rec in enumerate(read_pairs(path), 1):
                 p, c, r = tokenize_pair(tokenizer, template, rec)
                 if not c or not r:
                     raise Phi1Error(f"{path}: a record's chosen or rejected completion encodes to zero tokens")
+                if c == r:
+                    self.identical += 1
+                    if identical == "refuse":
+                        raise Phi1Error(f"{path}: record {n}: chosen equals rejected (no preference to learn); fix "
+                                        "the data, or set dpo.identical: skip to leave such pairs out")
+                    if identical == "skip":
+                        continue
                 self.pairs.append((p, c, r))
                 digest.update(json.dumps([p, c, r]).encode())
+        if self.identical:
+            import logging
+
+            what = "skipped" if identical == "skip" else "kept"
+            logging.getLogger(__name__).warning(
+                f"data.{split}: {what} {self.identical} preference pair(s) whose chosen equals rejected "
+                "(config.dpo.identical)")
         if not self.pairs:
-            raise Phi1Error(f"{', '.join(map(str, paths))}: no preference records")
+            why = f" ({self.identical} pair(s) had chosen equal to rejected and were skipped)" if self.identical else ""
+            raise Phi1Error(f"{', '.join(map(str, paths))}: no preference records{why}")
         self.max_len, self.seed, self.split, self.pad_id = max_len, seed, split, pad_id
         self._fingerprint = digest.hexdigest()[:16]
         self._perm: dict[int, np.ndarray] = {}

@@ -183,7 +183,7 @@ def build_chat_data(cfg: TrainConfig, tokenizer, vocab_size: int | None = None):
     if d.format == "preference":
         def make(srcs, split):
             return PreferenceData([s.path for s in srcs], tokenizer, template, d.seq_len, cfg.run.seed, split,
-                                  pad_id=tokenizer.eos_id)
+                                  pad_id=tokenizer.eos_id, identical=cfg.dpo.identical)
     else:
         def make(srcs, split):
             return ChatSampler([s.path for s in srcs], tokenizer, template, d.seq_len, cfg.run.seed, split)

@@ -116,8 +116,12 @@ _NUMBER = re.compile(r"^\s*[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9
 
 
 def load_yaml(text: str):
-    """yaml.safe_load, with `2e-4`-style floats read as numbers (see `_Loader`)."""
-    return yaml.load(text, Loader=_Loader)
+    """yaml.safe_load, with `2e-4`-style floats read as numbers (see `_Loader`); nesting deeper than
+    the parser's recursion limit is a YAMLError ("nested too deeply"), not a RecursionError."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply to read") from None
 
 
 def read_yaml_mapping(path, what: str = "config") -> dict:

@@ -31,6 +31,16 @@ def note_written(path: os.PathLike, append: bool = False, staged: os.PathLike | 
 _wrote = note_written
 
 
+def json_loads(text: str | bytes) -> Any:
+    """`json.loads` for text a user gave: nesting deeper than the parser's recursion limit is a
+    `json.JSONDecodeError` ("nested too deeply"), like any other malformed JSON, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text if isinstance(text, str) else ""
+        raise json.JSONDecodeError("nested too deeply to read", doc, 0) from None
+
+
 def temp_prefix(name: str) -> str:
     """Prefix for `tempfile.mkstemp/mkdtemp(prefix=...)`: `.NAME.phi1-PID-` (add suffix='.tmp');
     `phi1.utils.safety.clean_stale_temps` removes those whose writer died."""
@@ -118,6 +128,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
         fh.write("\n")
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """A text file a user gave (a template, a prompt), decoded strictly as UTF-8; a file that is not
+    UTF-8 is one Phi1Error naming `what`, the file and the byte."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Phi1Error(f"{what} {path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+
+
 def read_json(path: str | os.PathLike, what: str, expect: type | None = None) -> Any:
     """A JSON file a user pointed a command at (a config, a manifest, a tree, a report).
 
@@ -134,7 +154,7 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = None) ->
     except UnicodeDecodeError as exc:
         raise Phi1Error(f"{what} {path}: not UTF-8 text (byte {exc.start}); is this the right file?") from None
     try:
-        obj = json.loads(text)
+        obj = json_loads(text)
     except json.JSONDecodeError as exc:
         raise Phi1Error(f"{what} {path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                         "fix or regenerate the file") from None
@@ -180,7 +200,7 @@ def read_jsonl_numbered(path: str | os.PathLike, *, strict: bool = True, skip_fl
                 kind, why = "bad_utf8", f"not valid UTF-8 (byte 0x{raw[exc.start:exc.start + 1].hex()} at column {exc.start + 1})"
             else:
                 try:
-                    obj = json.loads(line)
+                    obj = json_loads(line)
                 except json.JSONDecodeError as exc:
                     why = f"malformed JSON ({exc.msg})"
                 else:

@@ -224,6 +224,7 @@ class WritePlan:
 
     def __enter__(self) -> "WritePlan":
         self.check()
+        self._new_dirs = [Path(w.path) for w in self.writes if w.dir and not Path(w.path).exists()]
         for w in self.writes:
             if not w.dir:
                 rp = resolve(w.path)
@@ -232,7 +233,10 @@ class WritePlan:
         _io.WRITE_HOOKS.add(_on_write)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, *exc) -> None:
+        if exc_type is not None:  # a folder this run created and left holding only phi1's bookkeeping goes
+            for d in getattr(self, "_new_dirs", ()):
+                _remove_if_bare(d)
         for rp, before in self._before.items():
             owners = _ACTIVE.get(rp)
             if owners:
@@ -250,6 +254,22 @@ class WritePlan:
             record(rp, self.owner, append=append)
         if not _ACTIVE:
             _io.WRITE_HOOKS.discard(_on_write)
+
+
+def _remove_if_bare(d: Path) -> None:
+    from phi1.utils.safety import DIR_LOCK, MARKER
+
+    try:
+        names = set(os.listdir(d))
+    except OSError:
+        return
+    if not names <= {MARKER, DIR_LOCK, LEDGER}:
+        return
+    for n in names:
+        with contextlib.suppress(OSError):
+            (d / n).unlink()
+    with contextlib.suppress(OSError):
+        d.rmdir()
 
 
 def _stat_or_none(p: Path) -> dict | None:

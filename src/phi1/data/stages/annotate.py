@@ -216,10 +216,14 @@ def run_annotate(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                                skip_bad_lines=skip_bad_lines, quiet=quiet, overwrite=overwrite, workers=workers,
                                on_keep=count)
     annotator = f"llm:{cfg.model}" if cfg.endpoint else "rules"
-    report.details.update(annotator=annotator, sampled=sum(hist.values()), prompt_version=PROMPT_VERSION,
-                          scale=cfg.scale, label_histogram=dict(sorted(hist.items())))
+    labelled = sum(hist.values())
     if cfg.endpoint:
         report.details.update(judge_details(m["counts"], cfg))
+        for reason in ("judge_unparsable", "judge_failed"):
+            report.failed[reason] += report.details.get(reason, 0)
+    report.attempted = labelled + sum(report.failed.values())  # the sampled records, labelled or not
+    report.details.update(annotator=annotator, sampled=report.attempted, labelled=labelled,
+                          prompt_version=PROMPT_VERSION, scale=cfg.scale, label_histogram=dict(sorted(hist.items())))
     if not quiet and annotator == "rules":
         print("annotate: the rule-based annotator labelled the records (meta.edu_annotator = 'rules')", file=sys.stderr)
     return finish_report(report, quiet)

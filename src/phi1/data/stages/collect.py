@@ -14,6 +14,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from phi1.utils.io import json_loads
 from phi1.data.collect import python_install_sources, read_source, text_skip_reason, walk_dir
 from phi1.data.engine import Block, block_counts
 from phi1.data.records import StageReport, finish_report
@@ -63,7 +64,7 @@ class FileListReader(PipelineStep):
             for i, line in enumerate(fh):
                 if i % world_size != rank:
                     continue
-                ent = json.loads(line)
+                ent = json_loads(line)
                 text, problem = read_source(ent["path"], self.max_bytes)
                 meta = {"source": ent["source"], "path": ent["rel"], "bytes": ent["size"]}
                 if problem:
