@@ -146,6 +146,25 @@ def test_judge_problems_failures_are_retried_on_rerun(tmp_path):
         assert "Notes for the grader" in body and "```python\ndef " in body or "```python\nimport" in body
 
 
+def test_a_judge_that_grades_nothing_is_a_failure(tmp_path):
+    """Issue 30 §5: every answer unparsable, or every request failing, is exit 2 naming the reason, with the
+    summary still written; not a summary of zero graded items that looks like success."""
+    from phi1.errors import Phi1Error
+
+    def gen(prompts):
+        return [("    return None\n", "stop")] * len(prompts)
+
+    for responder, faults, want in ((lambda body: "I cannot grade this.", None, "unparsable"),
+                                    (None, lambda i, body: "400", "every request to the judge failed")):
+        out = tmp_path / want.split()[0]
+        cfg = JudgeConfig(str(tmp_path), "problems", "", "judge-1", out=str(out), base_delay=0.001, n=3)
+        with FakeOpenAI(responder=responder, fault_fn=faults) as srv:
+            cfg.judge_endpoint = srv.url
+            with pytest.raises(Phi1Error, match=f"none of the 3 items was graded: .*{want}"):
+                run_judge(cfg, generate_fn=gen)
+        assert json.loads((out / "summary.json").read_text())["graded"] in (0, 3)
+
+
 def test_judge_bad_inputs(tmp_path):
     from phi1.errors import ConfigError, Phi1Error
 

@@ -16,11 +16,10 @@ import json
 import re
 from pathlib import Path
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import json_loads, JsonlAppender
 from phi1.errors import Phi1Error
 from phi1.data.edu_rules import rule_score
 from phi1.data.records import content_hash
-from phi1.utils.io import JsonlAppender
 from phi1.utils.progress import progress
 
 PROMPT_VERSION = "edu-v1"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phi1.utils.io import temp_beside
 from phi1.errors import ConfigError, Phi1Error, require_package
 from phi1.utils.device import DEVICE_CHOICES, DTYPE_CHOICES, DTYPES, device_ok
 
@@ -351,10 +352,13 @@ class EmbeddingCache:
         if not keys:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        from phi1.utils.safety import clean_stale_temps
+
+        clean_stale_temps(self.dir)  # what a killed writer of this cache left
         name = f"{time.time_ns():x}-{os.getpid()}"
         for suffix, arr in ((".emb.npy", np.asarray(matrix, dtype=np.float32)),
                             (".keys.npy", np.asarray(keys, dtype="S64"))):
-            tmp = self.dir / f".{name}{suffix}.tmp"
+            tmp = temp_beside(self.dir / f"{name}{suffix}")
             with tmp.open("wb") as fh:
                 np.save(fh, arr)
             os.replace(tmp, self.dir / f"{name}{suffix}")

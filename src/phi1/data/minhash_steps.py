@@ -16,6 +16,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupSignature
 from datatrove.utils.binaryio import read_tuples_from_file
 
+from phi1.utils.io import temp_beside
+from phi1.utils.safety import clean_stale_temps
 from phi1.data.engine import Block, RecordReader, RecordWriter, first_pass
 from phi1.data.minhash import DEDUP_THRESHOLD, MinhashParams, normalized_hash
 
@@ -70,8 +72,10 @@ class CodeMinhashSignature(MinhashDedupSignature):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         self.ids_folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.ids_folder / f".{rank:05d}.jsonl.tmp"
-        tmp_sig = self.ids_folder / f".{rank:05d}.sig.tmp"
+        ids_file, sig_file = self.ids_folder / f"{rank:05d}.jsonl", self.ids_folder / f"{rank:05d}.sig"
+        for f in (ids_file, sig_file):  # a killed task's temps (its pid is dead)
+            clean_stale_temps(self.ids_folder, stem=f.name)
+        tmp, tmp_sig = temp_beside(ids_file), temp_beside(sig_file)
         with tmp.open("w") as ids, tmp_sig.open("wb") as self._full:
             def tee():
                 for i, doc in enumerate(data):

@@ -46,13 +46,12 @@ from typing import Iterator
 
 import numpy as np
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import atomic_write_json, json_loads
 from phi1.utils.procs import guarded_initializer
 from phi1.data.shardfiles import expand_record_inputs, open_record_lines
 from phi1.data.shards import MANIFEST, MANIFEST_FORMAT, ShardWriter, dtype_for_vocab
 from phi1.errors import Phi1Error
 from phi1.utils.cliio import declare_io
-from phi1.utils.io import atomic_write_json
 from phi1.utils.progress import progress
 from phi1.utils.safety import OutputLock, claim_output_dir, describe_oserror, refuse_overlap, remove_own_files
 

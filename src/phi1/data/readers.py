@@ -37,7 +37,7 @@ from typing import Any, Iterable
 from datatrove.data import Document
 from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import json_loads, temp_beside
 from phi1.errors import Phi1Error
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.gz": "jsonl"}
@@ -352,7 +352,7 @@ def plan_tables(source: str, root: Path, rels: list[str], name: str, work: Path,
             col = col or here
             seen.extend(c for c in cols if c not in seen)
         paths_file = work / f"tables-{slot:02d}-{fmt}.txt"
-        tmp = paths_file.with_name(f".{paths_file.name}.{os.getpid()}.tmp")
+        tmp = temp_beside(paths_file)
         tmp.write_text("".join(f"{r}\n" for r in files))
         os.replace(tmp, paths_file)
         entries.append({"kind": fmt, "source": source, "root": str(root.resolve()), "paths": str(paths_file),

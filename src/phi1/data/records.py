@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import atomic_write, atomic_write_json, json_loads
 from phi1.errors import Phi1Error
-from phi1.utils.io import atomic_write, atomic_write_json
 from phi1.utils.safety import OutputLock, clean_stale_temps, describe_oserror
 
 MAX_BAD_LINES_LISTED = 20

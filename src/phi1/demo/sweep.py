@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from phi1.utils.io import atomic_write_json, atomic_write_text, directory_commit, read_jsonl, temp_beside, write_jsonl
 from phi1.errors import ConfigError, Phi1Error
 from phi1.utils.config import build, read_yaml_mapping
-from phi1.utils.io import atomic_write_json, atomic_write_text, directory_commit, read_jsonl, write_jsonl
 
 OWNER = "sweep"
 
@@ -411,8 +411,8 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    tmp = temp_beside(path)
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
     return path

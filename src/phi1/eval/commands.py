@@ -47,10 +47,15 @@ def _execute(args) -> int:
     from phi1.eval.execute import execute_samples, format_summary, summary_path, write_summary
     from phi1.eval.passk import parse_ks
     ks = parse_ks(args.k)
-    res = execute_samples(args.samples, args.benchmark, out_path=args.out, data=args.data,
-                          config=_sandbox_config(args), ks=ks)
-    summary = summary_path(res.results_path)
-    write_summary(summary, res.summary)
+    from phi1.eval.execute import default_results_path
+    from phi1.utils.safety import OutputLock
+
+    out = Path(args.out) if args.out else default_results_path(Path(args.samples))
+    with OutputLock(out, is_dir=False, what="results file"):  # one run per results file (its partial is appended)
+        res = execute_samples(args.samples, args.benchmark, out_path=out, data=args.data,
+                              config=_sandbox_config(args), ks=ks)
+        summary = summary_path(res.results_path)
+        write_summary(summary, res.summary)
     print(format_summary(res.summary))
     print(f"results: {res.results_path}\nsummary: {summary}")
     return 0

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import atomic_write_json, atomic_write_text, json_loads, JsonlAppender, read_jsonl
 from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ClientSettings, LLMClient
 from phi1.eval.rubric import RUBRICS, judge_messages, mean_ci, parse_scores
 from phi1.utils.cliio import declare_io
-from phi1.utils.safety import claim_output_dir
-from phi1.utils.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
+from phi1.utils.safety import OutputLock, claim_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +116,11 @@ def run_judge(cfg: JudgeConfig, generate_fn=None, client: LLMClient | None = Non
     items = load_items(cfg.task, cfg.prompts, cfg.n)
     out = cfg.out_dir
     claim_output_dir(out, "eval judge")  # new, empty or an earlier judge run's (resumed)
+    with OutputLock(out, is_dir=True, what="judge output directory"):
+        return _run_judge_locked(cfg, out, rubric, items, generate_fn, client)
+
+
+def _run_judge_locked(cfg: JudgeConfig, out: Path, rubric, items: list[dict], generate_fn, client) -> dict:
     judged_path = out / "judged.jsonl"
     done = {}
     if judged_path.exists():
@@ -145,6 +149,16 @@ def run_judge(cfg: JudgeConfig, generate_fn=None, client: LLMClient | None = Non
     summary = summarize(cfg, rubric.keys, records, failures)
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", format_summary(summary))
+    unparsed = sum(1 for r in records if not r.get("parsed"))
+    if items and not any(r.get("parsed") for r in records):  # nothing graded: a failure, not a score of nothing
+        if failures and not records:
+            why = f"every request to the judge failed ({failures[0]['error']}); check --judge-endpoint and rerun"
+        elif unparsed and not failures:
+            why = (f"no answer of the judge had all of the rubric's scores ({unparsed} unparsable); check the judge "
+                   f"model (answers in {out / 'judged.jsonl'})")
+        else:
+            why = f"{len(failures)} requests failed and {unparsed} answers were unparsable"
+        raise Phi1Error(f"eval judge: none of the {len(items)} items was graded: {why}")
     return summary
 
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import atomic_write_json, atomic_write_text, json_loads, read_jsonl, write_jsonl
 from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ANY_MODEL
-from phi1.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from phi1.utils.safety import OutputLock, claim_output_dir
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"

@@ -86,9 +86,12 @@ def _tok_train(args) -> int:
 
     max_bytes = int(args.max_mb * 1e6) if args.max_mb is not None else None
     check_train_args(args.vocab_size, args.min_frequency, max_bytes)
-    claim_output_dir(args.out, "tokenizer train", overwrite=args.overwrite)  # its marker: a rerun may replace it
-    tok = train_tokenizer(args.input, vocab_size=args.vocab_size, out_dir=args.out,
-                          min_frequency=args.min_frequency, max_bytes=max_bytes, skip_bad_lines=args.skip_bad_lines)
+    from phi1.utils.safety import OutputLock
+
+    out = claim_output_dir(args.out, "tokenizer train", overwrite=args.overwrite)  # its marker: a rerun may replace it
+    with OutputLock(out, is_dir=True, what="tokenizer directory"):
+        tok = train_tokenizer(args.input, vocab_size=args.vocab_size, out_dir=out, min_frequency=args.min_frequency,
+                              max_bytes=max_bytes, skip_bad_lines=args.skip_bad_lines)
     bad = getattr(tok, "skipped_lines", {}) or {}
     skipped = f"; skipped {bad.get('bad_utf8', 0)} non-UTF-8 and {bad.get('bad_json', 0)} malformed JSON lines" \
         if any(bad.values()) else ""

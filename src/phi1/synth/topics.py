@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import json_loads, JsonlAppender, read_jsonl
 from phi1.utils.config import load_yaml
 from phi1.errors import ConfigError, Phi1Error
 from phi1.llm.client import ClientSettings, LLMClient
 from phi1.synth.job import _check_manifest, _write_json
 from phi1.synth.sources import TREE_FORMAT
-from phi1.utils.io import JsonlAppender, read_jsonl
 from phi1.utils.progress import progress
 from phi1.utils.safety import OutputLock, clean_stale_temps, oserror_line
 

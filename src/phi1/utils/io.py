@@ -41,6 +41,13 @@ def json_loads(text: str | bytes) -> Any:
         raise json.JSONDecodeError("nested too deeply to read", doc, 0) from None
 
 
+def temp_beside(path: str | os.PathLike, tag: str = "w") -> Path:
+    """`.NAME.phi1-PID-TAG.tmp` beside `path`: the one temp pattern, which a later run removes once
+    this process is dead (`phi1.utils.safety.clean_stale_temps`). `tag`: letters, digits, `_`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.phi1-{os.getpid()}-{tag}.tmp")
+
+
 def temp_prefix(name: str) -> str:
     """Prefix for `tempfile.mkstemp/mkdtemp(prefix=...)`: `.NAME.phi1-PID-` (add suffix='.tmp');
     `phi1.utils.safety.clean_stale_temps` removes those whose writer died."""

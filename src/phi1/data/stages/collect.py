@@ -14,13 +14,13 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-from phi1.utils.io import json_loads
+from phi1.utils.io import atomic_write_json, json_loads, temp_beside
+from phi1.utils.safety import clean_stale_temps
 from phi1.data.collect import python_install_sources, read_source, text_skip_reason, walk_dir
 from phi1.data.engine import Block, block_counts
 from phi1.data.records import StageReport, finish_report
 from phi1.data.stages.base import Commit, DemoPlace, StageContext, StageKind, config_of, run_stage_file
 from phi1.errors import ConfigError, Phi1Error
-from phi1.utils.io import atomic_write_json
 
 
 # ---- collect: file checks -------------------------------------------------------------------------
@@ -155,7 +155,8 @@ def _plan(ctx, cfg: CollectStage, sources: list[str]) -> dict:
     list_file = ctx.work / "files.jsonl"
     entries: list[dict] = []
     total, n_files = 0, 0
-    tmp = list_file.with_name(f".files.{os.getpid()}.tmp")
+    clean_stale_temps(ctx.work, stem=list_file.name)
+    tmp = temp_beside(list_file)
     try:
         with tmp.open("w") as out:
             for slot, src in enumerate(sources):

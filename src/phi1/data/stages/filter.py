@@ -16,11 +16,12 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.batching import batched
 
+from phi1.utils.io import atomic_write_json, temp_beside
+from phi1.utils.safety import clean_stale_temps
 from phi1.data.engine import Block, first_pass
 from phi1.data.records import StageReport, finish_report
 from phi1.data.stages.base import DemoPlace, StageContext, StageKind, commit_block, config_of, one_block, run_stage_file
 from phi1.errors import ConfigError
-from phi1.utils.io import atomic_write_json
 
 CUTOFF = "cutoff.json"
 
@@ -89,7 +90,9 @@ class DumpScores(PipelineStep):
                 toks += self.counter([d.text for d in scored])
                 ties += [tie_key(d.id) for d in scored]
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{rank:05d}.npz.tmp"
+        final = self.folder / f"{rank:05d}.npz"
+        clean_stale_temps(self.folder, stem=final.name)
+        tmp = temp_beside(final)
         with tmp.open("wb") as fh:
             np.savez(fh, scores=np.asarray(vals, dtype=np.float64), tokens=np.asarray(toks, dtype=np.int64),
                      ties=np.asarray(ties, dtype=np.int64))
