@@ -233,3 +233,21 @@ def test_a_stage_whose_every_line_is_unreadable_fails(tmp_path, capsys):
     (tmp_path / "mixed.jsonl").write_text('not json\n{"text": "x = 1\\n"}\n')
     assert main(["data", "dedup", str(tmp_path / "mixed.jsonl"), "--out", str(tmp_path / "m.jsonl"),
                  "--skip-bad-lines"]) == 0
+
+
+def test_a_pipeline_stage_whose_every_record_failed_stops_the_run(tmp_path, capsys):
+    """The same rule in `phi1 data run`: the stage's summary line counts what it could not process, and a
+    stage whose every record failed (every line malformed, skipped with skip_bad_lines) stops the run
+    with exit 2 naming the reason, before the next stage reads an empty input."""
+    from phi1.cli import main
+
+    (tmp_path / "bad.jsonl").write_text("not json\n{broken\n")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"workdir: {tmp_path / 'wd'}\nskip_bad_lines: true\nworkers: 1\nstages:\n"
+                    f"  - name: dd\n    kind: dedup\n    input: {tmp_path / 'bad.jsonl'}\n"
+                    "  - name: f\n    kind: filter\n    min_score: 0\n")
+    rc = main(["data", "run", str(pipe)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "[dd] all 2 records failed (bad_json)" in err[-1], err
+    assert any("could not process 2 (bad_json=2)" in line for line in err), err
+    assert not (tmp_path / "wd" / "f").exists()

@@ -164,6 +164,25 @@ def write_manifest(ctx: StageContext, files: tuple[str, ...] = ()) -> None:
         "counts": counts, **extra})
 
 
+def manifest_failures(m: dict) -> tuple[dict[str, int], int]:
+    """(records a finished stage could not process, by reason; records it tried) from its manifest: the
+    input lines it could not read, and the records an LLM judge could not label (`label_error`, split
+    into `judge_unparsable` / `judge_failed`). Records dropped by a stage's decision are not failures."""
+    from phi1.data.records import FAILURE_REASONS
+
+    fails = {r: n for r, n in (m.get("dropped") or {}).items() if r in FAILURE_REASONS and n}
+    tails: dict[str, int] = {}
+    for key, n in (m.get("counts") or {}).items():
+        tail = key.rsplit("/", 1)[-1]
+        tails[tail] = tails.get(tail, 0) + n
+    labels = sum(n for t, n in tails.items() if t.startswith("label_"))
+    for reason in ("judge_unparsable", "judge_failed"):
+        if tails.get(reason):
+            fails[reason] = tails[reason]
+    tried = labels if labels else m.get("kept", 0) + sum((m.get("dropped") or {}).values())
+    return fails, tried
+
+
 def commit_block(ctx: StageContext, files: tuple[str, ...] = ()) -> Block:
     """The commit block; `files` are JSON files of the stage directory copied into the manifest."""
     return Block("commit", [Commit(ctx, files)], tasks=1)
