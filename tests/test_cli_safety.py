@@ -317,7 +317,7 @@ def _bad_files(root: Path) -> dict[str, str]:
     (root / "random.bin").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
     (root / "garbage.jsonl").write_text("not json {{{\n\x00\x01 nope\n")
     (root / "a_directory").mkdir(exist_ok=True)
-    deep = 100_000  # past every JSON parser's recursion limit (json: RecursionError; orjson: depth 1024)
+    deep = 20_000  # past every parser's recursion limit (json, PyYAML: Python's 1000 frames; orjson: depth 1024)
     (root / "nested.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "x", "text": '
                                        + "[" * deep + "]" * deep + '}\n')
     return {

@@ -64,13 +64,18 @@ def _export(*argv, cwd):
                           env={**os.environ, "PHI1_NO_PROGRESS": "1"})
 
 
+def _in_process(model, out) -> int:
+    """The same command in this process (only the killed runs need a process of their own)."""
+    from phi1.cli import main
+
+    return main(["export", "gguf", "--model", str(model), "--out", str(out), "--type", "f16", "--no-check"])
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir) -> bytes:
     """An uninterrupted export's bytes."""
     d = tmp_path_factory.mktemp("ref")
-    r = _export("-m", "phi1", "export", "gguf", "--model", str(tiny_model_dir), "--type", "f16", "--no-check",
-                "--out", str(d / "m.gguf"), cwd=d)
-    assert r.returncode == 0, r.stderr
+    assert _in_process(tiny_model_dir, d / "m.gguf") == 0
     return (d / "m.gguf").read_bytes()
 
 
@@ -78,11 +83,9 @@ def reference(tmp_path_factory, tiny_model_dir) -> bytes:
 def test_a_killed_export_reruns_to_the_same_bytes_and_leaves_no_temp(point, tmp_path, tiny_model_dir, reference):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    cmd = ["-m", "phi1", "export", "gguf", "--model", str(tiny_model_dir), "--type", "f16", "--no-check"]
-
     out = out_dir / "m.gguf"
     if point in ("before-rename", "after-rename"):  # an earlier export of ours is there: it must stay provable
-        assert _export(*cmd, "--out", str(out), cwd=tmp_path).returncode == 0
+        assert _in_process(tiny_model_dir, out) == 0
     child = tmp_path / "child.py"
     child.write_text(CHILD)
     k = _export(str(child), point, str(tiny_model_dir), str(out), cwd=tmp_path)
@@ -93,8 +96,7 @@ def test_a_killed_export_reruns_to_the_same_bytes_and_leaves_no_temp(point, tmp_
     else:
         assert left, f"{point}: the kill left no temp file, so it tested nothing"
 
-    r = _export(*cmd, "--out", str(out), cwd=tmp_path)  # the same command again, no --overwrite
-    assert r.returncode == 0, (point, r.stderr)
+    assert _in_process(tiny_model_dir, out) == 0, point  # the same command again, no --overwrite
     assert out.read_bytes() == reference
     assert sorted(p.name for p in out_dir.iterdir()) == [".m.gguf.lock", ".phi1-files.json", "m.gguf"]
 

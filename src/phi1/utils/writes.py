@@ -230,7 +230,8 @@ class WritePlan:
                 rp = resolve(w.path)
                 self._before[rp] = _stat_or_none(rp)
                 _ACTIVE.setdefault(rp, []).append(self.owner)
-        _io.WRITE_HOOKS.add(_on_write)
+        if _ACTIVE:
+            _io.WRITE_HOOKS.add(_on_write)  # only while some declared file may be written
         return self
 
     def __exit__(self, exc_type=None, *exc) -> None:
