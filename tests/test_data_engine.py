@@ -116,6 +116,7 @@ def four_tasks(corpus, tmp_path_factory):
     return _run_once(corpus, tmp_path_factory, tasks=4, workers=2)
 
 
+@pytest.mark.xdist_group("engine_runs")  # the module fixtures (one_task, four_tasks) run once
 def test_four_tasks_keep_what_one_task_keeps_and_drop_exactly_the_planted(corpus, one_task, four_tasks):
     root, planted = corpus
     collected = _ids(one_task / "collect")
@@ -178,6 +179,7 @@ def _no_orphans(pipe: Path) -> list[int]:
     return [int(p) for p in out]
 
 
+@pytest.mark.xdist_group("engine_runs")  # the module fixtures (one_task, four_tasks) run once
 def test_kill_9_mid_run_then_resume_gives_identical_outputs(corpus, four_tasks, tmp_path):
     root, _ = corpus
     wd = tmp_path / "wd"
@@ -199,6 +201,7 @@ def test_kill_9_mid_run_then_resume_gives_identical_outputs(corpus, four_tasks, 
         assert (m1["kept"], m1["dropped"]) == (m2["kept"], m2["dropped"])
 
 
+@pytest.mark.xdist_group("engine_runs")  # the module fixtures (one_task, four_tasks) run once
 def test_ray_cluster_on_loopback_keeps_the_same_set(corpus, one_task, tmp_path):
     pytest.importorskip("ray")
     from serve_support import free_port

@@ -42,6 +42,7 @@ def dry(tmp_path_factory):
     return tmp, out, r
 
 
+@pytest.mark.xdist_group("gpu_check_dry")  # one dry run (a minute) for both tests, not one per worker
 def test_cpu_dry_run_on_the_device_packages_writes_every_row(dry):
     tmp, out, r = dry
     summary = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
@@ -69,6 +70,7 @@ def test_cpu_dry_run_on_the_device_packages_writes_every_row(dry):
     assert (dest / "summary.md").read_text() == summary
 
 
+@pytest.mark.xdist_group("gpu_check_dry")
 def test_a_second_run_into_the_same_directory_is_refused(dry):
     tmp, out, _ = dry
     again = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run"], env=_env(tmp),

@@ -20,6 +20,9 @@ KEY = "sk-test-phi1-serve"
 PROMPTS = ["def fibonacci(n):\n    ", "import json\n\nclass Encoder:", "x = [1, 2, 3]\nfor", "# sort a list\n"]
 
 
+pytestmark = pytest.mark.xdist_group("serve")  # one server for the module, on one worker
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"

@@ -30,6 +30,9 @@ BODY_CAP_MB = 4
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
+pytestmark = pytest.mark.xdist_group("serve_isolation")  # one server for the module, on one worker
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-iso") / "server.log"
