@@ -226,19 +226,16 @@ def _run_data_stage(cfg: PipelineConfig, ec, spec: StageSpec, sdir: Path, stage_
     m = read_manifest(sdir)
     if m is None or m.get("fingerprint") != fp:
         raise Phi1Error(f"[{spec.name}] finished without its manifest; see {sdir / 'logs'}")
-    from phi1.data.records import FAILURE_HINTS
+    from phi1.data.records import all_failed_error, could_not_process
     from phi1.data.stages.base import manifest_failures
 
     fails, tried = manifest_failures(m)
     if not ec.quiet:
-        could_not = (f", could not process {sum(fails.values())} (" + ", ".join(f"{k}={v}" for k, v in
-                                                                           sorted(fails.items())) + ")") if fails else ""
-        print(f"[{spec.name}] kept {m['kept']}, dropped {m['dropped'] or 'none'}{could_not} "
+        print(f"[{spec.name}] kept {m['kept']}, dropped {m['dropped'] or 'none'}{could_not_process(fails)} "
               f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
-    if tried and len(fails) == 1 and sum(fails.values()) >= tried:
-        reason = next(iter(fails))
-        raise Phi1Error(f"[{spec.name}] all {tried} records failed ({reason}); {FAILURE_HINTS.get(reason, '')} "
-                        f"(manifest: {sdir / 'manifest.json'})")
+    error = all_failed_error(f"[{spec.name}] ", fails, tried, f"manifest: {sdir / 'manifest.json'}")
+    if error is not None:
+        raise error
     return {k: m[k] for k in ("kept", "rejected", "dropped")}
 
 

@@ -46,6 +46,23 @@ FAILURE_HINTS = {
 }
 
 
+def could_not_process(fails: dict[str, int]) -> str:
+    """The summary line's `, could not process N (reason=n, ...)` part ("" when nothing failed)."""
+    if not fails:
+        return ""
+    return f", could not process {sum(fails.values())} (" + ", ".join(f"{k}={v}" for k, v in sorted(fails.items())) + ")"
+
+
+def all_failed_error(prefix: str, fails: dict[str, int], tried: int, where: str) -> Phi1Error | None:
+    """The error of a stage whose every record (`tried` > 0 of them) failed for one reason, starting
+    with `prefix` (the stage's name as its summary line writes it); else None."""
+    if tried <= 0 or len(fails) != 1 or sum(fails.values()) < tried:
+        return None
+    reason = next(iter(fails))
+    return Phi1Error(f"{prefix}all {tried} records failed ({reason}); {FAILURE_HINTS.get(reason, 'see the report')} "
+                     f"({where})")
+
+
 @dataclass
 class StageReport:
     """What a stage kept, dropped and why; written as `<out>.report.json`."""
@@ -76,13 +93,11 @@ class StageReport:
         out.update({k: v for k, v in self.failed.items() if v})
         return out
 
-    def all_failed(self) -> str | None:
-        """The reason, when every record the stage tried failed for that one reason; else None."""
-        fails = self.failures()
+    def all_failed(self) -> Phi1Error | None:
+        """The error to raise when every record the stage tried failed for one reason; else None."""
         tried = self.read if self.attempted is None else self.attempted
-        if tried > 0 and len(fails) == 1 and sum(fails.values()) >= tried:
-            return next(iter(fails))
-        return None
+        where = f"report: {report_path(self.output) if self.output else 'none'}"
+        return all_failed_error(f"{self.stage}: ", self.failures(), tried, where)
 
     @property
     def n_dropped(self) -> int:
@@ -116,11 +131,9 @@ class StageReport:
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
-        fails = self.failures()
-        failed = (f", could not process {sum(fails.values())} ("
-                  + ", ".join(f"{k}={v}" for k, v in sorted(fails.items())) + ")") if fails else ""
         return (
-            f"{self.stage}: read {self.read}, kept {self.kept}, dropped {self.n_dropped} ({drops}){failed}; "
+            f"{self.stage}: read {self.read}, kept {self.kept}, dropped {self.n_dropped} ({drops})"
+            f"{could_not_process(self.failures())}; "
             f"{self.bytes_in / 1e6:.1f} MB in {self.seconds:.1f}s ({self.mb_per_s:.2f} MB/s)"
         )
 
@@ -378,10 +391,7 @@ def finish_report(report: StageReport, quiet: bool = False) -> StageReport:
         report._plan = None
     if not quiet:
         print(report.summary(), file=sys.stderr)
-    reason = report.all_failed()
-    if reason is not None:  # nothing usable came out: a non-zero exit that names the cause, not a quiet success
-        tried = report.read if report.attempted is None else report.attempted
-        hint = FAILURE_HINTS.get(reason, "see the report")
-        raise Phi1Error(f"{report.stage}: all {tried} records failed ({reason}); {hint} "
-                        f"(report: {report_path(report.output) if report.output else 'none'})")
+    error = report.all_failed()
+    if error is not None:  # nothing usable came out: a non-zero exit that names the cause, not a quiet success
+        raise error
     return report

@@ -33,12 +33,18 @@ def _sandbox_config(args):
     return config_from_args(SandboxConfig, args, where="sandbox", validate=False).validate()
 
 
+def _results_path(args) -> Path:
+    from phi1.eval.execute import default_results_path
+
+    return Path(args.out) if args.out else default_results_path(Path(args.samples))
+
+
 def _execute_writes(args) -> dict[str, object]:
     """What `eval execute` writes besides a given --out: the default results file, the summary and
     the partial results that a rerun resumes from."""
-    from phi1.eval.execute import default_results_path, partial_path, summary_path
+    from phi1.eval.execute import partial_path, summary_path
 
-    out = Path(args.out) if args.out else default_results_path(Path(args.samples))
+    out = _results_path(args)
     return {**({} if args.out else {"the results (default: SAMPLES_results.jsonl)": out}),
             "--out's summary": summary_path(out), "--out's partial results": partial_path(out)}
 
@@ -46,11 +52,10 @@ def _execute_writes(args) -> dict[str, object]:
 def _execute(args) -> int:
     from phi1.eval.execute import execute_samples, format_summary, summary_path, write_summary
     from phi1.eval.passk import parse_ks
-    ks = parse_ks(args.k)
-    from phi1.eval.execute import default_results_path
     from phi1.utils.safety import OutputLock
 
-    out = Path(args.out) if args.out else default_results_path(Path(args.samples))
+    ks = parse_ks(args.k)
+    out = _results_path(args)
     with OutputLock(out, is_dir=False, what="results file"):  # one run per results file (its partial is appended)
         res = execute_samples(args.samples, args.benchmark, out_path=out, data=args.data,
                               config=_sandbox_config(args), ks=ks)

@@ -28,9 +28,6 @@ def note_written(path: os.PathLike, append: bool = False, staged: os.PathLike | 
         hook(path, append, staged)
 
 
-_wrote = note_written
-
-
 def json_loads(text: str | bytes) -> Any:
     """`json.loads` for text a user gave: nesting deeper than the parser's recursion limit is a
     `json.JSONDecodeError` ("nested too deeply"), like any other malformed JSON, not a RecursionError."""
@@ -71,14 +68,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             fh.flush()
             os.fchmod(fh.fileno(), 0o644 & ~umask())  # mkstemp makes 0600; give the usual mode
             os.fsync(fh.fileno())
-        if WRITE_HOOKS:
-            note_written(path, staged=tmp)
+        note_written(path, staged=tmp)  # the active write plans learn the file before and after the rename
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _wrote(path)
+    note_written(path)
 
 
 def umask() -> int:
@@ -246,7 +242,7 @@ class JsonlAppender:
         self.sync = sync
         repair_torn_tail(self.path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        _wrote(self.path, append=True)
+        note_written(self.path, append=True)
 
     def write(self, record: dict) -> None:
         """Append one line whole or not at all: after a short write (a full disk) the file is cut

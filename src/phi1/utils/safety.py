@@ -120,6 +120,28 @@ def user_entries(path: str | os.PathLike) -> list[str]:
     return sorted(e for e in os.listdir(path) if e not in (MARKER, DIR_LOCK, LEDGER) and not _TEMP_RE.match(e))
 
 
+def check_output_dir(path: str | os.PathLike, owner: str, *, overwrite: bool = False, flag: str = "--out",
+                     can_overwrite: bool = True) -> None:
+    """Refuse (one Phi1Error) a file at `path`, or a non-empty directory whose marker does not name
+    `owner`, unless `overwrite`. Writes nothing; `claim_output_dir` and `phi1.utils.writes` use it.
+    `can_overwrite`: the command has --overwrite, so the message may suggest it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise Phi1Error(f"{flag} {p}: exists and is not a directory; choose a directory path")
+    if not p.is_dir() or overwrite:
+        return
+    entries = user_entries(p)
+    marker = read_marker(p)
+    if entries and not (marker and marker.get("owner") == owner):
+        who = f"by `phi1 {marker['owner']}`" if marker and marker.get("owner") else "by a phi1 command"
+        what = f"was written {who}" if marker else "was not written by phi1"
+        fix = " or pass --overwrite" if can_overwrite else ""
+        raise Phi1Error(
+            f"{flag} {p}: directory is not empty ({len(entries)} entries) and {what}, not `phi1 {owner}`; "
+            f"choose a new directory{fix} (phi1 never deletes files it did not write)"
+        )
+
+
 def claim_output_dir(path: str | os.PathLike, owner: str, *, overwrite: bool = False, flag: str = "--out") -> Path:
     """Make `path` a directory this command may write into, and mark it as the command's.
 
@@ -128,18 +150,7 @@ def claim_output_dir(path: str | os.PathLike, owner: str, *, overwrite: bool = F
     the command writes anything else, so a directory phi1 wrote is always recognisable.
     """
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise Phi1Error(f"{flag} {p}: exists and is not a directory; choose a directory path")
-    if p.is_dir():
-        entries = user_entries(p)
-        marker = read_marker(p)
-        if entries and not (marker and marker.get("owner") == owner) and not overwrite:
-            who = f"by `phi1 {marker['owner']}`" if marker and marker.get("owner") else "by a phi1 command"
-            what = f"was written {who}" if marker else "was not written by phi1"
-            raise Phi1Error(
-                f"{flag} {p}: directory is not empty ({len(entries)} entries) and {what}, not `phi1 {owner}`; "
-                "choose a new directory or pass --overwrite (phi1 never deletes files it did not write)"
-            )
+    check_output_dir(p, owner, overwrite=overwrite, flag=flag)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from phi1.errors import Phi1Error
 from phi1.utils import io as _io
-from phi1.utils.safety import LEDGER, read_marker, resolve, same_file, user_entries
+from phi1.utils.safety import (DIR_LOCK, LEDGER, MARKER, _flat, _is_within, check_output_dir, refuse_overlap,
+                               resolve)
 
 
 @dataclass(frozen=True)
@@ -137,14 +138,6 @@ def _on_write(path: os.PathLike, append: bool, staged: os.PathLike | None = None
         record(path, owners[-1], append=append, staged=staged)
 
 
-def _within(child: Path, parent: Path) -> bool:
-    try:
-        child.relative_to(parent)
-        return child != parent
-    except ValueError:
-        return False
-
-
 class WritePlan:
     """Everything one command writes, checked before it starts and recorded as it is written."""
 
@@ -158,7 +151,6 @@ class WritePlan:
         self.overwrite_flag = overwrite_flag  # the command has --overwrite (its messages may suggest it)
         self.updates = [resolve(u) for u in updates if u]  # input folders the command adds its own files to
         self._before: dict[Path, dict | None] = {}
-        self._appended: set[Path] = set()
 
     # -- the guard ----------------------------------------------------------------------------
 
@@ -168,21 +160,21 @@ class WritePlan:
             (self._check_dir if w.dir else self._check_file)(w)
 
     def _check_overlap(self) -> None:
+        inputs: dict[str, list] = {}
+        for label, i in self.inputs:
+            inputs.setdefault(label, []).append(i)
+        files: dict[str, list] = {}
+        for w in self.writes:
+            files.setdefault(w.label, []).append(w.path)
+        refuse_overlap(inputs, files)  # no write is an input, and no two writes are one file
         for w in self.writes:
             rw = resolve(w.path)
             for ilabel, i in self.inputs:
-                if same_file(w.path, i):
-                    raise Phi1Error(f"{w.label} {w.path} is the same file as the input {i} ({ilabel}); "
-                                    "write to a new path (phi1 never writes over its own input)")
                 ri = resolve(i)
-                if ri.is_dir() and _within(rw, ri) and not any(_within(rw, u) for u in self.updates):
+                if ri.is_dir() and rw != ri and _is_within(rw, ri) and \
+                        not any(rw != u and _is_within(rw, u) for u in self.updates):
                     raise Phi1Error(f"{w.label} {w.path} lies inside the input folder {i} ({ilabel}); "
                                     "write outside it (phi1 never writes into its own input)")
-        for k, a in enumerate(self.writes):
-            for b in self.writes[:k]:
-                if same_file(a.path, b.path):
-                    raise Phi1Error(f"{a.label} {a.path} and {b.label} {b.path} are the same path; "
-                                    "give each output its own path")
 
     def _check_file(self, w: Write) -> None:
         p = Path(w.path)
@@ -205,20 +197,7 @@ class WritePlan:
         raise Phi1Error(f"{w.label} {p}: exists and {who}; {fix}")
 
     def _check_dir(self, w: Write) -> None:
-        p = Path(w.path)
-        if p.exists() and not p.is_dir():
-            raise Phi1Error(f"{w.label} {p}: exists and is not a directory; choose a directory path")
-        if not p.is_dir() or self.overwrite:
-            return
-        entries = user_entries(p)
-        marker = read_marker(p) or {}
-        if entries and marker.get("owner") != self.owner:
-            what = (f"was written by `phi1 {marker['owner']}`" if marker.get("owner")
-                    else "was not written by phi1")
-            fix = " or pass --overwrite" if self.overwrite_flag else ""
-            raise Phi1Error(f"{w.label} {p}: directory is not empty ({len(entries)} entries) and {what}, "
-                            f"not `phi1 {self.owner}`; choose a new directory{fix} "
-                            "(phi1 never deletes files it did not write)")
+        check_output_dir(w.path, self.owner, overwrite=self.overwrite, flag=w.label, can_overwrite=self.overwrite_flag)
 
     # -- recording ----------------------------------------------------------------------------
 
@@ -247,19 +226,13 @@ class WritePlan:
             now = _stat_or_none(rp)
             if now is None or now == before:
                 continue  # not written by this run (a foreign file is never adopted by accident)
-            entry = read_ledger(rp.parent).get(rp.name)
-            if isinstance(entry, dict) and entry.get("owner") == self.owner and \
-                    all(entry.get(k) == now[k] for k in ("dev", "ino", "size", "mtime_ns")):
-                continue  # recorded when it was written
-            append = bool(isinstance(entry, dict) and entry.get("append") and entry.get("ino") == now["ino"])
-            record(rp, self.owner, append=append)
+            if written_by(rp) != self.owner:  # else recorded when it was written (atomic_write, JsonlAppender)
+                record(rp, self.owner)
         if not _ACTIVE:
             _io.WRITE_HOOKS.discard(_on_write)
 
 
 def _remove_if_bare(d: Path) -> None:
-    from phi1.utils.safety import DIR_LOCK, MARKER
-
     try:
         names = set(os.listdir(d))
     except OSError:
@@ -278,14 +251,3 @@ def _stat_or_none(p: Path) -> dict | None:
         return _stat_key(p.stat())
     except OSError:
         return None
-
-
-def _flat(values) -> list:
-    if values is None:
-        return []
-    if isinstance(values, (str, os.PathLike)):
-        return [values]
-    out = []
-    for v in values:
-        out.extend(_flat(v))
-    return out
