@@ -1,5 +1,5 @@
-"""The dedup stage's datatrove steps: MinHash signatures over code-token shingles, clustering that
-keeps the first id, the filter that drops the rest; the four blocks that chain them (also used by
+"""The dedup stage's datatrove steps: MinHash signatures over code-token shingles, the filter that
+drops what the clustering (`phi1.data.minhash_cluster`) marked; the four blocks that chain them (also used by
 the exercises stage on the functions it mined); and `MinhashIndex`, the same decisions for records
 held in memory (generated data being validated)."""
 
@@ -8,18 +8,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupSignature
-from datatrove.utils.binaryio import read_tuples_from_file
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 
 from phi1.utils.io import temp_beside
 from phi1.utils.safety import clean_stale_temps
 from phi1.data.engine import Block, RecordReader, RecordWriter, first_pass
 from phi1.data.minhash import DEDUP_THRESHOLD, MinhashParams, normalized_hash
+from phi1.data.minhash_cluster import HashRangeBuckets, KeepFirstIdCluster
 
 
 class CodeMinhashSignature(MinhashDedupSignature):
@@ -88,110 +87,6 @@ class CodeMinhashSignature(MinhashDedupSignature):
         os.replace(tmp, self.ids_folder / f"{rank:05d}.jsonl")
 
 
-class KeepFirstIdCluster(PipelineStep):
-    """Decides, from the candidate pairs of datatrove's bucket step, which documents to drop, keeping
-    the behaviour of a greedy single-machine dedup: documents are taken in id order, and one is dropped
-    when it is a candidate of a document already kept (`duplicate_of` names that document, a direct
-    match, not a cluster root). Candidates are the documents that share one band's hashes: datatrove
-    writes each band's matches as chains in its own `.dups` file, so the groups of a file are cliques.
-    Unlike clustering whole connected components, a chain A~B~C with A and C unlike each other keeps
-    C. The result depends on ids only, not on how records were spread over tasks. Writes `RANK.remove`
-    (datatrove's format: sorted uint32 doc indices) and `RANK.dupof.jsonl` (index, the id kept
-    instead, exact or near). Memory grows with the number of candidate pairs only."""
-
-    name = "minhash clusters (keep first id)"
-
-    def __init__(self, buckets_folder: str, ids_folder: str, output_folder: str, num_hashes: int,
-                 threshold: float):
-        super().__init__()
-        self.buckets_folder, self.ids_folder, self.output_folder = Path(buckets_folder), Path(ids_folder), Path(output_folder)
-        self.num_hashes, self.threshold = num_hashes, threshold
-
-    def _signatures(self, nodes_by_file: dict[int, set[int]]) -> dict[tuple[int, int], np.ndarray]:
-        size = self.num_hashes * 8
-        out = {}
-        for file_i, docs in nodes_by_file.items():
-            with (self.ids_folder / f"{file_i:05d}.sig").open("rb") as fh:
-                for d in sorted(docs):
-                    fh.seek(d * size)
-                    out[(file_i, d)] = np.frombuffer(fh.read(size), dtype=np.uint64)
-        return out
-
-    @staticmethod
-    def _band_groups(path: Path) -> list[list[tuple[int, int]]]:
-        parent: dict[tuple[int, int], tuple[int, int]] = {}
-
-        def find(x):
-            root = x
-            while parent.get(root, root) != root:
-                root = parent[root]
-            while parent.get(x, x) != root:
-                parent[x], x = root, parent[x]
-            return root
-
-        with path.open("rb") as fh:
-            for f1, d1, f2, d2 in read_tuples_from_file(fh, "4I", lines_to_buffer=1000):
-                a, b = find((f1, d1)), find((f2, d2))
-                parent.setdefault(a, a)
-                parent.setdefault(b, b)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for node in parent:
-            groups.setdefault(find(node), []).append(node)
-        return list(groups.values())
-
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        groups_of: dict[tuple[int, int], list[int]] = {}
-        n_groups = 0
-        for f in sorted(self.buckets_folder.glob("*.dups")):
-            for members in self._band_groups(f):
-                for node in members:
-                    groups_of.setdefault(node, []).append(n_groups)
-                n_groups += 1
-        nodes_by_file: dict[int, set[int]] = {}
-        for node in groups_of:
-            nodes_by_file.setdefault(node[0], set()).add(node[1])
-        info: dict[tuple[int, int], tuple[str, str]] = {}
-        for file_i, docs in nodes_by_file.items():
-            with (self.ids_folder / f"{file_i:05d}.jsonl").open() as fh:
-                for doc_i, line in enumerate(fh):
-                    if doc_i in docs:
-                        doc_id, h = json.loads(line)
-                        info[(file_i, doc_i)] = (doc_id, h)
-        sigs = self._signatures(nodes_by_file)
-        kept_in: dict[int, list[tuple[int, int]]] = {}  # group -> the documents kept in it so far
-        removals: dict[int, list[tuple[int, str, str, float]]] = {}
-        for node in sorted(groups_of, key=lambda n: (info[n][0], n)):
-            best = None
-            for k in {k for g in groups_of[node] for k in kept_in.get(g, ())}:
-                exact = info[node][1] == info[k][1]
-                sim = 1.0 if exact else float(np.mean(sigs[node] == sigs[k]))  # MinHash estimate of Jaccard
-                if sim >= self.threshold and (best is None or (info[k][0], k) < (info[best[0]][0], best[0])):
-                    best = (k, sim, exact)
-            if best is None:
-                for g in groups_of[node]:
-                    kept_in.setdefault(g, []).append(node)
-                continue
-            k, sim, exact = best
-            kind = "exact_duplicate" if exact else "near_duplicate"
-            removals.setdefault(node[0], []).append((node[1], info[k][0], kind, round(sim, 3)))
-            self.stat_update(kind)
-            if not exact:
-                self.stat_update("candidates_verified")
-        clusters = len({k for ks in kept_in.values() for k in ks})
-        self.stat_update("kept_with_candidates", value=clusters)
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        for file_i, rows in removals.items():
-            rows.sort()
-            with (self.output_folder / f"{file_i:06d}.remove").open("wb") as fh:
-                fh.write(b"".join(struct.pack("<I", row[0]) for row in rows))
-            with (self.output_folder / f"{file_i:06d}.dupof.jsonl").open("w") as fh:
-                for row in rows:
-                    fh.write(json.dumps(list(row)) + "\n")
-        (self.output_folder / "done.json").write_text(json.dumps({"clusters": clusters}))
-
-
 class DuplicateFilter(PipelineStep):
     """Drops the documents the clustering marked, naming the record kept instead (meta.duplicate_of)."""
 
@@ -202,18 +97,16 @@ class DuplicateFilter(PipelineStep):
         self.remove_folder, self.exclusion_writer = Path(remove_folder), exclusion_writer
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        marks: dict[int, tuple[str, str]] = {}
         f = self.remove_folder / f"{rank:06d}.dupof.jsonl"
-        if f.exists():
-            with f.open() as fh:
-                for line in fh:
-                    d, kept, kind, sim = json.loads(line)
-                    marks[d] = (kept, kind, sim)
-        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
+        marks = f.open() if f.exists() else contextlib.nullcontext(iter(()))
+        with marks as rows, self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
+            # rows are sorted by document index: read alongside the documents, one at a time
+            nxt = json.loads(next(rows, "null"))
             for idx, doc in enumerate(data):
                 self.stat_update("total")
-                if idx in marks:
-                    kept, kind, sim = marks[idx]
+                if nxt is not None and nxt[0] == idx:
+                    _, kept, kind, sim = nxt
+                    nxt = json.loads(next(rows, "null"))
                     self.stat_update(f"dropped_{kind}")
                     if writer:
                         doc.metadata.update(filter_reason=kind, duplicate_of=kept)
@@ -226,16 +119,19 @@ class DuplicateFilter(PipelineStep):
 
 
 def dedup_blocks(source: Path, work: Path, out, rejected, tasks: int, cfg: MinhashParams,
-                 skip_bad_lines: bool = False, bad_lines: Path | None = None) -> list[Block]:
-    """The four MinHash blocks: signatures (tasks), buckets (one task per band), clusters (one task),
+                 skip_bad_lines: bool = False, bad_lines: Path | None = None, tasks_per_band: int | None = None,
+                 cluster_memory_mb: int = 1024) -> list[Block]:
+    """The four MinHash blocks: signatures (tasks), buckets (`tasks_per_band` tasks per band, each a
+    hash range; default: tasks // bands, at least 1), clusters (one task, in `cluster_memory_mb`),
     filter (tasks). `rejected` is a writer for the dropped records, or None."""
     mh = cfg.minhash()
+    per_band = tasks_per_band or max(1, tasks // mh.num_buckets)
     sigs, ids, buckets, remove = (str(work / n) for n in ("signatures", "ids", "buckets", "remove"))
     return [
         Block("signatures", [first_pass(RecordReader(source, skip_bad_lines)), CodeMinhashSignature(sigs, mh, ids)], tasks=tasks),
-        Block("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], tasks=mh.num_buckets),
+        Block("buckets", [HashRangeBuckets(sigs, buckets, config=mh)], tasks=mh.num_buckets * per_band),
         Block("clusters", [KeepFirstIdCluster(buckets, ids, remove, mh.num_buckets * mh.hashes_per_bucket,
-                                              cfg.verify_threshold)], tasks=1),
+                                              cfg.verify_threshold, mh.num_buckets, cluster_memory_mb)], tasks=1),
         Block("filter", [RecordReader(source, skip_bad_lines, bad_lines), DuplicateFilter(remove, rejected),
                                  out if isinstance(out, RecordWriter) else RecordWriter(out)],
               tasks=tasks),

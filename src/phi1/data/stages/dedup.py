@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from phi1.data.engine import Block
+from phi1.errors import ConfigError
 from phi1.data.minhash import MinhashParams
 from phi1.data.minhash_steps import dedup_blocks
 from phi1.data.records import StageReport, finish_report
@@ -16,12 +17,24 @@ from phi1.data.stages.base import DemoPlace, StageContext, StageKind, commit_blo
 
 @dataclass
 class DedupStage(MinhashParams):
-    """The dedup stage's settings: `MinhashParams` (bands, rows, shingle, seed, threshold)."""
+    """The dedup stage's settings: `MinhashParams` (bands, rows, shingle, seed, threshold), and how
+    its global blocks scale (neither changes what is kept)."""
+
+    tasks_per_band: int | None = None  # bucket tasks per band, each a hash range (none: tasks // bands, at least 1)
+    cluster_memory_mb: int = 1024  # the clustering task's working memory; past it candidates spill to disk
+
+    def validate(self) -> None:
+        super().validate()
+        for k in ("tasks_per_band", "cluster_memory_mb"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"dedup.{k}: {v!r} must be a whole number >= 1")
 
 
 def build_dedup(ctx: StageContext, cfg: DedupStage) -> list[Block]:
     return [*dedup_blocks(ctx.input, ctx.work, ctx.writer(), ctx.rejected_writer("dedup"), ctx.tasks, cfg,
-                          ctx.skip_bad_lines, ctx.bad_lines), commit_block(ctx)]
+                          ctx.skip_bad_lines, ctx.bad_lines, cfg.tasks_per_band, cfg.cluster_memory_mb),
+            commit_block(ctx)]
 
 
 def run_dedup(input_path: str | os.PathLike, output_path: str | os.PathLike, *, cfg: DedupStage | None = None,
