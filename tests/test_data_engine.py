@@ -5,6 +5,7 @@ solutions."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -210,26 +211,90 @@ def test_ray_cluster_on_loopback_keeps_the_same_set(corpus, one_task, tmp_path):
 
     root, _ = corpus
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # AF_UNIX socket paths must stay under 108 bytes
-    ray_bin = Path(sys.executable).parent / "ray"
-    start = subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
-                            "--temp-dir", str(ray_tmp)], capture_output=True, text=True, env=env, timeout=180)
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
+    with own_ray_cluster(port):
         wd = tmp_path / "wd"
         run_pipeline(_pipeline(tmp_path / "p.yaml", root / "src", wd), quiet=True, executor="ray", tasks=2,
                      workers=2, ray_address=f"127.0.0.1:{port}")
         assert _ids(wd / "decontaminate") == _ids(one_task / "decontaminate")
         assert json.loads((wd / "dedup" / "manifest.json").read_text())["tasks"] == 2
+
+
+def _session_pids(sid: int) -> list[int]:
+    """The processes of session `sid` (from /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid:
+                    pids.append(int(d.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+@contextlib.contextmanager
+def own_ray_cluster(port: int):
+    """A one-node Ray cluster on 127.0.0.1:`port` for the block, stopped without touching any other Ray
+    on the host (not `ray stop`, which stops them all): `ray start --block` runs in a session of its
+    own, and every process of that session is signalled at the end."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # AF_UNIX socket paths must stay under 108 bytes
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", str(ray_tmp)],
+                            stdout=subprocess.DEVNULL, stderr=(ray_tmp / "start.err").open("w"), env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not (ray_tmp / "ray_current_cluster").exists():
+            assert head.poll() is None, (ray_tmp / "start.err").read_text()[-2000:]
+            assert time.time() < deadline, "ray start did not come up in 180 s"
+            time.sleep(0.5)
+        yield
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # a test cluster: no state to save
+            for pid in _session_pids(head.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            end = time.time() + wait
+            while _session_pids(head.pid) and time.time() < end:
+                head.poll()
+                time.sleep(0.2)
+        head.wait(timeout=10)
+        leftover = _session_pids(head.pid)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        assert not leftover, f"processes of the test's Ray cluster still running: {leftover}"
+
+
+@pytest.mark.xdist_group("engine_runs")  # the module fixtures (one_task, four_tasks) run once
+def test_dry_run_prints_the_plan_and_runs_nothing_on_any_executor(corpus, one_task, tmp_path, capsys):
+    from phi1.data.pipeline import run_pipeline
+
+    root, _ = corpus
+    finished = _pipeline(tmp_path / "done.yaml", root / "src", one_task, quality=True)
+    before = sorted(str(p.relative_to(one_task)) for p in one_task.rglob("*"))
+    plan = run_pipeline(finished, dry_run=True, tasks=1, workers=1)
+    assert [(e["stage"], e["status"]) for e in plan] == [
+        (n, "done") for n in ("collect", "dedup", "decontaminate", "sampled", "annotate", "classify", "score", "top")]
+    assert sorted(str(p.relative_to(one_task)) for p in one_task.rglob("*")) == before
+    fresh = tmp_path / "new"
+    for executor in ("local", "ray"):
+        plan = run_pipeline(_pipeline(tmp_path / "p.yaml", root / "src", fresh, quality=True), dry_run=True,
+                            executor=executor, tasks=18, workers=2)
+        out = capsys.readouterr().out
+        assert f"executor {executor}; 18 task(s) per parallel block, 2 at once" in out
+        assert {e["status"] for e in plan} == {"would run"} and not fresh.exists()
+        dedup = next(e for e in plan if e["stage"] == "dedup")
+        assert dedup["input"] == str(fresh / "collect") and dedup["output"] == str(fresh / "dedup")
+        assert [(b["name"], b["tasks"]) for b in dedup["blocks"]] == [
+            ("signatures", 18), ("buckets", 18), ("clusters", 1), ("filter", 18), ("commit", 1)]  # 9 bands x 2
+        assert "[7/8] score (score): would run" in out and "also reads @classify" in out
+    assert not list(tmp_path.glob("**/phi1-plan-*"))
 
 
 def test_slurm_dry_run_writes_chained_job_arrays(corpus, tmp_path):

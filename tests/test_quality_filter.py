@@ -107,6 +107,33 @@ def test_hf_encoder_trains_both_heads_and_scores(tmp_path, which, codegen_dir, t
                            quiet=True)
 
 
+def test_roberta_style_encoder_caps_at_its_usable_positions(tmp_path, tokenizer_dir):
+    """CodeBERT-style: positions start at padding_idx + 1, so 514 positions hold 512 tokens. A tiny
+    random RoBERTa with 66 positions (64 usable) and a tokenizer that states no limit: a long text is
+    cut at 64 tokens (transformers' own embeddings of those 64 tokens), not an index error at 66."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    from phi1.data.features import EncoderOptions, make_encoder
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=1024, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1)
+    RobertaModel(cfg).save_pretrained(tmp_path / "roberta")
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, tmp_path / "roberta" / f.name)
+    text = "def f(x):\n    return x + 1\n" * 40
+    enc = make_encoder(f"hf:{tmp_path / 'roberta'}", EncoderOptions(batch_size=2, max_tokens=512))
+    assert enc.max_tokens == 64
+    X = enc.encode([text, "A = 1"])
+    assert enc.truncated == 1
+    np.testing.assert_allclose(X[0], _oracle_mean(tmp_path / "roberta", text, 64), rtol=1e-4, atol=1e-5)
+    # the tokenizer's stated limit counts too
+    cfg_json = json.loads((tmp_path / "roberta" / "tokenizer_config.json").read_text())
+    (tmp_path / "roberta" / "tokenizer_config.json").write_text(json.dumps({**cfg_json, "model_max_length": 40}))
+    assert make_encoder(f"hf:{tmp_path / 'roberta'}", EncoderOptions(max_tokens=512)).max_tokens == 40
+
+
 def test_hf_encoder_errors(tmp_path, monkeypatch):
     from phi1.data.features import EncoderOptions, make_encoder
 

@@ -104,6 +104,27 @@ class SentenceTransformerEncoder:
                                   convert_to_numpy=True, show_progress_bar=False)
 
 
+TOKENIZER_UNBOUNDED = 10**8  # transformers' model_max_length when a tokenizer states no limit is ~1e30
+
+
+def usable_positions(model, tok) -> int:
+    """The longest input the model and its tokenizer allow together. The position table minus its
+    offset: RoBERTa-style models (CodeBERT, UniXcoder) number positions from padding_idx + 1, so 514
+    positions hold 512 tokens; and the tokenizer's `model_max_length` when it states one."""
+    cfg = model.config
+    n_pos = [getattr(cfg, k, None) for k in ("max_position_embeddings", "n_positions")]
+    n_pos = [n for n in n_pos if isinstance(n, int) and n > 0]
+    limits = []
+    if n_pos:
+        table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+        pad = getattr(table, "padding_idx", None)
+        limits.append(min(n_pos) - (pad + 1 if isinstance(pad, int) and pad >= 0 else 0))
+    tok_max = getattr(tok, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < TOKENIZER_UNBOUNDED:
+        limits.append(tok_max)
+    return max(1, min(limits)) if limits else TOKENIZER_UNBOUNDED
+
+
 class HFEncoder:
     """Pooled final hidden states of any `transformers.AutoModel`: CodeGen-350M-mono as in the paper,
     StarEncoder, CodeBERT, a phi1 model directory. `name` is a local directory or a hub name.
@@ -152,9 +173,7 @@ class HFEncoder:
             model = model.get_encoder()
         self.model = model.to(self.device).eval()
         self.hidden_size = int(getattr(self.model.config, "hidden_size", 0) or getattr(self.model.config, "n_embd", 0))
-        n_pos = [getattr(self.model.config, k, None) for k in ("max_position_embeddings", "n_positions")]
-        n_pos = [n for n in n_pos if isinstance(n, int) and n > 0]
-        self.max_tokens = min([opts.max_tokens, *n_pos])
+        self.max_tokens = min(opts.max_tokens, usable_positions(self.model, self.tok))
         if self.tok.pad_token_id is not None:
             self.pad_id = self.tok.pad_token_id
         else:

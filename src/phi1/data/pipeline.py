@@ -137,7 +137,8 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
                  until: str | None = None, quiet: bool = False, executor: str | None = None,
                  tasks: int | None = None, workers: int | None = None, dry_run: bool = False,
                  ray_address: str | None = None, slurm_partition: str | None = None) -> list[dict]:
-    """Run every stage not already finished with the same fingerprint; one status dict per stage."""
+    """Run every stage not already finished with the same fingerprint; one status dict per stage.
+    `dry_run`: print the plan (`plan_pipeline`) and run nothing; slurm also writes its job scripts."""
     from phi1.utils.stagegraph import StageGraph
 
     cfg = load_pipeline(path, workdir)
@@ -146,6 +147,11 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
     names = [s.name for s in cfg.stages]
     if until is not None and until not in names:
         raise ConfigError(f"--until {until}: no stage of that name in {path}; stages: {', '.join(names)}")
+    if dry_run:
+        plan = plan_pipeline(cfg, ec, until=until, force=force)
+        print(format_plan(path, cfg, ec, plan))
+        if ec.executor != "slurm":
+            return plan
     _claim_workdir(cfg)
     graph = StageGraph(pipeline_stages(cfg, ec), log=lambda msg: print(msg, file=sys.stderr))
     with OutputLock(cfg.workdir, is_dir=True, what="pipeline workdir"):
@@ -155,6 +161,44 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
                       {"pipeline": str(path), "executor": ec.executor, "tasks": ec.tasks, "workers": ec.workers,
                        "stages": results})
     return results
+
+
+def plan_pipeline(cfg: PipelineConfig, ec, *, until: str | None = None, force: bool = False) -> list[dict]:
+    """What `run_pipeline` would do, writing and running nothing: per stage its kind, whether it is
+    finished (`done`) or would run, what it reads, where it writes, and its blocks with their tasks."""
+    from phi1.data import stages as registry
+    from phi1.data.stages.base import StageContext
+    from phi1.utils.stagegraph import StageGraph
+
+    import tempfile
+
+    stages = pipeline_stages(cfg, ec)
+    plan = StageGraph(stages).plan(until=until, force=force)
+    for entry, st, spec in zip(plan, stages, cfg.stages):
+        sdir = stage_dir(cfg, spec.name)
+        with tempfile.TemporaryDirectory(prefix="phi1-plan-") as scratch:  # what building the blocks writes
+            ctx = StageContext(spec.name, Path(scratch), Path(st.config["input"]) if spec.input else None, ec.tasks,
+                               cfg.skip_bad_lines, cfg.write_rejected, entry["fingerprint"], spec.kind)
+            blocks = registry.get(spec.kind).build(ctx, st.config["options"])
+        entry.update(kind=spec.kind, input=st.config["input"] if spec.input else None, output=str(sdir),
+                     reads=[f"@{a}" for a in st.after if a != spec.input],
+                     blocks=[{"name": b.name, "tasks": b.tasks} for b in blocks])
+    return plan
+
+
+def format_plan(path, cfg: PipelineConfig, ec, plan: list[dict]) -> str:
+    """The plan as the dry run prints it."""
+    what = "writes the slurm job scripts, submits nothing" if ec.executor == "slurm" else "nothing runs"
+    lines = [f"plan of {path} (dry run: {what})",
+             f"executor {ec.executor}; {ec.tasks} task(s) per parallel block, {ec.workers} at once; "
+             f"workdir {cfg.workdir}"]
+    for i, e in enumerate(plan, 1):
+        lines.append(f"[{i}/{len(plan)}] {e['stage']} ({e['kind']}): {e['status']}")
+        lines.append(f"    input:  {e['input'] or '(its own sources)'}"
+                     + (f"; also reads {', '.join(e['reads'])}" if e["reads"] else ""))
+        lines.append(f"    output: {e['output']}")
+        lines.append("    blocks: " + ", ".join(f"{b['name']} x{b['tasks']}" for b in e["blocks"]))
+    return "\n".join(lines)
 
 
 def _claim_workdir(cfg: PipelineConfig) -> None:

@@ -128,6 +128,24 @@ class StageGraph:
             return None
         return data if isinstance(data, dict) else None
 
+    def plan(self, *, until: str | None = None, force: bool = False) -> list[dict]:
+        """What `run` would do, running nothing: each stage's fingerprint and whether it is finished
+        with it (`done`) or would run."""
+        if until is not None:
+            self.by_name(until)
+        self.validate()
+        fps: dict[str, str] = {}
+        out = []
+        for st in self.stages:
+            fp = fps[st.name] = fingerprint(st.kind, st.config, [fps[a] for a in st.after], st.inputs)
+            prev = self.read_marker(st.name)
+            done = (st.finished(fp) if st.finished is not None
+                    else bool(prev) and prev.get("fingerprint") == fp and prev.get("status") == "done")
+            out.append({"stage": st.name, "status": "done" if done and not force else "would run", "fingerprint": fp})
+            if until == st.name:
+                break
+        return out
+
     def run(self, *, until: str | None = None, force: bool = False, quiet: bool = False) -> list[dict]:
         """Run every stage not finished with its current fingerprint, in order; one result per stage."""
         if until is not None:

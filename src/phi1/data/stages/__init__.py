@@ -18,6 +18,7 @@ import importlib
 # The built-in kinds, in the order of the demo's data half and of `phi1 data --help`.
 KIND_MODULES = (
     ("phi1.data.stages.collect", "collect"),
+    ("phi1.data.stages.exact_dedup", "exact-dedup"),
     ("phi1.data.stages.dedup", "dedup"),
     ("phi1.data.stages.annotate", "annotate"),
     ("phi1.data.stages.classify", "classify"),

@@ -65,6 +65,8 @@ def _run(args) -> int:
     res = run_pipeline(args.pipeline, workdir=args.workdir, force=args.force, until=args.until, quiet=args.quiet,
                        executor=args.executor, tasks=args.tasks, workers=args.workers, dry_run=args.dry_run,
                        ray_address=args.ray_address, slurm_partition=args.slurm_partition)
+    if args.dry_run and all("blocks" in r for r in res):  # the plan is printed already
+        return 0
     for r in res:
         print(f"{r['stage']}: {r['status']} -> {r['output']}")
     return 0
@@ -99,7 +101,8 @@ def register_data(sub) -> None:
     p.add_argument("--workers", type=int, help="tasks running at once (default: the pipeline's, else one per CPU)")
     p.add_argument("--ray-address", help="a running Ray cluster (default: the pipeline's ray.address, else auto)")
     p.add_argument("--slurm-partition", help="the partition sbatch jobs go to (or the pipeline's slurm.partition)")
-    p.add_argument("--dry-run", action="store_true", help="slurm: write the job scripts, submit nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages, blocks, tasks, inputs, outputs) "
+                   "and run nothing; slurm also writes the job scripts, submitting nothing")
     p.add_argument("--quiet", action="store_true")
     declare_io(p, inputs=("pipeline",), out_dirs=("workdir",))
     p.set_defaults(func=_run)

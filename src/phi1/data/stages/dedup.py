@@ -60,4 +60,4 @@ def run_dedup(input_path: str | os.PathLike, output_path: str | os.PathLike, *, 
 KIND = StageKind(
     "dedup", DedupStage, build_dedup, run_dedup,
     help="drop exact and near duplicates (MinHash + LSH on datatrove)",
-    demo=DemoPlace("collect", "deduplicate (exact + datatrove MinHash)"))
+    demo=DemoPlace("exact-dedup", "near duplicates (datatrove MinHash)"))
