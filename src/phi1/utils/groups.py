@@ -21,9 +21,13 @@ Table = tuple[tuple[str, tuple[str, ...]], ...]
 def register_table(subparsers, table: Table, hook: str, prefix: str, hook_kw: dict | None = None) -> None:
     """Call each module's register hook; a module that needs a missing package gets stand-in commands
     that name the package and the extra that installs it."""
+    import inspect
+
     for mod_name, names in table:
         try:
-            getattr(importlib.import_module(mod_name), hook)(subparsers, **(hook_kw or {}))
+            fn = getattr(importlib.import_module(mod_name), hook)
+            kw = {k: v for k, v in (hook_kw or {}).items() if k in inspect.signature(fn).parameters}
+            fn(subparsers, **kw)
         except ModuleNotFoundError as exc:
             line = missing_package(exc)
             if line is None:
@@ -52,6 +56,6 @@ def add_group(subparsers, name: str, help: str, table: Table, only: str | None =
     sub = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
     if only is not None and any(only in names for _, names in table):
         table = tuple(row for row in table if only in row[1])
-    register_table(sub, table, f"register_{name}", f"phi1 {name}")
+    register_table(sub, table, f"register_{name}", f"phi1 {name}", {"only": only} if only is not None else None)
     parser.set_defaults(func=needs_subcommand(parser))
     return parser

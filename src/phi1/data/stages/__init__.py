@@ -69,6 +69,11 @@ def get(name: str, where: str = "stage kind"):
     """The kind called `name`, or one clear error naming the allowed kinds (and a renamed kind's new name)."""
     from phi1.errors import ConfigError
 
+    if name in _extra:
+        return _extra[name]
+    module = dict((n, m) for m, n in KIND_MODULES).get(name)
+    if module is not None:  # a built-in kind: its module alone (a command that runs one kind imports one)
+        return importlib.import_module(module).KIND
     table = kinds()
     if name in table:
         return table[name]

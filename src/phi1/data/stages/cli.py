@@ -84,11 +84,17 @@ def _schema(args) -> int:
     return 0
 
 
-def register_data(sub) -> None:
-    for kind in registry.kinds().values():
-        add_kind_command(sub, kind)
-        if kind.commands:
-            kind.commands(sub)
+def register_data(sub, only: str | None = None) -> None:
+    """The `phi1 data` commands; with `only` (the command being run), that one alone, so that `phi1
+    data run` or `phi1 data dedup` imports no other stage kind."""
+    if only is None or only not in ("run", "schema"):
+        named = only is not None and only in registry.builtin_names()
+        for kind in [registry.get(only)] if named else registry.kinds().values():
+            add_kind_command(sub, kind)
+            if kind.commands:
+                kind.commands(sub)
+        if named:
+            return
 
     p = sub.add_parser("run", help="run a data pipeline YAML, resuming finished stages")
     p.add_argument("pipeline", help="pipeline YAML (see recipes/data-demo.yaml; its schema: phi1 data schema)")
