@@ -3,6 +3,7 @@
     python bench/dedup_vs_datatrove.py                         # near + exact at 30 MB, tasks/workers 2 (~3 min)
     python bench/dedup_vs_datatrove.py --mb 100 --stage near   # the issue's 100 MB near-dedup check (~6 min)
     python bench/dedup_vs_datatrove.py --mb 30 --tasks 1 --workers 1 --stage near
+    python bench/dedup_vs_datatrove.py --mb 30 --scaling        # and phi1 at --workers 1 vs 2
 
 Input: collect's output on this machine's Python code (the stdlib, then site-packages, cut at `--mb`;
 collected once per size into `--cache`). Both sides read the same gzip JSONL shards and write gzip
@@ -140,6 +141,27 @@ def corpus(cache: Path, mb: float) -> Path:
     return wd / "collect" / "data"
 
 
+def duplicate_of(folder: Path) -> dict[str, str]:
+    """phi1's dropped records: id -> the id it kept instead."""
+    out = {}
+    for f in sorted(folder.glob("*.jsonl*")):
+        with gzip.open(f, "rt") as fh:
+            for line in fh:
+                r = json.loads(line)
+                out[r["id"]] = r["meta"].get("duplicate_of")
+    return out
+
+
+def same_rule_jaccard(ours: set, theirs: set, dup_of: dict) -> tuple[float, int]:
+    """The Jaccard of the kept sets once the keep rule is the same: a record only datatrove kept,
+    which phi1 dropped as a copy of a record only phi1 kept, is one group whose other member each
+    side kept (datatrove keeps a union-find root, phi1 the first id); counted as agreement. Also
+    returns how many such swaps there were."""
+    swaps = {x: dup_of[x] for x in theirs - ours if dup_of.get(x) in ours - theirs}
+    canon = (theirs - set(swaps)) | set(swaps.values())
+    return len(ours & canon) / max(1, len(ours | canon)), len(swaps)
+
+
 def kept_ids(folder: Path) -> set[str]:
     ids = set()
     for f in sorted(folder.glob("*.jsonl*")):
@@ -160,7 +182,7 @@ def compare(kind: str, src: Path, root: Path, tasks: int, workers: int, repeat: 
     """Both sides `repeat` times, alternating (the order evens out other tenants' load); the best wall
     time of each."""
     runs = {"phi1": [], "datatrove": []}
-    outs = {}
+    outs, dup_of = {}, {}
     for i in range(repeat):
         for side in ("datatrove", "phi1") if i % 2 else ("phi1", "datatrove"):
             work = root / f"{kind}-{side}-{i}"
@@ -176,29 +198,62 @@ def compare(kind: str, src: Path, root: Path, tasks: int, workers: int, repeat: 
             m = measured(cmd, work / "log.txt")
             runs[side].append(m)
             outs[side] = kept_ids(out)
+            if side == "phi1":
+                dup_of = duplicate_of(out.parent / "rejected")
             print(f"  {kind} {side:<9} run {i + 1}: {m['wall_s']:6.1f} s wall {m['cpu_s']:6.1f} cpu-s "
                   f"rss {m['peak_rss_mb']:5.0f} MB  kept {len(outs[side])}", file=sys.stderr, flush=True)
     best = {s: min(r, key=lambda m: m["wall_s"]) for s, r in runs.items()}
     a, b = outs["phi1"], outs["datatrove"]
+    same_rule, swaps = same_rule_jaccard(a, b, dup_of)
     return {"stage": kind, "tasks": tasks, "workers": workers, "runs": runs, "best": best,
             "kept": {"phi1": len(a), "datatrove": len(b)}, "jaccard": len(a & b) / max(1, len(a | b)),
+            "jaccard_same_keep_rule": same_rule, "keep_rule_swaps": swaps,
             "wall_ratio": best["phi1"]["wall_s"] / best["datatrove"]["wall_s"],
             "cpu_ratio": best["phi1"]["cpu_s"] / best["datatrove"]["cpu_s"]}
+
+
+def scaling(cache: Path, mb: float, repeat: int) -> dict:
+    """collect -> exact-dedup -> dedup (phi1 alone) with --workers 1 and --workers 2 (tasks = workers),
+    alternating; the best wall time of each."""
+    import yaml
+
+    runs: dict[int, list] = {1: [], 2: []}
+    for i in range(repeat):
+        for w in ((2, 1) if i % 2 else (1, 2)):
+            work = cache / "runs" / f"scaling-w{w}-{i}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            (work / "p.yaml").write_text(yaml.safe_dump({"workdir": str(work / "wd"), "stages": [
+                {"name": "collect", "python_stdlib": True, "site_packages": True, "max_bytes": 1_000_000,
+                 "limit_bytes": int(mb * 1e6)}, {"name": "exact-dedup"}, {"name": "dedup"}]}))
+            m = measured([sys.executable, "-m", "phi1", "data", "run", str(work / "p.yaml"), "--workers", str(w),
+                          "--quiet"], work / "log.txt")
+            runs[w].append(m)
+            print(f"  collect+exact-dedup+dedup --workers {w} run {i + 1}: {m['wall_s']:6.1f} s wall "
+                  f"{m['cpu_s']:6.1f} cpu-s", file=sys.stderr, flush=True)
+    best = {w: min(r, key=lambda m: m["wall_s"]) for w, r in runs.items()}
+    return {"runs": runs, "best": best, "wall_ratio_2_vs_1": best[2]["wall_s"] / best[1]["wall_s"],
+            "cpu_ratio_2_vs_1": best[2]["cpu_s"] / best[1]["cpu_s"]}
 
 
 def report(mb: float, in_mb: float, rows: list[dict]) -> str:
     out = [f"## dedup: phi1 vs datatrove's stock pipelines, {in_mb:.1f} MB of Python ({mb:g} MB collected)", "",
            "| stage | tasks/workers | phi1 wall s | datatrove wall s | wall ratio | phi1 CPU s | datatrove CPU s | "
-           "CPU ratio | phi1 peak RSS MB | datatrove peak RSS MB | kept phi1 / datatrove | kept Jaccard |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "CPU ratio | phi1 peak RSS MB | datatrove peak RSS MB | kept phi1 / datatrove | kept Jaccard | "
+           "same keep rule (swaps) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p, d = r["best"]["phi1"], r["best"]["datatrove"]
         out.append(f"| {r['stage']} | {r['tasks']}/{r['workers']} | {p['wall_s']:.1f} | {d['wall_s']:.1f} | "
                    f"**{r['wall_ratio']:.2f}x** | {p['cpu_s']:.1f} | {d['cpu_s']:.1f} | {r['cpu_ratio']:.2f}x | "
                    f"{p['peak_rss_mb']:.0f} | {d['peak_rss_mb']:.0f} | {r['kept']['phi1']} / {r['kept']['datatrove']} | "
-                   f"{r['jaccard']:.4f} |")
+                   f"{r['jaccard']:.4f} | {r['jaccard_same_keep_rule']:.4f} ({r['keep_rule_swaps']}) |")
     other = sum(m["other_cpu_s"] for r in rows for s in r["runs"].values() for m in s)
-    out += ["", f"Best of the alternating runs per side; other tenants used {other:.0f} CPU-s meanwhile."]
+    out += ["", f"Best of the alternating runs per side; other tenants used {other:.0f} CPU-s meanwhile. "
+            "Same keep rule: a group whose other member each side kept counts as agreement (datatrove keeps a "
+            "union-find root, phi1 the first id). What differs then: candidates phi1 verifies below the "
+            "threshold and keeps, and chains (A~B~C, A unlike C: phi1 keeps C), which datatrove's transitive "
+            "clusters drop. phi1 writes gzip level 6, datatrove's stock writer level 9."]
     return "\n".join(out)
 
 
@@ -209,6 +264,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--scaling", action="store_true", help="also collect+exact-dedup+dedup at --workers 1 and 2")
     ap.add_argument("--cache", default="/tmp/phi1-bench-dedup")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results") / "dedup_vs_datatrove.json"))
     ap.add_argument("--run", nargs=5, metavar=("SIDE", "SRC", "WORK", "TASKS", "WORKERS"), help=argparse.SUPPRESS)
@@ -224,12 +280,19 @@ def main() -> None:
     rows = [compare(k, src, cache / "runs", args.tasks, args.workers, args.repeat)
             for k in (("near", "exact") if args.stage == "both" else (args.stage,))]
     text = report(args.mb, in_mb, rows)
+    scale = None
+    if args.scaling:
+        scale = scaling(cache, args.mb, args.repeat)
+        b1, b2 = scale["best"][1], scale["best"][2]
+        text += (f"\n\ncollect + exact-dedup + dedup, phi1: --workers 1 {b1['wall_s']:.1f} s ({b1['cpu_s']:.1f} CPU-s), "
+                 f"--workers 2 {b2['wall_s']:.1f} s ({b2['cpu_s']:.1f} CPU-s): two workers take "
+                 f"**{scale['wall_ratio_2_vs_1']:.2f}x** the wall time of one, {scale['cpu_ratio_2_vs_1']:.2f}x the CPU.")
     print(text)
     res = Path(args.json)
     res.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(res.read_text()) if res.exists() else {}
     old[f"{args.mb:g}MB-{args.stage}-t{args.tasks}w{args.workers}"] = {
-        "when": time.strftime("%Y-%m-%d %H:%M"), "input_mb": in_mb, "rows": rows, "report": text}
+        "when": time.strftime("%Y-%m-%d %H:%M"), "input_mb": in_mb, "rows": rows, "scaling": scale, "report": text}
     res.write_text(json.dumps(old, indent=1, default=str))
 
 

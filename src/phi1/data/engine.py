@@ -62,18 +62,42 @@ def _write_adapter(self, doc: Document) -> dict:
     return document_to_record(doc)
 
 
+GZIP_LEVEL = 6
+"""The gzip level of stage shards: gzip's own default. Python's GzipFile (and so datatrove's stock
+writer) uses 9, which is 2.5x slower to write code JSONL for 1% smaller files."""
+SHARD_COMPRESSION = "phi1-gzip"
+
+
+def _gzip_shard(f, mode="rb", **kwargs):
+    import gzip
+
+    return gzip.GzipFile(fileobj=f, mode=mode, **({"compresslevel": GZIP_LEVEL} if "w" in mode else {}), **kwargs)
+
+
+def _register_shard_compression() -> None:
+    from fsspec.compression import register_compression
+
+    # no file extension: reading any .gz still infers fsspec's own gzip
+    register_compression(SHARD_COMPRESSION, _gzip_shard, [], force=True)
+
+
+_register_shard_compression()
+
+
 class RecordWriter(JsonlWriter):
-    """Writes phi1 records, one gzip JSONL shard per task: `FOLDER/00003.jsonl.gz`."""
+    """Writes phi1 records, one gzip JSONL shard per task: `FOLDER/00003.jsonl.gz` (gzip level
+    `GZIP_LEVEL`)."""
 
     name = "phi1 records writer"
 
     def __init__(self, folder: str | os.PathLike, compression: str | None = "gzip", prefix: str = ""):
-        super().__init__(str(folder), output_filename=SHARD_NAME if compression == "gzip" else "${rank}.jsonl",
-                         compression=compression, adapter=_write_adapter)
+        self.gzip = compression == "gzip"
+        super().__init__(str(folder), output_filename=SHARD_NAME if self.gzip else "${rank}.jsonl",
+                         compression=SHARD_COMPRESSION if self.gzip else compression, adapter=_write_adapter)
         self.prefix = f"{prefix}-" if prefix else ""
 
     def _get_output_filename(self, document, rank: int | str = 0, **kwargs) -> str:
-        ext = ".jsonl.gz" if self.compression == "gzip" else ".jsonl"
+        ext = ".jsonl.gz" if self.gzip else ".jsonl"
         r = f"{int(rank):05d}" if str(rank).isdigit() else str(rank)  # datatrove asks with "XXXXX" for its stats
         return f"{self.prefix}{r}{ext}"
 

@@ -168,9 +168,26 @@ def decode_line(raw: bytes, where: str = "column") -> tuple[str | None, str | No
         return None, f"not valid UTF-8 (byte 0x{bad} at {where} {pos})"
 
 
+try:
+    import orjson as _orjson
+except ImportError:  # the core install (no data extra): the stdlib parser alone
+    _orjson = None
+
+
 def parse_object_line(raw: bytes) -> tuple[dict | None, str, str | None]:
     """(object, "", None) for a UTF-8 line holding a JSON object; else (None, count name, what is
-    wrong) with the count name `bad_utf8` or `bad_json`."""
+    wrong) with the count name `bad_utf8` or `bad_json`.
+
+    orjson (about 3x faster) reads the line first; what it refuses (invalid UTF-8, a lone surrogate
+    escape, NaN, an integer past 64 bits, deep nesting) goes to the stdlib parser, which decides and
+    names the fault exactly as before, so the result is the same either way."""
+    if _orjson is not None:
+        try:
+            obj = _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            return obj, "", None
     line, why = decode_line(raw)
     if line is None:
         return None, "bad_utf8", why
