@@ -92,19 +92,26 @@ def _records(stage_dir: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    planted = _planted_corpus(root)
-    return root, planted
+    if "corpus" not in _RUNS:
+        root = tmp_path_factory.mktemp("corpus")
+        _RUNS["corpus"] = root, _planted_corpus(root)
+    return _RUNS["corpus"]
+
+
+_RUNS: dict = {}  # this worker's finished runs: a module fixture can be set up again under xdist
 
 
 def _run_once(corpus, tmp_path_factory, tasks: int, workers: int) -> Path:
     from phi1.data.pipeline import run_pipeline
 
     root, _ = corpus
-    wd = tmp_path_factory.mktemp(f"t{tasks}") / "wd"
-    run_pipeline(_pipeline(wd.parent / "p.yaml", root / "src", wd, quality=True), quiet=True, tasks=tasks,
-                 workers=workers)
-    return wd
+    key = (str(root), tasks, workers)
+    if key not in _RUNS:
+        wd = tmp_path_factory.mktemp(f"t{tasks}") / "wd"
+        run_pipeline(_pipeline(wd.parent / "p.yaml", root / "src", wd, quality=True), quiet=True, tasks=tasks,
+                     workers=workers)
+        _RUNS[key] = wd
+    return _RUNS[key]
 
 
 @pytest.fixture(scope="module")

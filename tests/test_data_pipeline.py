@@ -101,7 +101,7 @@ def test_pipeline_config_errors_and_cli(tmp_path):
     import phi1 as phi1_pkg
 
     demo = load_pipeline(Path(phi1_pkg.__file__).parent / "recipes" / "data-demo.yaml")
-    assert [s.kind for s in demo.stages][:3] == ["collect", "dedup", "annotate"]
+    assert [s.kind for s in demo.stages][:4] == ["collect", "exact-dedup", "dedup", "annotate"]
     # The CLI end to end on a tiny pipeline: run, then rerun skips.
     src = tmp_path / "src"
     src.mkdir()

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 WORDS = ("alpha beta gamma delta total count index value item node left right parent child size limit "
          "offset buffer result record key name path line token score weight level depth").split()
@@ -94,7 +93,6 @@ def _dedup(inp: Path, out: Path, workers: int, **opts) -> dict[str, tuple[str, s
     return {r["id"]: (r["meta"]["reject_reason"], r["meta"]["duplicate_of"]) for r in rows}
 
 
-@pytest.mark.xdist_group("dedup_scale")
 def test_kept_set_is_the_greedy_oracles_whatever_tasks_bands_split_and_memory(tmp_path):
     from phi1.data.stages.dedup import DedupStage
 
@@ -143,7 +141,6 @@ def _cluster_rss(tmp: Path, n: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("dedup_scale")
 def test_cluster_memory_grows_a_few_bytes_per_candidate_not_a_signature(tmp_path):
     small, large = _cluster_rss(tmp_path, 6_000), _cluster_rss(tmp_path, 24_000)
     more = large["candidates"] - small["candidates"]

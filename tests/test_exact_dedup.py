@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from test_dedup_scale import near_dup_corpus
 
 
@@ -30,7 +28,6 @@ def _oracle(recs: list[dict], key) -> tuple[set[str], dict[str, str]]:
     return kept, {r["id"]: first[key(r["text"])] for r in recs if r["id"] not in kept}
 
 
-@pytest.mark.xdist_group("dedup_scale")
 def test_first_id_of_each_copy_group_is_kept_whatever_tasks_and_ranges(tmp_path):
     from phi1.data.minhash import normalized_hash
 

@@ -30,21 +30,15 @@ def _rows(out: Path) -> dict[str, list[str]]:
     return gpu_smoke.results(out)
 
 
-@pytest.fixture(scope="module")
-def dry(tmp_path_factory):
+def test_cpu_dry_run_on_the_device_packages_writes_every_row_and_a_second_run_is_refused(tmp_path):
     """The dry run as a lent machine runs it: through bench/gpu_check_lent.sh, the check working in OUT,
-    DEST ($OUT on the device, where at most 8 files come back) receiving four small files."""
-    tmp = tmp_path_factory.mktemp("gpucheck")
+    DEST ($OUT on the device, where at most 8 files come back) receiving four small files. One test:
+    the dry run takes a minute, and a module fixture shared by two tests ran twice under xdist."""
+    tmp = tmp_path
     out = tmp / "out"
     env = {**_env(tmp), "GPU_CHECK_WORK": str(out)}
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check_lent.sh"), str(tmp / "dest"), "--cpu-dry-run"],
                        env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
-    return tmp, out, r
-
-
-@pytest.mark.xdist_group("gpu_check_dry")  # one dry run (a minute) for both tests, not one per worker
-def test_cpu_dry_run_on_the_device_packages_writes_every_row(dry):
-    tmp, out, r = dry
     summary = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{summary}"
     rows = _rows(out)
@@ -68,11 +62,7 @@ def test_cpu_dry_run_on_the_device_packages_writes_every_row(dry):
     dest = tmp / "dest"
     assert sorted(p.name for p in dest.iterdir()) == ["env.txt", "logs.tar.gz", "results.tsv", "summary.md"]
     assert (dest / "summary.md").read_text() == summary
-
-
-@pytest.mark.xdist_group("gpu_check_dry")
-def test_a_second_run_into_the_same_directory_is_refused(dry):
-    tmp, out, _ = dry
+    # a second run into the same directory is refused
     again = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-dry-run"], env=_env(tmp),
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 2 and "not empty" in again.stderr

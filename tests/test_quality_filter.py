@@ -270,11 +270,14 @@ def test_demo_endpoint_drives_annotation(tmp_path):
 
     cfg = load_demo_config("demo-tiny.yaml")
     L = Layout(tmp_path)
-    ann = data_pipeline(cfg, L, endpoint="http://127.0.0.1:8000/v1", model="judge", api_key_env="KEY")["stages"][2]
+    def annotate(**kw):
+        return next(s for s in data_pipeline(cfg, L, **kw)["stages"] if s["name"] == "annotate")
+
+    ann = annotate(endpoint="http://127.0.0.1:8000/v1", model="judge", api_key_env="KEY")
     assert ann["endpoint"] == "http://127.0.0.1:8000/v1" and ann["model"] == "judge" and ann["api_key_env"] == "KEY"
-    assert "endpoint" not in data_pipeline(cfg, L)["stages"][2]
+    assert "endpoint" not in annotate()
     cfg.data.annotate.annotator = "rules"
-    assert "endpoint" not in data_pipeline(cfg, L, endpoint="http://x/v1")["stages"][2]
+    assert "endpoint" not in annotate(endpoint="http://x/v1")
     paper = load_demo_config("phi-1.yaml").data
     assert paper.classify.encoder == "hf:Salesforce/codegen-350M-mono" and paper.annotate.api_key_env == "OPENAI_API_KEY"
     assert paper.filter.keep_tokens == 6_000_000_000

@@ -1,4 +1,4 @@
-"""`phi1 demo`: collect → dedup → annotate → classify → filter → decontaminate → mine → tokenizer →
+"""`phi1 demo`: collect → exact-dedup → dedup → annotate → classify → filter → decontaminate → mine → tokenizer →
 pack → pretrain → finetune → export → evaluate → report, one stage graph (`phi1.utils.stagegraph`).
 
 Every stage is a library call with a typed config; the graph fingerprints each config and what it
