@@ -112,11 +112,14 @@ class DuplicateFilter(PipelineStep):
         super().__init__()
         self.remove_folder, self.exclusion_writer = Path(remove_folder), exclusion_writer
 
-    def run(self, data, rank: int = 0, world_size: int = 1):
+    def marks(self, rank: int):
+        """This task's marks, [index, kept id, kind, similarity] JSON lines sorted by index: the
+        clustering's `RANK.dupof.jsonl`, read alongside the documents, one line at a time."""
         f = self.remove_folder / f"{rank:06d}.dupof.jsonl"
-        marks = f.open() if f.exists() else contextlib.nullcontext(iter(()))
-        with marks as rows, self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-            # rows are sorted by document index: read alongside the documents, one at a time
+        return f.open() if f.exists() else contextlib.nullcontext(iter(()))
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        with self.marks(rank) as rows, self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
             nxt = json.loads(next(rows, "null"))
             for idx, doc in enumerate(data):
                 self.stat_update("total")

@@ -30,6 +30,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from phi1.data.engine import Block, RecordReader, first_pass
 from phi1.data.minhash import normalized_hash
+from phi1.data.minhash_steps import DuplicateFilter
 from phi1.data.records import StageReport, finish_report
 from phi1.data.stages.base import DemoPlace, StageContext, StageKind, commit_block, config_of, run_stage_file
 from phi1.errors import ConfigError
@@ -173,34 +174,19 @@ class ExactGroups(PipelineStep):
         return out
 
 
-class ExactFilter(PipelineStep):
+class ExactFilter(DuplicateFilter):
     """Block 3: drops the records the groups block listed for this task, naming the kept one."""
 
     name = "drop exact copies"
 
-    def __init__(self, remove: Path, exclusion_writer=None):
-        super().__init__()
-        self.remove, self.exclusion_writer = Path(remove), exclusion_writer
-
-    def run(self, data, rank: int = 0, world_size: int = 1):
-        marks: dict[int, str] = {}
-        for f in sorted((self.remove / f"{rank:05d}").glob("*.jsonl")):
+    def marks(self, rank: int):
+        """The groups block's rows for this task (one file per hash range), sorted by index."""
+        rows = []
+        for f in sorted((self.remove_folder / f"{rank:05d}").glob("*.jsonl")):
             with f.open() as fh:
-                for line in fh:
-                    i, kept = json.loads(line)
-                    marks[i] = kept
-        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-            for idx, doc in enumerate(data):
-                self.stat_update("total")
-                kept = marks.get(idx)
-                if kept is None:
-                    self.stat_update("forwarded")
-                    yield doc
-                    continue
-                self.stat_update("dropped_exact_duplicate")
-                if writer:
-                    doc.metadata.update(filter_reason="exact_duplicate", duplicate_of=kept)
-                    writer.write(doc, rank)
+                rows += [json.loads(line) for line in fh]
+        rows.sort()
+        return contextlib.nullcontext(iter([json.dumps([i, kept, "exact_duplicate", 1.0]) for i, kept in rows]))
 
 
 def build_exact_dedup(ctx: StageContext, cfg: ExactDedupStage) -> list[Block]:
