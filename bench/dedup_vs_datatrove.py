@@ -16,8 +16,8 @@ the process tree, peak RSS of the tree polled from /proc).
   its own word tokenizer needs spaCy and shingles words, not code), 9 bands x 14 rows, 64-bit hashes.
   phi1 also verifies candidates on all 126 hashes and keeps the first id of a group; datatrove drops
   every member of a connected component but its root. Their kept sets are compared (Jaccard).
-- exact: phi1's `exact-dedup` stage against datatrove's stock ExactDedupSignature, ExactFindDedups,
-  ExactDedupFilter (content = the text as given; `--tasks` finder workers) with the same kept count.
+- exact: phi1's `exact-dedup` stage (`normalize: none`) against datatrove's stock ExactDedupSignature,
+  ExactFindDedups, ExactDedupFilter (content = the text as given; `--tasks` finder workers).
 
 Prints a markdown table with ratios (phi1 / datatrove; below 1 is phi1 faster) and writes
 bench/results/dedup_vs_datatrove.json. Times are for this 2-core machine shared with other tenants
@@ -117,6 +117,8 @@ def phi1_cmd(kind: str, src: Path, work: Path, tasks: int, workers: int) -> list
     stage = {"name": kind, "input": str(src)}
     if kind == "dedup":
         stage.update(num_buckets=BANDS, hashes_per_bucket=ROWS, shingle=SHINGLE)
+    else:  # datatrove's exact dedup hashes the text as given
+        stage.update(normalize="none")
     pipe = work / "pipeline.yaml"  # beside the workdir (work/wd), not inside it
     pipe.write_text(yaml.safe_dump({"workdir": str(work / "wd"), "stages": [stage]}))
     return [sys.executable, "-m", "phi1", "data", "run", str(pipe), "--tasks", str(tasks), "--workers", str(workers),

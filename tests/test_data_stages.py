@@ -231,3 +231,19 @@ def test_minhash_index_standalone():
     assert idx.add_text("copy", hq + "\n\n") == ("exact_duplicate", "heapq", 1.0)
     reason, of, sim = idx.add_text("edited", _near_copy(hq))
     assert (reason, of) == ("near_duplicate", "heapq") and sim >= 0.8
+
+
+def test_record_lines_read_the_same_with_the_fast_parser_as_with_the_stdlib():
+    """orjson reads record lines first; whatever it reads differently (an integer past 64 bits becomes
+    a float there) or refuses goes to the stdlib parser: the result equals json.loads's."""
+    from phi1.data.records import parse_object_line
+
+    lines = [b'{"id": 100000000000000000001, "text": "a", "meta": {"n": -9223372036854775809}}',
+             b'{"id": "x", "text": "b", "meta": {"score": 0.25, "deep": [[{"f": 1e400}]]}}',
+             b'{"id": "y", "text": "NaN 1e999 \\ud800", "meta": {}}', b'{"id": "z", "text": "c", "v": NaN}',
+             b'{"id": 7, "text": "plain", "meta": {"k": [1, 2, {"s": "t"}]}}']
+    for raw in lines:
+        obj, kind, why = parse_object_line(raw)
+        assert (obj, kind, why) == (json.loads(raw), "", None), raw
+    assert parse_object_line(b'{"id": 1, "text": "\xff"}')[1] == "bad_utf8"
+    assert parse_object_line(b'[1, 2]')[1] == "bad_json"

@@ -93,7 +93,8 @@ def _dedup(inp: Path, out: Path, workers: int, **opts) -> dict[str, tuple[str, s
     return {r["id"]: (r["meta"]["reject_reason"], r["meta"]["duplicate_of"]) for r in rows}
 
 
-def test_kept_set_is_the_greedy_oracles_whatever_tasks_bands_split_and_memory(tmp_path):
+def test_kept_set_is_the_greedy_oracles_whatever_tasks_bands_split_and_memory(tmp_path, monkeypatch):
+    from phi1.data import minhash_cluster
     from phi1.data.stages.dedup import DedupStage
 
     inp = tmp_path / "corpus.jsonl"
@@ -103,11 +104,45 @@ def test_kept_set_is_the_greedy_oracles_whatever_tasks_bands_split_and_memory(tm
     assert kinds == {"exact_duplicate", "near_duplicate"} and 300 < len(want) < 1200, (kinds, len(want))
     one = _dedup(inp, tmp_path / "one.jsonl", 1)
     assert one == want
-    # 3 signature tasks, 4 bucket tasks per band (36 hash ranges), a budget that spills to many partitions
+    # 3 signature tasks, 4 bucket tasks per band (36 hash ranges); the clustering (one task, run in this
+    # process) with rows so big that each partition holds a few components, band pairs merged 16 at a
+    # time and candidates spilled 7 at a time
+    monkeypatch.setattr(minhash_cluster, "ROW_BYTES", 1 << 14)
+    monkeypatch.setattr(minhash_cluster, "MIN_CHUNK_PAIRS", 16)
+    monkeypatch.setattr(minhash_cluster, "SPILL_CHUNK", 7)
+    decided = []
+    real_decide = minhash_cluster.KeepFirstIdCluster._decide
+    monkeypatch.setattr(minhash_cluster.KeepFirstIdCluster, "_decide",
+                        lambda self, rows, sig_of: decided.append(len(rows)) or real_decide(self, rows, sig_of))
     split = _dedup(inp, tmp_path / "split.jsonl", 3, tasks_per_band=4, cluster_memory_mb=1)
     assert split == want
+    assert len(decided) > 5 and max(decided) < sum(decided) / 2, decided  # many partitions
     stats = json.loads(next((tmp_path).glob("split.jsonl.report.json")).read_text())
     assert stats["kept"] == len(recs) - len(want)
+
+
+def test_bucket_tasks_split_each_band_evenly_and_cover_it_once(tmp_path):
+    """MinHash values crowd near 0 (each is a minimum): even ranges of the hash space would give one
+    task nearly everything. The boundaries come from a sample of the band's first hashes."""
+    from phi1.data.engine import ExecConfig, RecordWriter, run_blocks
+    from phi1.data.minhash_cluster import HashRangeBuckets
+    from phi1.data.minhash_steps import dedup_blocks
+    from phi1.data.stages.dedup import DedupStage
+
+    inp = tmp_path / "c.jsonl"
+    near_dup_corpus(inp, 3000, seed=5)
+    work, cfg = tmp_path / "w", DedupStage()
+    blocks = dedup_blocks(inp, work, RecordWriter(work / "out"), None, 2, cfg)
+    run_blocks(blocks[:1], work / "logs", ExecConfig("local", tasks=2, workers=2, quiet=True))
+    line = np.dtype([("h", "<u8", (cfg.hashes_per_bucket,)), ("doc", "<u4")])
+    for k in (4, 16):
+        step = HashRangeBuckets(str(work / "signatures"), str(work / "buckets"), config=cfg.minhash())
+        files = step.input_folder.list_files(subdirectory="bucket_003")
+        first = np.concatenate([np.fromfile(work / "signatures" / f, line)["h"][:, 0] for f in files])
+        ranges = [step.get_worker_hash_range(files, 3 * k + w, cfg.num_buckets * k) for w in range(k)]
+        assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        counts = [int(((first >= lo) & (first < hi)).sum()) for lo, hi in ranges]
+        assert sum(counts) == len(first) > 2500 and max(counts) <= 2 * len(first) / k, (k, counts)
 
 
 CLUSTER_RSS = """

@@ -18,9 +18,9 @@ So the task grows by about 12 bytes per candidate, whatever the corpus (docs/dat
 from __future__ import annotations
 
 import json
-from array import array
-import os
 import shutil
+import struct
+from array import array
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,23 +37,46 @@ ROW_BYTES = 256
 MAX_PARTITIONS = 512  # open partition files at once (the budget is exceeded past 512 x budget of rows)
 PAIR_BYTES = 16  # one (file, doc, file, doc) pair of a `.dups` file
 SPILL_CHUNK = 4096  # candidates turned into Python objects at once
+MIN_CHUNK_PAIRS = 1024  # the smallest chunk of a band's pairs merged into the components at once
 
 
 class HashRangeBuckets(MinhashDedupBuckets):
-    """datatrove's bucket step, whose `k` tasks per band (`tasks = num_buckets x k`) split the band's
-    hash space [0, 2^61 - 1) into k even ranges. datatrove places the boundaries at quantiles of the
-    first signature file and fails when that file has fewer than k documents; MinHash values are
-    uniform, so even ranges balance the tasks as well, and work for any file."""
+    """datatrove's bucket step, whose `k` tasks per band (`tasks = num_buckets x k`) split the band
+    by the first hash of its signatures. A MinHash value is a minimum over a document's shingles, so
+    the values crowd near 0: even ranges of [0, 2^61 - 1) would give almost every signature to the
+    first task. The boundaries are the k-quantiles of a sample of first hashes instead: evenly spaced
+    lines of every sorted signature file of the band (`SAMPLE` in all), the same for every task.
+    (datatrove samples the first file alone and fails when it has fewer than k lines.) Equal
+    signatures share their first hash, so they always fall in one task."""
 
     name = "minhash buckets (hash ranges)"
+    SAMPLE = 1 << 16  # first hashes read per band, over all its signature files
 
     def get_worker_hash_range(self, sig_files, rank, world_size):
         from datatrove.pipeline.dedup.minhash import _mersenne_prime
 
         k = world_size // self.config.num_buckets
         worker = rank % k
-        top = _mersenne_prime if self.config.hash_config.precision == 64 else self.config.hash_config.max
-        return top * worker // k, (top if worker == k - 1 else top * (worker + 1) // k)
+        top = int(_mersenne_prime) if self.config.hash_config.precision == 64 else int(self.config.hash_config.max)
+        if k == 1:
+            return 0, top
+        fmt = self.config.hash_config.struct_format
+        line = struct.calcsize(f"<{self.config.hashes_per_bucket}{fmt}I")
+        first = struct.calcsize(f"<{fmt}")
+        per_file = max(1, self.SAMPLE // max(1, len(sig_files)))
+        sample = []
+        for f in sig_files:
+            with self.input_folder.open(f, mode="rb") as fh:
+                n = fh.size // line
+                for j in range(min(n, per_file)):
+                    fh.seek(line * (j * n // min(n, per_file)))
+                    sample.append(struct.unpack(f"<{fmt}", fh.read(first))[0])
+        if len(sample) < k:  # too few signatures to place boundaries: even ranges (Python ints)
+            bounds = [top * w // k for w in range(k + 1)]
+        else:
+            sample.sort()
+            bounds = [0, *(sample[len(sample) * w // k] for w in range(1, k)), top]
+        return bounds[worker], (top if worker == k - 1 else bounds[worker + 1])
 
 
 def _node_keys(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +169,7 @@ class KeepFirstIdCluster(PipelineStep):
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        chunk = max(1024, self.memory_bytes // (8 * PAIR_BYTES))  # pairs per chunk: ~8x their bytes (keys, edges, graph)
+        chunk = max(MIN_CHUNK_PAIRS, self.memory_bytes // (8 * PAIR_BYTES))  # pairs per chunk: ~8x their bytes
         keys = np.empty(0, np.uint64)
         for f in dups:
             for pairs in _pair_chunks(f, chunk):

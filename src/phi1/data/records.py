@@ -174,20 +174,36 @@ except ImportError:  # the core install (no data extra): the stdlib parser alone
     _orjson = None
 
 
+def _has_float(x) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, dict):
+        return any(_has_float(v) for v in x.values())
+    if isinstance(x, list):
+        return any(_has_float(v) for v in x)
+    return False
+
+
 def parse_object_line(raw: bytes) -> tuple[dict | None, str, str | None]:
     """(object, "", None) for a UTF-8 line holding a JSON object; else (None, count name, what is
     wrong) with the count name `bad_utf8` or `bad_json`.
 
     orjson (about 3x faster) reads the line first; what it refuses (invalid UTF-8, a lone surrogate
-    escape, NaN, an integer past 64 bits, deep nesting) goes to the stdlib parser, which decides and
-    names the fault exactly as before, so the result is the same either way."""
+    escape, NaN, deep nesting) goes to the stdlib parser, which decides and names the fault exactly
+    as before. orjson reads an integer past 64 bits as a float, so a record holding any float
+    outside its text is read again by the stdlib parser too: the result is the same either way."""
     if _orjson is not None:
         try:
             obj = _orjson.loads(raw)
         except _orjson.JSONDecodeError:
             obj = None
         if isinstance(obj, dict):
-            return obj, "", None
+            try:
+                floats = any(_has_float(v) for k, v in obj.items() if k != "text")
+            except RecursionError:  # nested deeper than Python's stack: the stdlib path names it
+                floats = True
+            if not floats:
+                return obj, "", None
     line, why = decode_line(raw)
     if line is None:
         return None, "bad_utf8", why
