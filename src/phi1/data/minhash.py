@@ -26,6 +26,12 @@ def normalized_hash(text: str) -> str:
     return hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
+def band_keys(sig, num_buckets: int) -> list[tuple[int, bytes]]:
+    """A signature's (band, rows' bytes) keys: two documents are LSH candidates when one key is equal."""
+    r = len(sig) // num_buckets
+    return [(b, sig[b * r:(b + 1) * r].tobytes()) for b in range(num_buckets)]
+
+
 def bands_for(threshold: float, max_hashes: int = 128, tolerance: float = 0.01) -> tuple[int, int]:
     """The (bands b, rows r) for a Jaccard threshold: of the pairs with b*r <= max_hashes whose LSH 50%
     point (1/b)^(1/r) is within `tolerance` of `threshold`, the one with the most hashes (the best
@@ -64,9 +70,13 @@ class MinhashParams:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
                 raise ConfigError(f"dedup.threshold: {t!r} must be a number between 0 and 1 (e.g. 0.8)")
             self.num_buckets, self.hashes_per_bucket = bands_for(float(t), self.max_hashes)
-        for k in ("num_buckets", "hashes_per_bucket", "shingle"):
+        self.check_whole_numbers("num_buckets", "hashes_per_bucket", "shingle")
+
+    def check_whole_numbers(self, *fields: str, optional: bool = False) -> None:
+        """Each of `fields` is a whole number >= 1 (or None, when `optional`)."""
+        for k in fields:
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if (v is not None or not optional) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"dedup.{k}: {v!r} must be a whole number >= 1")
 
     @property

@@ -29,6 +29,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 from loguru import logger
 
+from phi1.data.minhash import band_keys
 from phi1.utils.io import atomic_write
 
 # bytes one spilled candidate takes in memory once its partition is loaded (a tuple of the component,
@@ -221,7 +222,6 @@ class KeepFirstIdCluster(PipelineStep):
     def _decide(self, rows: list, sig_of: _SigReader) -> tuple[list, int]:
         """Greedy keep-first-id over the rows of whole components; (removals, documents kept)."""
         rows.sort(key=lambda r: (r[0], r[1], r[3]))
-        r = self.num_hashes // self.num_buckets
         removals, kept_total = [], 0
         start = 0
         while start < len(rows):
@@ -240,7 +240,7 @@ class KeepFirstIdCluster(PipelineStep):
                     self.stat_update("exact_duplicate")
                     continue
                 sig = sig_of(file_i, doc)
-                bands = [(b, sig[b * r:(b + 1) * r].tobytes()) for b in range(self.num_buckets)]
+                bands = band_keys(sig, self.num_buckets)
                 best = None
                 for k in sorted({k for band in bands for k in kept_by_band.get(band, ())}):
                     sim = float(np.mean(sig == kept_sig[k]))  # MinHash estimate of Jaccard

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature, _mersenne_prime
 
 from phi1.utils.io import temp_beside
 from phi1.utils.safety import clean_stale_temps
 from phi1.data.engine import Block, RecordReader, RecordWriter, first_pass
-from phi1.data.minhash import DEDUP_THRESHOLD, MinhashParams, normalized_hash
+from phi1.data.minhash import DEDUP_THRESHOLD, MinhashParams, band_keys, normalized_hash
 from phi1.data.minhash_cluster import HashRangeBuckets, KeepFirstIdCluster
-
-_MERSENNE = (1 << 61) - 1  # datatrove's _mersenne_prime, the modulus of its 64-bit MinHash
 
 
 class CodeMinhashSignature(MinhashDedupSignature):
@@ -61,7 +59,7 @@ class CodeMinhashSignature(MinhashDedupSignature):
         if self.config.hash_config.precision != 64:
             return np.asarray(super().get_signature(shingles), dtype=np.uint64).reshape(-1)
         a, b = self.parameters
-        p, top = np.uint64(_MERSENNE), np.uint64(61)
+        p, top = np.uint64(_mersenne_prime), np.uint64(61)
         low = None
         for i in range(0, max(len(shingles), 1), self.SHINGLE_CHUNK):
             y = shingles[i:i + self.SHINGLE_CHUNK] * a  # uint64: wraps mod 2^64, as datatrove's does
@@ -179,8 +177,7 @@ class MinhashIndex:
         sig = self.maker.text_signature(text)
         if sig is None:
             return None
-        r = self.cfg.hashes_per_bucket
-        bands = [(b, sig[b * r:(b + 1) * r].tobytes()) for b in range(self.cfg.num_buckets)]
+        bands = band_keys(sig, self.cfg.num_buckets)
         best = None
         for cand in sorted({c for band in bands for c in self._bands.get(band, ())}):
             sim = float(np.mean(self._sigs[cand] == sig))

@@ -166,11 +166,11 @@ def run_pipeline(path: str | os.PathLike, *, workdir: str | None = None, force: 
 def plan_pipeline(cfg: PipelineConfig, ec, *, until: str | None = None, force: bool = False) -> list[dict]:
     """What `run_pipeline` would do, writing and running nothing: per stage its kind, whether it is
     finished (`done`) or would run, what it reads, where it writes, and its blocks with their tasks."""
+    import tempfile
+
     from phi1.data import stages as registry
     from phi1.data.stages.base import StageContext
     from phi1.utils.stagegraph import StageGraph
-
-    import tempfile
 
     stages = pipeline_stages(cfg, ec)
     plan = StageGraph(stages).plan(until=until, force=force)

@@ -128,40 +128,41 @@ class StageGraph:
             return None
         return data if isinstance(data, dict) else None
 
-    def plan(self, *, until: str | None = None, force: bool = False) -> list[dict]:
-        """What `run` would do, running nothing: each stage's fingerprint and whether it is finished
-        with it (`done`) or would run."""
+    def _states(self, until: str | None):
+        """Checks `until` and validates every stage (before anything is written), then yields (stage,
+        fingerprint, its marker, finished with that fingerprint) for each stage in order, up to
+        `until`; a stage's marker is read when its turn comes, after the stages before it ran."""
         if until is not None:
             self.by_name(until)
         self.validate()
+        return self._walk(until)
+
+    def _walk(self, until: str | None):
         fps: dict[str, str] = {}
-        out = []
         for st in self.stages:
             fp = fps[st.name] = fingerprint(st.kind, st.config, [fps[a] for a in st.after], st.inputs)
             prev = self.read_marker(st.name)
             done = (st.finished(fp) if st.finished is not None
                     else bool(prev) and prev.get("fingerprint") == fp and prev.get("status") == "done")
-            out.append({"stage": st.name, "status": "done" if done and not force else "would run", "fingerprint": fp})
+            yield st, fp, prev, done
             if until == st.name:
-                break
-        return out
+                return
+
+    def plan(self, *, until: str | None = None, force: bool = False) -> list[dict]:
+        """What `run` would do, running nothing: each stage's fingerprint and whether it is finished
+        with it (`done`) or would run."""
+        return [{"stage": st.name, "status": "done" if done and not force else "would run", "fingerprint": fp}
+                for st, fp, _, done in self._states(until)]
 
     def run(self, *, until: str | None = None, force: bool = False, quiet: bool = False) -> list[dict]:
         """Run every stage not finished with its current fingerprint, in order; one result per stage."""
-        if until is not None:
-            self.by_name(until)
-        self.validate()
+        states = self._states(until)
         if self.marks is not None:
             self.marks.mkdir(parents=True, exist_ok=True)
-        fps: dict[str, str] = {}
         results: list[dict] = []
         total = len(self.stages)
-        for i, st in enumerate(self.stages, 1):
-            fp = fps[st.name] = fingerprint(st.kind, st.config, [fps[a] for a in st.after], st.inputs)
+        for i, (st, fp, prev, done) in enumerate(states, 1):
             head = f"[{i}/{total}] {st.title or st.name}"
-            prev = self.read_marker(st.name)
-            done = (st.finished(fp) if st.finished is not None
-                    else bool(prev) and prev.get("fingerprint") == fp and prev.get("status") == "done")
             if done and not force:
                 if not quiet:
                     self.log(f"{head}: done earlier, skipping")
@@ -176,8 +177,6 @@ class StageGraph:
                 results.append({"stage": st.name, "status": "skipped", "fingerprint": fp, "reason": reason})
             else:
                 results.append(self._run_one(st, fp, prev, head, force, quiet))
-            if until == st.name:
-                break
         return results
 
     def _run_one(self, st: Stage, fp: str, prev: dict | None, head: str, force: bool, quiet: bool) -> dict:

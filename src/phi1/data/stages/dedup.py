@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 
 from phi1.data.engine import Block
-from phi1.errors import ConfigError
 from phi1.data.minhash import MinhashParams
 from phi1.data.minhash_steps import dedup_blocks
 from phi1.data.records import StageReport, finish_report
@@ -25,10 +24,7 @@ class DedupStage(MinhashParams):
 
     def validate(self) -> None:
         super().validate()
-        for k in ("tasks_per_band", "cluster_memory_mb"):
-            v = getattr(self, k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"dedup.{k}: {v!r} must be a whole number >= 1")
+        self.check_whole_numbers("tasks_per_band", "cluster_memory_mb", optional=True)
 
 
 def build_dedup(ctx: StageContext, cfg: DedupStage) -> list[Block]:
