@@ -110,20 +110,25 @@ class DuplicateFilter(PipelineStep):
         super().__init__()
         self.remove_folder, self.exclusion_writer = Path(remove_folder), exclusion_writer
 
+    @contextlib.contextmanager
     def marks(self, rank: int):
-        """This task's marks, [index, kept id, kind, similarity] JSON lines sorted by index: the
-        clustering's `RANK.dupof.jsonl`, read alongside the documents, one line at a time."""
+        """This task's marks, [index, kept id, kind, similarity] sorted by index: the clustering's
+        `RANK.dupof.jsonl`, read alongside the documents, one line at a time."""
         f = self.remove_folder / f"{rank:06d}.dupof.jsonl"
-        return f.open() if f.exists() else contextlib.nullcontext(iter(()))
+        if not f.exists():
+            yield iter(())
+            return
+        with f.open() as fh:
+            yield map(json.loads, fh)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         with self.marks(rank) as rows, self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-            nxt = json.loads(next(rows, "null"))
+            nxt = next(rows, None)
             for idx, doc in enumerate(data):
                 self.stat_update("total")
                 if nxt is not None and nxt[0] == idx:
                     _, kept, kind, sim = nxt
-                    nxt = json.loads(next(rows, "null"))
+                    nxt = next(rows, None)
                     self.stat_update(f"dropped_{kind}")
                     if writer:
                         doc.metadata.update(filter_reason=kind, duplicate_of=kept)

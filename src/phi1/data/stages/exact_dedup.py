@@ -186,7 +186,7 @@ class ExactFilter(DuplicateFilter):
             with f.open() as fh:
                 rows += [json.loads(line) for line in fh]
         rows.sort()
-        return contextlib.nullcontext(iter([json.dumps([i, kept, "exact_duplicate", 1.0]) for i, kept in rows]))
+        return contextlib.nullcontext(iter([[i, kept, "exact_duplicate", 1.0] for i, kept in rows]))
 
 
 def build_exact_dedup(ctx: StageContext, cfg: ExactDedupStage) -> list[Block]:
